@@ -1,0 +1,299 @@
+//! The demo, and the scenario builder that the demo, the end-to-end tests and the benchmarks
+//! share: a seeded emulator tenant, a switchboard whose users match it by email, and a host
+//! running the real plugin component against both, all on loopback.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, HostConfig, IntegrationConfig, Secret, UserConfig};
+use crate::emulator::{Emulator, TenantSeed};
+use crate::host::Host;
+use crate::runtime::{HostClock, StatusView};
+use crate::switchboard::{Switchboard, User};
+
+/// The demo tenant (the product guide's example ids).
+pub const DEMO_TENANT: &str = "5db68c59-bbeb-41d7-a5df-b316a4434048";
+/// The demo app's client id.
+pub const DEMO_CLIENT: &str = "0ed2fcf1-b202-4699-afe4-cbc36ead3235";
+/// The demo app's secret (an emulator secret, not a real one).
+pub const DEMO_SECRET: &str = "emulator-secret-value";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct ScenarioOptions {
+    /// Microsoft users (each with a matching switchboard user).
+    pub users: usize,
+    /// Integration users configured (and existing in the tenant).
+    pub integration_users: usize,
+    /// Client secret the integration is configured with (the tenant's is [`DEMO_SECRET`]).
+    pub configured_secret: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Integration name.
+    pub name: String,
+}
+
+impl ScenarioOptions {
+    /// `users` users and `integration_users` integration users, state in `state_dir`.
+    pub fn new(users: usize, integration_users: usize, state_dir: PathBuf) -> Self {
+        ScenarioOptions {
+            users,
+            integration_users,
+            configured_secret: DEMO_SECRET.into(),
+            state_dir,
+            name: "contoso".into(),
+        }
+    }
+}
+
+/// A running scenario.
+pub struct Scenario {
+    /// The emulator.
+    pub emulator: Emulator,
+    /// The host (None while stopped).
+    pub host: Option<Host>,
+    /// The tenant seed.
+    pub seed: TenantSeed,
+    /// The config the host runs with.
+    pub config: Config,
+    /// The switchboard.
+    pub switchboard: Arc<Switchboard>,
+    /// Shared clock.
+    pub clock: Arc<HostClock>,
+    /// Emulator base URL.
+    pub emulator_url: String,
+}
+
+/// Switchboard users matching a seed's first `n` users by email, some written with other case
+/// and spacing (matching is trimmed and case-insensitive), every fifth one passive.
+pub fn switchboard_users(seed: &TenantSeed, n: usize) -> Vec<User> {
+    (0..n)
+        .map(|i| {
+            let email = seed.user_email(i);
+            User {
+                id: format!("sb-{i:05}"),
+                name: format!("User {i:05}"),
+                emails: vec![if i % 10 == 3 { format!("  {}  ", email.to_uppercase()) } else { email }],
+                line_number: (i % 5 != 4).then(|| format!("+46701{i:06}")),
+                active: i % 5 != 4,
+            }
+        })
+        .collect()
+}
+
+impl Scenario {
+    /// Starts emulator and host.
+    pub async fn start(opts: ScenarioOptions) -> anyhow::Result<Scenario> {
+        let clock = Arc::new(HostClock::default());
+        let emulator = Emulator::new(clock.clone());
+        let seed = TenantSeed::new(
+            DEMO_TENANT,
+            "contoso.example",
+            DEMO_CLIENT,
+            DEMO_SECRET,
+            opts.users,
+            opts.integration_users.max(1),
+        );
+        emulator.add_tenant(&seed);
+        let emulator_url = emulator.start().await?;
+        let switchboard = Arc::new(Switchboard::new(switchboard_users(&seed, opts.users)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = Config {
+            host: HostConfig {
+                listen: addr.to_string(),
+                public_base_url: format!("http://{addr}"),
+                state_dir: opts.state_dir.clone(),
+                graph_base_url: emulator_url.clone(),
+                login_base_url: emulator_url.clone(),
+            },
+            integrations: vec![IntegrationConfig {
+                name: opts.name.clone(),
+                tenant_id: DEMO_TENANT.into(),
+                client_id: DEMO_CLIENT.into(),
+                client_secret: Secret::new(opts.configured_secret.clone()),
+                users: (0..opts.integration_users)
+                    .map(|n| UserConfig {
+                        username: seed.integration_user(n),
+                        password: Secret::new(seed.integration_password.clone()),
+                    })
+                    .collect(),
+                push_line_status: false,
+                switchboard_csv: None,
+            }],
+        };
+        let host = Host::start(
+            &config,
+            crate::PLUGIN_WASM,
+            clock.clone(),
+            listener,
+            BTreeMap::from([(opts.name.clone(), switchboard.clone())]),
+        )
+        .await?;
+        Ok(Scenario { emulator, host: Some(host), seed, config, switchboard, clock, emulator_url })
+    }
+
+    /// The integration's status.
+    pub async fn status(&self) -> StatusView {
+        let h = self.host.as_ref().expect("host running");
+        h.integrations.values().next().unwrap().status().await.expect("status")
+    }
+
+    /// Waits until `pred` holds for the status, or `timeout`. Returns the last status.
+    pub async fn wait_status(&self, timeout: Duration, pred: impl Fn(&StatusView) -> bool) -> StatusView {
+        let end = Instant::now() + timeout;
+        loop {
+            let s = self.status().await;
+            if pred(&s) || Instant::now() > end {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Switchboard users whose shown presence differs from the emulator's truth (mapped users
+    /// only: the first `users` of the seed). Empty means in sync.
+    pub fn mismatches(&self, users: usize) -> Vec<String> {
+        let truth = self.emulator.truth(&self.seed.tenant_id);
+        let ms_ids: Vec<String> = self.emulator.with_world(|w| {
+            let k = w.tenant_key(&self.seed.tenant_id).unwrap();
+            w.tenants[&k].users.iter().take(users).map(|u| u.id.clone()).collect()
+        });
+        ms_ids
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| {
+                let want = &truth[*id];
+                match self.switchboard.shown(&format!("sb-{i:05}")) {
+                    Some(s) => s.availability != want.0 || s.activity != want.1,
+                    None => true,
+                }
+            })
+            .map(|(i, _)| format!("sb-{i:05}"))
+            .collect()
+    }
+
+    /// Waits until every one of the first `users` switchboard users shows the emulator's truth.
+    pub async fn wait_in_sync(&self, users: usize, timeout: Duration) -> Vec<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let m = self.mismatches(users);
+            if m.is_empty() || Instant::now() > end {
+                return m;
+            }
+            self.switchboard.wait_change(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Microsoft user id of seed user `i`.
+    pub fn ms_user(&self, i: usize) -> String {
+        self.emulator.with_world(|w| {
+            let k = w.tenant_key(&self.seed.tenant_id).unwrap();
+            w.tenants[&k].users[i].id.clone()
+        })
+    }
+}
+
+/// Runs the demo: 1,353 users and 3 integration users, then random presence changes, printing
+/// what the switchboard shows. Stops after `duration` (forever if `None`).
+pub async fn run(users: usize, integration_users: usize, duration: Option<Duration>) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("teams-presence-demo-{}", std::process::id()));
+    let started = Instant::now();
+    let sc = Scenario::start(ScenarioOptions::new(users, integration_users, dir.clone())).await?;
+    let host = sc.host.as_ref().unwrap();
+    println!("teams-presence-sync demo");
+    println!("  Graph/Entra emulator : {}", sc.emulator_url);
+    println!("  host (webhooks, API) : http://{}", host.addr);
+    println!("  tenant {} with {users} users and {integration_users} integration users", DEMO_TENANT);
+    println!("  switchboard          : http://{}/switchboard/contoso/users", host.addr);
+    println!("  status               : http://{}/status/contoso", host.addr);
+    println!();
+    let s = sc.wait_status(Duration::from_secs(60), |s| s.state != "starting").await;
+    let remaining = sc.wait_in_sync(users, Duration::from_secs(60)).await;
+    let synced = users - remaining.len();
+    println!(
+        "status: {} | users synced: {} | {} ms from start to every user showing Teams presence",
+        s.state,
+        s.users,
+        started.elapsed().as_millis()
+    );
+    for sub in &s.subscriptions {
+        println!(
+            "  integration user {:<38} subscription {} covers {} users",
+            sub.integration_user,
+            sub.subscription_id.as_deref().unwrap_or("-"),
+            sub.users_covered
+        );
+    }
+    println!("switchboard shows Teams presence for {synced} of {users} users");
+    print_sample(&sc, 8);
+    if let Some(code) = &s.code {
+        println!("problem: {code}: {}", s.hint.clone().unwrap_or_default());
+    }
+    println!();
+    println!("Now changing presence in Teams (the emulator) at random; the switchboard follows:");
+    const STATES: [(&str, &str); 5] = [
+        ("Available", "Available"),
+        ("Busy", "InACall"),
+        ("Away", "Away"),
+        ("DoNotDisturb", "Presenting"),
+        ("Busy", "InAMeeting"),
+    ];
+    let end = duration.map(|d| Instant::now() + d);
+    let mut n = 0usize;
+    loop {
+        if end.is_some_and(|e| Instant::now() > e) {
+            break;
+        }
+        n += 1;
+        let i = rand::random::<u64>() as usize % users;
+        let (a, b) = STATES[rand::random::<u64>() as usize % STATES.len()];
+        let t0 = Instant::now();
+        sc.emulator.set_presence(&sc.seed.tenant_id, &sc.ms_user(i), a, b, false);
+        let sb = format!("sb-{i:05}");
+        let mut shown = None;
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Some(s) = sc.switchboard.shown(&sb).filter(|s| s.availability == a && s.activity == b) {
+                shown = Some(s);
+                break;
+            }
+            sc.switchboard.wait_change(Duration::from_millis(50)).await;
+        }
+        match shown {
+            Some(_) => println!(
+                "  #{n:<4} {sb} set to {a}/{b} in Teams -> switchboard shows it after {} ms",
+                t0.elapsed().as_millis()
+            ),
+            None => println!("  #{n:<4} {sb} set to {a}/{b} in Teams -> unchanged (same as before, or not delivered)"),
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let s = sc.status().await;
+    println!(
+        "final status: {} | users synced: {} | notifications accepted: {}",
+        s.state,
+        s.users,
+        s.counters.get("notifications.accepted").copied().unwrap_or(0)
+    );
+    if let Some(h) = { sc }.host.take() {
+        h.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn print_sample(sc: &Scenario, n: usize) {
+    println!("  {:<10} {:<12} {:<16} {:<14}", "user", "name", "availability", "activity");
+    for u in sc.switchboard.users().iter().take(n) {
+        let s = sc.switchboard.shown(&u.id);
+        println!(
+            "  {:<10} {:<12} {:<16} {:<14}",
+            u.id,
+            u.name,
+            s.as_ref().map_or("-", |s| s.availability.as_str()),
+            s.as_ref().map_or("-", |s| s.activity.as_str())
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! A Microsoft Graph / Entra ID emulator: the stand-in for Microsoft in tests and the demo.
+//!
+//! It follows reference/graph-facts.md and the OpenAPI subset, not what the plugin happens to
+//! need: the token endpoint answers with Entra's error JSON and AADSTS codes; `/users` pages
+//! with `@odata.nextLink` (`$top` 1-999, default 100); presence aggregates sessions as Graph
+//! documents; `getPresencesByUserId` takes at most 650 ids; subscriptions enforce the
+//! presence rules (delegated only, `updated` only, at most 650 users, at most 60 minutes, one
+//! per app per delegated user, encryption certificate for rich data) and run the validation
+//! handshake against `notificationUrl` (and `lifecycleNotificationUrl`) before answering
+//! `201`; change notifications are encrypted exactly as Graph does (RSA-OAEP-SHA1 wrapped
+//! AES-256 key, HMAC-SHA256, AES-CBC/PKCS7 with IV = first 16 key bytes).
+//!
+//! One deliberate difference: `notificationUrl` may be plain `http` when it points to
+//! loopback, so tests need no TLS certificates. Anything else must be `https`, as in Graph.
+//!
+//! The control API under `/_emulator` changes a user's Teams presence (as if the user did it
+//! in Teams), toggles MFA, lists subscriptions and injects faults.
+
+pub mod model;
+mod routes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+use base64::Engine as _;
+use tokio::sync::mpsc;
+
+pub use model::{Fault, Subscription, TenantSeed, World};
+
+use crate::runtime::HostClock;
+
+/// A notification waiting to be delivered.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    url: String,
+    sub_id: String,
+    client_state: Option<String>,
+    tenant: String,
+    expires_at_ms: u64,
+    spki: Vec<u8>,
+    cert_id: String,
+    thumbprint: String,
+    rich: bool,
+    user_id: String,
+    availability: String,
+    activity: String,
+    sequence: String,
+}
+
+/// Delivery counters.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DeliveryStats {
+    /// Notifications acknowledged with 2xx.
+    pub delivered: AtomicU64,
+    /// Delivery attempts that failed (non-2xx or no answer).
+    pub failed_attempts: AtomicU64,
+    /// Notifications given up after all retries.
+    pub dropped: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) world: Mutex<World>,
+    pub(crate) base_url: RwLock<String>,
+    pub(crate) clock: Arc<HostClock>,
+    pub(crate) http: reqwest::Client,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    pub(crate) stats: DeliveryStats,
+}
+
+/// The emulator. Cheap to clone.
+#[derive(Clone)]
+pub struct Emulator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Emulator {
+    /// A new, empty emulator using `clock`. Must be called inside a tokio runtime.
+    pub fn new(clock: Arc<HostClock>) -> Emulator {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            world: Mutex::new(World::default()),
+            base_url: RwLock::new(String::new()),
+            clock,
+            http: reqwest::Client::builder().build().expect("http client"),
+            deliveries: tx,
+            stats: DeliveryStats::default(),
+        });
+        tokio::spawn(deliver_loop(Arc::downgrade(&inner), rx));
+        Emulator { inner }
+    }
+
+    /// Adds a seeded tenant.
+    pub fn add_tenant(&self, seed: &TenantSeed) {
+        let mut t = seed.build();
+        let now = self.inner.clock.now_ms();
+        for u in &mut t.users {
+            u.last_aggregate = u.aggregate(now);
+        }
+        self.inner.world.lock().unwrap().tenants.insert(t.id.clone(), t);
+    }
+
+    /// Serves on `listener` (in the background). Returns the base URL
+    /// (`http://127.0.0.1:PORT`), used for both the login and the Graph base URL.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> anyhow::Result<String> {
+        let addr = listener.local_addr()?;
+        let base = format!("http://{addr}");
+        *self.inner.base_url.write().unwrap() = base.clone();
+        let app = routes::router(self.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(base)
+    }
+
+    /// Binds `127.0.0.1:0` and serves.
+    pub async fn start(&self) -> anyhow::Result<String> {
+        self.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await
+    }
+
+    /// Runs `f` on the world.
+    pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        f(&mut self.inner.world.lock().unwrap())
+    }
+
+    /// Sets a user's Teams-client session (as if the user changed it in Teams), or the
+    /// user-preferred presence when `preferred`. Notifies subscribers if the aggregate changed.
+    pub fn set_presence(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        availability: &str,
+        activity: &str,
+        preferred: bool,
+    ) -> bool {
+        let now = self.inner.clock.now_ms();
+        let mut w = self.inner.world.lock().unwrap();
+        let Some(key) = w.tenant_key(tenant) else { return false };
+        let Some(user) = w.tenants.get_mut(&key).and_then(|t| t.user_mut(user_id)) else { return false };
+        let s = model::Session { availability: availability.into(), activity: activity.into(), expires_at_ms: None };
+        if preferred {
+            user.preferred = Some(s);
+        } else {
+            user.sessions.insert(model::TEAMS_CLIENT_SESSION.into(), s);
+        }
+        let d = touch(&mut w, &key, user_id, now);
+        drop(w);
+        self.send(d);
+        true
+    }
+
+    fn send(&self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            let _ = self.inner.deliveries.send(d);
+        }
+    }
+
+    /// Every user's current aggregated presence in `tenant`: id → (availability, activity).
+    pub fn truth(&self, tenant: &str) -> HashMap<String, (String, String)> {
+        let now = self.inner.clock.now_ms();
+        let w = self.inner.world.lock().unwrap();
+        w.tenant_key(tenant)
+            .and_then(|k| w.tenants.get(&k))
+            .map(|t| t.users.iter().map(|u| (u.id.clone(), u.aggregate(now))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Live subscriptions.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        let now = self.inner.clock.now_ms();
+        self.inner.world.lock().unwrap().subscriptions.values().filter(|s| s.expires_at_ms > now).cloned().collect()
+    }
+
+    /// Delivery counters.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.inner.stats
+    }
+
+    /// Requests served, by route.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner.world.lock().unwrap().requests.clone()
+    }
+}
+
+/// Recomputes a user's aggregate; if it changed, bumps the sequence and returns the
+/// notifications to deliver.
+pub(crate) fn touch(w: &mut World, tenant: &str, user_id: &str, now: u64) -> Vec<Delivery> {
+    w.sequence += 1;
+    let seq = w.sequence;
+    let Some(user) = w.tenants.get_mut(tenant).and_then(|t| t.user_mut(user_id)) else { return vec![] };
+    let agg = user.aggregate(now);
+    if agg == user.last_aggregate {
+        return vec![];
+    }
+    user.last_aggregate = agg.clone();
+    user.sequence = seq;
+    w.subscriptions
+        .values()
+        .filter(|s| s.tenant == tenant && s.expires_at_ms > now && s.user_ids.contains(user_id))
+        .map(|s| Delivery {
+            url: s.notification_url.clone(),
+            sub_id: s.id.clone(),
+            client_state: s.client_state.clone(),
+            tenant: s.tenant.clone(),
+            expires_at_ms: s.expires_at_ms,
+            spki: s.spki.clone(),
+            cert_id: s.cert_id.clone(),
+            thumbprint: s.thumbprint.clone(),
+            rich: s.include_resource_data,
+            user_id: user_id.to_string(),
+            availability: agg.0.clone(),
+            activity: agg.1.clone(),
+            sequence: format!("{seq:020}"),
+        })
+        .collect()
+}
+
+/// The sequence number string of a user's current presence.
+pub(crate) fn sequence_string(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+fn notification_item(d: &Delivery) -> anyhow::Result<serde_json::Value> {
+    let mut item = serde_json::json!({
+        "subscriptionId": d.sub_id,
+        "clientState": d.client_state,
+        "changeType": "updated",
+        "tenantId": d.tenant,
+        "organizationId": d.tenant,
+        "resource": format!("communications/presences/{}", d.user_id),
+        "subscriptionExpirationDateTime": presence_core::core::rfc3339(d.expires_at_ms),
+        "resourceData": {
+            "@odata.id": format!("users/{}/presence", d.user_id),
+            "@odata.type": "#microsoft.graph.presence",
+            "id": d.user_id,
+        },
+    });
+    if d.rich {
+        let plain = serde_json::json!({
+            "@odata.type": "#microsoft.graph.presence",
+            "@odata.id": format!("users/{}/presence", d.user_id),
+            "id": d.user_id,
+            "availability": d.availability,
+            "activity": d.activity,
+            "sequenceNumber": d.sequence,
+        });
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("randomness"))?;
+        let (data, sig) = presence_core::crypto::encrypt_like_graph(&key, plain.to_string().as_bytes());
+        let pk = OaepPublicEncryptingKey::new(
+            PublicEncryptingKey::from_der(&d.spki).map_err(|e| anyhow::anyhow!("certificate key: {e}"))?,
+        )
+        .map_err(|_| anyhow::anyhow!("certificate key is not RSA"))?;
+        let mut wrapped = vec![0u8; pk.ciphertext_size()];
+        let n =
+            pk.encrypt(&OAEP_SHA1_MGF1SHA1, &key, &mut wrapped, None).map_err(|_| anyhow::anyhow!("RSA-OAEP"))?.len();
+        wrapped.truncate(n);
+        item["encryptedContent"] = serde_json::json!({
+            "data": data,
+            "dataSignature": sig,
+            "dataKey": base64::engine::general_purpose::STANDARD.encode(&wrapped),
+            "encryptionCertificateId": d.cert_id,
+            "encryptionCertificateThumbprint": d.thumbprint,
+        });
+    }
+    Ok(item)
+}
+
+/// Delivers notifications: batches what is queued per URL (Graph may put several into one
+/// POST), at most 8 POSTs at once, retrying failures with exponential backoff a bounded
+/// number of times (Graph retries for up to 4 hours; the emulator for about a minute).
+async fn deliver_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    while let Some(first) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let mut batch = vec![first];
+        while batch.len() < 100 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let mut by_url: HashMap<String, Vec<Delivery>> = HashMap::new();
+        for d in batch {
+            by_url.entry(d.url.clone()).or_default().push(d);
+        }
+        for (url, ds) in by_url {
+            let items: Vec<serde_json::Value> = ds.iter().filter_map(|d| notification_item(d).ok()).collect();
+            let count = items.len() as u64;
+            let body = serde_json::json!({ "value": items }).to_string();
+            let permit = permits.clone().acquire_owned().await.expect("semaphore");
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut delay = std::time::Duration::from_millis(250);
+                for attempt in 0..8 {
+                    let r = inner
+                        .http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .timeout(std::time::Duration::from_secs(10))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if matches!(&r, Ok(resp) if resp.status().is_success()) {
+                        inner.stats.delivered.fetch_add(count, Ordering::Relaxed);
+                        return;
+                    }
+                    inner.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if attempt < 7 {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(15));
+                    }
+                }
+                inner.stats.dropped.fetch_add(count, Ordering::Relaxed);
+            });
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The emulator's world: tenants, app registrations, users with presence sessions, issued
+//! tokens and subscriptions. Presence aggregation follows graph-facts.md §4.7: a
+//! user-preferred presence wins over sessions; among sessions DoNotDisturb > Busy > Available
+//! > Away; with no live session the user is Offline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+/// The session id the emulator uses for "the user's Teams client".
+pub const TEAMS_CLIENT_SESSION: &str = "teams-client";
+
+/// An app registration in a tenant.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Application (client) id.
+    pub client_id: String,
+    /// Current secret.
+    pub secret: String,
+    /// Whether that secret has expired (AADSTS7000222).
+    pub secret_expired: bool,
+    /// Application permissions granted with admin consent (`User.Read.All`, ...).
+    pub app_roles: BTreeSet<String>,
+    /// Whether delegated permissions (Presence.Read.All) have been consented.
+    pub delegated_consent: bool,
+}
+
+/// A presence session (a Teams client, or an app's setPresence session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Availability.
+    pub availability: String,
+    /// Activity.
+    pub activity: String,
+    /// When it expires (ms), if ever.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A Microsoft user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Object id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// UPN.
+    pub upn: String,
+    /// Primary SMTP address.
+    pub mail: Option<String>,
+    /// `SMTP:` / `smtp:` entries.
+    pub proxy_addresses: Vec<String>,
+    /// Password, for users that sign in (integration users).
+    pub password: Option<String>,
+    /// Whether sign-in requires MFA (AADSTS50076 for ROPC).
+    pub mfa_required: bool,
+    /// Presence sessions by session id.
+    pub sessions: BTreeMap<String, Session>,
+    /// User-preferred presence.
+    pub preferred: Option<Session>,
+    /// Sequence number of the last presence change.
+    pub sequence: u64,
+    /// The aggregate last notified.
+    pub last_aggregate: (String, String),
+}
+
+impl User {
+    /// The aggregated presence at `now`.
+    pub fn aggregate(&self, now: u64) -> (String, String) {
+        let live: Vec<&Session> = self.sessions.values().filter(|s| s.expires_at_ms.is_none_or(|e| e > now)).collect();
+        if live.is_empty() {
+            return ("Offline".into(), "Offline".into());
+        }
+        if let Some(p) = self.preferred.as_ref().filter(|p| p.expires_at_ms.is_none_or(|e| e > now)) {
+            return (p.availability.clone(), p.activity.clone());
+        }
+        let rank = |a: &str| match a.to_ascii_lowercase().as_str() {
+            "donotdisturb" => 5,
+            "busy" => 4,
+            "available" => 3,
+            "availableidle" | "availableinactive" => 2,
+            "away" | "berightback" => 1,
+            _ => 0,
+        };
+        let best = live.iter().max_by_key(|s| rank(&s.availability)).unwrap();
+        (best.availability.clone(), best.activity.clone())
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Tenant id (GUID).
+    pub id: String,
+    /// Primary domain.
+    pub domain: String,
+    /// App registrations by client id.
+    pub apps: BTreeMap<String, App>,
+    /// Users in directory order.
+    pub users: Vec<User>,
+    /// Index by id.
+    pub by_id: HashMap<String, usize>,
+    /// Lifetime range of issued tokens, seconds.
+    pub token_lifetime_s: (u64, u64),
+}
+
+impl Tenant {
+    /// Rebuilds the id index.
+    pub fn reindex(&mut self) {
+        self.by_id = self.users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+    }
+    /// A user by id.
+    pub fn user_mut(&mut self, id: &str) -> Option<&mut User> {
+        let i = *self.by_id.get(id)?;
+        self.users.get_mut(i)
+    }
+    /// A user by UPN (case-insensitive).
+    pub fn user_by_upn(&mut self, upn: &str) -> Option<&mut User> {
+        self.users.iter_mut().find(|u| u.upn.eq_ignore_ascii_case(upn))
+    }
+}
+
+/// What an issued token grants.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// Client credentials: application roles.
+    App {
+        /// Roles.
+        roles: BTreeSet<String>,
+    },
+    /// Delegated (ROPC): the signed-in user.
+    Delegated {
+        /// User id.
+        user_id: String,
+    },
+}
+
+/// An issued token.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// Tenant id.
+    pub tenant: String,
+    /// Client id.
+    pub client_id: String,
+    /// Grant.
+    pub grant: Grant,
+    /// Expiry.
+    pub expires_at_ms: u64,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    /// Id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Creating app.
+    pub client_id: String,
+    /// Creating user.
+    pub creator_id: String,
+    /// Resource as given.
+    pub resource: String,
+    /// Watched user ids.
+    #[serde(skip)]
+    pub user_ids: BTreeSet<String>,
+    /// Watched users.
+    pub users: usize,
+    /// Notification URL.
+    pub notification_url: String,
+    /// Lifecycle URL.
+    pub lifecycle_notification_url: Option<String>,
+    /// clientState.
+    #[serde(skip)]
+    pub client_state: Option<String>,
+    /// Expiry.
+    pub expires_at_ms: u64,
+    /// SPKI DER of the encryption certificate's public key.
+    #[serde(skip)]
+    pub spki: Vec<u8>,
+    /// Certificate id.
+    pub cert_id: String,
+    /// SHA-1 thumbprint of the certificate.
+    #[serde(skip)]
+    pub thumbprint: String,
+    /// Rich notifications.
+    pub include_resource_data: bool,
+}
+
+/// An injected fault: the next `remaining` requests matching `method`/`path_contains`
+/// get `status` (with `Retry-After` if given).
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct Fault {
+    /// Method to match (any if absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Substring of the path to match.
+    pub path_contains: String,
+    /// Status to answer.
+    pub status: u16,
+    /// Retry-After seconds.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// How many requests to hit.
+    #[serde(default = "one")]
+    pub remaining: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Everything the emulator knows.
+#[derive(Debug, Default)]
+pub struct World {
+    /// Tenants by lower-case id.
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Issued tokens.
+    pub tokens: HashMap<String, TokenInfo>,
+    /// Subscriptions by id.
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Injected faults.
+    pub faults: Vec<Fault>,
+    /// Request counts by route.
+    pub requests: BTreeMap<String, u64>,
+    /// Global sequence for presence changes.
+    pub sequence: u64,
+}
+
+impl World {
+    /// A tenant by id or domain (case-insensitive).
+    pub fn tenant_key(&self, t: &str) -> Option<String> {
+        let t = t.to_ascii_lowercase();
+        if self.tenants.contains_key(&t) {
+            return Some(t);
+        }
+        self.tenants.iter().find(|(_, v)| v.domain.eq_ignore_ascii_case(&t)).map(|(k, _)| k.clone())
+    }
+
+    /// Takes a matching fault, if any.
+    pub fn take_fault(&mut self, method: &str, path: &str) -> Option<Fault> {
+        let i = self.faults.iter().position(|f| {
+            f.remaining > 0
+                && path.contains(&f.path_contains)
+                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+        })?;
+        let f = self.faults[i].clone();
+        self.faults[i].remaining -= 1;
+        if self.faults[i].remaining == 0 {
+            self.faults.remove(i);
+        }
+        Some(f)
+    }
+}
+
+/// How to seed a tenant.
+#[derive(Debug, Clone)]
+pub struct TenantSeed {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Domain.
+    pub domain: String,
+    /// Client id of the app registration.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// Regular users.
+    pub users: usize,
+    /// Integration users (`presence-sync{n}@domain`) with this password.
+    pub integration_users: usize,
+    /// Password of the integration users.
+    pub integration_password: String,
+    /// Application roles granted.
+    pub app_roles: Vec<String>,
+}
+
+impl TenantSeed {
+    /// A seed with the product guide's permissions granted.
+    pub fn new(
+        tenant_id: &str,
+        domain: &str,
+        client_id: &str,
+        secret: &str,
+        users: usize,
+        integration_users: usize,
+    ) -> Self {
+        TenantSeed {
+            tenant_id: tenant_id.into(),
+            domain: domain.into(),
+            client_id: client_id.into(),
+            client_secret: secret.into(),
+            users,
+            integration_users,
+            integration_password: "Integration-Passw0rd!".into(),
+            app_roles: vec!["User.Read.All".into(), "Presence.ReadWrite.All".into()],
+        }
+    }
+
+    /// The username of integration user `n` (0-based).
+    pub fn integration_user(&self, n: usize) -> String {
+        format!("presence-sync{}@{}", n + 1, self.domain)
+    }
+
+    /// The email of regular user `i`.
+    pub fn user_email(&self, i: usize) -> String {
+        format!("user{i:05}@{}", self.domain)
+    }
+
+    /// Builds the tenant. Users get deterministic ids and a varied initial presence.
+    pub fn build(&self) -> Tenant {
+        const STATES: [(&str, &str); 6] = [
+            ("Available", "Available"),
+            ("Busy", "InAMeeting"),
+            ("Away", "Away"),
+            ("DoNotDisturb", "Presenting"),
+            ("Busy", "Busy"),
+            ("BeRightBack", "BeRightBack"),
+        ];
+        let salt = self.tenant_id.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>();
+        let mut users = Vec::with_capacity(self.users + self.integration_users);
+        for i in 0..self.users {
+            let mail = self.user_email(i);
+            let mut sessions = BTreeMap::new();
+            // Every 7th user has no Teams client running (Offline).
+            if i % 7 != 6 {
+                let (a, b) = STATES[i % STATES.len()];
+                sessions.insert(
+                    TEAMS_CLIENT_SESSION.to_string(),
+                    Session { availability: a.into(), activity: b.into(), expires_at_ms: None },
+                );
+            }
+            users.push(User {
+                id: format!("{salt:0>8}-{:04x}-4000-8000-{:012x}", (i >> 16) & 0xffff, i),
+                display_name: format!("User {i:05}"),
+                upn: format!("u{i:05}@{}", self.domain),
+                proxy_addresses: vec![format!("SMTP:{mail}"), format!("smtp:user.{i}@{}", self.domain)],
+                mail: Some(mail),
+                password: None,
+                mfa_required: false,
+                sessions,
+                preferred: None,
+                sequence: 0,
+                last_aggregate: Default::default(),
+            });
+        }
+        for n in 0..self.integration_users {
+            let upn = self.integration_user(n);
+            users.push(User {
+                id: format!("{salt:0>8}-ffff-4000-8000-{:012x}", n),
+                display_name: format!("Presence integration {}", n + 1),
+                upn: upn.clone(),
+                mail: None,
+                proxy_addresses: vec![],
+                password: Some(self.integration_password.clone()),
+                mfa_required: false,
+                sessions: BTreeMap::new(),
+                preferred: None,
+                sequence: 0,
+                last_aggregate: Default::default(),
+            });
+        }
+        let app = App {
+            client_id: self.client_id.clone(),
+            secret: self.client_secret.clone(),
+            secret_expired: false,
+            app_roles: self.app_roles.iter().cloned().collect(),
+            delegated_consent: true,
+        };
+        let mut t = Tenant {
+            id: self.tenant_id.to_ascii_lowercase(),
+            domain: self.domain.clone(),
+            apps: BTreeMap::from([(app.client_id.clone(), app)]),
+            users,
+            by_id: HashMap::new(),
+            token_lifetime_s: (3599, 5399),
+        };
+        t.reindex();
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        TenantSeed::new("00000000-0000-0000-0000-000000000001", "x.com", "c", "s", 1, 0).build().users[0].clone()
+    }
+
+    #[test]
+    fn dnd_session_beats_busy_and_preferred_beats_all() {
+        let mut u = user();
+        u.sessions.insert(
+            "a".into(),
+            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: None },
+        );
+        u.sessions.insert(
+            "b".into(),
+            Session { availability: "DoNotDisturb".into(), activity: "Presenting".into(), expires_at_ms: None },
+        );
+        assert_eq!(u.aggregate(0).0, "DoNotDisturb");
+        u.preferred = Some(Session { availability: "Away".into(), activity: "Away".into(), expires_at_ms: None });
+        assert_eq!(u.aggregate(0), ("Away".into(), "Away".into()));
+    }
+
+    #[test]
+    fn expired_sessions_leave_the_user_offline() {
+        let mut u = user();
+        u.sessions.clear();
+        u.sessions.insert(
+            "a".into(),
+            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: Some(10) },
+        );
+        assert_eq!(u.aggregate(5).1, "InACall");
+        assert_eq!(u.aggregate(11), ("Offline".into(), "Offline".into()));
+    }
+}

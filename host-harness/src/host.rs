@@ -1,0 +1,270 @@
+//! Wiring: durable state, keys, switchboards and one actor per integration, behind one HTTP
+//! listener that serves
+//! - `/webhook/{integration}/notifications` and `/webhook/{integration}/lifecycle` (Graph),
+//! - `/status` and `/status/{integration}` (the admin's view),
+//! - `/switchboard/{integration}/...` (the switchboard simulator's API).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::json;
+
+use crate::config::{Config, IntegrationConfig};
+use crate::keys::NotificationKey;
+use crate::runtime::{self, HostClock, IntegrationHandle, Runtime, Spawn, WebhookRequest};
+use crate::store::Db;
+use crate::switchboard::Switchboard;
+
+/// Largest webhook body the host reads; larger requests get 400 without reaching the plugin.
+pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
+
+/// A running host.
+pub struct Host {
+    /// Integrations by name.
+    pub integrations: BTreeMap<String, IntegrationHandle>,
+    /// Where the listener listens.
+    pub addr: SocketAddr,
+    /// The clock the plugins see.
+    pub clock: Arc<HostClock>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    integrations: Arc<BTreeMap<String, IntegrationHandle>>,
+    oversized: Arc<AtomicU64>,
+}
+
+impl Host {
+    /// Starts every integration of `config` with the plugin `wasm` and serves on `listener`.
+    /// `switchboards` overrides the CSV-loaded switchboard of an integration (tests, demo).
+    pub async fn start(
+        config: &Config,
+        wasm: &[u8],
+        clock: Arc<HostClock>,
+        listener: tokio::net::TcpListener,
+        mut switchboards: BTreeMap<String, Arc<Switchboard>>,
+    ) -> anyhow::Result<Host> {
+        let db = Arc::new(Db::open(&config.host.state_dir)?);
+        let rt = Runtime::new(wasm)?;
+        let http = reqwest::Client::builder().build().context("building the HTTP client")?;
+        let mut integrations = BTreeMap::new();
+        for ic in &config.integrations {
+            let sb = match switchboards.remove(&ic.name) {
+                Some(sb) => sb,
+                None => Arc::new(match &ic.switchboard_csv {
+                    Some(p) => Switchboard::from_csv(p)?,
+                    None => Switchboard::default(),
+                }),
+            };
+            let key = NotificationKey::load_or_create(&db, &ic.name)?;
+            let settings = settings_for(config, ic, &key);
+            let allowed_origins = [&config.host.login_base_url, &config.host.graph_base_url]
+                .iter()
+                .map(|u| url::Url::parse(u).map(|u| runtime::origin_of(&u)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let handle = runtime::spawn(
+                rt.clone(),
+                Spawn {
+                    settings,
+                    allowed_origins,
+                    http: http.clone(),
+                    db: db.clone(),
+                    switchboard: sb,
+                    key,
+                    clock: clock.clone(),
+                },
+            )
+            .await
+            .with_context(|| format!("starting integration {}", ic.name))?;
+            tracing::info!(integration = %ic.name, "integration started");
+            integrations.insert(ic.name.clone(), handle);
+        }
+        let state = AppState { integrations: Arc::new(integrations.clone()), oversized: Arc::new(AtomicU64::new(0)) };
+        let app = Router::new()
+            .route("/webhook/{name}/{kind}", any(webhook))
+            .route("/status", get(status_all))
+            .route("/status/{name}", get(status_one))
+            .route("/switchboard/{name}/users", get(sb_users))
+            .route("/switchboard/{name}/users/{id}", get(sb_user))
+            .route("/switchboard/{name}/users/{id}/line-events", post(sb_line_event))
+            .with_state(state);
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Host { integrations, addr, clock, shutdown: Some(tx), server })
+    }
+
+    /// Stops the listener and the integrations.
+    pub async fn stop(mut self) {
+        for h in self.integrations.values() {
+            h.shutdown();
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}
+
+/// The plugin settings of one integration.
+pub fn settings_for(config: &Config, ic: &IntegrationConfig, key: &NotificationKey) -> runtime::WitSettings {
+    let base = format!("{}/webhook/{}", config.host.public_base_url, ic.name);
+    runtime::WitSettings {
+        name: ic.name.clone(),
+        tenant_id: ic.tenant_id.clone(),
+        client_id: ic.client_id.clone(),
+        client_secret: ic.client_secret.expose().to_string(),
+        integration_users: ic
+            .users
+            .iter()
+            .map(|u| runtime::WitIntegrationUser {
+                username: u.username.clone(),
+                password: u.password.expose().to_string(),
+            })
+            .collect(),
+        login_base_url: config.host.login_base_url.clone(),
+        graph_base_url: config.host.graph_base_url.clone(),
+        notification_url: format!("{base}/notifications"),
+        lifecycle_notification_url: format!("{base}/lifecycle"),
+        encryption_certificate: key.cert_base64.clone(),
+        encryption_certificate_id: key.cert_id.clone(),
+        push_line_status: ic.push_line_status,
+    }
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("no such {what}")).into_response()
+}
+
+async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, String)>, req: Request) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    if kind != "notifications" && kind != "lifecycle" {
+        return not_found("webhook");
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            st.oversized.fetch_add(1, Ordering::Relaxed);
+            return (StatusCode::BAD_REQUEST, format!("body exceeds {MAX_WEBHOOK_BODY} bytes")).into_response();
+        }
+    };
+    let wreq = WebhookRequest {
+        method: parts.method.to_string(),
+        path: format!("/{kind}"),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    match h.webhook(wreq).await {
+        Some(r) => (
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, r.content_type)],
+            r.body,
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
+}
+
+async fn status_json(st: &AppState, h: &IntegrationHandle) -> serde_json::Value {
+    let mut v = serde_json::to_value(h.status().await).unwrap_or_default();
+    if let Some(c) = v.get_mut("counters").and_then(|c| c.as_object_mut()) {
+        c.insert("host.rejected.oversized".into(), json!(st.oversized.load(Ordering::Relaxed)));
+    }
+    v
+}
+
+async fn status_all(State(st): State<AppState>) -> Response {
+    let mut all = Vec::new();
+    for h in st.integrations.values() {
+        all.push(status_json(&st, h).await);
+    }
+    axum::Json(json!({ "integrations": all })).into_response()
+}
+
+async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    match st.integrations.get(&name) {
+        Some(h) => axum::Json(status_json(&st, h).await).into_response(),
+        None => not_found("integration"),
+    }
+}
+
+async fn sb_users(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let shown = h.switchboard.all_shown();
+    let users: Vec<_> = h
+        .switchboard
+        .users()
+        .into_iter()
+        .map(|u| {
+            let p = shown.get(&u.id).cloned();
+            json!({ "user": u, "teams_presence": p })
+        })
+        .collect();
+    axum::Json(json!({ "users": users })).into_response()
+}
+
+async fn sb_user(State(st): State<AppState>, Path((name, id)): Path<(String, String)>) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    match h.switchboard.users().into_iter().find(|u| u.id == id) {
+        Some(u) => axum::Json(json!({ "user": u, "teams_presence": h.switchboard.shown(&id) })).into_response(),
+        None => not_found("user"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LineEventBody {
+    state: String,
+}
+
+async fn sb_line_event(
+    State(st): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let Ok(b) = serde_json::from_slice::<LineEventBody>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body must be {\"state\": \"idle|ringing|connected|on-hold|ended\"}")
+            .into_response();
+    };
+    let state = match b.state.as_str() {
+        "idle" => runtime::LineState::Idle,
+        "ringing" => runtime::LineState::Ringing,
+        "connected" => runtime::LineState::Connected,
+        "on-hold" => runtime::LineState::OnHold,
+        "ended" => runtime::LineState::Ended,
+        other => return (StatusCode::BAD_REQUEST, format!("unknown line state '{other}'")).into_response(),
+    };
+    let ev = runtime::LineEvent { user_id: id, state, at_ms: h_now() };
+    match h.line_event(ev).await {
+        Some(Ok(())) => StatusCode::ACCEPTED.into_response(),
+        Some(Err(e)) => (StatusCode::CONFLICT, e).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
+}
+
+fn h_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}

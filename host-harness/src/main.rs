@@ -1,0 +1,108 @@
+//! `host-harness`: run the host with a config, run the demo, or run the emulator alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use host_harness::config::Config;
+use host_harness::emulator::{Emulator, TenantSeed};
+use host_harness::host::Host;
+use host_harness::runtime::HostClock;
+
+#[derive(Parser)]
+#[command(version, about = "teams-presence-sync reference host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the host with real networking, as configured in FILE.
+    Run {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Runs the demo on the embedded emulator: a seeded tenant, the switchboard simulator and
+    /// live presence changes.
+    Demo {
+        /// Microsoft users (each with a switchboard user).
+        #[arg(long, default_value_t = 1353)]
+        users: usize,
+        /// Integration users.
+        #[arg(long, default_value_t = 3)]
+        integration_users: usize,
+        /// Stop after this many seconds (runs until Ctrl-C otherwise).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Runs the Graph/Entra emulator alone, for manual testing.
+    Emulator {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Users in the seeded tenant.
+        #[arg(long, default_value_t = 1353)]
+        users: usize,
+        /// Integration users in the seeded tenant.
+        #[arg(long, default_value_t = 3)]
+        integration_users: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,host_harness=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(&cfg.host.listen)
+                .await
+                .with_context(|| format!("listening on {}", cfg.host.listen))?;
+            let host = Host::start(
+                &cfg,
+                host_harness::PLUGIN_WASM,
+                Arc::new(HostClock::default()),
+                listener,
+                Default::default(),
+            )
+            .await?;
+            tracing::info!(addr = %host.addr, integrations = host.integrations.len(), "host running");
+            tokio::signal::ctrl_c().await?;
+            host.stop().await;
+        }
+        Cmd::Demo { users, integration_users, seconds } => {
+            host_harness::demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
+        }
+        Cmd::Emulator { listen, users, integration_users } => {
+            let emu = Emulator::new(Arc::new(HostClock::default()));
+            let seed = TenantSeed::new(
+                host_harness::demo::DEMO_TENANT,
+                "contoso.example",
+                host_harness::demo::DEMO_CLIENT,
+                host_harness::demo::DEMO_SECRET,
+                users,
+                integration_users,
+            );
+            emu.add_tenant(&seed);
+            let base = emu.serve(tokio::net::TcpListener::bind(&listen).await?).await?;
+            println!("Graph/Entra emulator on {base}");
+            println!("  tenant {} client {} secret {}", seed.tenant_id, seed.client_id, seed.client_secret);
+            for n in 0..integration_users {
+                println!("  integration user {} password {}", seed.integration_user(n), seed.integration_password);
+            }
+            println!("  control API: {base}/_emulator/stats, {base}/_emulator/subscriptions");
+            tokio::signal::ctrl_c().await?;
+        }
+    }
+    Ok(())
+}

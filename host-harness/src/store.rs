@@ -1,0 +1,107 @@
+//! Durable state in SQLite (WAL mode): the plugins' key-value data, scoped per integration,
+//! and each integration's encryption key.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Per-integration quota of key-value bytes.
+pub const KV_QUOTA_BYTES: u64 = 256 << 20;
+
+/// The state database.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+/// A stored key: PKCS#8 private key and DER certificate.
+pub struct StoredKey {
+    /// Certificate id (echoed by Graph).
+    pub cert_id: String,
+    /// PKCS#8 DER of the RSA private key.
+    pub pkcs8: Vec<u8>,
+    /// DER of the self-signed certificate.
+    pub cert_der: Vec<u8>,
+}
+
+impl Db {
+    /// Opens (creating) `state.db` in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Db> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
+             CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);",
+        )?;
+        Ok(Db { conn: Mutex::new(conn) })
+    }
+
+    /// A value.
+    pub fn get(&self, integration: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.query_row("SELECT value FROM kv WHERE integration = ?1 AND key = ?2", params![integration, key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+    }
+
+    /// Stores a value; refuses past the quota.
+    pub fn set(&self, integration: &str, key: &str, value: &[u8]) -> Result<(), crate::runtime::StateFailure> {
+        let c = self.conn.lock().unwrap();
+        let used: i64 = c
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(value)), 0) FROM kv WHERE integration = ?1 AND key != ?2",
+                params![integration, key],
+                |r| r.get(0),
+            )
+            .map_err(|e| crate::runtime::StateFailure::Unavailable(e.to_string()))?;
+        if used as u64 + value.len() as u64 > KV_QUOTA_BYTES {
+            return Err(crate::runtime::StateFailure::Quota(KV_QUOTA_BYTES));
+        }
+        c.execute(
+            "INSERT INTO kv (integration, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (integration, key) DO UPDATE SET value = excluded.value",
+            params![integration, key, value],
+        )
+        .map_err(|e| crate::runtime::StateFailure::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Deletes a value.
+    pub fn delete(&self, integration: &str, key: &str) -> anyhow::Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute("DELETE FROM kv WHERE integration = ?1 AND key = ?2", params![integration, key])?;
+        Ok(())
+    }
+
+    /// Keys with a prefix, sorted.
+    pub fn keys(&self, integration: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let c = self.conn.lock().unwrap();
+        let mut st =
+            c.prepare("SELECT key FROM kv WHERE integration = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
+        let rows = st.query_map(params![integration, prefix], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The integration's key, if one was stored.
+    pub fn key(&self, integration: &str) -> anyhow::Result<Option<StoredKey>> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.query_row("SELECT cert_id, pkcs8, cert_der FROM keys WHERE integration = ?1", params![integration], |r| {
+            Ok(StoredKey { cert_id: r.get(0)?, pkcs8: r.get(1)?, cert_der: r.get(2)? })
+        })
+        .optional()?)
+    }
+
+    /// Stores the integration's key.
+    pub fn put_key(&self, integration: &str, k: &StoredKey) -> anyhow::Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO keys (integration, cert_id, pkcs8, cert_der) VALUES (?1, ?2, ?3, ?4)",
+            params![integration, k.cert_id, k.pkcs8, k.cert_der],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The switchboard simulator: the switchboard's users (from a CSV) and what its operator
+//! console shows of each user's Teams presence. The plugin reads users through the
+//! `directory` import and writes presence through the `presence` import.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::RwLock;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// A switchboard user.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct User {
+    /// Switchboard id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Addresses.
+    pub emails: Vec<String>,
+    /// Line number.
+    pub line_number: Option<String>,
+    /// Has a line.
+    pub active: bool,
+}
+
+/// The Teams presence shown for a user.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Shown {
+    /// Availability.
+    pub availability: String,
+    /// Activity.
+    pub activity: String,
+    /// `teams`, `own-line-status` or `snapshot`.
+    pub origin: String,
+    /// The Microsoft user.
+    pub microsoft_user_id: String,
+    /// When the plugin learnt it (ms since epoch).
+    pub observed_at_ms: u64,
+    /// How many updates this user received.
+    pub updates: u64,
+}
+
+/// One customer's switchboard.
+#[derive(Default)]
+pub struct Switchboard {
+    users: RwLock<Vec<User>>,
+    presence: RwLock<HashMap<String, Shown>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Switchboard {
+    /// A switchboard with these users.
+    pub fn new(users: Vec<User>) -> Self {
+        Switchboard { users: RwLock::new(users), ..Default::default() }
+    }
+
+    /// Loads users from a CSV with a header `id,name,email,line_number[,active]`. Several
+    /// addresses go in `email` separated by `;`. An empty `line_number` makes a passive user.
+    pub fn from_csv(path: &Path) -> anyhow::Result<Self> {
+        let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut users = Vec::new();
+        for (i, rec) in r.records().enumerate() {
+            let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+            let field = |n: usize| rec.get(n).map(str::trim).unwrap_or("");
+            if field(0).is_empty() {
+                anyhow::bail!("{}: row {}: id is empty", path.display(), i + 2);
+            }
+            let line = field(3);
+            users.push(User {
+                id: field(0).into(),
+                name: field(1).into(),
+                emails: field(2).split(';').map(str::trim).filter(|e| !e.is_empty()).map(Into::into).collect(),
+                line_number: (!line.is_empty()).then(|| line.to_string()),
+                active: match field(4) {
+                    "" => !line.is_empty(),
+                    v => v.eq_ignore_ascii_case("true") || v == "1",
+                },
+            });
+        }
+        Ok(Switchboard::new(users))
+    }
+
+    /// Writes users as CSV (for the demo and tests).
+    pub fn write_csv(path: &Path, users: &[User]) -> anyhow::Result<()> {
+        let mut w = csv::Writer::from_path(path)?;
+        w.write_record(["id", "name", "email", "line_number", "active"])?;
+        for u in users {
+            w.write_record([
+                u.id.as_str(),
+                &u.name,
+                &u.emails.join(";"),
+                u.line_number.as_deref().unwrap_or(""),
+                if u.active { "true" } else { "false" },
+            ])?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    /// All users.
+    pub fn users(&self) -> Vec<User> {
+        self.users.read().unwrap().clone()
+    }
+
+    /// Users carrying `email` (trimmed, case-insensitive).
+    pub fn find_by_email(&self, email: &str) -> Vec<User> {
+        let e = email.trim().to_lowercase();
+        self.users
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|u| u.emails.iter().any(|x| x.trim().to_lowercase() == e))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a user exists.
+    pub fn has_user(&self, id: &str) -> bool {
+        self.users.read().unwrap().iter().any(|u| u.id == id)
+    }
+
+    /// Shows a presence (called through the plugin's `presence.publish`).
+    pub fn publish(&self, user_id: &str, mut shown: Shown) {
+        let mut p = self.presence.write().unwrap();
+        shown.updates = p.get(user_id).map_or(0, |s| s.updates) + 1;
+        p.insert(user_id.to_string(), shown);
+        drop(p);
+        self.changed.notify_waiters();
+    }
+
+    /// What the console shows for a user.
+    pub fn shown(&self, user_id: &str) -> Option<Shown> {
+        self.presence.read().unwrap().get(user_id).cloned()
+    }
+
+    /// What the console shows for every user with a presence.
+    pub fn all_shown(&self) -> HashMap<String, Shown> {
+        self.presence.read().unwrap().clone()
+    }
+
+    /// Waits until something is published (or `timeout`).
+    pub async fn wait_change(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+}

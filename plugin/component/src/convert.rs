@@ -1,0 +1,160 @@
+//! `From` conversions between the WIT types and the core's types.
+
+use super::*;
+
+impl From<sync::Settings> for core::Settings {
+    fn from(s: sync::Settings) -> Self {
+        core::Settings {
+            name: s.name,
+            tenant_id: s.tenant_id,
+            client_id: s.client_id,
+            client_secret: s.client_secret,
+            integration_users: s
+                .integration_users
+                .into_iter()
+                .map(|u| core::IntegrationUser { username: u.username, password: u.password })
+                .collect(),
+            login_base_url: s.login_base_url,
+            graph_base_url: s.graph_base_url,
+            notification_url: s.notification_url,
+            lifecycle_notification_url: s.lifecycle_notification_url,
+            encryption_certificate: s.encryption_certificate,
+            encryption_certificate_id: s.encryption_certificate_id,
+            push_line_status: s.push_line_status,
+        }
+    }
+}
+
+impl From<core::ConfigError> for sync::ConfigError {
+    fn from(e: core::ConfigError) -> Self {
+        match e {
+            core::ConfigError::Missing(f) => sync::ConfigError::Missing(f),
+            core::ConfigError::Invalid(r) => sync::ConfigError::Invalid(r),
+        }
+    }
+}
+
+impl From<directory::SwitchboardUser> for core::SwitchboardUser {
+    fn from(u: directory::SwitchboardUser) -> Self {
+        core::SwitchboardUser {
+            id: u.id,
+            display_name: u.display_name,
+            emails: u.emails,
+            line_number: u.line_number,
+            active: u.active,
+        }
+    }
+}
+
+impl From<core::HttpRequest> for outbound_http::Request {
+    fn from(r: core::HttpRequest) -> Self {
+        outbound_http::Request { method: r.method, url: r.url, headers: r.headers, body: r.body }
+    }
+}
+
+impl From<outbound_http::Response> for core::HttpResponse {
+    fn from(r: outbound_http::Response) -> Self {
+        core::HttpResponse { status: r.status, headers: r.headers, body: r.body }
+    }
+}
+
+impl From<outbound_http::HttpError> for core::HttpError {
+    fn from(e: outbound_http::HttpError) -> Self {
+        match e {
+            outbound_http::HttpError::NotAllowed(o) => core::HttpError::NotAllowed(o),
+            outbound_http::HttpError::InvalidRequest(r) => core::HttpError::InvalidRequest(r),
+            outbound_http::HttpError::TooLarge(n) => core::HttpError::TooLarge(n),
+            outbound_http::HttpError::Connection(r) => core::HttpError::Connection(r),
+            outbound_http::HttpError::Timeout => core::HttpError::Timeout,
+        }
+    }
+}
+
+impl From<core::PresenceUpdate> for presence::PresenceUpdate {
+    fn from(u: core::PresenceUpdate) -> Self {
+        presence::PresenceUpdate {
+            user_id: u.user_id,
+            microsoft_user_id: u.microsoft_user_id,
+            presence: types::TeamsPresence { availability: u.presence.availability, activity: u.presence.activity },
+            origin: match u.origin {
+                core::PresenceOrigin::Teams => types::PresenceOrigin::Teams,
+                core::PresenceOrigin::OwnLineStatus => types::PresenceOrigin::OwnLineStatus,
+                core::PresenceOrigin::Snapshot => types::PresenceOrigin::Snapshot,
+            },
+            observed_at_ms: u.observed_at_ms,
+        }
+    }
+}
+
+impl From<core::Level> for log::Level {
+    fn from(l: core::Level) -> Self {
+        match l {
+            core::Level::Debug => log::Level::Debug,
+            core::Level::Info => log::Level::Info,
+            core::Level::Warn => log::Level::Warn,
+            core::Level::Error => log::Level::Error,
+        }
+    }
+}
+
+impl From<sync::WebhookRequest> for core::WebhookRequest {
+    fn from(r: sync::WebhookRequest) -> Self {
+        core::WebhookRequest { method: r.method, path: r.path, query: r.query, headers: r.headers, body: r.body }
+    }
+}
+
+impl From<core::WebhookResponse> for sync::WebhookResponse {
+    fn from(r: core::WebhookResponse) -> Self {
+        sync::WebhookResponse { status: r.status, content_type: r.content_type, body: r.body }
+    }
+}
+
+impl From<core::Problem> for types::Problem {
+    fn from(p: core::Problem) -> Self {
+        types::Problem { code: p.code, hint: p.hint, detail: p.detail }
+    }
+}
+
+impl From<core::IntegrationStatus> for status::IntegrationStatus {
+    fn from(s: core::IntegrationStatus) -> Self {
+        status::IntegrationStatus {
+            health: match s.health {
+                core::Health::Starting => status::Health::Starting,
+                core::Health::Ok => status::Health::Ok,
+                core::Health::MissingCredentials(f) => status::Health::MissingCredentials(f),
+                core::Health::Error(p) => status::Health::Error(p.into()),
+            },
+            mapped_users: s.mapped_users,
+            microsoft_users: s.microsoft_users,
+            switchboard_users: s.switchboard_users,
+            uncovered_users: s.uncovered_users,
+            integration_users_needed: s.integration_users_needed,
+            subscriptions: s
+                .subscriptions
+                .into_iter()
+                .map(|x| status::SubscriptionStatus {
+                    integration_user: x.integration_user,
+                    subscription_id: x.subscription_id,
+                    users_covered: x.users_covered,
+                    expires_at_ms: x.expires_at_ms,
+                    problem: x.problem.map(Into::into),
+                })
+                .collect(),
+            conflicts: s
+                .conflicts
+                .into_iter()
+                .map(|c| status::Conflict {
+                    email: c.email,
+                    kind: match c.kind {
+                        core::ConflictKind::SeveralMicrosoftUsers => status::ConflictKind::SeveralMicrosoftUsers,
+                        core::ConflictKind::SeveralSwitchboardUsers => status::ConflictKind::SeveralSwitchboardUsers,
+                    },
+                    candidates: c.candidates,
+                })
+                .collect(),
+            last_directory_refresh_ms: s.last_directory_refresh_ms,
+            last_notification_ms: s.last_notification_ms,
+            counters: s.counters,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! # presence-plugin
+//!
+//! The teams-presence-sync WebAssembly component: the only `wit_bindgen::generate!` site. It
+//! converts between the WIT types and [`presence_core`]'s types and performs the core's
+//! effects through the host's imports. No sync logic lives here.
+//!
+//! ## Layout
+//! - `HostEnv`: the core's [`presence_core::Env`] backed by WIT imports.
+//! - `run_effects`: performs effects until none are left.
+//! - `Plugin`: the `sync` export.
+//! - `convert`: `From` impls between WIT and core types.
+
+#![allow(missing_docs)] // generated bindings
+#![allow(unsafe_code)] // generated bindings
+
+use std::cell::RefCell;
+
+use presence_core as core;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "presence-sync",
+});
+
+use exports::teams_presence::plugin::sync;
+use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, state, status, types};
+
+mod convert;
+
+/// Version of this plugin release (reported in the status).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+thread_local! {
+    static CORE: RefCell<core::Core> = RefCell::new(core::Core::new());
+}
+
+struct HostEnv;
+
+impl core::Env for HostEnv {
+    fn now_ms(&self) -> u64 {
+        clock::now_ms()
+    }
+    fn random_bytes(&mut self, n: usize) -> Vec<u8> {
+        crypto::random_bytes(n as u32)
+    }
+    fn unwrap_key(&mut self, certificate_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, core::UnwrapError> {
+        crypto::unwrap_key(certificate_id, wrapped).map_err(|e| match e {
+            crypto::UnwrapError::UnknownCertificate(c) => core::UnwrapError::UnknownCertificate(c),
+            crypto::UnwrapError::DecryptFailed => core::UnwrapError::DecryptFailed,
+        })
+    }
+    fn switchboard_users(&mut self) -> Vec<core::SwitchboardUser> {
+        directory::list_users().into_iter().map(Into::into).collect()
+    }
+    fn load(&mut self, key: &str) -> Option<Vec<u8>> {
+        state::get(key)
+    }
+}
+
+/// Performs the core's effects; a request the host refuses to start is fed back at once.
+fn run_effects(core: &mut core::Core) {
+    let mut env = HostEnv;
+    loop {
+        let effects = core.take_effects();
+        if effects.is_empty() {
+            return;
+        }
+        for effect in effects {
+            match effect {
+                core::Effect::Http { id, request } => {
+                    if let Err(e) = outbound_http::start(id, &request.into()) {
+                        core.on_http_response(&mut env, id, Err(e.into()));
+                    }
+                }
+                core::Effect::Publish(update) => {
+                    if let Err(presence::PublishError::UnknownUser(u)) = presence::publish(&update.into()) {
+                        log::emit(log::Level::Warn, "switchboard user vanished", &[("user".into(), u)]);
+                    }
+                }
+                core::Effect::Store { key, value: Some(v) } => {
+                    if let Err(e) = state::set(&key, &v) {
+                        let reason = match e {
+                            state::StateError::QuotaExceeded(q) => format!("quota of {q} bytes exceeded"),
+                            state::StateError::Unavailable(r) => r,
+                        };
+                        log::emit(
+                            log::Level::Error,
+                            "state write failed",
+                            &[("key".into(), key), ("reason".into(), reason)],
+                        );
+                    }
+                }
+                core::Effect::Store { key, value: None } => state::delete(&key),
+                core::Effect::Log { level, message, fields } => log::emit(level.into(), &message, &fields),
+            }
+        }
+    }
+}
+
+fn with_core<R>(f: impl FnOnce(&mut core::Core, &mut HostEnv) -> R) -> R {
+    CORE.with(|c| {
+        let mut core = c.borrow_mut();
+        let r = f(&mut core, &mut HostEnv);
+        run_effects(&mut core);
+        r
+    })
+}
+
+struct Plugin;
+
+impl sync::Guest for Plugin {
+    fn configure(settings: sync::Settings) -> Result<(), sync::ConfigError> {
+        with_core(|core, env| core.configure(env, settings.into()).map_err(Into::into))
+    }
+
+    fn on_webhook(req: sync::WebhookRequest) -> sync::WebhookResponse {
+        with_core(|core, env| core.on_webhook(env, req.into()).into())
+    }
+
+    fn on_http_response(id: u64, outcome: Result<outbound_http::Response, outbound_http::HttpError>) {
+        with_core(|core, env| core.on_http_response(env, id, outcome.map(Into::into).map_err(Into::into)))
+    }
+
+    fn on_line_event(event: presence::LineEvent) -> Result<(), sync::LineEventError> {
+        // Pushing line status to Teams arrives with issue 2/5; until then every event is
+        // declined with the reason the admin can see.
+        let _ = event;
+        Err(sync::LineEventError::PushDisabled)
+    }
+
+    fn tick() {
+        with_core(|core, env| core.tick(env))
+    }
+
+    fn status() -> status::IntegrationStatus {
+        with_core(|core, env| core.status(env).into())
+    }
+
+    fn plugin_version() -> String {
+        VERSION.to_string()
+    }
+}
+
+export!(Plugin);

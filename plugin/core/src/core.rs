@@ -1,0 +1,1037 @@
+//! The sync state machine. Every entry point takes the [`Env`] (time, randomness, the host's
+//! synchronous capabilities) and leaves [`Effect`]s to perform in [`Core::take_effects`].
+//!
+//! Progress is made by [`Core::drive`], a reconciler run after every event: it compares what
+//! is with what should be (tokens valid, directory read, one subscription per non-empty shard,
+//! a snapshot after each new subscription) and starts the next request where one is due. At
+//! most one request per concern is in flight, so responses can never interleave badly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use crate::crypto::{self, EncryptedContent};
+use crate::hints::{self, problem};
+use crate::mapping::{self, GraphUser, Mapping};
+use crate::model::*;
+use crate::shards::{MAX_USERS_PER_SUBSCRIPTION, Shards};
+
+/// Graph allows presence subscriptions to live at most 60 minutes; we ask for 59 so clock
+/// skew between us and Graph never makes a request invalid.
+pub const SUBSCRIPTION_LIFETIME_MS: u64 = 59 * 60 * 1000;
+/// Renew this long before expiry (several retries fit before it lapses).
+pub const RENEW_BEFORE_MS: u64 = 15 * 60 * 1000;
+/// How often the directory is re-read.
+pub const DIRECTORY_REFRESH_MS: u64 = 60 * 60 * 1000;
+/// Largest webhook body the plugin accepts (a Graph batch of rich notifications is far smaller).
+pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+/// `getPresencesByUserId` takes at most 650 ids per call (graph-facts.md §4.2).
+pub const MAX_IDS_PER_PRESENCE_READ: usize = 650;
+const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
+const FIRST_BACKOFF_MS: u64 = 2_000;
+const STATE_DIRECTORY: &str = "v1/directory";
+const STATE_SUBSCRIPTIONS: &str = "v1/subscriptions";
+
+#[derive(Debug, Clone)]
+enum Pending {
+    AppToken,
+    UserToken(usize),
+    UsersPage,
+    CreateSub { slot: usize, client_state: String, members: BTreeSet<String> },
+    RenewSub(usize),
+    DeleteSub(usize),
+    ListSubs(usize),
+    CleanupDelete(usize),
+    Presences(usize),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Backoff {
+    failures: u32,
+    not_before: u64,
+}
+
+impl Backoff {
+    fn ready(&self, now: u64) -> bool {
+        now >= self.not_before
+    }
+    fn fail(&mut self, now: u64, retry_after_ms: Option<u64>, jitter: u8) {
+        self.failures += 1;
+        let exp = FIRST_BACKOFF_MS.saturating_mul(1u64 << self.failures.min(16).saturating_sub(1)).min(MAX_BACKOFF_MS);
+        // Up to +25 % jitter so that many integrations do not retry in step.
+        let delay = exp + exp * u64::from(jitter) / 1024;
+        self.not_before = now + retry_after_ms.map_or(delay, |r| r.max(1));
+    }
+    fn succeed(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+enum TokenState {
+    #[default]
+    Empty,
+    Requesting,
+    Valid {
+        access: String,
+        refresh_at: u64,
+    },
+    Failed(Problem),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Token {
+    state: TokenState,
+    retry: Backoff,
+}
+
+impl Token {
+    fn access(&self, now: u64) -> Option<&str> {
+        match &self.state {
+            TokenState::Valid { access, refresh_at } if now < *refresh_at => Some(access),
+            _ => None,
+        }
+    }
+    fn wants_request(&self, now: u64) -> bool {
+        !matches!(self.state, TokenState::Requesting) && self.access(now).is_none() && self.retry.ready(now)
+    }
+    fn problem(&self) -> Option<&Problem> {
+        match &self.state {
+            TokenState::Failed(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+struct ActiveSub {
+    id: String,
+    client_state: String,
+    expires_at_ms: u64,
+    members: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sub {
+    active: Option<ActiveSub>,
+    busy: bool,
+    needs_snapshot: bool,
+    reauthorize: bool,
+    cleanup_tried: bool,
+    cleanup_outstanding: usize,
+    problem: Option<Problem>,
+    retry: Backoff,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PersistedSubs {
+    tenant_id: String,
+    client_id: String,
+    slots: Vec<Option<(String, ActiveSub)>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PersistedDirectory {
+    fetched_at_ms: u64,
+    users: Vec<GraphUser>,
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    fetching: Option<Vec<GraphUser>>,
+    users: Option<Vec<GraphUser>>,
+    next_at: u64,
+    last_ok_ms: Option<u64>,
+    problem: Option<Problem>,
+    retry: Backoff,
+}
+
+/// One integration's sync state. See the module docs.
+#[derive(Default)]
+pub struct Core {
+    settings: Option<Settings>,
+    missing: Vec<String>,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    app_token: Token,
+    user_tokens: Vec<Token>,
+    dir: Directory,
+    mapping: Mapping,
+    switchboard_users: usize,
+    shards: Shards,
+    subs: Vec<Sub>,
+    sequence: HashMap<String, String>,
+    presence: HashMap<String, TeamsPresence>,
+    counters: BTreeMap<String, u64>,
+    last_notification_ms: Option<u64>,
+    effects: Vec<Effect>,
+}
+
+impl Core {
+    /// A core with no settings.
+    pub fn new() -> Self {
+        Core::default()
+    }
+
+    /// The effects produced since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The last known Teams presence of a Microsoft user.
+    pub fn presence_of(&self, microsoft_user_id: &str) -> Option<&TeamsPresence> {
+        self.presence.get(microsoft_user_id)
+    }
+
+    /// Applies settings and starts synchronising. Missing credentials are not an error: the
+    /// status then says which are missing, as the switchboard's admin page does.
+    pub fn configure(&mut self, env: &mut dyn Env, settings: Settings) -> Result<(), ConfigError> {
+        validate(&settings)?;
+        let mut missing = Vec::new();
+        for (field, value) in [
+            ("tenant-id", &settings.tenant_id),
+            ("client-id", &settings.client_id),
+            ("client-secret", &settings.client_secret),
+        ] {
+            if value.trim().is_empty() {
+                missing.push(field.to_string());
+            }
+        }
+        if settings.integration_users.is_empty() {
+            missing.push("integration-users".into());
+        }
+        for (i, u) in settings.integration_users.iter().enumerate() {
+            if u.username.trim().is_empty() {
+                missing.push(format!("integration-users[{i}].username"));
+            }
+            if u.password.is_empty() {
+                missing.push(format!("integration-users[{i}].password"));
+            }
+        }
+        let slots = settings.integration_users.len();
+        *self = Core { counters: std::mem::take(&mut self.counters), next_id: self.next_id, ..Core::default() };
+        self.missing = missing;
+        self.user_tokens = vec![Token::default(); slots];
+        self.subs = vec![Sub::default(); slots];
+        self.shards = Shards::new(slots, MAX_USERS_PER_SUBSCRIPTION);
+        self.log(Level::Info, "configured", vec![("integration".into(), settings.name.clone())]);
+        self.settings = Some(settings);
+        self.restore(env);
+        self.drive(env);
+        Ok(())
+    }
+
+    fn restore(&mut self, env: &mut dyn Env) {
+        let settings = self.settings.as_ref().unwrap();
+        let now = env.now_ms();
+        let mut members = vec![BTreeSet::new(); self.subs.len()];
+        if let Some(p) = env.load(STATE_SUBSCRIPTIONS).and_then(|b| serde_json::from_slice::<PersistedSubs>(&b).ok())
+            && p.tenant_id == settings.tenant_id
+            && p.client_id == settings.client_id
+        {
+            for (i, slot) in p.slots.into_iter().enumerate().take(self.subs.len()) {
+                if let Some((username, active)) = slot
+                    && username == settings.integration_users[i].username
+                {
+                    members[i] = active.members.clone();
+                    if active.expires_at_ms > now {
+                        // Verify it still exists (a PATCH answers 404 if not) and re-read presence.
+                        self.subs[i].active = Some(active);
+                        self.subs[i].reauthorize = true;
+                        self.subs[i].needs_snapshot = true;
+                    }
+                }
+            }
+        }
+        self.shards = Shards::restore(self.subs.len(), MAX_USERS_PER_SUBSCRIPTION, members);
+        if let Some(d) = env.load(STATE_DIRECTORY).and_then(|b| serde_json::from_slice::<PersistedDirectory>(&b).ok()) {
+            self.dir.users = Some(d.users);
+            self.dir.last_ok_ms = Some(d.fetched_at_ms);
+            self.rebuild_mapping(env);
+        }
+    }
+
+    /// The periodic timer.
+    pub fn tick(&mut self, env: &mut dyn Env) {
+        self.drive(env);
+    }
+
+    /// Starts a directory refresh now (the "Sync now" button).
+    pub fn sync_now(&mut self, env: &mut dyn Env) {
+        self.dir.next_at = 0;
+        self.dir.retry.succeed();
+        self.drive(env);
+    }
+
+    /// Starts whatever is due. Idempotent.
+    pub fn drive(&mut self, env: &mut dyn Env) {
+        let Some(settings) = self.settings.clone() else { return };
+        if !self.missing.is_empty() {
+            return;
+        }
+        let now = env.now_ms();
+        if self.app_token.wants_request(now) {
+            self.app_token.state = TokenState::Requesting;
+            let req = token_request(&settings, None);
+            self.start(Pending::AppToken, req);
+        }
+        if let Some(token) = self.app_token.access(now).map(str::to_owned)
+            && self.dir.fetching.is_none()
+            && now >= self.dir.next_at
+        {
+            self.dir.fetching = Some(Vec::new());
+            let url = format!(
+                "{}/v1.0/users?$select=id,displayName,userPrincipalName,mail,proxyAddresses&$top=999",
+                settings.graph_base_url
+            );
+            self.start(Pending::UsersPage, get(&url, &token));
+        }
+        for slot in 0..self.subs.len() {
+            self.drive_slot(env, &settings, slot, now);
+        }
+    }
+
+    fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
+        let members = self.shards.members(slot).clone();
+        let sub = &self.subs[slot];
+        if sub.busy || !sub.retry.ready(now) || (members.is_empty() && sub.active.is_none()) {
+            return;
+        }
+        let token = &self.user_tokens[slot];
+        let Some(access) = token.access(now).map(str::to_owned) else {
+            if token.wants_request(now) {
+                self.user_tokens[slot].state = TokenState::Requesting;
+                let req = token_request(settings, Some(&settings.integration_users[slot]));
+                self.start(Pending::UserToken(slot), req);
+            }
+            return;
+        };
+        let graph = &settings.graph_base_url;
+        match sub.active.clone() {
+            Some(a) if a.members != members => {
+                self.subs[slot].busy = true;
+                let req = request("DELETE", &format!("{graph}/v1.0/subscriptions/{}", a.id), &access, None);
+                self.start(Pending::DeleteSub(slot), req);
+            }
+            Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => {
+                self.subs[slot].busy = true;
+                let body = serde_json::json!({ "expirationDateTime": rfc3339(now + SUBSCRIPTION_LIFETIME_MS) });
+                let req = request("PATCH", &format!("{graph}/v1.0/subscriptions/{}", a.id), &access, Some(body));
+                self.start(Pending::RenewSub(slot), req);
+            }
+            Some(a) if sub.needs_snapshot => {
+                self.subs[slot].busy = true;
+                let ids: Vec<&String> = a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).collect();
+                let body = serde_json::json!({ "ids": ids });
+                let req =
+                    request("POST", &format!("{graph}/v1.0/communications/getPresencesByUserId"), &access, Some(body));
+                self.start(Pending::Presences(slot), req);
+            }
+            Some(_) => {}
+            None if !members.is_empty() => {
+                self.subs[slot].busy = true;
+                let client_state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(env.random_bytes(32));
+                let resource = format!(
+                    "/communications/presences?$filter=id in ({})",
+                    members.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(",")
+                );
+                let body = serde_json::json!({
+                    "changeType": "updated",
+                    "notificationUrl": settings.notification_url,
+                    "lifecycleNotificationUrl": settings.lifecycle_notification_url,
+                    "resource": resource,
+                    "expirationDateTime": rfc3339(now + SUBSCRIPTION_LIFETIME_MS),
+                    "clientState": client_state,
+                    "includeResourceData": true,
+                    "encryptionCertificate": settings.encryption_certificate,
+                    "encryptionCertificateId": settings.encryption_certificate_id,
+                    "latestSupportedTlsVersion": "v1_2",
+                });
+                let req = request("POST", &format!("{graph}/v1.0/subscriptions"), &access, Some(body));
+                self.start(Pending::CreateSub { slot, client_state, members }, req);
+            }
+            None => {}
+        }
+    }
+
+    fn start(&mut self, pending: Pending, request: HttpRequest) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.pending.insert(id, pending);
+        self.effects.push(Effect::Http { id, request });
+    }
+
+    /// The host reports that request `id` could not be started (it returned an error from
+    /// `outbound-http.start`) or finished with `outcome`.
+    pub fn on_http_response(&mut self, env: &mut dyn Env, id: u64, outcome: Result<HttpResponse, HttpError>) {
+        let Some(pending) = self.pending.remove(&id) else { return };
+        let now = env.now_ms();
+        let jitter = env.random_bytes(1)[0];
+        let settings = self.settings.clone().unwrap();
+        // A 401 means Graph refused the token: forget it so the next drive fetches a new one.
+        if matches!(&outcome, Ok(r) if r.status == 401) {
+            match &pending {
+                Pending::UsersPage => self.app_token.state = TokenState::Empty,
+                Pending::CreateSub { slot, .. }
+                | Pending::RenewSub(slot)
+                | Pending::DeleteSub(slot)
+                | Pending::ListSubs(slot)
+                | Pending::CleanupDelete(slot)
+                | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
+                Pending::AppToken | Pending::UserToken(_) => {}
+            }
+        }
+        match pending {
+            Pending::AppToken => {
+                let t = &mut self.app_token;
+                match parse_token(&outcome, now) {
+                    Ok(state) => {
+                        t.state = state;
+                        t.retry.succeed();
+                    }
+                    Err((p, retry_after)) => {
+                        self.log(Level::Error, "app token refused", vec![("code".into(), p.code.clone())]);
+                        let t = &mut self.app_token;
+                        t.state = TokenState::Failed(p);
+                        t.retry.fail(now, retry_after, jitter);
+                    }
+                }
+            }
+            Pending::UserToken(slot) => match parse_token(&outcome, now) {
+                Ok(state) => {
+                    self.user_tokens[slot].state = state;
+                    self.user_tokens[slot].retry.succeed();
+                }
+                Err((p, retry_after)) => {
+                    self.log(
+                        Level::Error,
+                        "integration user token refused",
+                        vec![
+                            ("user".into(), settings.integration_users[slot].username.clone()),
+                            ("code".into(), p.code.clone()),
+                        ],
+                    );
+                    self.user_tokens[slot].state = TokenState::Failed(p);
+                    self.user_tokens[slot].retry.fail(now, retry_after, jitter);
+                }
+            },
+            Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
+            Pending::CreateSub { slot, client_state, members } => {
+                self.subs[slot].busy = false;
+                match outcome {
+                    Ok(r) if r.status == 201 => {
+                        let parsed: Option<(String, u64)> =
+                            serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| {
+                                let id = v.get("id")?.as_str()?.to_string();
+                                let exp = parse_rfc3339(v.get("expirationDateTime")?.as_str()?)?;
+                                Some((id, exp))
+                            });
+                        let Some((id, expires_at_ms)) = parsed else {
+                            self.sub_failed(
+                                slot,
+                                problem(
+                                    "malformed-response",
+                                    "POST /subscriptions answered 201 without id or expirationDateTime",
+                                ),
+                                now,
+                                None,
+                                jitter,
+                            );
+                            return self.drive(env);
+                        };
+                        self.log(
+                            Level::Info,
+                            "subscription created",
+                            vec![("subscription".into(), id.clone()), ("users".into(), members.len().to_string())],
+                        );
+                        let sub = &mut self.subs[slot];
+                        sub.active = Some(ActiveSub { id, client_state, expires_at_ms, members });
+                        sub.needs_snapshot = true;
+                        sub.problem = None;
+                        sub.cleanup_tried = false;
+                        sub.retry.succeed();
+                        self.persist_subs();
+                    }
+                    Ok(r) if (r.status == 403 || r.status == 409) && !self.subs[slot].cleanup_tried => {
+                        // One presence subscription per app per user: one left over from an
+                        // earlier run (state lost) blocks us. List ours and remove them.
+                        self.subs[slot].cleanup_tried = true;
+                        if let Some(access) = self.user_tokens[slot].access(now).map(str::to_owned) {
+                            self.subs[slot].busy = true;
+                            let req = get(&format!("{}/v1.0/subscriptions", settings.graph_base_url), &access);
+                            self.start(Pending::ListSubs(slot), req);
+                        }
+                    }
+                    other => {
+                        let (p, ra) = graph_failure(&other, "POST /subscriptions");
+                        self.sub_failed(slot, p, now, ra, jitter);
+                    }
+                }
+            }
+            Pending::ListSubs(slot) => {
+                self.subs[slot].busy = false;
+                let ours: Vec<String> = match &outcome {
+                    Ok(r) if r.status == 200 => serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v.get("value").and_then(|v| v.as_array()).cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|s| {
+                            s.get("notificationUrl").and_then(|u| u.as_str()) == Some(&settings.notification_url)
+                        })
+                        .filter_map(|s| s.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if ours.is_empty() {
+                    let p = problem(
+                        "subscription-quota",
+                        "POST /subscriptions refused and no subscription of ours was found to replace",
+                    );
+                    self.sub_failed(slot, p, now, None, jitter);
+                } else if let Some(access) = self.user_tokens[slot].access(now).map(str::to_owned) {
+                    self.subs[slot].busy = true;
+                    self.subs[slot].cleanup_outstanding = ours.len();
+                    for id in ours {
+                        let req = request(
+                            "DELETE",
+                            &format!("{}/v1.0/subscriptions/{id}", settings.graph_base_url),
+                            &access,
+                            None,
+                        );
+                        self.start(Pending::CleanupDelete(slot), req);
+                    }
+                }
+            }
+            Pending::CleanupDelete(slot) => {
+                let sub = &mut self.subs[slot];
+                sub.cleanup_outstanding = sub.cleanup_outstanding.saturating_sub(1);
+                if sub.cleanup_outstanding == 0 {
+                    sub.busy = false;
+                }
+            }
+            Pending::RenewSub(slot) => {
+                self.subs[slot].busy = false;
+                match outcome {
+                    Ok(r) if r.status == 200 => {
+                        let exp = serde_json::from_slice::<serde_json::Value>(&r.body)
+                            .ok()
+                            .and_then(|v| parse_rfc3339(v.get("expirationDateTime")?.as_str()?));
+                        let sub = &mut self.subs[slot];
+                        if let (Some(a), Some(exp)) = (sub.active.as_mut(), exp) {
+                            a.expires_at_ms = exp;
+                        }
+                        sub.reauthorize = false;
+                        sub.problem = None;
+                        sub.retry.succeed();
+                        self.persist_subs();
+                    }
+                    Ok(r) if r.status == 404 => {
+                        // Gone (expired or deleted): create a new one, never retry the PATCH.
+                        self.log(Level::Warn, "subscription gone; recreating", vec![]);
+                        let sub = &mut self.subs[slot];
+                        sub.active = None;
+                        sub.reauthorize = false;
+                        self.persist_subs();
+                    }
+                    other => {
+                        let (p, ra) = graph_failure(&other, "PATCH /subscriptions");
+                        self.sub_failed(slot, p, now, ra, jitter);
+                    }
+                }
+            }
+            Pending::DeleteSub(slot) => {
+                self.subs[slot].busy = false;
+                // Whatever the answer, this subscription is no longer ours to use; a leftover
+                // is cleaned up when the next creation is refused.
+                self.subs[slot].active = None;
+                self.persist_subs();
+            }
+            Pending::Presences(slot) => {
+                self.subs[slot].busy = false;
+                match outcome {
+                    Ok(r) if r.status == 200 => {
+                        #[derive(serde::Deserialize)]
+                        struct Page {
+                            value: Vec<GraphPresence>,
+                        }
+                        match serde_json::from_slice::<Page>(&r.body) {
+                            Ok(page) => {
+                                for p in page.value {
+                                    self.apply_presence(p, PresenceOrigin::Snapshot, now);
+                                }
+                                self.subs[slot].needs_snapshot = false;
+                                self.subs[slot].retry.succeed();
+                            }
+                            Err(e) => self.sub_failed(
+                                slot,
+                                problem("malformed-response", format!("getPresencesByUserId: {e}")),
+                                now,
+                                None,
+                                jitter,
+                            ),
+                        }
+                    }
+                    other => {
+                        let (p, ra) = graph_failure(&other, "POST /communications/getPresencesByUserId");
+                        self.sub_failed(slot, p, now, ra, jitter);
+                    }
+                }
+            }
+        }
+        self.drive(env);
+    }
+
+    fn on_users_page(
+        &mut self,
+        env: &mut dyn Env,
+        settings: &Settings,
+        outcome: Result<HttpResponse, HttpError>,
+        now: u64,
+        jitter: u8,
+    ) {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            value: Vec<GraphUser>,
+            #[serde(rename = "@odata.nextLink")]
+            next_link: Option<String>,
+        }
+        let failure = match outcome {
+            Ok(r) if r.status == 200 => match serde_json::from_slice::<Page>(&r.body) {
+                Ok(page) => {
+                    let acc = self.dir.fetching.get_or_insert_with(Vec::new);
+                    acc.extend(page.value);
+                    match page.next_link {
+                        Some(next) if next.starts_with(&settings.graph_base_url) => {
+                            match self.app_token.access(now).map(str::to_owned) {
+                                Some(token) => {
+                                    self.start(Pending::UsersPage, get(&next, &token));
+                                    return;
+                                }
+                                None => Some((
+                                    problem("token-expired", "app token expired while paging users; restarting"),
+                                    None,
+                                )),
+                            }
+                        }
+                        Some(_) => Some((
+                            problem(
+                                "malformed-response",
+                                "GET /users: @odata.nextLink points outside the Graph base URL",
+                            ),
+                            None,
+                        )),
+                        None => None,
+                    }
+                }
+                Err(e) => Some((problem("malformed-response", format!("GET /users: {e}")), None)),
+            },
+            other => Some(graph_failure(&other, "GET /users")),
+        };
+        match failure {
+            Some((p, retry_after)) => {
+                // Keep the last good mapping; a partial read is discarded whole.
+                self.log(
+                    Level::Warn,
+                    "directory read failed; keeping the last good mapping",
+                    vec![("code".into(), p.code.clone())],
+                );
+                self.dir.fetching = None;
+                self.dir.problem = Some(p);
+                self.dir.retry.fail(now, retry_after, jitter);
+                self.dir.next_at = self.dir.retry.not_before;
+            }
+            None => {
+                let users = self.dir.fetching.take().unwrap_or_default();
+                self.dir.problem = None;
+                self.dir.retry.succeed();
+                self.dir.next_at = now + DIRECTORY_REFRESH_MS;
+                self.dir.last_ok_ms = Some(now);
+                let persisted = PersistedDirectory { fetched_at_ms: now, users };
+                self.effects.push(Effect::Store {
+                    key: STATE_DIRECTORY.into(),
+                    value: Some(serde_json::to_vec(&persisted).unwrap()),
+                });
+                self.dir.users = Some(persisted.users);
+                self.rebuild_mapping(env);
+            }
+        }
+    }
+
+    fn rebuild_mapping(&mut self, env: &mut dyn Env) {
+        let sb = env.switchboard_users();
+        self.switchboard_users = sb.len();
+        self.mapping = mapping::build(self.dir.users.as_deref().unwrap_or_default(), &sb);
+        let mapped: BTreeSet<String> = self.mapping.by_microsoft.keys().cloned().collect();
+        let changed = self.shards.apply(&mapped);
+        for (slot, changed) in changed.into_iter().enumerate() {
+            if changed {
+                self.subs[slot].needs_snapshot = true;
+            }
+        }
+        self.log(
+            Level::Info,
+            "mapping rebuilt",
+            vec![
+                ("mapped".into(), self.mapping.by_microsoft.len().to_string()),
+                ("conflicts".into(), self.mapping.conflicts.len().to_string()),
+                ("uncovered".into(), self.shards.uncovered().to_string()),
+            ],
+        );
+    }
+
+    fn sub_failed(&mut self, slot: usize, p: Problem, now: u64, retry_after: Option<u64>, jitter: u8) {
+        self.log(
+            Level::Warn,
+            "subscription request failed",
+            vec![("code".into(), p.code.clone()), ("detail".into(), p.detail.clone())],
+        );
+        let sub = &mut self.subs[slot];
+        sub.problem = Some(p);
+        sub.retry.fail(now, retry_after, jitter);
+    }
+
+    fn persist_subs(&mut self) {
+        let s = self.settings.as_ref().unwrap();
+        let p = PersistedSubs {
+            tenant_id: s.tenant_id.clone(),
+            client_id: s.client_id.clone(),
+            slots: self
+                .subs
+                .iter()
+                .zip(&s.integration_users)
+                .map(|(sub, u)| sub.active.clone().map(|a| (u.username.clone(), a)))
+                .collect(),
+        };
+        self.effects
+            .push(Effect::Store { key: STATE_SUBSCRIPTIONS.into(), value: Some(serde_json::to_vec(&p).unwrap()) });
+    }
+
+    fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
+        if let Some(seq) = &p.sequence_number {
+            match self.sequence.get(&p.id) {
+                Some(last) if seq.as_str() <= last.as_str() => {
+                    self.count("rejected.stale");
+                    return false;
+                }
+                _ => {
+                    self.sequence.insert(p.id.clone(), seq.clone());
+                }
+            }
+        }
+        let Some(sb) = self.mapping.by_microsoft.get(&p.id).cloned() else {
+            self.count("rejected.unmapped");
+            return false;
+        };
+        let presence = TeamsPresence { availability: p.availability, activity: p.activity };
+        self.presence.insert(p.id.clone(), presence.clone());
+        self.effects.push(Effect::Publish(PresenceUpdate {
+            user_id: sb,
+            microsoft_user_id: p.id,
+            presence,
+            origin,
+            observed_at_ms: now,
+        }));
+        self.count("presence.published");
+        true
+    }
+
+    fn count(&mut self, name: &str) {
+        *self.counters.entry(name.to_string()).or_default() += 1;
+    }
+
+    fn log(&mut self, level: Level, message: &str, fields: Vec<(String, String)>) {
+        self.effects.push(Effect::Log { level, message: message.into(), fields });
+    }
+
+    /// Handles a webhook request (validation handshake, change or lifecycle notifications).
+    pub fn on_webhook(&mut self, env: &mut dyn Env, req: WebhookRequest) -> WebhookResponse {
+        if let Some((_, token)) = form_urlencoded::parse(req.query.as_bytes()).find(|(k, _)| k == "validationToken") {
+            // Echo the URL-decoded token as plain text (graph-facts.md §2.1).
+            self.count("validation.answered");
+            return WebhookResponse::text(200, token.into_owned());
+        }
+        if req.method != "POST" {
+            self.count("rejected.method");
+            return WebhookResponse::text(405, "only POST is accepted");
+        }
+        if req.body.len() > MAX_WEBHOOK_BODY {
+            self.count("rejected.oversized");
+            return WebhookResponse::text(400, format!("body of {} bytes exceeds {MAX_WEBHOOK_BODY}", req.body.len()));
+        }
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            value: Vec<serde_json::Value>,
+        }
+        let batch = match serde_json::from_slice::<Batch>(&req.body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.count("rejected.malformed");
+                return WebhookResponse::text(400, format!("malformed notification JSON: {e}"));
+            }
+        };
+        let now = env.now_ms();
+        for item in batch.value {
+            match serde_json::from_value::<Notification>(item) {
+                Ok(n) => self.on_notification(env, n, now),
+                Err(_) => self.count("rejected.malformed"),
+            }
+        }
+        self.drive(env);
+        WebhookResponse::text(202, "")
+    }
+
+    fn on_notification(&mut self, env: &mut dyn Env, n: Notification, now: u64) {
+        let Some(slot) = self.subs.iter().position(|s| s.active.as_ref().is_some_and(|a| a.id == n.subscription_id))
+        else {
+            self.count("rejected.unknown-subscription");
+            return;
+        };
+        let expected = self.subs[slot].active.as_ref().unwrap().client_state.clone();
+        let given = n.client_state.unwrap_or_default();
+        if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+            self.count("rejected.client-state");
+            return;
+        }
+        if let Some(event) = n.lifecycle_event {
+            self.count(&format!("lifecycle.{event}"));
+            if event == "reauthorizationRequired" {
+                self.subs[slot].reauthorize = true;
+            }
+            return;
+        }
+        let Some(content) = n.encrypted_content else {
+            self.count("rejected.no-content");
+            return;
+        };
+        let wrapped = match crypto::wrapped_key(&content) {
+            Ok(w) => w,
+            Err(_) => return self.count("rejected.malformed"),
+        };
+        let key = match env.unwrap_key(&content.encryption_certificate_id, &wrapped) {
+            Ok(k) => k,
+            Err(_) => return self.count("rejected.key"),
+        };
+        let plain = match crypto::decrypt(&content, &key) {
+            Ok(p) => p,
+            Err(crypto::DecryptError::Signature) => return self.count("rejected.signature"),
+            Err(_) => return self.count("rejected.decrypt"),
+        };
+        let Ok(p) = serde_json::from_slice::<GraphPresence>(&plain) else {
+            return self.count("rejected.malformed");
+        };
+        if !self.subs[slot].active.as_ref().unwrap().members.contains(&p.id) {
+            return self.count("rejected.not-subscribed");
+        }
+        self.count("notifications.accepted");
+        self.last_notification_ms = Some(now);
+        self.apply_presence(p, PresenceOrigin::Teams, now);
+    }
+
+    /// The status as an admin sees it.
+    pub fn status(&self, env: &dyn Env) -> IntegrationStatus {
+        let now = env.now_ms();
+        let settings = self.settings.as_ref();
+        let subscriptions = settings
+            .map(|s| {
+                s.integration_users
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        let sub = &self.subs[i];
+                        SubscriptionStatus {
+                            integration_user: u.username.clone(),
+                            subscription_id: sub.active.as_ref().map(|a| a.id.clone()),
+                            users_covered: self.shards.members(i).len() as u32,
+                            expires_at_ms: sub.active.as_ref().map(|a| a.expires_at_ms),
+                            problem: self.user_tokens[i].problem().cloned().or_else(|| sub.problem.clone()),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let health = if settings.is_none() {
+            Health::MissingCredentials(vec!["settings".into()])
+        } else if !self.missing.is_empty() {
+            Health::MissingCredentials(self.missing.clone())
+        } else if let Some(p) = self
+            .app_token
+            .problem()
+            .or(self.dir.problem.as_ref())
+            .or_else(|| subscriptions.iter().find_map(|s| s.problem.as_ref()))
+        {
+            Health::Error(p.clone())
+        } else if self.shards.uncovered() > 0 {
+            Health::Error(problem(
+                "capacity",
+                format!(
+                    "{} mapped users are not covered: add {} integration user(s)",
+                    self.shards.uncovered(),
+                    self.shards.integration_users_needed()
+                ),
+            ))
+        } else if self.dir.last_ok_ms.is_none()
+            || self
+                .subs
+                .iter()
+                .enumerate()
+                .any(|(i, s)| !self.shards.members(i).is_empty() && (s.active.is_none() || s.needs_snapshot))
+        {
+            Health::Starting
+        } else {
+            Health::Ok
+        };
+        let _ = now;
+        IntegrationStatus {
+            health,
+            mapped_users: self.mapping.by_microsoft.len() as u32,
+            microsoft_users: self.dir.users.as_ref().map_or(0, |u| u.len()) as u32,
+            switchboard_users: self.switchboard_users as u32,
+            uncovered_users: self.shards.uncovered() as u32,
+            integration_users_needed: self.shards.integration_users_needed() as u32,
+            subscriptions,
+            conflicts: self.mapping.conflicts.clone(),
+            last_directory_refresh_ms: self.dir.last_ok_ms,
+            last_notification_ms: self.last_notification_ms,
+            counters: self.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Notification {
+    subscription_id: String,
+    client_state: Option<String>,
+    lifecycle_event: Option<String>,
+    encrypted_content: Option<EncryptedContent>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct GraphPresence {
+    id: String,
+    #[serde(default)]
+    availability: String,
+    #[serde(default)]
+    activity: String,
+    #[serde(default)]
+    sequence_number: Option<String>,
+}
+
+fn validate(s: &Settings) -> Result<(), ConfigError> {
+    for (field, url) in [
+        ("login-base-url", &s.login_base_url),
+        ("graph-base-url", &s.graph_base_url),
+        ("notification-url", &s.notification_url),
+        ("lifecycle-notification-url", &s.lifecycle_notification_url),
+    ] {
+        if url.is_empty() {
+            return Err(ConfigError::Missing(field.into()));
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.ends_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "{field}: '{url}' must be an http(s) URL without a trailing slash"
+            )));
+        }
+    }
+    if s.encryption_certificate.is_empty() {
+        return Err(ConfigError::Missing("encryption-certificate".into()));
+    }
+    if s.encryption_certificate_id.is_empty() || s.encryption_certificate_id.len() > 128 {
+        return Err(ConfigError::Invalid("encryption-certificate-id: must be 1 to 128 characters".into()));
+    }
+    Ok(())
+}
+
+fn token_request(s: &Settings, user: Option<&IntegrationUser>) -> HttpRequest {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("client_id", &s.client_id);
+    form.append_pair("client_secret", &s.client_secret);
+    match user {
+        None => {
+            form.append_pair("grant_type", "client_credentials");
+            form.append_pair("scope", "https://graph.microsoft.com/.default");
+        }
+        Some(u) => {
+            form.append_pair("grant_type", "password");
+            form.append_pair("scope", "https://graph.microsoft.com/Presence.Read.All");
+            form.append_pair("username", &u.username);
+            form.append_pair("password", &u.password);
+        }
+    }
+    let tenant = percent_encoding::utf8_percent_encode(s.tenant_id.trim(), percent_encoding::NON_ALPHANUMERIC);
+    HttpRequest {
+        method: "POST".into(),
+        url: format!("{}/{tenant}/oauth2/v2.0/token", s.login_base_url),
+        headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
+        body: form.finish().into_bytes(),
+    }
+}
+
+fn parse_token(outcome: &Result<HttpResponse, HttpError>, now: u64) -> Result<TokenState, (Problem, Option<u64>)> {
+    #[derive(serde::Deserialize)]
+    struct Ok_ {
+        access_token: String,
+        expires_in: serde_json::Value,
+    }
+    match outcome {
+        Ok(r) if r.status == 200 => {
+            let t: Ok_ = serde_json::from_slice(&r.body)
+                .map_err(|e| (problem("malformed-response", format!("token endpoint: {e}")), None))?;
+            // `expires_in` varies (60-90 minutes, or hours with CAE) and is sometimes a string.
+            let secs = match &t.expires_in {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .unwrap_or(300);
+            // Refresh 5 minutes early, or at 80 % for short lifetimes.
+            let early = (secs / 5).min(300);
+            Ok(TokenState::Valid { access: t.access_token, refresh_at: now + (secs - early) * 1000 })
+        }
+        Ok(r) => Err((hints::from_token_error(r.status, &r.body, "token"), retry_after(r))),
+        Err(e) => Err((problem("network", format!("token endpoint: {e}")), None)),
+    }
+}
+
+fn graph_failure(outcome: &Result<HttpResponse, HttpError>, what: &str) -> (Problem, Option<u64>) {
+    match outcome {
+        Ok(r) => (hints::from_graph_error(r.status, &r.body, what), retry_after(r)),
+        Err(e) => (problem("network", format!("{what}: {e}")), None),
+    }
+}
+
+fn retry_after(r: &HttpResponse) -> Option<u64> {
+    r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s * 1000)
+}
+
+fn get(url: &str, token: &str) -> HttpRequest {
+    request("GET", url, token, None)
+}
+
+fn request(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -> HttpRequest {
+    let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    let body = match body {
+        Some(b) => {
+            headers.push(("content-type".into(), "application/json".into()));
+            serde_json::to_vec(&b).unwrap()
+        }
+        None => Vec::new(),
+    };
+    HttpRequest { method: method.into(), url: url.into(), headers, body }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Parses an RFC 3339 date-time (any number of fraction digits) into milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}

@@ -1,0 +1,357 @@
+//! Plain data types of the core. They mirror the WIT contract (`wit/`) one to one, so the
+//! component glue converts them with `From` and nothing else.
+
+/// Settings of one integration (`sync.settings` in WIT).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The integration's name.
+    pub name: String,
+    /// Entra tenant id (GUID) or domain.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret value.
+    pub client_secret: String,
+    /// Integration users, in the admin's order.
+    pub integration_users: Vec<IntegrationUser>,
+    /// `https://login.microsoftonline.com` or an emulator.
+    pub login_base_url: String,
+    /// `https://graph.microsoft.com` or an emulator.
+    pub graph_base_url: String,
+    /// The change-notification URL.
+    pub notification_url: String,
+    /// The lifecycle-notification URL.
+    pub lifecycle_notification_url: String,
+    /// Base64 DER of the encryption certificate.
+    pub encryption_certificate: String,
+    /// Id echoed back in `encryptedContent`.
+    pub encryption_certificate_id: String,
+    /// "Push line status to Teams".
+    pub push_line_status: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    // Secrets must never reach a log, so Debug lists only what is safe.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("integration_users", &self.integration_users.iter().map(|u| &u.username).collect::<Vec<_>>())
+            .field("graph_base_url", &self.graph_base_url)
+            .field("login_base_url", &self.login_base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An integration user (delegated identity holding one subscription).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IntegrationUser {
+    /// User principal name.
+    pub username: String,
+    /// Password for the ROPC grant.
+    pub password: String,
+}
+
+/// A switchboard user (`directory.switchboard-user`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchboardUser {
+    /// Switchboard id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Addresses.
+    pub emails: Vec<String>,
+    /// Line number, if any.
+    pub line_number: Option<String>,
+    /// Active (has a line) or passive.
+    pub active: bool,
+}
+
+/// A Teams presence.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TeamsPresence {
+    /// Availability, as Graph spells it.
+    pub availability: String,
+    /// Activity, as Graph spells it.
+    pub activity: String,
+}
+
+/// Why a presence is published (see the WIT docs for the loop-safety rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceOrigin {
+    /// Changed by the user or Teams.
+    Teams,
+    /// Our own line-status session.
+    OwnLineStatus,
+    /// A full read.
+    Snapshot,
+}
+
+/// A presence to show in the switchboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    /// Switchboard user id.
+    pub user_id: String,
+    /// Microsoft user id.
+    pub microsoft_user_id: String,
+    /// The presence.
+    pub presence: TeamsPresence,
+    /// Why.
+    pub origin: PresenceOrigin,
+    /// When learnt.
+    pub observed_at_ms: u64,
+}
+
+/// An outbound HTTP request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Method.
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers (may contain a bearer token: never log them).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// An HTTP response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status.
+    pub status: u16,
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request produced no response (`outbound-http.http-error`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// Origin not on the allow-list.
+    NotAllowed(String),
+    /// Malformed request.
+    InvalidRequest(String),
+    /// Over the size cap.
+    TooLarge(u64),
+    /// Connection failed.
+    Connection(String),
+    /// Timed out.
+    Timeout,
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::NotAllowed(o) => write!(f, "origin {o} is not allowed"),
+            HttpError::InvalidRequest(r) => write!(f, "invalid request: {r}"),
+            HttpError::TooLarge(n) => write!(f, "message larger than {n} bytes"),
+            HttpError::Connection(r) => write!(f, "connection failed: {r}"),
+            HttpError::Timeout => write!(f, "timed out"),
+        }
+    }
+}
+
+/// Log severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warning.
+    Warn,
+    /// Error.
+    Error,
+}
+
+/// Something the host must do for the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Start this request; answer with [`crate::Core::on_http_response`] and the same id.
+    Http {
+        /// Request id.
+        id: u64,
+        /// The request.
+        request: HttpRequest,
+    },
+    /// Show this presence in the switchboard.
+    Publish(PresenceUpdate),
+    /// Store (`Some`) or delete (`None`) a durable value.
+    Store {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Option<Vec<u8>>,
+    },
+    /// Write a log record.
+    Log {
+        /// Severity.
+        level: Level,
+        /// Message.
+        message: String,
+        /// Fields.
+        fields: Vec<(String, String)>,
+    },
+}
+
+/// Why the host could not unwrap a notification key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnwrapError {
+    /// Unknown certificate id.
+    UnknownCertificate(String),
+    /// RSA-OAEP failed.
+    DecryptFailed,
+}
+
+/// What the core asks of its host synchronously. Implemented by the component glue with WIT
+/// imports, and by fakes in tests.
+pub trait Env {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Secure random bytes.
+    fn random_bytes(&mut self, n: usize) -> Vec<u8>;
+    /// RSA-OAEP-SHA1 unwrap of a notification key with the integration's private key.
+    fn unwrap_key(&mut self, certificate_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, UnwrapError>;
+    /// All switchboard users.
+    fn switchboard_users(&mut self) -> Vec<SwitchboardUser>;
+    /// A durable value written earlier with [`Effect::Store`].
+    fn load(&mut self, key: &str) -> Option<Vec<u8>>;
+}
+
+/// A problem an admin can act on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Stable code (`AADSTS7000215`, `Authorization_RequestDenied`, `capacity`, ...).
+    pub code: String,
+    /// What to do.
+    pub hint: String,
+    /// What happened.
+    pub detail: String,
+}
+
+/// Overall health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// First sync not done.
+    Starting,
+    /// Synchronising.
+    Ok,
+    /// Fields to fill in.
+    MissingCredentials(Vec<String>),
+    /// An error.
+    Error(Problem),
+}
+
+/// One integration user's subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionStatus {
+    /// Username.
+    pub integration_user: String,
+    /// Graph subscription id.
+    pub subscription_id: Option<String>,
+    /// Users watched.
+    pub users_covered: u32,
+    /// Expiry.
+    pub expires_at_ms: Option<u64>,
+    /// Why not working.
+    pub problem: Option<Problem>,
+}
+
+/// Which side of a mapping is ambiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConflictKind {
+    /// Several Microsoft users.
+    SeveralMicrosoftUsers,
+    /// Several switchboard users.
+    SeveralSwitchboardUsers,
+}
+
+/// An ambiguous address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conflict {
+    /// Normalised address.
+    pub email: String,
+    /// Which side.
+    pub kind: ConflictKind,
+    /// Candidate ids.
+    pub candidates: Vec<String>,
+}
+
+/// The status of one integration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegrationStatus {
+    /// Health.
+    pub health: Health,
+    /// Mapped switchboard users.
+    pub mapped_users: u32,
+    /// Microsoft users read.
+    pub microsoft_users: u32,
+    /// Switchboard users.
+    pub switchboard_users: u32,
+    /// Mapped users no subscription covers.
+    pub uncovered_users: u32,
+    /// Integration users to add.
+    pub integration_users_needed: u32,
+    /// Per integration user.
+    pub subscriptions: Vec<SubscriptionStatus>,
+    /// Ambiguous addresses.
+    pub conflicts: Vec<Conflict>,
+    /// Last good directory read.
+    pub last_directory_refresh_ms: Option<u64>,
+    /// Last accepted notification.
+    pub last_notification_ms: Option<u64>,
+    /// Counters.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// Why settings were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Missing field.
+    Missing(String),
+    /// Bad value: `field: reason`.
+    Invalid(String),
+}
+
+/// A webhook request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRequest {
+    /// Method.
+    pub method: String,
+    /// `/notifications` or `/lifecycle`.
+    pub path: String,
+    /// Raw query.
+    pub query: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A webhook response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookResponse {
+    /// Status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: String,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl WebhookResponse {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
+        WebhookResponse { status, content_type: "text/plain; charset=utf-8".into(), body: body.into().into_bytes() }
+    }
+}
