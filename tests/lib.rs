@@ -1,1 +1,61 @@
-//! placeholder
+//! Helpers shared by the end-to-end tests (`e2e/`): a scenario in a fresh temporary state
+//! directory, and plain HTTP helpers. See `README.md` beside this file for the test classes.
+
+use std::time::Duration;
+
+pub use host_harness::demo::{Scenario, ScenarioOptions};
+
+/// Generous bound for "eventually": the tests assert behaviour, not speed.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// A scenario whose state directory lives as long as it.
+pub struct TestScenario {
+    /// The scenario.
+    pub sc: Scenario,
+    /// Its state directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestScenario {
+    type Target = Scenario;
+    fn deref(&self) -> &Scenario {
+        &self.sc
+    }
+}
+
+impl std::ops::DerefMut for TestScenario {
+    fn deref_mut(&mut self) -> &mut Scenario {
+        &mut self.sc
+    }
+}
+
+/// Starts a scenario with `users` users and `integration_users` integration users; `tweak`
+/// adjusts the options first.
+pub async fn start(users: usize, integration_users: usize, tweak: impl FnOnce(&mut ScenarioOptions)) -> TestScenario {
+    // RUST_LOG=host_harness=debug shows the host's and the plugin's logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut opts = ScenarioOptions::new(users, integration_users, dir.path().to_path_buf());
+    tweak(&mut opts);
+    let sc = Scenario::start(opts).await.expect("scenario starts");
+    TestScenario { sc, dir }
+}
+
+/// POSTs `body` to `url` and returns status and body.
+pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let r =
+        reqwest::Client::new().post(url).header("content-type", content_type).body(body).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// GETs JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let text = reqwest::get(url).await.expect("request").text().await.expect("body");
+    serde_json::from_str(&text).expect("json")
+}

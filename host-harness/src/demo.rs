@@ -33,6 +33,8 @@ pub struct ScenarioOptions {
     pub state_dir: PathBuf,
     /// Integration name.
     pub name: String,
+    /// Integration users (by index) that the tenant requires MFA for.
+    pub mfa_users: Vec<usize>,
 }
 
 impl ScenarioOptions {
@@ -44,6 +46,7 @@ impl ScenarioOptions {
             configured_secret: DEMO_SECRET.into(),
             state_dir,
             name: "contoso".into(),
+            mfa_users: vec![],
         }
     }
 }
@@ -97,6 +100,15 @@ impl Scenario {
             opts.integration_users.max(1),
         );
         emulator.add_tenant(&seed);
+        for &n in &opts.mfa_users {
+            let upn = seed.integration_user(n);
+            emulator.with_world(|w| {
+                let k = w.tenant_key(&seed.tenant_id).unwrap();
+                if let Some(u) = w.tenants.get_mut(&k).unwrap().user_by_upn(&upn) {
+                    u.mfa_required = true;
+                }
+            });
+        }
         let emulator_url = emulator.start().await?;
         let switchboard = Arc::new(Switchboard::new(switchboard_users(&seed, opts.users)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -133,6 +145,36 @@ impl Scenario {
         )
         .await?;
         Ok(Scenario { emulator, host: Some(host), seed, config, switchboard, clock, emulator_url })
+    }
+
+    /// Stops the host (the emulator keeps running, like Microsoft does).
+    pub async fn stop_host(&mut self) {
+        if let Some(h) = self.host.take() {
+            h.stop().await;
+        }
+    }
+
+    /// Starts the host again with the same config and state directory, listening where it
+    /// listened before (Graph's subscriptions point there).
+    pub async fn restart_host(&mut self) -> anyhow::Result<()> {
+        self.stop_host().await;
+        let listener = tokio::net::TcpListener::bind(&self.config.host.listen).await?;
+        let name = self.config.integrations[0].name.clone();
+        let host = Host::start(
+            &self.config,
+            crate::PLUGIN_WASM,
+            self.clock.clone(),
+            listener,
+            BTreeMap::from([(name, self.switchboard.clone())]),
+        )
+        .await?;
+        self.host = Some(host);
+        Ok(())
+    }
+
+    /// The webhook URL of the integration.
+    pub fn notification_url(&self) -> String {
+        format!("{}/webhook/{}/notifications", self.config.host.public_base_url, self.config.integrations[0].name)
     }
 
     /// The integration's status.

@@ -368,6 +368,19 @@ pub enum Command {
     Shutdown,
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Webhook(..) => "webhook",
+            Command::HttpDone(..) => "http-done",
+            Command::Tick => "tick",
+            Command::Status(..) => "status",
+            Command::Line(..) => "line-event",
+            Command::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// The host's handle to an integration's actor.
 #[derive(Clone)]
 pub struct IntegrationHandle {
@@ -529,6 +542,7 @@ impl Actor {
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(cmd) = rx.recv().await {
+            tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
             self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
             let sync = self.bindings.teams_presence_plugin_sync();
             let result: Result<(), wasmtime::Error> = match cmd {

@@ -172,6 +172,40 @@ impl Emulator {
         self.inner.world.lock().unwrap().subscriptions.values().filter(|s| s.expires_at_ms > now).cloned().collect()
     }
 
+    /// Builds a change-notification item exactly as Graph would send it for subscription
+    /// `sub_id` (encrypted with its certificate), without delivering it. Tests tamper with it
+    /// to check that the plugin rejects forgeries.
+    pub fn notification_for(
+        &self,
+        sub_id: &str,
+        user_id: &str,
+        availability: &str,
+        activity: &str,
+    ) -> Option<serde_json::Value> {
+        let d = {
+            let mut w = self.inner.world.lock().unwrap();
+            w.sequence += 1;
+            let seq = w.sequence;
+            let s = w.subscriptions.get(sub_id)?;
+            Delivery {
+                url: s.notification_url.clone(),
+                sub_id: s.id.clone(),
+                client_state: s.client_state.clone(),
+                tenant: s.tenant.clone(),
+                expires_at_ms: s.expires_at_ms,
+                spki: s.spki.clone(),
+                cert_id: s.cert_id.clone(),
+                thumbprint: s.thumbprint.clone(),
+                rich: s.include_resource_data,
+                user_id: user_id.into(),
+                availability: availability.into(),
+                activity: activity.into(),
+                sequence: sequence_string(seq),
+            }
+        };
+        notification_item(&d).ok()
+    }
+
     /// Delivery counters.
     pub fn stats(&self) -> &DeliveryStats {
         &self.inner.stats

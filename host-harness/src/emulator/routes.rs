@@ -700,17 +700,17 @@ async fn validate_endpoint(emu: &Emulator, url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The subscription `id` if it is live and belongs to the caller's app. Takes the world
+/// already locked (and the caller already authenticated: `auth` locks the world too).
 #[allow(clippy::result_large_err)]
-fn delegated_same_app<'a>(
-    emu: &Emulator,
-    headers: &HeaderMap,
+fn own_subscription<'a>(
+    t: &TokenInfo,
+    now: u64,
     id: &str,
     w: &'a super::World,
-) -> Result<(TokenInfo, &'a super::Subscription), Response> {
-    let t = auth(emu, headers)?;
-    let now = now(emu);
+) -> Result<&'a super::Subscription, Response> {
     match w.subscriptions.get(id) {
-        Some(s) if s.expires_at_ms > now && s.client_id == t.client_id && s.tenant == t.tenant => Ok((t, s)),
+        Some(s) if s.expires_at_ms > now && s.client_id == t.client_id && s.tenant == t.tenant => Ok(s),
         _ => Err(graph_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
@@ -729,8 +729,12 @@ async fn update_subscription(
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
         return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid JSON.");
     };
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let mut w = emu.inner.world.lock().unwrap();
-    if let Err(r) = delegated_same_app(&emu, &headers, &id, &w) {
+    if let Err(r) = own_subscription(&t, now, &id, &w) {
         return r;
     }
     let exp = b.get("expirationDateTime").and_then(Value::as_str).and_then(presence_core::core::parse_rfc3339);
@@ -762,8 +766,13 @@ async fn update_subscription(
 }
 
 async fn delete_subscription(State(emu): State<Emulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let now = now(&emu);
     let mut w = emu.inner.world.lock().unwrap();
-    if let Err(r) = delegated_same_app(&emu, &headers, &id, &w) {
+    if let Err(r) = own_subscription(&t, now, &id, &w) {
         return r;
     }
     w.subscriptions.remove(&id);
@@ -771,9 +780,14 @@ async fn delete_subscription(State(emu): State<Emulator>, headers: HeaderMap, Pa
 }
 
 async fn get_subscription(State(emu): State<Emulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let now = now(&emu);
     let w = emu.inner.world.lock().unwrap();
-    match delegated_same_app(&emu, &headers, &id, &w) {
-        Ok((_, s)) => json_response(StatusCode::OK, subscription_json(s)),
+    match own_subscription(&t, now, &id, &w) {
+        Ok(s) => json_response(StatusCode::OK, subscription_json(s)),
         Err(r) => r,
     }
 }

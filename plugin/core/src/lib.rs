@@ -24,3 +24,6 @@ pub mod shards;
 
 pub use crate::core::Core;
 pub use crate::model::*;
+
+#[cfg(test)]
+mod core_tests;

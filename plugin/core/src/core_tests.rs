@@ -1,0 +1,403 @@
+//! Native tests of the state machine with a fake [`Env`]: every request the core makes is
+//! answered by the test, with an injected clock.
+
+use std::collections::HashMap;
+
+use super::core::*;
+use super::*;
+
+struct FakeEnv {
+    now: u64,
+    users: Vec<SwitchboardUser>,
+    stored: HashMap<String, Vec<u8>>,
+    key: Vec<u8>,
+    draws: u64,
+}
+
+impl Env for FakeEnv {
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+    fn random_bytes(&mut self, n: usize) -> Vec<u8> {
+        self.draws += 1;
+        let d = self.draws;
+        (0..n)
+            .map(|i| (i as u64).wrapping_mul(31).wrapping_add(d.wrapping_mul(0x9e37_79b9)) as u8 ^ (d >> 8) as u8)
+            .collect()
+    }
+    fn unwrap_key(&mut self, cert: &str, wrapped: &[u8]) -> Result<Vec<u8>, UnwrapError> {
+        // The fake "RSA": the wrapped key is the key itself, for certificate "cert-1" only.
+        if cert != "cert-1" {
+            return Err(UnwrapError::UnknownCertificate(cert.into()));
+        }
+        let _ = &self.key;
+        Ok(wrapped.to_vec())
+    }
+    fn switchboard_users(&mut self) -> Vec<SwitchboardUser> {
+        self.users.clone()
+    }
+    fn load(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.stored.get(key).cloned()
+    }
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+fn env(n: usize) -> FakeEnv {
+    FakeEnv {
+        now: T0,
+        users: (0..n)
+            .map(|i| SwitchboardUser {
+                id: format!("sb{i}"),
+                display_name: format!("U{i}"),
+                emails: vec![format!("u{i}@x.com")],
+                line_number: None,
+                active: true,
+            })
+            .collect(),
+        stored: HashMap::new(),
+        key: vec![],
+        draws: 0,
+    }
+}
+
+fn settings(users: usize) -> Settings {
+    Settings {
+        name: "t".into(),
+        tenant_id: "tenant".into(),
+        client_id: "client".into(),
+        client_secret: "s3cret".into(),
+        integration_users: (0..users)
+            .map(|i| IntegrationUser { username: format!("sync{i}@x.com"), password: "pw".into() })
+            .collect(),
+        login_base_url: "https://login.test".into(),
+        graph_base_url: "https://graph.test".into(),
+        notification_url: "https://hook.test/n".into(),
+        lifecycle_notification_url: "https://hook.test/l".into(),
+        encryption_certificate: "Q0VSVA==".into(),
+        encryption_certificate_id: "cert-1".into(),
+        push_line_status: false,
+    }
+}
+
+fn ms_id(i: usize) -> String {
+    format!("00000000-0000-0000-0000-{i:012}")
+}
+
+fn ok(status: u16, body: serde_json::Value) -> Result<HttpResponse, HttpError> {
+    Ok(HttpResponse { status, headers: vec![], body: body.to_string().into_bytes() })
+}
+
+fn requests(effects: &[Effect]) -> Vec<(u64, HttpRequest)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Http { id, request } => Some((*id, request.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn publishes(effects: &[Effect]) -> Vec<PresenceUpdate> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn form(r: &HttpRequest) -> HashMap<String, String> {
+    form_urlencoded::parse(&r.body).into_owned().collect()
+}
+
+/// Answers requests like Graph would until nothing is pending; returns everything published.
+fn run_graph(
+    core: &mut Core,
+    env: &mut FakeEnv,
+    users: usize,
+    mut effects: Vec<Effect>,
+) -> (Vec<PresenceUpdate>, Vec<serde_json::Value>) {
+    let mut published = vec![];
+    let mut created = vec![];
+    let mut n_sub = 0;
+    loop {
+        for e in &effects {
+            if let Effect::Store { key, value: Some(v) } = e {
+                env.stored.insert(key.clone(), v.clone());
+            }
+        }
+        published.extend(publishes(&effects));
+        let reqs = requests(&effects);
+        if reqs.is_empty() {
+            return (published, created);
+        }
+        for (id, r) in reqs {
+            let resp = if r.url.ends_with("/oauth2/v2.0/token") {
+                ok(
+                    200,
+                    serde_json::json!({"access_token": format!("tok-{}", form(&r)["grant_type"]), "expires_in": 3599}),
+                )
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..users).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
+                ok(200, serde_json::json!({ "value": value }))
+            } else if r.url.ends_with("/v1.0/subscriptions") && r.method == "POST" {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                created.push(body.clone());
+                n_sub += 1;
+                ok(
+                    201,
+                    serde_json::json!({"id": format!("sub-{n_sub}"), "expirationDateTime": body["expirationDateTime"]}),
+                )
+            } else if r.url.ends_with("getPresencesByUserId") {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                let value: Vec<_> = body["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| serde_json::json!({"id": id, "availability": "Available", "activity": "Available", "sequenceNumber": "0001"}))
+                    .collect();
+                ok(200, serde_json::json!({ "value": value }))
+            } else {
+                panic!("unexpected request {} {}", r.method, r.url)
+            };
+            core.on_http_response(env, id, resp);
+        }
+        effects = core.take_effects();
+    }
+}
+
+fn synced(users: usize, slots: usize) -> (Core, FakeEnv, Vec<serde_json::Value>) {
+    let mut env = env(users);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(slots)).unwrap();
+    let effects = core.take_effects();
+    let (published, created) = run_graph(&mut core, &mut env, users, effects);
+    assert_eq!(published.len(), users.min(slots * 650));
+    (core, env, created)
+}
+
+#[test]
+fn full_setup_reads_directory_subscribes_and_snapshots() {
+    let (core, env, created) = synced(700, 2);
+    assert_eq!(created.len(), 2);
+    let body = &created[0];
+    assert_eq!(body["changeType"], "updated");
+    assert_eq!(body["includeResourceData"], true);
+    assert_eq!(body["encryptionCertificateId"], "cert-1");
+    assert!(body["resource"].as_str().unwrap().starts_with("/communications/presences?$filter=id in ('"));
+    let exp = parse_rfc3339(body["expirationDateTime"].as_str().unwrap()).unwrap();
+    assert!(exp > T0 && exp <= T0 + 60 * 60 * 1000, "at most 60 minutes");
+    assert!(body["clientState"].as_str().unwrap().len() <= 128);
+    assert_ne!(created[0]["clientState"], created[1]["clientState"], "one clientState per subscription");
+    let s = core.status(&env);
+    assert_eq!(s.health, Health::Ok);
+    assert_eq!(s.mapped_users, 700);
+    assert_eq!(s.subscriptions.iter().map(|x| x.users_covered).collect::<Vec<_>>(), vec![650, 50]);
+}
+
+#[test]
+fn tokens_are_cached_until_shortly_before_expires_in() {
+    let mut env = env(1);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let reqs = requests(&core.take_effects());
+    assert_eq!(reqs.len(), 1, "only the app token first");
+    // A short lifetime (600 s): refreshed at 80 %, not at 3600 s.
+    core.on_http_response(&mut env, reqs[0].0, ok(200, serde_json::json!({"access_token": "a", "expires_in": 600})));
+    let _ = core.take_effects();
+    env.now += 470_000;
+    core.tick(&mut env);
+    assert!(
+        requests(&core.take_effects())
+            .iter()
+            .all(|(_, r)| !r.url.ends_with("/token") || form(r)["grant_type"] != "client_credentials")
+    );
+    env.now += 20_000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    assert!(reqs.iter().any(|(_, r)| r.url.ends_with("/token") && form(r)["grant_type"] == "client_credentials"));
+}
+
+#[test]
+fn token_error_shows_code_and_hint_and_retries_with_backoff() {
+    let mut env = env(1);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let reqs = requests(&core.take_effects());
+    core.on_http_response(
+        &mut env,
+        reqs[0].0,
+        ok(401, serde_json::json!({"error": "invalid_client", "error_codes": [7000215]})),
+    );
+    let s = core.status(&env);
+    let Health::Error(p) = s.health else { panic!("{:?}", s.health) };
+    assert_eq!(p.code, "AADSTS7000215");
+    assert!(!format!("{p:?}").contains("s3cret"));
+    assert!(requests(&core.take_effects()).is_empty(), "no immediate retry");
+    env.now += 1_000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).is_empty(), "still backing off");
+    env.now += 5_000;
+    core.tick(&mut env);
+    assert_eq!(requests(&core.take_effects()).len(), 1, "retried after the backoff");
+}
+
+#[test]
+fn missing_credentials_are_listed() {
+    let mut env = env(1);
+    let mut core = Core::new();
+    let mut s = settings(0);
+    s.client_secret.clear();
+    core.configure(&mut env, s).unwrap();
+    assert!(requests(&core.take_effects()).is_empty());
+    let st = core.status(&env);
+    assert_eq!(st.health, Health::MissingCredentials(vec!["client-secret".into(), "integration-users".into()]));
+}
+
+#[test]
+fn failed_directory_read_keeps_the_last_good_mapping() {
+    let (mut core, mut env, _) = synced(10, 1);
+    core.sync_now(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, _) = reqs.iter().find(|(_, r)| r.url.contains("/v1.0/users")).unwrap();
+    core.on_http_response(&mut env, *id, ok(503, serde_json::json!({"error": {"code": "serviceNotAvailable"}})));
+    let s = core.status(&env);
+    assert_eq!(s.mapped_users, 10, "mapping kept");
+    assert_eq!(s.subscriptions[0].users_covered, 10);
+    assert!(matches!(s.health, Health::Error(ref p) if p.code == "serviceNotAvailable"));
+}
+
+fn notification(sub: &str, client_state: &str, user: &str, seq: &str, availability: &str) -> serde_json::Value {
+    let key = [9u8; 32];
+    let plain =
+        serde_json::json!({"id": user, "availability": availability, "activity": availability, "sequenceNumber": seq});
+    let (data, sig) = crypto::encrypt_like_graph(&key, plain.to_string().as_bytes());
+    use base64::Engine as _;
+    serde_json::json!({
+        "subscriptionId": sub,
+        "clientState": client_state,
+        "changeType": "updated",
+        "encryptedContent": {
+            "data": data, "dataSignature": sig,
+            "dataKey": base64::engine::general_purpose::STANDARD.encode(key),
+            "encryptionCertificateId": "cert-1",
+        }
+    })
+}
+
+fn webhook(items: Vec<serde_json::Value>) -> WebhookRequest {
+    WebhookRequest {
+        method: "POST".into(),
+        path: "/notifications".into(),
+        query: String::new(),
+        headers: vec![],
+        body: serde_json::json!({ "value": items }).to_string().into_bytes(),
+    }
+}
+
+#[test]
+fn notifications_are_checked_decrypted_ordered_and_published() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let u = ms_id(1);
+    let r = core.on_webhook(&mut env, webhook(vec![notification("sub-1", &cs, &u, "0005", "Busy")]));
+    assert_eq!(r.status, 202);
+    let p = publishes(&core.take_effects());
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].user_id.as_str(), p[0].presence.availability.as_str()), ("sb1", "Busy"));
+    assert_eq!(p[0].origin, PresenceOrigin::Teams);
+    // An older update arriving late is dropped; forgeries are counted.
+    core.on_webhook(
+        &mut env,
+        webhook(vec![
+            notification("sub-1", &cs, &u, "0004", "Away"),
+            notification("sub-1", "wrong", &u, "0009", "Away"),
+            notification("sub-9", &cs, &u, "0009", "Away"),
+        ]),
+    );
+    assert!(publishes(&core.take_effects()).is_empty());
+    let counters: HashMap<_, _> = core.status(&env).counters.into_iter().collect();
+    assert_eq!(counters["rejected.stale"], 1);
+    assert_eq!(counters["rejected.client-state"], 1);
+    assert_eq!(counters["rejected.unknown-subscription"], 1);
+}
+
+#[test]
+fn validation_handshake_echoes_the_decoded_token() {
+    let mut core = Core::new();
+    let mut env = env(0);
+    let r = core.on_webhook(
+        &mut env,
+        WebhookRequest {
+            method: "POST".into(),
+            path: "/notifications".into(),
+            query: "validationToken=Validation%3A%20Testing%20%3Cclient%3E".into(),
+            headers: vec![],
+            body: vec![],
+        },
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("text/plain"));
+    assert_eq!(r.body, b"Validation: Testing <client>");
+}
+
+#[test]
+fn renewal_patches_before_expiry_and_recreates_on_404() {
+    let (mut core, mut env, _) = synced(3, 1);
+    env.now += 45 * 60 * 1000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.method == "PATCH").expect("renewal PATCH");
+    assert!(r.url.ends_with("/v1.0/subscriptions/sub-1"));
+    core.on_http_response(&mut env, *id, ok(404, serde_json::json!({"error": {"code": "ResourceNotFound"}})));
+    let reqs = requests(&core.take_effects());
+    assert!(
+        reqs.iter().any(|(_, r)| r.method == "POST" && r.url.ends_with("/v1.0/subscriptions")),
+        "recreated, not re-PATCHed"
+    );
+    assert!(!reqs.iter().any(|(_, r)| r.method == "PATCH"));
+}
+
+#[test]
+fn restart_restores_mapping_and_subscriptions_from_state() {
+    let (_, env, _) = synced(3, 1);
+    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
+    let mut core = Core::new();
+    core.configure(&mut env2, settings(1)).unwrap();
+    // The last good mapping is there before Microsoft answers anything.
+    assert_eq!(core.status(&env2).mapped_users, 3);
+    let effects = core.take_effects();
+    let app = requests(&effects);
+    // Token first; then the existing subscription is verified with a PATCH, never duplicated.
+    for (id, r) in app {
+        core.on_http_response(
+            &mut env2,
+            id,
+            ok(200, serde_json::json!({"access_token": format!("t-{}", r.url.len()), "expires_in": 3599})),
+        );
+    }
+    let mut saw_patch = false;
+    for _ in 0..5 {
+        let reqs = requests(&core.take_effects());
+        for (id, r) in reqs {
+            assert!(!(r.method == "POST" && r.url.ends_with("/v1.0/subscriptions")), "no new subscription");
+            let resp = if r.method == "PATCH" {
+                saw_patch = true;
+                ok(200, serde_json::json!({"id": "sub-1", "expirationDateTime": rfc3339(env2.now + 3_000_000)}))
+            } else if r.url.contains("/token") {
+                ok(200, serde_json::json!({"access_token": "d", "expires_in": 3599}))
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+                ok(200, serde_json::json!({ "value": value }))
+            } else {
+                ok(200, serde_json::json!({ "value": [] }))
+            };
+            core.on_http_response(&mut env2, id, resp);
+        }
+    }
+    assert!(saw_patch);
+}

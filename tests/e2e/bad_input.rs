@@ -1,0 +1,150 @@
+//! Bad input: each gets a clear error that names the problem, and changes nothing.
+
+use e2e_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_secret_reports_7000215_with_its_hint() {
+    let t = start(50, 1, |o| o.configured_secret = "the-secret-id-not-the-value".into()).await;
+    let s = t.wait_status(EVENTUALLY, |s| s.state == "error").await;
+    assert_eq!(s.code.as_deref(), Some("AADSTS7000215"), "{s:?}");
+    let hint = s.hint.clone().unwrap_or_default();
+    assert!(hint.contains("wait a minute") && hint.contains("Secret ID"), "{hint}");
+    assert_eq!(s.users, 0);
+    assert!(t.emulator.subscriptions().is_empty());
+    assert!(t.switchboard.all_shown().is_empty());
+    // The status never shows the secret.
+    let host = t.host.as_ref().unwrap();
+    let text = reqwest::get(format!("http://{}/status", host.addr)).await.unwrap().text().await.unwrap();
+    assert!(!text.contains("the-secret-id-not-the-value"));
+    assert!(text.contains("AADSTS7000215"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_on_an_integration_user_reports_50076_with_the_conditional_access_hint() {
+    let t = start(50, 1, |o| o.mfa_users = vec![0]).await;
+    let s = t.wait_status(EVENTUALLY, |s| s.state == "error").await;
+    assert_eq!(s.code.as_deref(), Some("AADSTS50076"), "{s:?}");
+    assert!(s.hint.as_deref().unwrap_or("").contains("Conditional Access"));
+    assert_eq!(s.subscriptions[0].code.as_deref(), Some("AADSTS50076"));
+    assert!(t.emulator.subscriptions().is_empty());
+    // The directory was still read and mapped: the admin sees how many users would sync.
+    assert_eq!(s.users, 50);
+}
+
+async fn synced(users: usize) -> TestScenario {
+    let t = start(users, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(users, EVENTUALLY).await.is_empty());
+    t
+}
+
+fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {
+    s.counters.get(name).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_notifications_are_ignored_and_counted() {
+    let t = synced(20).await;
+    let sub = t.emulator.subscriptions()[0].id.clone();
+    let user = t.ms_user(0);
+    let before = t.switchboard.shown("sb-00000").unwrap();
+    let url = t.notification_url();
+    let send = |item: serde_json::Value| {
+        let url = url.clone();
+        async move { post(&url, "application/json", json!({ "value": [item] }).to_string().into_bytes()).await }
+    };
+
+    // Positive control: a genuine item is accepted.
+    let good = t.emulator.notification_for(&sub, &user, "Busy", "InACall").unwrap();
+    assert_eq!(send(good).await.0, 202);
+    let s = t.status().await;
+    assert_eq!(counter(&s, "notifications.accepted"), 1);
+    assert_eq!(t.switchboard.shown("sb-00000").unwrap().activity, "InACall");
+
+    // Wrong clientState.
+    let mut item = t.emulator.notification_for(&sub, &user, "Away", "Away").unwrap();
+    item["clientState"] = json!("guessed");
+    assert_eq!(send(item).await.0, 202, "Graph gets 202; the item is dropped");
+    // Unknown subscription id.
+    let mut item = t.emulator.notification_for(&sub, &user, "Away", "Away").unwrap();
+    item["subscriptionId"] = json!("00000000-0000-0000-0000-000000000000");
+    send(item).await;
+    // Bad HMAC: data altered after signing.
+    let mut item = t.emulator.notification_for(&sub, &user, "Away", "Away").unwrap();
+    item["encryptedContent"]["dataSignature"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    send(item).await;
+
+    let s = t.status().await;
+    assert_eq!(counter(&s, "rejected.client-state"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "rejected.unknown-subscription"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "rejected.signature"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "notifications.accepted"), 1);
+    let shown = t.switchboard.shown("sb-00000").unwrap();
+    assert_eq!(shown.activity, "InACall", "nothing forged reached the switchboard");
+    assert_ne!(before.updates, shown.updates);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_bodies_get_400_and_are_counted() {
+    let t = synced(10).await;
+    let url = t.notification_url();
+    let (status, body) = post(&url, "application/json", b"{\"value\": [".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("malformed"), "{body}");
+    let big = vec![b' '; 2 << 20];
+    let (status, body) = post(&url, "application/json", big).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("exceeds"), "{body}");
+    let huge = vec![b' '; 5 << 20];
+    let (status, _) = post(&url, "application/json", huge).await;
+    assert_eq!(status, 400);
+    let s = t.status().await;
+    assert_eq!(counter(&s, "rejected.malformed"), 1);
+    assert_eq!(counter(&s, "rejected.oversized"), 1);
+    let host = t.host.as_ref().unwrap();
+    let v = get_json(&format!("http://{}/status/contoso", host.addr)).await;
+    assert_eq!(v["counters"]["host.rejected.oversized"], 1);
+    // Still healthy and in sync.
+    assert_eq!(t.status().await.state, "ok");
+    assert!(t.mismatches(10).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_token_is_echoed_url_decoded_as_plain_text() {
+    let t = synced(5).await;
+    let token = "Validation: Testing client application reachability <&> 100%";
+    let enc: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let r =
+        reqwest::Client::new().post(format!("{}?validationToken={enc}", t.notification_url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(r.text().await.unwrap(), token);
+}
+
+#[test]
+fn config_with_a_malformed_tenant_id_is_refused_at_load_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(
+        &path,
+        r#"
+[host]
+public_base_url = "https://presence.example.com"
+
+[[integration]]
+name = "contoso"
+tenant_id = "5db68c59-bbeb-41d7-a5df"
+client_id = "0ed2fcf1-b202-4699-afe4-cbc36ead3235"
+client_secret = "top-secret-value"
+users = [{ username = "sync@contoso.com", password = "pw-secret" }]
+"#,
+    )
+    .unwrap();
+    let e = host_harness::config::Config::load(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("host.toml"), "{msg}");
+    assert!(msg.contains("integration[0].tenant_id"), "{msg}");
+    assert!(msg.contains("neither a GUID nor a domain"), "{msg}");
+    assert!(!msg.contains("top-secret-value") && !msg.contains("pw-secret"));
+}
