@@ -128,13 +128,16 @@ impl status::Host for HostState {}
 impl outbound_http::Host for HostState {
     fn start(&mut self, id: u64, req: outbound_http::Request) -> Result<(), outbound_http::HttpError> {
         use outbound_http::HttpError as E;
-        let url = url::Url::parse(&req.url).map_err(|e| E::InvalidRequest(format!("url: {e}")))?;
-        let origin = origin_of(&url);
-        if !self.ctx.allowed_origins.contains(&origin) {
-            self.ctx.refused_requests.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(integration = %self.ctx.name, %origin, "outbound request refused: origin not allowed");
-            return Err(E::NotAllowed(origin));
-        }
+        let url = match check_outbound(&self.ctx.allowed_origins, &req.url) {
+            Ok(u) => u,
+            Err(e) => {
+                if let E::NotAllowed(origin) = &e {
+                    self.ctx.refused_requests.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(integration = %self.ctx.name, %origin, "outbound request refused: origin not allowed");
+                }
+                return Err(e);
+            }
+        };
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| E::InvalidRequest(format!("method {}", req.method)))?;
         if req.body.len() > MAX_HTTP_BODY {
@@ -190,6 +193,22 @@ fn without_url(e: &reqwest::Error) -> String {
         src = s.source();
     }
     if msg.is_empty() { "connection failed".into() } else { msg }
+}
+
+/// Checks an outbound URL against the integration's allow-list (exact `scheme://host:port`
+/// origins) and the rule that plain http goes only to loopback. Deny by default.
+pub fn check_outbound(allowed: &[String], url: &str) -> Result<url::Url, outbound_http::HttpError> {
+    use outbound_http::HttpError as E;
+    let u = url::Url::parse(url).map_err(|e| E::InvalidRequest(format!("url: {e}")))?;
+    let origin = origin_of(&u);
+    let scheme_ok = u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u));
+    if !scheme_ok || !allowed.contains(&origin) {
+        return Err(E::NotAllowed(origin));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(E::InvalidRequest("credentials in the URL are not allowed".into()));
+    }
+    Ok(u)
 }
 
 /// `scheme://host:port` of a URL.
@@ -765,3 +784,39 @@ impl StatusView {
 
 pub use presence::{LineEvent, LineState};
 pub use sync::{IntegrationUser as WitIntegrationUser, Settings as WitSettings, WebhookRequest, WebhookResponse};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbound_http::HttpError as E;
+
+    fn allowed() -> Vec<String> {
+        vec![
+            "https://login.microsoftonline.com:443".into(),
+            "https://graph.microsoft.com:443".into(),
+            "http://127.0.0.1:9000".into(),
+        ]
+    }
+
+    #[test]
+    fn configured_origins_are_allowed() {
+        assert!(check_outbound(&allowed(), "https://graph.microsoft.com/v1.0/users?$top=999").is_ok());
+        assert!(check_outbound(&allowed(), "https://login.microsoftonline.com/t/oauth2/v2.0/token").is_ok());
+        assert!(check_outbound(&allowed(), "http://127.0.0.1:9000/v1.0/users").is_ok());
+    }
+
+    #[test]
+    fn anything_else_is_not_allowed() {
+        for url in [
+            "https://evil.example.com/steal",
+            "https://graph.microsoft.com:8443/v1.0/users",
+            "http://graph.microsoft.com/v1.0/users",
+            "http://127.0.0.1:9001/",
+            "https://graph.microsoft.com.evil.example/v1.0",
+        ] {
+            assert!(matches!(check_outbound(&allowed(), url), Err(E::NotAllowed(_))), "{url}");
+        }
+        assert!(matches!(check_outbound(&allowed(), "not a url"), Err(E::InvalidRequest(_))));
+        assert!(matches!(check_outbound(&allowed(), "https://u:p@graph.microsoft.com/"), Err(E::InvalidRequest(_))));
+    }
+}

@@ -3,5 +3,7 @@
 
 mod bad_input;
 mod capacity;
+mod config_file;
+mod emulator_rules;
 mod presence_sync;
 mod restart;

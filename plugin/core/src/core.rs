@@ -552,17 +552,30 @@ impl Core {
                 self.subs[slot].busy = false;
                 match outcome {
                     Ok(r) if r.status == 200 => {
+                        // The operation is pageable in Graph's OpenAPI description: follow
+                        // `@odata.nextLink` when the service sends one.
                         #[derive(serde::Deserialize)]
                         struct Page {
                             value: Vec<GraphPresence>,
+                            #[serde(rename = "@odata.nextLink")]
+                            next_link: Option<String>,
                         }
                         match serde_json::from_slice::<Page>(&r.body) {
                             Ok(page) => {
                                 for p in page.value {
                                     self.apply_presence(p, PresenceOrigin::Snapshot, now);
                                 }
-                                self.subs[slot].needs_snapshot = false;
-                                self.subs[slot].retry.succeed();
+                                let next = page.next_link.filter(|n| n.starts_with(&settings.graph_base_url));
+                                match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
+                                    (Some(next), Some(token)) => {
+                                        self.subs[slot].busy = true;
+                                        self.start(Pending::Presences(slot), get(&next, &token));
+                                    }
+                                    _ => {
+                                        self.subs[slot].needs_snapshot = false;
+                                        self.subs[slot].retry.succeed();
+                                    }
+                                }
                             }
                             Err(e) => self.sub_failed(
                                 slot,
@@ -908,16 +921,26 @@ struct Notification {
     encrypted_content: Option<EncryptedContent>,
 }
 
+/// A presence as Graph returns it. `availability` and `activity` are nullable in Graph's
+/// schema; a missing or null value is shown as `PresenceUnknown`.
 #[derive(serde::Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]
 struct GraphPresence {
     id: String,
-    #[serde(default)]
+    #[serde(default = "unknown", deserialize_with = "null_as_unknown")]
     availability: String,
-    #[serde(default)]
+    #[serde(default = "unknown", deserialize_with = "null_as_unknown")]
     activity: String,
     #[serde(default)]
     sequence_number: Option<String>,
+}
+
+fn unknown() -> String {
+    "PresenceUnknown".into()
+}
+
+fn null_as_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(<Option<String> as serde::Deserialize>::deserialize(d)?.unwrap_or_else(unknown))
 }
 
 fn validate(s: &Settings) -> Result<(), ConfigError> {

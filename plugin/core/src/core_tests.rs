@@ -401,3 +401,50 @@ fn restart_restores_mapping_and_subscriptions_from_state() {
     }
     assert!(saw_patch);
 }
+
+#[test]
+fn presence_snapshot_follows_next_link_and_tolerates_nulls() {
+    let mut env = env(2);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let mut effects = core.take_effects();
+    let mut published = vec![];
+    let mut pages = 0;
+    for _ in 0..10 {
+        published.extend(publishes(&effects));
+        for (id, r) in requests(&effects) {
+            let resp = if r.url.ends_with("/token") {
+                ok(200, serde_json::json!({"access_token": "t", "expires_in": "3599"}))
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> = (0..2)
+                    .map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com"), "proxyAddresses": null}))
+                    .collect();
+                ok(200, serde_json::json!({ "value": value }))
+            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
+                ok(201, serde_json::json!({"id": "s", "expirationDateTime": "2027-01-15T10:00:00.0000000Z"}))
+            } else if r.url.contains("getPresencesByUserId") {
+                pages += 1;
+                if r.method == "POST" {
+                    ok(
+                        200,
+                        serde_json::json!({"value": [{"id": ms_id(0), "availability": "Busy", "activity": null}],
+                        "@odata.nextLink": "https://graph.test/v1.0/communications/getPresencesByUserId?$skiptoken=x"}),
+                    )
+                } else {
+                    ok(
+                        200,
+                        serde_json::json!({"value": [{"id": ms_id(1), "availability": "Away", "activity": "Away"}]}),
+                    )
+                }
+            } else {
+                panic!("{} {}", r.method, r.url)
+            };
+            core.on_http_response(&mut env, id, resp);
+        }
+        effects = core.take_effects();
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[0].presence.activity, "PresenceUnknown");
+    assert_eq!(core.status(&env).health, Health::Ok);
+}

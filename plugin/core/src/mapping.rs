@@ -27,9 +27,13 @@ pub struct GraphUser {
     /// Primary SMTP address.
     #[serde(default)]
     pub mail: Option<String>,
-    /// `SMTP:primary`, `smtp:alias`, `SIP:...` entries.
-    #[serde(default)]
+    /// `SMTP:primary`, `smtp:alias`, `SIP:...` entries (null is read as none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub proxy_addresses: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(<Option<Vec<String>> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Normalises an address: trimmed, lower case.

@@ -1,0 +1,101 @@
+//! The `run` path: a TOML config file and a switchboard CSV, as an operator writes them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host_harness::config::Config;
+use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
+use host_harness::emulator::{Emulator, TenantSeed};
+use host_harness::host::Host;
+use host_harness::runtime::HostClock;
+use host_harness::switchboard::Switchboard;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_with_env_secrets_and_csv_users_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(HostClock::default());
+    let emu = Emulator::new(clock.clone());
+    let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, 120, 1);
+    emu.add_tenant(&seed);
+    let base = emu.start().await.unwrap();
+    let mut users = switchboard_users(&seed, 120);
+    // A switchboard user without a Microsoft account, and two claiming one address.
+    users.push(host_harness::switchboard::User {
+        id: "reception".into(),
+        name: "Reception".into(),
+        emails: vec!["reception@elsewhere.example".into()],
+        line_number: Some("+4680000".into()),
+        active: true,
+    });
+    users[1].emails = users[0].emails.clone();
+    Switchboard::write_csv(&dir.path().join("users.csv"), &users).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let toml = format!(
+        r#"
+[host]
+listen = "{addr}"
+public_base_url = "http://{addr}"
+state_dir = "state"
+graph_base_url = "{base}"
+login_base_url = "{base}"
+
+[[integration]]
+name = "contoso"
+tenant_id = "{DEMO_TENANT}"
+client_id = "{DEMO_CLIENT}"
+client_secret_env = "E2E_CONTOSO_SECRET"
+switchboard_csv = "users.csv"
+users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
+"#,
+        user = seed.integration_user(0)
+    );
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, toml).unwrap();
+    // Secrets come from the *_env variables, resolved as Config::load does, through a closure
+    // so that the test does not touch the process environment.
+    let env = |k: &str| match k {
+        "E2E_CONTOSO_SECRET" => Some(DEMO_SECRET.to_string()),
+        "E2E_CONTOSO_PW" => Some(seed.integration_password.clone()),
+        _ => None,
+    };
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = Config::parse(&text, &path.display().to_string(), dir.path(), &env).unwrap();
+    let host = Host::start(&cfg, host_harness::PLUGIN_WASM, clock, listener, BTreeMap::new()).await.unwrap();
+    let h = host.integrations["contoso"].clone();
+    let end = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = h.status().await.unwrap();
+        if s.state == "ok" || Instant::now() > end {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s.state, "ok", "{s:?}");
+    assert_eq!(s.switchboard_users, 121);
+    assert_eq!(s.users, 118, "120 minus the two that share an address");
+    assert_eq!(s.conflicts.len(), 1);
+    assert_eq!(s.conflicts[0].kind, "several-switchboard-users");
+    assert_eq!(s.conflicts[0].candidates, vec!["sb-00000", "sb-00001"]);
+    // The switchboard API shows presence for a mapped user, none for the unmapped ones.
+    let v: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("http://{addr}/switchboard/contoso/users/sb-00002")).await.unwrap().text().await.unwrap(),
+    )
+    .unwrap();
+    assert!(v["teams_presence"]["availability"].is_string(), "{v}");
+    let v: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("http://{addr}/switchboard/contoso/users/reception"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(v["teams_presence"].is_null());
+    // The status API never shows a secret.
+    let text = reqwest::get(format!("http://{addr}/status")).await.unwrap().text().await.unwrap();
+    assert!(!text.contains(DEMO_SECRET) && !text.contains(&seed.integration_password));
+    host.stop().await;
+}

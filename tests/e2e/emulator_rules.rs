@@ -1,0 +1,255 @@
+//! The emulator enforces Graph's and Entra's documented rules (graph-facts.md), so the plugin
+//! is never tested against a shortcut. These tests talk to the emulator directly.
+
+use std::sync::Arc;
+
+use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+use host_harness::emulator::{Emulator, TenantSeed};
+use host_harness::runtime::HostClock;
+use serde_json::{Value, json};
+
+struct Emu {
+    base: String,
+    seed: TenantSeed,
+    emu: Emulator,
+    http: reqwest::Client,
+}
+
+async fn emu(users: usize) -> Emu {
+    let emu = Emulator::new(Arc::new(HostClock::default()));
+    let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 2);
+    emu.add_tenant(&seed);
+    let base = emu.start().await.unwrap();
+    Emu { base, seed, emu, http: reqwest::Client::new() }
+}
+
+impl Emu {
+    async fn token_raw(&self, tenant: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/{tenant}/oauth2/v2.0/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), serde_json::from_str(&r.text().await.unwrap()).unwrap())
+    }
+    async fn app_token(&self) -> String {
+        let (s, v) = self
+            .token_raw(
+                DEMO_TENANT,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", DEMO_CLIENT),
+                    ("client_secret", DEMO_SECRET),
+                    ("scope", "https://graph.microsoft.com/.default"),
+                ],
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["access_token"].as_str().unwrap().to_string()
+    }
+    async fn user_token(&self, n: usize) -> String {
+        let user = self.seed.integration_user(n);
+        let (s, v) = self
+            .token_raw(
+                DEMO_TENANT,
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", DEMO_CLIENT),
+                    ("client_secret", DEMO_SECRET),
+                    ("scope", "https://graph.microsoft.com/Presence.Read.All"),
+                    ("username", &user),
+                    ("password", &self.seed.integration_password),
+                ],
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["access_token"].as_str().unwrap().to_string()
+    }
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut rb = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b.to_string());
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+    fn ids(&self, n: usize) -> Vec<String> {
+        self.emu.with_world(|w| w.tenants.values().next().unwrap().users.iter().take(n).map(|u| u.id.clone()).collect())
+    }
+}
+
+fn code(v: &Value) -> u64 {
+    v["error_codes"][0].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_answers_with_entra_error_codes() {
+    let e = emu(3).await;
+    let cc = |secret: &'static str, client: &'static str| {
+        vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client),
+            ("client_secret", secret),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ]
+    };
+    let (s, v) = e.token_raw(DEMO_TENANT, &cc("wrong", DEMO_CLIENT)).await;
+    assert_eq!((s, code(&v), v["error"].as_str()), (401, 7000215, Some("invalid_client")));
+    assert!(v["error_description"].as_str().unwrap().starts_with("AADSTS7000215:"));
+    let (_, v) = e.token_raw(DEMO_TENANT, &cc(DEMO_SECRET, "11111111-1111-1111-1111-111111111111")).await;
+    assert_eq!(code(&v), 700016);
+    let (_, v) = e.token_raw("99999999-9999-9999-9999-999999999999", &cc(DEMO_SECRET, DEMO_CLIENT)).await;
+    assert_eq!(code(&v), 90002);
+    let (_, v) = e.token_raw("not a tenant", &cc(DEMO_SECRET, DEMO_CLIENT)).await;
+    assert_eq!(code(&v), 900023);
+    let user = e.seed.integration_user(0);
+    let ropc = |pw: &'static str| -> Vec<(&str, String)> {
+        vec![
+            ("grant_type", "password".into()),
+            ("client_id", DEMO_CLIENT.into()),
+            ("client_secret", DEMO_SECRET.into()),
+            ("scope", "https://graph.microsoft.com/Presence.Read.All".into()),
+            ("username", user.clone()),
+            ("password", pw.into()),
+        ]
+    };
+    let as_ref = |v: &Vec<(&'static str, String)>| v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    let form = as_ref(&ropc("bad"));
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, v) = e.token_raw(DEMO_TENANT, &form).await;
+    assert_eq!((s, code(&v)), (400, 50126));
+    e.emu.with_world(|w| w.tenants.values_mut().next().unwrap().user_by_upn(&user).unwrap().mfa_required = true);
+    let good = as_ref(&ropc("Integration-Passw0rd!"));
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_, v) = e.token_raw(DEMO_TENANT, &good).await;
+    assert_eq!(code(&v), 50076);
+    e.emu.with_world(|w| {
+        let t = w.tenants.values_mut().next().unwrap();
+        t.user_by_upn(&user).unwrap().mfa_required = false;
+        t.apps.values_mut().next().unwrap().delegated_consent = false;
+    });
+    let (_, v) = e.token_raw(DEMO_TENANT, &good).await;
+    assert_eq!(code(&v), 65001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_page_with_next_link_and_reject_top_over_999() {
+    let e = emu(250).await;
+    let t = e.app_token().await;
+    let (s, v) = e.call("GET", "/v1.0/users?$select=id,mail&$top=1000", &t, None).await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("between 1 and 999"));
+    // Default page size 100, following the whole nextLink.
+    let (s, v) = e.call("GET", "/v1.0/users?$select=id,mail", &t, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["value"].as_array().unwrap().len(), 100);
+    assert!(v["value"][0].get("displayName").is_none(), "$select is honoured");
+    let mut seen = v["value"].as_array().unwrap().len();
+    let mut next = v["@odata.nextLink"].as_str().map(str::to_string);
+    while let Some(n) = next {
+        let path = n.strip_prefix(&e.base).unwrap().to_string();
+        let (_, v) = e.call("GET", &path, &t, None).await;
+        seen += v["value"].as_array().unwrap().len();
+        next = v["@odata.nextLink"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen, 252, "250 users + 2 integration users");
+    // A delegated token without User.Read.All application permission is refused.
+    let d = e.user_token(0).await;
+    let (s, v) = e.call("GET", "/v1.0/users", &d, None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("Authorization_RequestDenied")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_take_at_most_650_ids() {
+    let e = emu(700).await;
+    let d = e.user_token(0).await;
+    let (s, _) =
+        e.call("POST", "/v1.0/communications/getPresencesByUserId", &d, Some(json!({"ids": e.ids(651)}))).await;
+    assert_eq!(s, 400);
+    let (s, v) =
+        e.call("POST", "/v1.0/communications/getPresencesByUserId", &d, Some(json!({"ids": e.ids(650)}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["value"].as_array().unwrap().len(), 650);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_the_presence_rules() {
+    let e = emu(700).await;
+    let app = e.app_token().await;
+    let d0 = e.user_token(0).await;
+    // A webhook that answers the validation handshake.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+            q.get("validationToken").cloned().unwrap_or_default()
+        }),
+    );
+    tokio::spawn(async move { axum::serve(hook, router).await.unwrap() });
+    let cert = {
+        let kp = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        let c = rcgen::CertificateParams::new(vec!["x".into()]).unwrap().self_signed(&kp).unwrap();
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(c.der())
+    };
+    let exp =
+        |mins: u64| presence_core::core::rfc3339(host_harness::runtime::HostClock::default().now_ms() + mins * 60_000);
+    let body = |ids: &[String], mins: u64, url: &str| {
+        json!({
+            "changeType": "updated", "notificationUrl": url,
+            "resource": format!("/communications/presences?$filter=id in ({})", ids.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(",")),
+            "expirationDateTime": exp(mins), "clientState": "x", "includeResourceData": true,
+            "encryptionCertificate": cert, "encryptionCertificateId": "c1",
+        })
+    };
+    let ids = e.ids(700);
+    // Application tokens cannot subscribe to presence.
+    let (s, _) = e.call("POST", "/v1.0/subscriptions", &app, Some(body(&ids[..10], 30, &hook_url))).await;
+    assert_eq!(s, 403);
+    // More than 650 users, or more than 60 minutes.
+    let (s, _) = e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[..651], 30, &hook_url))).await;
+    assert_eq!(s, 400);
+    let (s, _) = e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[..10], 62, &hook_url))).await;
+    assert_eq!(s, 400);
+    // Rich data needs the certificate.
+    let mut no_cert = body(&ids[..10], 30, &hook_url);
+    no_cert.as_object_mut().unwrap().remove("encryptionCertificate");
+    assert_eq!(e.call("POST", "/v1.0/subscriptions", &d0, Some(no_cert)).await.0, 400);
+    // A webhook that does not answer the handshake fails creation.
+    let (s, v) =
+        e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[..10], 30, "http://127.0.0.1:9/nothing"))).await;
+    assert_eq!(s, 400, "{v}");
+    // Plain http to a non-loopback host is refused (Graph requires HTTPS).
+    assert_eq!(
+        e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[..10], 30, "http://example.com/hook"))).await.0,
+        400
+    );
+    // The good one.
+    let (s, v) = e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[..650], 59, &hook_url))).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // One per app per delegated user.
+    let (s, _) = e.call("POST", "/v1.0/subscriptions", &d0, Some(body(&ids[650..], 59, &hook_url))).await;
+    assert_eq!(s, 403);
+    // Renewal within 60 minutes; unknown ids are 404.
+    let (s, _) =
+        e.call("PATCH", &format!("/v1.0/subscriptions/{id}"), &d0, Some(json!({"expirationDateTime": exp(55)}))).await;
+    assert_eq!(s, 200);
+    let (s, _) = e
+        .call(
+            "PATCH",
+            "/v1.0/subscriptions/00000000-0000-0000-0000-000000000000",
+            &d0,
+            Some(json!({"expirationDateTime": exp(55)})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(e.call("DELETE", &format!("/v1.0/subscriptions/{id}"), &d0, None).await.0, 204);
+    assert!(e.emu.subscriptions().is_empty());
+}
