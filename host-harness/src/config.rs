@@ -67,6 +67,8 @@ pub struct IntegrationConfig {
     pub users: Vec<UserConfig>,
     /// "Push line status to Teams".
     pub push_line_status: bool,
+    /// Calls shorter than this are not pushed to Teams (ms; default 0).
+    pub min_call_length_ms: u64,
     /// CSV of switchboard users for the simulator (`id,name,email,line_number[,active]`).
     pub switchboard_csv: Option<PathBuf>,
 }
@@ -110,6 +112,8 @@ struct RawIntegration {
     users: Vec<RawUser>,
     #[serde(default)]
     push_line_status: bool,
+    #[serde(default)]
+    min_call_length_ms: u64,
     switchboard_csv: Option<PathBuf>,
 }
 
@@ -236,6 +240,7 @@ impl Config {
                 client_secret,
                 users,
                 push_line_status: r.push_line_status,
+                min_call_length_ms: r.min_call_length_ms,
                 switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
             });
         }

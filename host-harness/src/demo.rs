@@ -35,6 +35,10 @@ pub struct ScenarioOptions {
     pub name: String,
     /// Integration users (by index) that the tenant requires MFA for.
     pub mfa_users: Vec<usize>,
+    /// "Push line status to Teams".
+    pub push_line_status: bool,
+    /// Application permissions the tenant's admin granted (default: the product guide's).
+    pub app_roles: Option<Vec<String>>,
 }
 
 impl ScenarioOptions {
@@ -47,6 +51,8 @@ impl ScenarioOptions {
             state_dir,
             name: "contoso".into(),
             mfa_users: vec![],
+            push_line_status: true,
+            app_roles: None,
         }
     }
 }
@@ -91,7 +97,7 @@ impl Scenario {
     pub async fn start(opts: ScenarioOptions) -> anyhow::Result<Scenario> {
         let clock = Arc::new(HostClock::default());
         let emulator = Emulator::new(clock.clone());
-        let seed = TenantSeed::new(
+        let mut seed = TenantSeed::new(
             DEMO_TENANT,
             "contoso.example",
             DEMO_CLIENT,
@@ -99,6 +105,9 @@ impl Scenario {
             opts.users,
             opts.integration_users.max(1),
         );
+        if let Some(roles) = &opts.app_roles {
+            seed.app_roles = roles.clone();
+        }
         emulator.add_tenant(&seed);
         for &n in &opts.mfa_users {
             let upn = seed.integration_user(n);
@@ -132,7 +141,8 @@ impl Scenario {
                         password: Secret::new(seed.integration_password.clone()),
                     })
                     .collect(),
-                push_line_status: false,
+                push_line_status: opts.push_line_status,
+                min_call_length_ms: 0,
                 switchboard_csv: None,
             }],
         };

@@ -87,6 +87,13 @@ impl Host {
             )
             .await
             .with_context(|| format!("starting integration {}", ic.name))?;
+            // After a restart the plugin must learn which calls are still going on: replay the
+            // switchboard's current line states (it clears every other session it had).
+            for (user, state) in handle.switchboard.lines_in_call() {
+                if let Some(state) = line_state(&state) {
+                    let _ = handle.line_event(runtime::LineEvent { user_id: user, state, at_ms: now_ms() }).await;
+                }
+            }
             tracing::info!(integration = %ic.name, "integration started");
             integrations.insert(ic.name.clone(), handle);
         }
@@ -146,6 +153,7 @@ pub fn settings_for(config: &Config, ic: &IntegrationConfig, key: &NotificationK
         encryption_certificate: key.cert_base64.clone(),
         encryption_certificate_id: key.cert_id.clone(),
         push_line_status: ic.push_line_status,
+        min_call_length_ms: ic.min_call_length_ms,
     }
 }
 
@@ -249,22 +257,36 @@ async fn sb_line_event(
         return (StatusCode::BAD_REQUEST, "body must be {\"state\": \"idle|ringing|connected|on-hold|ended\"}")
             .into_response();
     };
-    let state = match b.state.as_str() {
+    let Some(state) = line_state(&b.state) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("unknown line state '{}': use idle, ringing, connected, on-hold or ended", b.state),
+        )
+            .into_response();
+    };
+    if !h.switchboard.has_user(&id) {
+        return not_found("user");
+    }
+    h.switchboard.set_line(&id, &b.state);
+    let ev = runtime::LineEvent { user_id: id, state, at_ms: now_ms() };
+    match h.line_event(ev).await {
+        Some(Ok(())) => StatusCode::ACCEPTED.into_response(),
+        Some(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
+}
+
+fn line_state(s: &str) -> Option<runtime::LineState> {
+    Some(match s {
         "idle" => runtime::LineState::Idle,
         "ringing" => runtime::LineState::Ringing,
         "connected" => runtime::LineState::Connected,
         "on-hold" => runtime::LineState::OnHold,
         "ended" => runtime::LineState::Ended,
-        other => return (StatusCode::BAD_REQUEST, format!("unknown line state '{other}'")).into_response(),
-    };
-    let ev = runtime::LineEvent { user_id: id, state, at_ms: h_now() };
-    match h.line_event(ev).await {
-        Some(Ok(())) => StatusCode::ACCEPTED.into_response(),
-        Some(Err(e)) => (StatusCode::CONFLICT, e).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
-    }
+        _ => return None,
+    })
 }
 
-fn h_now() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }

@@ -597,8 +597,15 @@ impl Actor {
                 Command::Line(ev, reply) => match sync.call_on_line_event(&mut self.store, &ev).await {
                     Ok(r) => {
                         let _ = reply.send(r.map_err(|e| match e {
-                            sync::LineEventError::UnmappedUser(u) => format!("unmapped user {u}"),
-                            sync::LineEventError::PushDisabled => "push-line-status is off".into(),
+                            sync::LineEventError::UnmappedUser(u) => {
+                                format!("switchboard user {u} is not mapped to a Microsoft user")
+                            }
+                            sync::LineEventError::PassiveUser(u) => {
+                                format!("switchboard user {u} is passive (no line); passive users get no pushes")
+                            }
+                            sync::LineEventError::PushDisabled => {
+                                "\"Push line status to Teams\" is off for this integration".into()
+                            }
                         }));
                         Ok(())
                     }

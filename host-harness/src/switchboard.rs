@@ -46,6 +46,7 @@ pub struct Shown {
 pub struct Switchboard {
     users: RwLock<Vec<User>>,
     presence: RwLock<HashMap<String, Shown>>,
+    lines: RwLock<HashMap<String, String>>,
     changed: tokio::sync::Notify,
 }
 
@@ -127,6 +128,22 @@ impl Switchboard {
         p.insert(user_id.to_string(), shown);
         drop(p);
         self.changed.notify_waiters();
+    }
+
+    /// Records a user's line state (`idle`, `ringing`, `connected`, `on-hold`, `ended`).
+    pub fn set_line(&self, user_id: &str, state: &str) {
+        self.lines.write().unwrap().insert(user_id.to_string(), state.to_string());
+    }
+
+    /// Users whose line is in a call now (`connected` or `on-hold`), with the state.
+    pub fn lines_in_call(&self) -> Vec<(String, String)> {
+        self.lines
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| *s == "connected" || *s == "on-hold")
+            .map(|(u, s)| (u.clone(), s.clone()))
+            .collect()
     }
 
     /// What the console shows for a user.

@@ -6,4 +6,5 @@ mod capacity;
 mod config_file;
 mod emulator_rules;
 mod presence_sync;
+mod push;
 mod restart;

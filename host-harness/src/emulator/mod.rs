@@ -88,6 +88,7 @@ impl Emulator {
             stats: DeliveryStats::default(),
         });
         tokio::spawn(deliver_loop(Arc::downgrade(&inner), rx));
+        tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
         Emulator { inner }
     }
 
@@ -138,7 +139,12 @@ impl Emulator {
         let mut w = self.inner.world.lock().unwrap();
         let Some(key) = w.tenant_key(tenant) else { return false };
         let Some(user) = w.tenants.get_mut(&key).and_then(|t| t.user_mut(user_id)) else { return false };
-        let s = model::Session { availability: availability.into(), activity: activity.into(), expires_at_ms: None };
+        let s = model::Session {
+            availability: availability.into(),
+            activity: activity.into(),
+            expires_at_ms: None,
+            set_at_ms: now,
+        };
         if preferred {
             user.preferred = Some(s);
         } else {
@@ -150,7 +156,7 @@ impl Emulator {
         true
     }
 
-    fn send(&self, deliveries: Vec<Delivery>) {
+    pub(crate) fn send(&self, deliveries: Vec<Delivery>) {
         for d in deliveries {
             let _ = self.inner.deliveries.send(d);
         }
@@ -206,6 +212,40 @@ impl Emulator {
         notification_item(&d).ok()
     }
 
+    /// Sets the presence rate limit (requests per window) for every app.
+    pub fn set_presence_limit(&self, limit: usize, window: std::time::Duration) {
+        self.with_world(|w| w.presence_limit = (limit, window.as_millis() as u64));
+    }
+
+    /// (presence requests answered 429, requests that came sooner than Retry-After allowed).
+    pub fn throttling(&self) -> (u64, u64) {
+        self.with_world(|w| (w.throttled, w.early_requests))
+    }
+
+    /// The presence sessions of a user: session id → (availability, activity).
+    pub fn sessions(&self, tenant: &str, user_id: &str) -> std::collections::BTreeMap<String, (String, String)> {
+        let now = self.inner.clock.now_ms();
+        self.with_world(|w| {
+            let k = w.tenant_key(tenant)?;
+            let t = w.tenants.get_mut(&k)?;
+            let u = t.user_mut(user_id)?;
+            Some(
+                u.sessions
+                    .iter()
+                    .filter(|(_, s)| s.expires_at_ms.is_none_or(|e| e > now))
+                    .map(|(k, s)| (k.clone(), (s.availability.clone(), s.activity.clone())))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+    }
+
+    /// How many requests matched a route name such as `POST /v1.0/users/{id}/presence/setPresence`
+    /// (requests inside a `$batch` count one each).
+    pub fn count(&self, route: &str) -> u64 {
+        self.with_world(|w| w.requests.get(route).copied().unwrap_or(0))
+    }
+
     /// Delivery counters.
     pub fn stats(&self) -> &DeliveryStats {
         &self.inner.stats
@@ -214,6 +254,39 @@ impl Emulator {
     /// Requests served, by route.
     pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.inner.world.lock().unwrap().requests.clone()
+    }
+}
+
+/// Ends presence sessions (and preferred presences) whose expiration passed, notifying the
+/// resulting changes, as Graph does when an app session's `expirationDuration` runs out.
+async fn expire_sessions(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = inner.clock.now_ms();
+        let mut w = inner.world.lock().unwrap();
+        let mut expired = Vec::new();
+        for (tk, t) in w.tenants.iter_mut() {
+            for u in t.users.iter_mut() {
+                let before = u.sessions.len();
+                u.sessions.retain(|_, s| s.expires_at_ms.is_none_or(|e| e > now));
+                let pref_gone = u.preferred.as_ref().is_some_and(|p| p.expires_at_ms.is_some_and(|e| e <= now));
+                if pref_gone {
+                    u.preferred = None;
+                }
+                if before != u.sessions.len() || pref_gone {
+                    expired.push((tk.clone(), u.id.clone()));
+                }
+            }
+        }
+        let mut deliveries = Vec::new();
+        for (t, u) in expired {
+            deliveries.extend(touch(&mut w, &t, &u, now));
+        }
+        drop(w);
+        for d in deliveries {
+            let _ = inner.deliveries.send(d);
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Session {
     pub activity: String,
     /// When it expires (ms), if ever.
     pub expires_at_ms: Option<u64>,
+    /// When it was last set (ms): among sessions of equal availability the latest one's
+    /// activity shows (graph-facts.md documents only the availability precedence).
+    pub set_at_ms: u64,
 }
 
 /// A Microsoft user.
@@ -81,7 +84,7 @@ impl User {
             "away" | "berightback" => 1,
             _ => 0,
         };
-        let best = live.iter().max_by_key(|s| rank(&s.availability)).unwrap();
+        let best = live.iter().max_by_key(|s| (rank(&s.availability), s.set_at_ms)).unwrap();
         (best.availability.clone(), best.activity.clone())
     }
 }
@@ -211,7 +214,7 @@ fn one() -> u32 {
 }
 
 /// Everything the emulator knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct World {
     /// Tenants by lower-case id.
     pub tenants: BTreeMap<String, Tenant>,
@@ -225,6 +228,36 @@ pub struct World {
     pub requests: BTreeMap<String, u64>,
     /// Global sequence for presence changes.
     pub sequence: u64,
+    /// Presence rate limit per app per tenant: (requests, window in ms). Graph documents
+    /// 1,500 per 30 s (graph-facts.md §4.2); tests lower it to provoke throttling.
+    pub presence_limit: (usize, u64),
+    /// Recent presence requests per (tenant, client id).
+    pub presence_calls: HashMap<(String, String), std::collections::VecDeque<u64>>,
+    /// Until when each (tenant, client id) was told to wait by a `Retry-After`, and the
+    /// `$batch` that 429 came in (its other requests were already sent).
+    pub retry_until: HashMap<(String, String), (u64, Option<String>)>,
+    /// Presence requests answered 429.
+    pub throttled: u64,
+    /// Requests that came sooner than a `Retry-After` allowed.
+    pub early_requests: u64,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World {
+            tenants: BTreeMap::new(),
+            tokens: HashMap::new(),
+            subscriptions: BTreeMap::new(),
+            faults: Vec::new(),
+            requests: BTreeMap::new(),
+            sequence: 0,
+            presence_limit: (1500, 30_000),
+            presence_calls: HashMap::new(),
+            retry_until: HashMap::new(),
+            throttled: 0,
+            early_requests: 0,
+        }
+    }
 }
 
 impl World {
@@ -326,7 +359,7 @@ impl TenantSeed {
                 let (a, b) = STATES[i % STATES.len()];
                 sessions.insert(
                     TEAMS_CLIENT_SESSION.to_string(),
-                    Session { availability: a.into(), activity: b.into(), expires_at_ms: None },
+                    Session { availability: a.into(), activity: b.into(), expires_at_ms: None, set_at_ms: 0 },
                 );
             }
             users.push(User {
@@ -392,14 +425,20 @@ mod tests {
         let mut u = user();
         u.sessions.insert(
             "a".into(),
-            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: None },
+            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: None, set_at_ms: 0 },
         );
         u.sessions.insert(
             "b".into(),
-            Session { availability: "DoNotDisturb".into(), activity: "Presenting".into(), expires_at_ms: None },
+            Session {
+                availability: "DoNotDisturb".into(),
+                activity: "Presenting".into(),
+                expires_at_ms: None,
+                set_at_ms: 0,
+            },
         );
         assert_eq!(u.aggregate(0).0, "DoNotDisturb");
-        u.preferred = Some(Session { availability: "Away".into(), activity: "Away".into(), expires_at_ms: None });
+        u.preferred =
+            Some(Session { availability: "Away".into(), activity: "Away".into(), expires_at_ms: None, set_at_ms: 0 });
         assert_eq!(u.aggregate(0), ("Away".into(), "Away".into()));
     }
 
@@ -409,7 +448,7 @@ mod tests {
         u.sessions.clear();
         u.sessions.insert(
             "a".into(),
-            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: Some(10) },
+            Session { availability: "Busy".into(), activity: "InACall".into(), expires_at_ms: Some(10), set_at_ms: 0 },
         );
         assert_eq!(u.aggregate(5).1, "InACall");
         assert_eq!(u.aggregate(11), ("Offline".into(), "Offline".into()));

@@ -13,8 +13,8 @@ use axum::routing::{get, patch, post};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::Emulator;
 use super::model::{Grant, TokenInfo};
+use super::{Emulator, touch};
 use crate::config::is_guid;
 
 /// Largest `$top` Graph accepts on `/users`.
@@ -23,6 +23,8 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PRESENCE_IDS: usize = 650;
 const MAX_SUBSCRIPTION_USERS: usize = 650;
 const MAX_PRESENCE_SUBSCRIPTION_MS: u64 = 60 * 60 * 1000;
+/// Marks the requests of one `$batch` inside the emulator (they were all sent at once).
+const BATCH_HEADER: &str = "x-emulator-batch";
 
 pub(super) fn router(emu: Emulator) -> Router {
     Router::new()
@@ -31,6 +33,9 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/v1.0/users/{id}/presence", get(get_presence))
         .route("/v1.0/communications/presences/{id}", get(get_presence))
         .route("/v1.0/communications/getPresencesByUserId", post(get_presences))
+        .route("/v1.0/users/{id}/presence/setPresence", post(set_presence))
+        .route("/v1.0/users/{id}/presence/clearPresence", post(clear_presence))
+        .route("/v1.0/$batch", post(batch))
         .route("/v1.0/subscriptions", post(create_subscription).get(list_subscriptions))
         .route("/v1.0/subscriptions/{id}", patch(update_subscription).delete(delete_subscription).get(get_subscription))
         .route("/_emulator/tenants/{tenant}/users", get(control_users))
@@ -39,6 +44,7 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/_emulator/subscriptions", get(control_subscriptions))
         .route("/_emulator/subscriptions/{id}", axum::routing::delete(control_delete_subscription))
         .route("/_emulator/faults", post(control_fault))
+        .route("/_emulator/presence-limit", post(control_presence_limit))
         .route("/_emulator/stats", get(control_stats))
         .layer(middleware::from_fn_with_state(emu.clone(), count_and_inject))
         .with_state(emu)
@@ -431,6 +437,238 @@ fn presence_json(u: &super::model::User, now: u64) -> Value {
     })
 }
 
+/// Graph's presence throttling: at most N requests per window per app per tenant, then 429
+/// with `Retry-After`. A request that comes sooner than a `Retry-After` allowed is counted.
+fn presence_rate_limit(emu: &Emulator, t: &TokenInfo, headers: &HeaderMap) -> Option<Response> {
+    let now = now(emu);
+    let batch = headers.get(BATCH_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut w = emu.inner.world.lock().unwrap();
+    let key = (t.tenant.clone(), t.client_id.clone());
+    if w.retry_until.get(&key).is_some_and(|(until, b)| now < *until && (b.is_none() || *b != batch)) {
+        w.early_requests += 1;
+    }
+    let (limit, window) = w.presence_limit;
+    let calls = w.presence_calls.entry(key.clone()).or_default();
+    while calls.front().is_some_and(|&t0| t0 + window <= now) {
+        calls.pop_front();
+    }
+    if calls.len() >= limit {
+        let wait_ms = calls.front().map_or(1000, |&t0| t0 + window - now);
+        let secs = wait_ms.div_ceil(1000).max(1);
+        w.retry_until.insert(key, (now + secs * 1000, batch));
+        w.throttled += 1;
+        let mut r = graph_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests.");
+        r.headers_mut().insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+        return Some(r);
+    }
+    calls.push_back(now);
+    None
+}
+
+/// Parses an ISO-8601 duration of the form `PT#H#M#S` into milliseconds.
+fn iso_duration_ms(s: &str) -> Option<u64> {
+    let rest = s.strip_prefix("PT")?;
+    let (mut total, mut num) = (0u64, String::new());
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => num.push(c),
+            'H' | 'M' | 'S' => {
+                let n: u64 = num.parse().ok()?;
+                num.clear();
+                total += n * match c {
+                    'H' => 3_600_000,
+                    'M' => 60_000,
+                    _ => 1_000,
+                };
+            }
+            _ => return None,
+        }
+    }
+    num.is_empty().then_some(total)
+}
+
+const SET_PRESENCE_PAIRS: [(&str, &str); 5] = [
+    ("Available", "Available"),
+    ("Busy", "InACall"),
+    ("Busy", "InAConferenceCall"),
+    ("Away", "Away"),
+    ("DoNotDisturb", "Presenting"),
+];
+
+async fn set_presence(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if !has_role(&t, &["Presence.ReadWrite.All"]) {
+        return denied();
+    }
+    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
+        return r;
+    }
+    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid JSON.");
+    };
+    let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    if s("sessionId") != t.client_id {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "sessionId must be the application (client) id of the caller.",
+        );
+    }
+    let (availability, activity) = (s("availability"), s("activity"));
+    if !SET_PRESENCE_PAIRS.iter().any(|(a, b)| *a == availability && *b == activity) {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("The combination {availability}/{activity} is not supported."),
+        );
+    }
+    let duration = match b.get("expirationDuration").and_then(Value::as_str) {
+        None => 5 * 60_000,
+        Some(d) => match iso_duration_ms(d) {
+            Some(ms) if (5 * 60_000..=4 * 3_600_000).contains(&ms) => ms,
+            _ => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "expirationDuration must be between PT5M and PT4H.",
+                );
+            }
+        },
+    };
+    let now = now(&emu);
+    let mut w = emu.inner.world.lock().unwrap();
+    let tenant = t.tenant.clone();
+    let Some(user) = w.tenants.get_mut(&tenant).and_then(|tn| tn.user_mut(&id)) else {
+        return graph_error(StatusCode::NOT_FOUND, "itemNotFound", &format!("User '{id}' not found."));
+    };
+    user.sessions.insert(
+        t.client_id.clone(),
+        super::model::Session { availability, activity, expires_at_ms: Some(now + duration), set_at_ms: now },
+    );
+    let d = touch(&mut w, &tenant, &id, now);
+    drop(w);
+    emu.send(d);
+    StatusCode::OK.into_response()
+}
+
+async fn clear_presence(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if !has_role(&t, &["Presence.ReadWrite.All"]) {
+        return denied();
+    }
+    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
+        return r;
+    }
+    let session = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b.get("sessionId").and_then(Value::as_str).map(str::to_string));
+    if session.as_deref() != Some(t.client_id.as_str()) {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "sessionId must be the application (client) id of the caller.",
+        );
+    }
+    let now = now(&emu);
+    let mut w = emu.inner.world.lock().unwrap();
+    let tenant = t.tenant.clone();
+    let Some(user) = w.tenants.get_mut(&tenant).and_then(|tn| tn.user_mut(&id)) else {
+        return graph_error(StatusCode::NOT_FOUND, "itemNotFound", &format!("User '{id}' not found."));
+    };
+    let live = user.sessions.get(&t.client_id).is_some_and(|s| s.expires_at_ms.is_none_or(|e| e > now));
+    if user.sessions.remove(&t.client_id).is_none() || !live {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "No presence session of this application exists for the user.",
+        );
+    }
+    let d = touch(&mut w, &tenant, &id, now);
+    drop(w);
+    emu.send(d);
+    StatusCode::OK.into_response()
+}
+
+/// JSON batching: at most 20 requests, unique ids; each inner request is served (and
+/// throttled) on its own, and the outer status is 200 (graph-facts.md §8).
+async fn batch(State(emu): State<Emulator>, headers: HeaderMap, body: Bytes) -> Response {
+    use tower::ServiceExt;
+    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid JSON.");
+    };
+    let Some(reqs) = b.get("requests").and_then(Value::as_array) else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "requests is required.");
+    };
+    if reqs.is_empty() || reqs.len() > 20 {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "A batch holds 1 to 20 requests.");
+    }
+    let ids: BTreeSet<&str> = reqs.iter().filter_map(|r| r.get("id").and_then(Value::as_str)).collect();
+    if ids.len() != reqs.len() {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Batch request ids must be present and unique.");
+    }
+    let router = router(emu.clone());
+    let batch_id = uuid::Uuid::new_v4().to_string();
+    let mut responses = Vec::new();
+    for r in reqs {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        let method = r.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let url = r.get("url").and_then(Value::as_str).unwrap_or("");
+        if r.get("body").is_some()
+            && r.get("headers").and_then(|h| h.get("Content-Type").or_else(|| h.get("content-type"))).is_none()
+        {
+            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Content-Type header is required when a body is present."}}}));
+            continue;
+        }
+        let mut builder =
+            axum::http::Request::builder().method(method).uri(format!("/v1.0/{}", url.trim_start_matches('/')));
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            builder = builder.header(header::AUTHORIZATION, a);
+        }
+        builder = builder.header(BATCH_HEADER, batch_id.as_str());
+        if let Some(h) = r.get("headers").and_then(Value::as_object) {
+            for (k, v) in h {
+                if let Some(v) = v.as_str() {
+                    builder = builder.header(k.as_str(), v);
+                }
+            }
+        }
+        let inner_body = r.get("body").map(|b| b.to_string()).unwrap_or_default();
+        let Ok(req) = builder.body(axum::body::Body::from(inner_body)) else {
+            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Malformed request."}}}));
+            continue;
+        };
+        let resp = router.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
+        let status = resp.status().as_u16();
+        let mut hdrs = serde_json::Map::new();
+        for (k, v) in resp.headers() {
+            if let Ok(v) = v.to_str() {
+                let name = if k == header::RETRY_AFTER { "Retry-After".to_string() } else { k.to_string() };
+                hdrs.insert(name, json!(v));
+            }
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        responses.push(json!({"id": id, "status": status, "headers": hdrs, "body": body}));
+    }
+    json_response(StatusCode::OK, json!({ "responses": responses }))
+}
+
 async fn get_presence(State(emu): State<Emulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let t = match auth(&emu, &headers) {
         Ok(t) => t,
@@ -438,6 +676,9 @@ async fn get_presence(State(emu): State<Emulator>, headers: HeaderMap, Path(id):
     };
     if !may_read_presence(&t) {
         return denied();
+    }
+    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
+        return r;
     }
     let now = now(&emu);
     let mut w = emu.inner.world.lock().unwrap();
@@ -462,6 +703,9 @@ async fn get_presences(State(emu): State<Emulator>, headers: HeaderMap, body: By
     let Ok(b) = serde_json::from_slice::<Body>(&body) else {
         return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "The request body must be {\"ids\": [...]}.");
     };
+    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
+        return r;
+    }
     if b.ids.is_empty() || b.ids.len() > MAX_PRESENCE_IDS {
         return graph_error(
             StatusCode::BAD_REQUEST,
@@ -900,6 +1144,22 @@ async fn control_fault(State(emu): State<Emulator>, body: Bytes) -> Response {
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("bad fault: {e}")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: usize,
+    window_ms: u64,
+}
+
+async fn control_presence_limit(State(emu): State<Emulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Limit>(&body) {
+        Ok(l) => {
+            emu.set_presence_limit(l.limit, std::time::Duration::from_millis(l.window_ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("body must be {{\"limit\", \"window_ms\"}}: {e}")).into_response(),
     }
 }
 

@@ -21,6 +21,7 @@ impl From<sync::Settings> for core::Settings {
             encryption_certificate: s.encryption_certificate,
             encryption_certificate_id: s.encryption_certificate_id,
             push_line_status: s.push_line_status,
+            min_call_length_ms: s.min_call_length_ms,
         }
     }
 }
@@ -155,6 +156,32 @@ impl From<core::IntegrationStatus> for status::IntegrationStatus {
             last_directory_refresh_ms: s.last_directory_refresh_ms,
             last_notification_ms: s.last_notification_ms,
             counters: s.counters,
+        }
+    }
+}
+
+impl From<presence::LineEvent> for core::LineEvent {
+    fn from(e: presence::LineEvent) -> Self {
+        core::LineEvent {
+            user_id: e.user_id,
+            state: match e.state {
+                presence::LineState::Idle => core::LineState::Idle,
+                presence::LineState::Ringing => core::LineState::Ringing,
+                presence::LineState::Connected => core::LineState::Connected,
+                presence::LineState::OnHold => core::LineState::OnHold,
+                presence::LineState::Ended => core::LineState::Ended,
+            },
+            at_ms: e.at_ms,
+        }
+    }
+}
+
+impl From<core::LineEventError> for sync::LineEventError {
+    fn from(e: core::LineEventError) -> Self {
+        match e {
+            core::LineEventError::UnmappedUser(u) => sync::LineEventError::UnmappedUser(u),
+            core::LineEventError::PassiveUser(u) => sync::LineEventError::PassiveUser(u),
+            core::LineEventError::PushDisabled => sync::LineEventError::PushDisabled,
         }
     }
 }

@@ -122,10 +122,7 @@ impl sync::Guest for Plugin {
     }
 
     fn on_line_event(event: presence::LineEvent) -> Result<(), sync::LineEventError> {
-        // Pushing line status to Teams arrives with issue 2/5; until then every event is
-        // declined with the reason the admin can see.
-        let _ = event;
-        Err(sync::LineEventError::PushDisabled)
+        with_core(|core, env| core.on_line_event(env, event.into()).map_err(Into::into))
     }
 
     fn tick() {

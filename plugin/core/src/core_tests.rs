@@ -77,6 +77,7 @@ fn settings(users: usize) -> Settings {
         encryption_certificate: "Q0VSVA==".into(),
         encryption_certificate_id: "cert-1".into(),
         push_line_status: false,
+        min_call_length_ms: 0,
     }
 }
 
@@ -447,4 +448,119 @@ fn presence_snapshot_follows_next_link_and_tolerates_nulls() {
     assert_eq!(published.len(), 2);
     assert_eq!(published[0].presence.activity, "PresenceUnknown");
     assert_eq!(core.status(&env).health, Health::Ok);
+}
+
+fn synced_pushing(users: usize, min_call_length_ms: u64) -> (Core, FakeEnv) {
+    let mut env = env(users);
+    let mut core = Core::new();
+    let mut s = settings(1);
+    s.push_line_status = true;
+    s.min_call_length_ms = min_call_length_ms;
+    core.configure(&mut env, s).unwrap();
+    let effects = core.take_effects();
+    run_graph(&mut core, &mut env, users, effects);
+    (core, env)
+}
+
+fn line(core: &mut Core, env: &mut FakeEnv, user: &str, state: LineState) -> Vec<(u64, HttpRequest)> {
+    let at_ms = env.now;
+    core.on_line_event(env, LineEvent { user_id: user.into(), state, at_ms }).unwrap();
+    requests(&core.take_effects())
+}
+
+fn op_of(r: &HttpRequest) -> &'static str {
+    if r.url.ends_with("/setPresence") {
+        "set"
+    } else if r.url.ends_with("/clearPresence") {
+        "clear"
+    } else {
+        "other"
+    }
+}
+
+#[test]
+fn a_burst_of_line_events_costs_one_write_per_lasting_state() {
+    let (mut core, mut env) = synced_pushing(3, 0);
+    let mut sent = line(&mut core, &mut env, "sb1", LineState::Ringing);
+    assert!(sent.is_empty(), "ringing is not a call");
+    sent.extend(line(&mut core, &mut env, "sb1", LineState::Connected));
+    assert_eq!(sent.len(), 1, "pushed at once, within one round trip");
+    let body: serde_json::Value = serde_json::from_slice(&sent[0].1.body).unwrap();
+    assert_eq!(body["sessionId"], "client");
+    assert_eq!((body["availability"].as_str(), body["activity"].as_str()), (Some("Busy"), Some("InACall")));
+    assert_eq!(body["expirationDuration"], "PT5M");
+    // Hold, resume and hang up while the first write is in flight: nothing more goes out.
+    for s in [LineState::OnHold, LineState::Connected, LineState::Ended] {
+        assert!(line(&mut core, &mut env, "sb1", s).is_empty());
+    }
+    core.on_http_response(&mut env, sent[0].0, ok(200, serde_json::json!({})));
+    let next = requests(&core.take_effects());
+    assert_eq!(next.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["clear"], "the final state wins");
+    core.on_http_response(&mut env, next[0].0, ok(404, serde_json::json!({"error": {"code": "itemNotFound"}})));
+    assert!(requests(&core.take_effects()).is_empty(), "404 on clear means already gone");
+    env.now += 10 * 60 * 1000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| op_of(r) == "other"));
+}
+
+#[test]
+fn the_session_is_kept_alive_while_the_call_lasts() {
+    let (mut core, mut env) = synced_pushing(3, 0);
+    let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
+    core.on_http_response(&mut env, sent[0].0, ok(200, serde_json::json!({})));
+    let _ = core.take_effects();
+    env.now += 3 * 60 * 1000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| op_of(r) != "set"), "not yet");
+    env.now += 61 * 1000;
+    core.tick(&mut env);
+    let again = requests(&core.take_effects());
+    assert_eq!(again.iter().filter(|(_, r)| op_of(r) == "set").count(), 1, "re-asserted before PT5M runs out");
+}
+
+#[test]
+fn calls_shorter_than_the_minimum_are_not_pushed() {
+    let (mut core, mut env) = synced_pushing(3, 3_000);
+    assert!(line(&mut core, &mut env, "sb1", LineState::Connected).is_empty());
+    env.now += 2_000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).is_empty());
+    assert!(line(&mut core, &mut env, "sb1", LineState::Ended).is_empty());
+    assert!(line(&mut core, &mut env, "sb1", LineState::Connected).is_empty());
+    env.now += 3_500;
+    core.tick(&mut env);
+    let sent = requests(&core.take_effects());
+    assert_eq!(sent.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["set"]);
+}
+
+#[test]
+fn our_own_in_a_call_is_marked_and_never_taken_as_the_users_state() {
+    let (mut core, mut env) = synced_pushing(3, 0);
+    let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
+    core.on_http_response(&mut env, sent[0].0, ok(200, serde_json::json!({})));
+    let _ = core.take_effects();
+    let cs = {
+        // The subscription's clientState, from what the core persisted.
+        let v: serde_json::Value = serde_json::from_slice(&env.stored["v1/subscriptions"]).unwrap();
+        v["slots"][0][1]["client_state"].as_str().unwrap().to_string()
+    };
+    let sub = {
+        let v: serde_json::Value = serde_json::from_slice(&env.stored["v1/subscriptions"]).unwrap();
+        v["slots"][0][1]["id"].as_str().unwrap().to_string()
+    };
+    let mut n = notification(&sub, &cs, &ms_id(1), "0009", "Busy");
+    // Our own session's presence: Busy/InACall.
+    let key = [9u8; 32];
+    let plain =
+        serde_json::json!({"id": ms_id(1), "availability": "Busy", "activity": "InACall", "sequenceNumber": "0009"});
+    let (data, sig) = crypto::encrypt_like_graph(&key, plain.to_string().as_bytes());
+    n["encryptedContent"]["data"] = data.into();
+    n["encryptedContent"]["dataSignature"] = sig.into();
+    core.on_webhook(&mut env, webhook(vec![n]));
+    let effects = core.take_effects();
+    let p = publishes(&effects);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].origin, PresenceOrigin::OwnLineStatus);
+    assert!(requests(&effects).is_empty(), "no push caused by our own change");
+    assert_eq!(core.presence_of(&ms_id(1)).unwrap().availability, "Available", "the user's own state is kept");
 }

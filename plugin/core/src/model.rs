@@ -28,6 +28,8 @@ pub struct Settings {
     pub encryption_certificate_id: String,
     /// "Push line status to Teams".
     pub push_line_status: bool,
+    /// Calls shorter than this are not pushed (ms).
+    pub min_call_length_ms: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -354,4 +356,48 @@ impl WebhookResponse {
     pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
         WebhookResponse { status, content_type: "text/plain; charset=utf-8".into(), body: body.into().into_bytes() }
     }
+}
+
+/// A line state from the switchboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineState {
+    /// No call.
+    Idle,
+    /// Ringing.
+    Ringing,
+    /// In a call.
+    Connected,
+    /// In a call, on hold.
+    OnHold,
+    /// The call ended.
+    Ended,
+}
+
+impl LineState {
+    /// Whether the user is in a call.
+    pub fn in_call(self) -> bool {
+        matches!(self, LineState::Connected | LineState::OnHold)
+    }
+}
+
+/// A line event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineEvent {
+    /// Switchboard user id.
+    pub user_id: String,
+    /// New state.
+    pub state: LineState,
+    /// When (ms since epoch).
+    pub at_ms: u64,
+}
+
+/// Why a line event was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineEventError {
+    /// Not mapped.
+    UnmappedUser(String),
+    /// Passive user.
+    PassiveUser(String),
+    /// Push is off.
+    PushDisabled,
 }

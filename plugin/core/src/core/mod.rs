@@ -6,7 +6,11 @@
 //! a snapshot after each new subscription) and starts the next request where one is due. At
 //! most one request per concern is in flight, so responses can never interleave badly.
 
+mod push;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use push::{Push, PushOp};
 
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
@@ -44,6 +48,7 @@ enum Pending {
     ListSubs(usize),
     CleanupDelete(usize),
     Presences(usize),
+    Push(Vec<(String, PushOp)>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -166,6 +171,8 @@ pub struct Core {
     counters: BTreeMap<String, u64>,
     last_notification_ms: Option<u64>,
     effects: Vec<Effect>,
+    push: Push,
+    passive: BTreeSet<String>,
 }
 
 impl Core {
@@ -250,6 +257,7 @@ impl Core {
             self.dir.last_ok_ms = Some(d.fetched_at_ms);
             self.rebuild_mapping(env);
         }
+        self.restore_calls(env);
     }
 
     /// The periodic timer.
@@ -290,6 +298,7 @@ impl Core {
         for slot in 0..self.subs.len() {
             self.drive_slot(env, &settings, slot, now);
         }
+        self.drive_pushes(&settings, now);
     }
 
     fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
@@ -379,6 +388,7 @@ impl Core {
                 | Pending::ListSubs(slot)
                 | Pending::CleanupDelete(slot)
                 | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
+                Pending::Push(_) => self.app_token.state = TokenState::Empty,
                 Pending::AppToken | Pending::UserToken(_) => {}
             }
         }
@@ -417,6 +427,7 @@ impl Core {
                 }
             },
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
+            Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
             Pending::CreateSub { slot, client_state, members } => {
                 self.subs[slot].busy = false;
                 match outcome {
@@ -675,6 +686,7 @@ impl Core {
     fn rebuild_mapping(&mut self, env: &mut dyn Env) {
         let sb = env.switchboard_users();
         self.switchboard_users = sb.len();
+        self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.clone()).collect();
         self.mapping = mapping::build(self.dir.users.as_deref().unwrap_or_default(), &sb);
         let mapped: BTreeSet<String> = self.mapping.by_microsoft.keys().cloned().collect();
         let changed = self.shards.apply(&mapped);
@@ -738,7 +750,15 @@ impl Core {
             return false;
         };
         let presence = TeamsPresence { availability: p.availability, activity: p.activity };
-        self.presence.insert(p.id.clone(), presence.clone());
+        // Loop safety: Busy/InACall while our own session is up is our own doing. It is shown
+        // as such and never taken as the user's Teams state (which decides future pushes).
+        let own = self.own_session(&p.id)
+            && presence.availability.eq_ignore_ascii_case("busy")
+            && presence.activity.eq_ignore_ascii_case("inacall");
+        let origin = if own { PresenceOrigin::OwnLineStatus } else { origin };
+        if !own {
+            self.presence.insert(p.id.clone(), presence.clone());
+        }
         self.effects.push(Effect::Publish(PresenceUpdate {
             user_id: sb,
             microsoft_user_id: p.id,
@@ -874,6 +894,8 @@ impl Core {
             .or(self.dir.problem.as_ref())
             .or_else(|| subscriptions.iter().find_map(|s| s.problem.as_ref()))
         {
+            Health::Error(p.clone())
+        } else if let Some(p) = &self.push.problem {
             Health::Error(p.clone())
         } else if self.shards.uncovered() > 0 {
             Health::Error(problem(
