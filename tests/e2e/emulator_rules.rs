@@ -253,3 +253,67 @@ async fn subscriptions_follow_the_presence_rules() {
     assert_eq!(e.call("DELETE", &format!("/v1.0/subscriptions/{id}"), &d0, None).await.0, 204);
     assert!(e.emu.subscriptions().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_presence_follows_graphs_rules() {
+    let e = emu(5).await;
+    let app = e.app_token().await;
+    let user = e.ids(1)[0].clone();
+    let set = |body: Value| {
+        let (e, app, user) = (&e, app.clone(), user.clone());
+        async move { e.call("POST", &format!("/v1.0/users/{user}/presence/setPresence"), &app, Some(body)).await.0 }
+    };
+    let good =
+        json!({"sessionId": DEMO_CLIENT, "availability": "Busy", "activity": "InACall", "expirationDuration": "PT5M"});
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    assert_eq!(set(with("sessionId", json!("another-app"))).await, 400, "sessionId must be the caller's client id");
+    assert_eq!(set(with("activity", json!("InAMeeting"))).await, 400, "only the five documented pairs");
+    assert_eq!(set(with("expirationDuration", json!("PT4M"))).await, 400);
+    assert_eq!(set(with("expirationDuration", json!("PT4H1M"))).await, 400);
+    assert_eq!(set(with("expirationDuration", json!("PT4H"))).await, 200);
+    assert_eq!(set(good.clone()).await, 200);
+    // A delegated token (no Presence.ReadWrite.All application permission) is refused.
+    let d = e.user_token(0).await;
+    let (s, v) = e.call("POST", &format!("/v1.0/users/{user}/presence/setPresence"), &d, Some(good.clone())).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("Authorization_RequestDenied")));
+    // Clear: 200 once, then 404 (no session left).
+    let clear = json!({"sessionId": DEMO_CLIENT});
+    let path = format!("/v1.0/users/{user}/presence/clearPresence");
+    assert_eq!(e.call("POST", &path, &app, Some(clear.clone())).await.0, 200);
+    assert_eq!(e.call("POST", &path, &app, Some(clear)).await.0, 404);
+    // JSON batching: at most 20 requests, each answered on its own.
+    let reqs: Vec<Value> = (0..21)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{user}/presence")}))
+        .collect();
+    assert_eq!(e.call("POST", "/v1.0/$batch", &app, Some(json!({"requests": reqs}))).await.0, 400);
+    let reqs = json!({"requests": [
+        {"id": "1", "method": "POST", "url": format!("/users/{user}/presence/setPresence"), "headers": {"Content-Type": "application/json"}, "body": good},
+        {"id": "2", "method": "POST", "url": format!("/users/{user}/presence/setPresence"), "headers": {"Content-Type": "application/json"}, "body": {"sessionId": "x", "availability": "Busy", "activity": "InACall"}},
+    ]});
+    let (s, v) = e.call("POST", "/v1.0/$batch", &app, Some(reqs)).await;
+    assert_eq!(s, 200);
+    let statuses: Vec<u64> = v["responses"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, vec![200, 400]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_requests_are_throttled_with_retry_after() {
+    let e = emu(5).await;
+    let app = e.app_token().await;
+    let user = e.ids(1)[0].clone();
+    e.emu.set_presence_limit(3, std::time::Duration::from_secs(30));
+    for _ in 0..3 {
+        assert_eq!(e.call("GET", &format!("/v1.0/users/{user}/presence"), &app, None).await.0, 200);
+    }
+    let r = e.http.get(format!("{}/v1.0/users/{user}/presence", e.base)).bearer_auth(&app).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&secs));
+    // Coming back before Retry-After is counted as a violation.
+    assert_eq!(e.call("GET", &format!("/v1.0/users/{user}/presence"), &app, None).await.0, 429);
+    assert_eq!(e.emu.throttling(), (2, 1));
+}

@@ -564,3 +564,50 @@ fn our_own_in_a_call_is_marked_and_never_taken_as_the_users_state() {
     assert!(requests(&effects).is_empty(), "no push caused by our own change");
     assert_eq!(core.presence_of(&ms_id(1)).unwrap().availability, "Available", "the user's own state is kept");
 }
+
+#[test]
+fn an_unknown_teams_state_is_read_before_deciding() {
+    let mut env = env(2);
+    let mut core = Core::new();
+    let mut s = settings(1);
+    s.push_line_status = true;
+    core.configure(&mut env, s).unwrap();
+    // Set up without the initial snapshot answering for user 1.
+    let mut effects = core.take_effects();
+    for _ in 0..10 {
+        for (id, r) in requests(&effects) {
+            let resp = if r.url.ends_with("/token") {
+                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..2).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+                ok(200, serde_json::json!({ "value": value }))
+            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
+                ok(201, serde_json::json!({"id": "s", "expirationDateTime": rfc3339(T0 + 3_000_000)}))
+            } else {
+                ok(
+                    200,
+                    serde_json::json!({"value": [{"id": ms_id(0), "availability": "Available", "activity": "Available"}]}),
+                )
+            };
+            core.on_http_response(&mut env, id, resp);
+        }
+        effects = core.take_effects();
+    }
+    let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].1.method.as_str(), sent[0].1.url.ends_with(&format!("/users/{}/presence", ms_id(1)))),
+        ("GET", true)
+    );
+    // DoNotDisturb: nothing is pushed.
+    core.on_http_response(
+        &mut env,
+        sent[0].0,
+        ok(200, serde_json::json!({"id": ms_id(1), "availability": "DoNotDisturb", "activity": "Presenting"})),
+    );
+    assert!(requests(&core.take_effects()).is_empty());
+    // Available: pushed.
+    let sent = line(&mut core, &mut env, "sb0", LineState::Connected);
+    assert_eq!(sent.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["set"]);
+}
