@@ -13,8 +13,10 @@
 //! - [`keys`]: per-integration RSA key and self-signed certificate; RSA-OAEP unwrap.
 //! - [`emulator`]: a Microsoft Graph / Entra ID emulator (token endpoint, users, presence,
 //!   subscriptions with validation handshake and encrypted rich notifications, control API).
-//! - [`demo`]: the seeded demo.
+//! - [`demo`]: the seeded demo, and the scenario builder tests and benchmarks share.
+//! - [`bench`]: the benchmark suite that writes BENCHMARKS.md.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod emulator;

@@ -40,6 +40,15 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Runs the benchmark suite and writes BENCHMARKS.md.
+    Bench {
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Runs the Graph/Entra emulator alone, for manual testing.
     Emulator {
         /// Listen address.
@@ -56,12 +65,15 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and the benchmarks print their own account; the host logs only problems there.
+    let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench { .. });
+    let default_filter = if quiet { "warn" } else { "warn,host_harness=info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,host_harness=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
@@ -82,6 +94,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { users, integration_users, seconds } => {
             host_harness::demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
+        }
+        Cmd::Bench { out, smoke } => {
+            let opts = if smoke {
+                host_harness::bench::BenchOptions::smoke()
+            } else {
+                host_harness::bench::BenchOptions::full()
+            };
+            let command = if smoke {
+                format!("cargo run --release -p host-harness -- bench --smoke --out {}", out.display())
+            } else {
+                "cargo run --release -p host-harness -- bench".to_string()
+            };
+            let md = host_harness::bench::run(&opts, &command).await?;
+            std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+            println!("{md}");
         }
         Cmd::Emulator { listen, users, integration_users } => {
             let emu = Emulator::new(Arc::new(HostClock::default()));

@@ -44,7 +44,10 @@ pub struct Shown {
 /// One customer's switchboard.
 #[derive(Default)]
 pub struct Switchboard {
-    users: RwLock<Vec<User>>,
+    users: Vec<User>,
+    /// User id → index in `users`; normalised email → indexes.
+    by_id: HashMap<String, usize>,
+    by_email: HashMap<String, Vec<usize>>,
     presence: RwLock<HashMap<String, Shown>>,
     lines: RwLock<HashMap<String, String>>,
     changed: tokio::sync::Notify,
@@ -53,7 +56,14 @@ pub struct Switchboard {
 impl Switchboard {
     /// A switchboard with these users.
     pub fn new(users: Vec<User>) -> Self {
-        Switchboard { users: RwLock::new(users), ..Default::default() }
+        let by_id = users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+        let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, u) in users.iter().enumerate() {
+            for e in &u.emails {
+                by_email.entry(e.trim().to_lowercase()).or_default().push(i);
+            }
+        }
+        Switchboard { users, by_id, by_email, ..Default::default() }
     }
 
     /// Loads users from a CSV with a header `id,name,email,line_number[,active]`. Several
@@ -101,24 +111,19 @@ impl Switchboard {
 
     /// All users.
     pub fn users(&self) -> Vec<User> {
-        self.users.read().unwrap().clone()
+        self.users.clone()
     }
 
     /// Users carrying `email` (trimmed, case-insensitive).
     pub fn find_by_email(&self, email: &str) -> Vec<User> {
-        let e = email.trim().to_lowercase();
-        self.users
-            .read()
-            .unwrap()
-            .iter()
-            .filter(|u| u.emails.iter().any(|x| x.trim().to_lowercase() == e))
-            .cloned()
-            .collect()
+        let users = &self.users;
+        let found = self.by_email.get(&email.trim().to_lowercase());
+        found.into_iter().flatten().map(|&i| users[i].clone()).collect()
     }
 
     /// Whether a user exists.
     pub fn has_user(&self, id: &str) -> bool {
-        self.users.read().unwrap().iter().any(|u| u.id == id)
+        self.by_id.contains_key(id)
     }
 
     /// Shows a presence (called through the plugin's `presence.publish`).

@@ -189,7 +189,7 @@ async fn restart_clears_sessions_of_calls_that_ended_and_keeps_calls_that_go_on(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(truth_of(&t, 1), ("Busy".into(), "InACall".into()));
     // And the call that went on is still cleared when it ends.
-    line(&t, 1, "ended").await;
+    assert_eq!(line(&t, 1, "ended").await, (202, String::new()));
     assert_eq!(wait_truth(&t, 1, ("Busy", "InAMeeting")).await, ("Busy".into(), "InAMeeting".into()));
 }
 

@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     deliveries: mpsc::UnboundedSender<Delivery>,
     pub(crate) stats: DeliveryStats,
+    /// When each user's presence was last written by an app (setPresence/clearPresence).
+    pub(crate) writes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// The emulator. Cheap to clone.
@@ -86,6 +88,7 @@ impl Emulator {
             http: reqwest::Client::builder().build().expect("http client"),
             deliveries: tx,
             stats: DeliveryStats::default(),
+            writes: Mutex::new(HashMap::new()),
         });
         tokio::spawn(deliver_loop(Arc::downgrade(&inner), rx));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
@@ -244,6 +247,11 @@ impl Emulator {
     /// (requests inside a `$batch` count one each).
     pub fn count(&self, route: &str) -> u64 {
         self.with_world(|w| w.requests.get(route).copied().unwrap_or(0))
+    }
+
+    /// When an app last wrote the presence of `user_id` (setPresence or clearPresence).
+    pub fn last_write(&self, user_id: &str) -> Option<std::time::Instant> {
+        self.inner.writes.lock().unwrap().get(user_id).copied()
     }
 
     /// Delivery counters.

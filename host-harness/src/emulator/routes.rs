@@ -555,6 +555,7 @@ async fn set_presence(
     );
     let d = touch(&mut w, &tenant, &id, now);
     drop(w);
+    emu.inner.writes.lock().unwrap().insert(id.clone(), std::time::Instant::now());
     emu.send(d);
     StatusCode::OK.into_response()
 }
@@ -601,6 +602,7 @@ async fn clear_presence(
     }
     let d = touch(&mut w, &tenant, &id, now);
     drop(w);
+    emu.inner.writes.lock().unwrap().insert(id.clone(), std::time::Instant::now());
     emu.send(d);
     StatusCode::OK.into_response()
 }

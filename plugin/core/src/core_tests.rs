@@ -611,3 +611,42 @@ fn an_unknown_teams_state_is_read_before_deciding() {
     let sent = line(&mut core, &mut env, "sb0", LineState::Connected);
     assert_eq!(sent.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["set"]);
 }
+
+#[test]
+fn a_set_presence_in_flight_is_persisted_so_a_restart_can_clear_it() {
+    let (mut core, mut env) = synced_pushing(3, 0);
+    core.on_line_event(&mut env, LineEvent { user_id: "sb1".into(), state: LineState::Connected, at_ms: 0 }).unwrap();
+    let effects = core.take_effects();
+    assert_eq!(requests(&effects).len(), 1);
+    let stored = effects.iter().find_map(|e| match e {
+        Effect::Store { key, value: Some(v) } if key == "v1/calls" => Some(v.clone()),
+        _ => None,
+    });
+    let calls: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&stored.expect("persisted at send")).unwrap();
+    assert!(calls.contains_key(&ms_id(1)));
+    // The host dies before the answer; the restarted core clears the session.
+    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
+    env2.stored.insert("v1/calls".into(), serde_json::to_vec(&calls).unwrap());
+    let mut core2 = Core::new();
+    let mut s = settings(1);
+    s.push_line_status = true;
+    core2.configure(&mut env2, s).unwrap();
+    let mut effects = core2.take_effects();
+    let mut cleared = false;
+    for _ in 0..6 {
+        for (id, r) in requests(&effects) {
+            cleared |= op_of(&r) == "clear";
+            let resp = if r.url.ends_with("/token") {
+                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
+            } else if r.method == "PATCH" {
+                ok(200, serde_json::json!({"id": "sub-1", "expirationDateTime": rfc3339(env2.now + 3_000_000)}))
+            } else {
+                ok(200, serde_json::json!({ "value": [] }))
+            };
+            core2.on_http_response(&mut env2, id, resp);
+        }
+        effects = core2.take_effects();
+    }
+    assert!(cleared, "the persisted session is cleared after the restart");
+}

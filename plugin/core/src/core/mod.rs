@@ -120,6 +120,9 @@ struct ActiveSub {
 #[derive(Debug, Clone, Default)]
 struct Sub {
     active: Option<ActiveSub>,
+    /// The shard's members may differ from the subscription's: compare them at the next
+    /// drive (comparing every shard after every event would cost O(users) per event).
+    members_dirty: bool,
     busy: bool,
     needs_snapshot: bool,
     reauthorize: bool,
@@ -245,6 +248,7 @@ impl Core {
                     if active.expires_at_ms > now {
                         // Verify it still exists (a PATCH answers 404 if not) and re-read presence.
                         self.subs[i].active = Some(active);
+                        self.subs[i].members_dirty = true;
                         self.subs[i].reauthorize = true;
                         self.subs[i].needs_snapshot = true;
                     }
@@ -302,7 +306,14 @@ impl Core {
     }
 
     fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
-        let members = self.shards.members(slot).clone();
+        // Runs after every event for every slot: decide by borrowing, clone only to act.
+        enum Next {
+            Delete(String),
+            Renew(String),
+            Snapshot(Vec<String>),
+            Create,
+        }
+        let members = self.shards.members(slot);
         let sub = &self.subs[slot];
         if sub.busy || !sub.retry.ready(now) || (members.is_empty() && sub.active.is_none()) {
             return;
@@ -316,30 +327,41 @@ impl Core {
             }
             return;
         };
+        if sub.members_dirty && sub.active.as_ref().is_some_and(|a| &a.members == members) {
+            self.subs[slot].members_dirty = false;
+        }
+        let sub = &self.subs[slot];
+        let members = self.shards.members(slot);
+        let next = match &sub.active {
+            Some(a) if sub.members_dirty && &a.members != members => Next::Delete(a.id.clone()),
+            Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
+            Some(a) if sub.needs_snapshot => {
+                Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
+            }
+            Some(_) => return,
+            None if !members.is_empty() => Next::Create,
+            None => return,
+        };
         let graph = &settings.graph_base_url;
-        match sub.active.clone() {
-            Some(a) if a.members != members => {
-                self.subs[slot].busy = true;
-                let req = request("DELETE", &format!("{graph}/v1.0/subscriptions/{}", a.id), &access, None);
+        self.subs[slot].busy = true;
+        match next {
+            Next::Delete(id) => {
+                let req = request("DELETE", &format!("{graph}/v1.0/subscriptions/{id}"), &access, None);
                 self.start(Pending::DeleteSub(slot), req);
             }
-            Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => {
-                self.subs[slot].busy = true;
+            Next::Renew(id) => {
                 let body = serde_json::json!({ "expirationDateTime": rfc3339(now + SUBSCRIPTION_LIFETIME_MS) });
-                let req = request("PATCH", &format!("{graph}/v1.0/subscriptions/{}", a.id), &access, Some(body));
+                let req = request("PATCH", &format!("{graph}/v1.0/subscriptions/{id}"), &access, Some(body));
                 self.start(Pending::RenewSub(slot), req);
             }
-            Some(a) if sub.needs_snapshot => {
-                self.subs[slot].busy = true;
-                let ids: Vec<&String> = a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).collect();
+            Next::Snapshot(ids) => {
                 let body = serde_json::json!({ "ids": ids });
                 let req =
                     request("POST", &format!("{graph}/v1.0/communications/getPresencesByUserId"), &access, Some(body));
                 self.start(Pending::Presences(slot), req);
             }
-            Some(_) => {}
-            None if !members.is_empty() => {
-                self.subs[slot].busy = true;
+            Next::Create => {
+                let members = self.shards.members(slot).clone();
                 let client_state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(env.random_bytes(32));
                 let resource = format!(
                     "/communications/presences?$filter=id in ({})",
@@ -360,7 +382,6 @@ impl Core {
                 let req = request("POST", &format!("{graph}/v1.0/subscriptions"), &access, Some(body));
                 self.start(Pending::CreateSub { slot, client_state, members }, req);
             }
-            None => {}
         }
     }
 
@@ -693,6 +714,7 @@ impl Core {
         for (slot, changed) in changed.into_iter().enumerate() {
             if changed {
                 self.subs[slot].needs_snapshot = true;
+                self.subs[slot].members_dirty = true;
             }
         }
         self.log(
@@ -736,7 +758,9 @@ impl Core {
     fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
         if let Some(seq) = &p.sequence_number {
             match self.sequence.get(&p.id) {
-                Some(last) if seq.as_str() <= last.as_str() => {
+                // Strictly older only: the same sequence number is the same state (a snapshot
+                // read after a notification), harmless to show again.
+                Some(last) if seq.as_str() < last.as_str() => {
                     self.count("rejected.stale");
                     return false;
                 }

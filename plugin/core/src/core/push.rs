@@ -46,6 +46,8 @@ pub(super) struct Call {
     pub(super) inflight: bool,
     /// Not before (after a failure for this user).
     pub(super) not_before: u64,
+    /// `pushed_until` before the Set in flight (restored if it fails).
+    pub(super) before_set: Option<u64>,
 }
 
 /// What to do for a user.
@@ -175,9 +177,21 @@ impl Core {
         if ops.is_empty() {
             return;
         }
-        for (ms, _) in &ops {
-            self.push.calls.get_mut(ms).unwrap().inflight = true;
+        let mut persist = false;
+        for (ms, op) in &ops {
+            let c = self.push.calls.get_mut(ms).unwrap();
+            c.inflight = true;
+            if *op == PushOp::Set {
+                // Count it as pushed from the moment it leaves: if the host dies before the
+                // answer, the restarted plugin must still know to clear it.
+                c.before_set = c.pushed_until;
+                c.pushed_until = Some(now + SESSION_LIFETIME_MS);
+                persist = true;
+            }
             self.push.recent.push_back(now);
+        }
+        if persist {
+            self.persist_calls();
         }
         self.push.busy = true;
         for chunk in ops.chunks(MAX_BATCH) {
@@ -255,6 +269,11 @@ impl Core {
         for ((ms, op), (status, ra, body)) in ops.into_iter().zip(results) {
             let Some(c) = self.push.calls.get_mut(&ms) else { continue };
             c.inflight = false;
+            if op == PushOp::Set && !(200..300).contains(&status) {
+                // Not pushed after all (unless it was already before this Set).
+                c.pushed_until = c.before_set;
+                changed = true;
+            }
             match (op, status) {
                 (PushOp::Set, 200..=299) => {
                     c.pushed_until = Some(now + SESSION_LIFETIME_MS);
@@ -270,6 +289,12 @@ impl Core {
                 (PushOp::Read, 200) => {
                     if let Ok(p) = serde_json::from_slice::<GraphPresence>(&body) {
                         self.apply_presence(p, PresenceOrigin::Snapshot, now);
+                    }
+                    // Still unknown (unreadable answer): do not read again at once.
+                    if !self.presence.contains_key(&ms)
+                        && let Some(c) = self.push.calls.get_mut(&ms)
+                    {
+                        c.not_before = now + 30_000;
                     }
                 }
                 (_, 401) => self.app_token.state = TokenState::Empty,
