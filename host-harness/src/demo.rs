@@ -284,6 +284,7 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
     if let Some(code) = &s.code {
         println!("problem: {code}: {}", s.hint.clone().unwrap_or_default());
     }
+    demo_call(&sc).await;
     println!();
     println!("Now changing presence in Teams (the emulator) at random; the switchboard follows:");
     const STATES: [(&str, &str); 5] = [
@@ -334,6 +335,34 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One call on an Available user's mobile line: Teams shows "In a call", then not.
+async fn demo_call(sc: &Scenario) {
+    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let ms = sc.ms_user(0);
+    let teams = |sc: &Scenario| sc.emulator.truth(&sc.seed.tenant_id)[&ms].clone();
+    let wait = |want: &'static str| async move {
+        let t0 = Instant::now();
+        while teams(sc).1 != want && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (teams(sc), t0.elapsed().as_millis())
+    };
+    println!();
+    println!("A call on sb-00000's mobile line (Teams shows {}/{}):", teams(sc).0, teams(sc).1);
+    for (state, want, label) in [
+        (crate::runtime::LineState::Connected, "InACall", "call connected"),
+        (crate::runtime::LineState::Ended, "Available", "call ended    "),
+    ] {
+        let ev = crate::runtime::LineEvent { user_id: "sb-00000".into(), state, at_ms: 0 };
+        if let Some(Err(e)) = handle.line_event(ev).await {
+            println!("  {label} -> refused: {e}");
+            return;
+        }
+        let ((a, b), ms) = wait(want).await;
+        println!("  {label} -> Teams shows {a}/{b} after {ms} ms");
+    }
 }
 
 fn print_sample(sc: &Scenario, n: usize) {
