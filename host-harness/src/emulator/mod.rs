@@ -49,6 +49,27 @@ pub(crate) struct Delivery {
     sequence: String,
 }
 
+impl Delivery {
+    /// A notification of subscription `s` about `user_id`'s new presence.
+    fn new(s: &Subscription, user_id: &str, availability: &str, activity: &str, seq: u64) -> Delivery {
+        Delivery {
+            url: s.notification_url.clone(),
+            sub_id: s.id.clone(),
+            client_state: s.client_state.clone(),
+            tenant: s.tenant.clone(),
+            expires_at_ms: s.expires_at_ms,
+            spki: s.spki.clone(),
+            cert_id: s.cert_id.clone(),
+            thumbprint: s.thumbprint.clone(),
+            rich: s.include_resource_data,
+            user_id: user_id.to_string(),
+            availability: availability.to_string(),
+            activity: activity.to_string(),
+            sequence: sequence_string(seq),
+        }
+    }
+}
+
 /// Delivery counters.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct DeliveryStats {
@@ -196,21 +217,7 @@ impl Emulator {
             w.sequence += 1;
             let seq = w.sequence;
             let s = w.subscriptions.get(sub_id)?;
-            Delivery {
-                url: s.notification_url.clone(),
-                sub_id: s.id.clone(),
-                client_state: s.client_state.clone(),
-                tenant: s.tenant.clone(),
-                expires_at_ms: s.expires_at_ms,
-                spki: s.spki.clone(),
-                cert_id: s.cert_id.clone(),
-                thumbprint: s.thumbprint.clone(),
-                rich: s.include_resource_data,
-                user_id: user_id.into(),
-                availability: availability.into(),
-                activity: activity.into(),
-                sequence: sequence_string(seq),
-            }
+            Delivery::new(s, user_id, availability, activity, seq)
         };
         notification_item(&d).ok()
     }
@@ -313,21 +320,7 @@ pub(crate) fn touch(w: &mut World, tenant: &str, user_id: &str, now: u64) -> Vec
     w.subscriptions
         .values()
         .filter(|s| s.tenant == tenant && s.expires_at_ms > now && s.user_ids.contains(user_id))
-        .map(|s| Delivery {
-            url: s.notification_url.clone(),
-            sub_id: s.id.clone(),
-            client_state: s.client_state.clone(),
-            tenant: s.tenant.clone(),
-            expires_at_ms: s.expires_at_ms,
-            spki: s.spki.clone(),
-            cert_id: s.cert_id.clone(),
-            thumbprint: s.thumbprint.clone(),
-            rich: s.include_resource_data,
-            user_id: user_id.to_string(),
-            availability: agg.0.clone(),
-            activity: agg.1.clone(),
-            sequence: format!("{seq:020}"),
-        })
+        .map(|s| Delivery::new(s, user_id, &agg.0, &agg.1, seq))
         .collect()
 }
 

@@ -1,6 +1,10 @@
 //! HTTP routes of the emulator: Entra's token endpoint, the Graph operations we call, and the
 //! `/_emulator` control API.
 
+// Handlers return an axum `Response` as their error (it is the answer to send); its size is
+// not worth boxing here.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeSet;
 
 use axum::Router;
@@ -274,7 +278,6 @@ async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: By
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body.to_string()).into_response()
 }
 
-#[allow(clippy::result_large_err)]
 fn auth(emu: &Emulator, headers: &HeaderMap) -> Result<TokenInfo, Response> {
     let now = now(emu);
     let token = headers
@@ -487,6 +490,19 @@ fn iso_duration_ms(s: &str) -> Option<u64> {
     num.is_empty().then_some(total)
 }
 
+/// The caller of setPresence/clearPresence: an app token with Presence.ReadWrite.All, within
+/// the presence rate limit.
+fn presence_writer(emu: &Emulator, headers: &HeaderMap) -> Result<TokenInfo, Response> {
+    let t = auth(emu, headers)?;
+    if !has_role(&t, &["Presence.ReadWrite.All"]) {
+        return Err(denied());
+    }
+    match presence_rate_limit(emu, &t, headers) {
+        Some(r) => Err(r),
+        None => Ok(t),
+    }
+}
+
 const SET_PRESENCE_PAIRS: [(&str, &str); 5] = [
     ("Available", "Available"),
     ("Busy", "InACall"),
@@ -501,16 +517,10 @@ async fn set_presence(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let t = match auth(&emu, &headers) {
+    let t = match presence_writer(&emu, &headers) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    if !has_role(&t, &["Presence.ReadWrite.All"]) {
-        return denied();
-    }
-    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
-        return r;
-    }
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
         return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid JSON.");
     };
@@ -543,19 +553,33 @@ async fn set_presence(
             }
         },
     };
-    let now = now(&emu);
+    write_session(&emu, &t, &id, |user, now| {
+        let session =
+            super::model::Session { availability, activity, expires_at_ms: Some(now + duration), set_at_ms: now };
+        user.sessions.insert(t.client_id.clone(), session);
+        Ok(())
+    })
+}
+
+/// Changes the caller's presence session of user `id` with `change`, then notifies the
+/// resulting change (if any) and records the write.
+fn write_session(
+    emu: &Emulator,
+    t: &TokenInfo,
+    id: &str,
+    change: impl FnOnce(&mut super::model::User, u64) -> Result<(), Response>,
+) -> Response {
+    let now = now(emu);
     let mut w = emu.inner.world.lock().unwrap();
-    let tenant = t.tenant.clone();
-    let Some(user) = w.tenants.get_mut(&tenant).and_then(|tn| tn.user_mut(&id)) else {
+    let Some(user) = w.tenants.get_mut(&t.tenant).and_then(|tn| tn.user_mut(id)) else {
         return graph_error(StatusCode::NOT_FOUND, "itemNotFound", &format!("User '{id}' not found."));
     };
-    user.sessions.insert(
-        t.client_id.clone(),
-        super::model::Session { availability, activity, expires_at_ms: Some(now + duration), set_at_ms: now },
-    );
-    let d = touch(&mut w, &tenant, &id, now);
+    if let Err(r) = change(user, now) {
+        return r;
+    }
+    let d = touch(&mut w, &t.tenant, id, now);
     drop(w);
-    emu.inner.writes.lock().unwrap().insert(id.clone(), std::time::Instant::now());
+    emu.inner.writes.lock().unwrap().insert(id.to_string(), std::time::Instant::now());
     emu.send(d);
     StatusCode::OK.into_response()
 }
@@ -566,16 +590,10 @@ async fn clear_presence(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let t = match auth(&emu, &headers) {
+    let t = match presence_writer(&emu, &headers) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    if !has_role(&t, &["Presence.ReadWrite.All"]) {
-        return denied();
-    }
-    if let Some(r) = presence_rate_limit(&emu, &t, &headers) {
-        return r;
-    }
     let session = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|b| b.get("sessionId").and_then(Value::as_str).map(str::to_string));
@@ -586,25 +604,17 @@ async fn clear_presence(
             "sessionId must be the application (client) id of the caller.",
         );
     }
-    let now = now(&emu);
-    let mut w = emu.inner.world.lock().unwrap();
-    let tenant = t.tenant.clone();
-    let Some(user) = w.tenants.get_mut(&tenant).and_then(|tn| tn.user_mut(&id)) else {
-        return graph_error(StatusCode::NOT_FOUND, "itemNotFound", &format!("User '{id}' not found."));
-    };
-    let live = user.sessions.get(&t.client_id).is_some_and(|s| s.expires_at_ms.is_none_or(|e| e > now));
-    if user.sessions.remove(&t.client_id).is_none() || !live {
-        return graph_error(
-            StatusCode::NOT_FOUND,
-            "itemNotFound",
-            "No presence session of this application exists for the user.",
-        );
-    }
-    let d = touch(&mut w, &tenant, &id, now);
-    drop(w);
-    emu.inner.writes.lock().unwrap().insert(id.clone(), std::time::Instant::now());
-    emu.send(d);
-    StatusCode::OK.into_response()
+    write_session(&emu, &t, &id, |user, now| {
+        let live = user.sessions.get(&t.client_id).is_some_and(|s| s.expires_at_ms.is_none_or(|e| e > now));
+        if user.sessions.remove(&t.client_id).is_none() || !live {
+            return Err(graph_error(
+                StatusCode::NOT_FOUND,
+                "itemNotFound",
+                "No presence session of this application exists for the user.",
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// JSON batching: at most 20 requests, unique ids; each inner request is served (and
@@ -948,7 +958,6 @@ async fn validate_endpoint(emu: &Emulator, url: &str) -> Result<(), String> {
 
 /// The subscription `id` if it is live and belongs to the caller's app. Takes the world
 /// already locked (and the caller already authenticated: `auth` locks the world too).
-#[allow(clippy::result_large_err)]
 fn own_subscription<'a>(
     t: &TokenInfo,
     now: u64,
