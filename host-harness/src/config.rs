@@ -69,6 +69,8 @@ pub struct IntegrationConfig {
     pub push_line_status: bool,
     /// Calls shorter than this are not pushed to Teams (ms; default 0).
     pub min_call_length_ms: u64,
+    /// Presence re-read interval in seconds (default 300).
+    pub reconcile_interval_s: u64,
     /// CSV of switchboard users for the simulator (`id,name,email,line_number[,active]`).
     pub switchboard_csv: Option<PathBuf>,
 }
@@ -114,6 +116,8 @@ struct RawIntegration {
     push_line_status: bool,
     #[serde(default)]
     min_call_length_ms: u64,
+    #[serde(default = "default_reconcile_s")]
+    reconcile_interval_s: u64,
     switchboard_csv: Option<PathBuf>,
 }
 
@@ -191,6 +195,15 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, r) in raw.integration.into_iter().enumerate() {
             let f = |name: &str| format!("integration[{i}].{name}");
+            if r.reconcile_interval_s < 30 {
+                return Err(err(
+                    &f("reconcile_interval_s"),
+                    format!(
+                        "{} s is too often: use at least 30 s (Graph's presence limit is shared)",
+                        r.reconcile_interval_s
+                    ),
+                ));
+            }
             if r.name.is_empty()
                 || r.name.len() > 64
                 || !r.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -241,11 +254,16 @@ impl Config {
                 users,
                 push_line_status: r.push_line_status,
                 min_call_length_ms: r.min_call_length_ms,
+                reconcile_interval_s: r.reconcile_interval_s,
                 switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
             });
         }
         Ok(Config { host, integrations })
     }
+}
+
+fn default_reconcile_s() -> u64 {
+    300
 }
 
 fn secret(

@@ -143,6 +143,7 @@ impl Scenario {
                     .collect(),
                 push_line_status: opts.push_line_status,
                 min_call_length_ms: 0,
+                reconcile_interval_s: 300,
                 switchboard_csv: None,
             }],
         };

@@ -154,6 +154,7 @@ pub fn settings_for(config: &Config, ic: &IntegrationConfig, key: &NotificationK
         encryption_certificate_id: key.cert_id.clone(),
         push_line_status: ic.push_line_status,
         min_call_length_ms: ic.min_call_length_ms,
+        reconcile_interval_ms: ic.reconcile_interval_s * 1000,
     }
 }
 

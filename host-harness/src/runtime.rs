@@ -657,6 +657,8 @@ pub struct StatusView {
     pub last_directory_refresh_ms: Option<u64>,
     /// Last accepted notification (ms since epoch).
     pub last_notification_ms: Option<u64>,
+    /// Oldest last full presence re-read (ms since epoch).
+    pub last_reconcile_ms: Option<u64>,
     /// Counters from the plugin.
     pub counters: std::collections::BTreeMap<String, u64>,
     /// The running plugin's version.
@@ -720,6 +722,7 @@ impl StatusView {
             conflicts: vec![],
             last_directory_refresh_ms: None,
             last_notification_ms: None,
+            last_reconcile_ms: None,
             counters: Default::default(),
             plugin_version: a.plugin_version.clone(),
             wit_version: WIT_VERSION.into(),
@@ -784,6 +787,7 @@ impl StatusView {
             .collect();
         v.last_directory_refresh_ms = s.last_directory_refresh_ms;
         v.last_notification_ms = s.last_notification_ms;
+        v.last_reconcile_ms = s.last_reconcile_ms;
         v.counters = s.counters.into_iter().collect();
         v
     }

@@ -7,4 +7,5 @@ mod config_file;
 mod emulator_rules;
 mod presence_sync;
 mod push;
+mod reconcile;
 mod restart;

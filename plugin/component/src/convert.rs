@@ -22,6 +22,7 @@ impl From<sync::Settings> for core::Settings {
             encryption_certificate_id: s.encryption_certificate_id,
             push_line_status: s.push_line_status,
             min_call_length_ms: s.min_call_length_ms,
+            reconcile_interval_ms: s.reconcile_interval_ms,
         }
     }
 }
@@ -155,6 +156,7 @@ impl From<core::IntegrationStatus> for status::IntegrationStatus {
                 .collect(),
             last_directory_refresh_ms: s.last_directory_refresh_ms,
             last_notification_ms: s.last_notification_ms,
+            last_reconcile_ms: s.last_reconcile_ms,
             counters: s.counters,
         }
     }

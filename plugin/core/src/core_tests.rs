@@ -78,6 +78,7 @@ fn settings(users: usize) -> Settings {
         encryption_certificate_id: "cert-1".into(),
         push_line_status: false,
         min_call_length_ms: 0,
+        reconcile_interval_ms: 0,
     }
 }
 
@@ -649,4 +650,21 @@ fn a_set_presence_in_flight_is_persisted_so_a_restart_can_clear_it() {
         effects = core2.take_effects();
     }
     assert!(cleared, "the persisted session is cleared after the restart");
+}
+
+#[test]
+fn presence_is_re_read_on_the_reconcile_interval() {
+    let (mut core, mut env, _) = synced(3, 1);
+    let first = core.status(&env).last_reconcile_ms.unwrap();
+    env.now += DEFAULT_RECONCILE_MS - 1_000;
+    core.tick(&mut env);
+    assert!(!requests(&core.take_effects()).iter().any(|(_, r)| r.url.ends_with("getPresencesByUserId")));
+    env.now += 2_000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.url.ends_with("getPresencesByUserId")).expect("reconcile read");
+    let ids: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(ids["ids"].as_array().unwrap().len(), 3);
+    core.on_http_response(&mut env, *id, ok(200, serde_json::json!({"value": []})));
+    assert!(core.status(&env).last_reconcile_ms.unwrap() > first);
 }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub push_line_status: bool,
     /// Calls shorter than this are not pushed (ms).
     pub min_call_length_ms: u64,
+    /// Presence re-read interval (ms); 0 = [`crate::core::DEFAULT_RECONCILE_MS`].
+    pub reconcile_interval_ms: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -313,6 +315,8 @@ pub struct IntegrationStatus {
     pub last_directory_refresh_ms: Option<u64>,
     /// Last accepted notification.
     pub last_notification_ms: Option<u64>,
+    /// Oldest last full presence read among the subscriptions.
+    pub last_reconcile_ms: Option<u64>,
     /// Counters.
     pub counters: Vec<(String, u64)>,
 }

@@ -26,6 +26,9 @@ use crate::shards::{MAX_USERS_PER_SUBSCRIPTION, Shards};
 pub const SUBSCRIPTION_LIFETIME_MS: u64 = 59 * 60 * 1000;
 /// Renew this long before expiry (several retries fit before it lapses).
 pub const RENEW_BEFORE_MS: u64 = 15 * 60 * 1000;
+/// Default interval of the presence reconcile: Graph sends no `missed` lifecycle event for
+/// presence (graph-facts.md §3), so every covered user's presence is re-read this often.
+pub const DEFAULT_RECONCILE_MS: u64 = 5 * 60 * 1000;
 /// How often the directory is re-read.
 pub const DIRECTORY_REFRESH_MS: u64 = 60 * 60 * 1000;
 /// Largest webhook body the plugin accepts (a Graph batch of rich notifications is far smaller).
@@ -125,6 +128,8 @@ struct Sub {
     members_dirty: bool,
     busy: bool,
     needs_snapshot: bool,
+    /// When the last full presence read of this subscription's users succeeded.
+    last_snapshot_ms: Option<u64>,
     reauthorize: bool,
     cleanup_tried: bool,
     cleanup_outstanding: usize,
@@ -332,10 +337,14 @@ impl Core {
         }
         let sub = &self.subs[slot];
         let members = self.shards.members(slot);
+        let reconcile_ms = match settings.reconcile_interval_ms {
+            0 => DEFAULT_RECONCILE_MS,
+            ms => ms,
+        };
         let next = match &sub.active {
             Some(a) if sub.members_dirty && &a.members != members => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
-            Some(a) if sub.needs_snapshot => {
+            Some(a) if sub.needs_snapshot || sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => {
                 Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
             }
             Some(_) => return,
@@ -605,6 +614,7 @@ impl Core {
                                     }
                                     _ => {
                                         self.subs[slot].needs_snapshot = false;
+                                        self.subs[slot].last_snapshot_ms = Some(now);
                                         self.subs[slot].retry.succeed();
                                     }
                                 }
@@ -854,7 +864,9 @@ impl Core {
         if let Some(event) = n.lifecycle_event {
             self.count(&format!("lifecycle.{event}"));
             if event == "reauthorizationRequired" {
+                // Renew (which reauthorizes), then re-read: changes may have been missed.
                 self.subs[slot].reauthorize = true;
+                self.subs[slot].needs_snapshot = true;
             }
             return;
         }
@@ -953,6 +965,14 @@ impl Core {
             conflicts: self.mapping.conflicts.clone(),
             last_directory_refresh_ms: self.dir.last_ok_ms,
             last_notification_ms: self.last_notification_ms,
+            last_reconcile_ms: self
+                .subs
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.active.is_some() && !self.shards.members(*i).is_empty())
+                .map(|(_, s)| s.last_snapshot_ms)
+                .min()
+                .flatten(),
             counters: self.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
