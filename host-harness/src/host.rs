@@ -102,6 +102,7 @@ impl Host {
             .route("/webhook/{name}/{kind}", any(webhook))
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
+            .route("/integrations/{name}/sync-now", post(sync_now))
             .route("/switchboard/{name}/users", get(sb_users))
             .route("/switchboard/{name}/users/{id}", get(sb_user))
             .route("/switchboard/{name}/users/{id}/line-events", post(sb_line_event))
@@ -216,6 +217,14 @@ async fn status_all(State(st): State<AppState>) -> Response {
 async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {
     match st.integrations.get(&name) {
         Some(h) => axum::Json(status_json(&st, h).await).into_response(),
+        None => not_found("integration"),
+    }
+}
+
+async fn sync_now(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    match st.integrations.get(&name) {
+        Some(h) if h.sync_now() => (StatusCode::ACCEPTED, "directory refresh started").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
         None => not_found("integration"),
     }
 }

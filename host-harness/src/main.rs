@@ -40,6 +40,15 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// "Sync now": asks a running host to re-read an integration's directory at once.
+    SyncNow {
+        /// The host's base URL (its listen address).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        host: String,
+        /// The integration's name.
+        #[arg(long)]
+        integration: String,
+    },
     /// Runs the benchmark suite and writes BENCHMARKS.md.
     Bench {
         /// Where to write the report.
@@ -94,6 +103,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { users, integration_users, seconds } => {
             host_harness::demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
+        }
+        Cmd::SyncNow { host, integration } => {
+            let url = format!("{}/integrations/{integration}/sync-now", host.trim_end_matches('/'));
+            let r = reqwest::Client::new().post(&url).send().await.with_context(|| format!("POST {url}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
+            println!("{integration}: {text}");
         }
         Cmd::Bench { out, smoke } => {
             let opts = if smoke {

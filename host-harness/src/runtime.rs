@@ -379,6 +379,8 @@ pub enum Command {
     HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
     /// The periodic timer.
     Tick,
+    /// "Sync now".
+    SyncNow,
     /// A status query.
     Status(oneshot::Sender<StatusView>),
     /// A line event.
@@ -393,6 +395,7 @@ impl Command {
             Command::Webhook(..) => "webhook",
             Command::HttpDone(..) => "http-done",
             Command::Tick => "tick",
+            Command::SyncNow => "sync-now",
             Command::Status(..) => "status",
             Command::Line(..) => "line-event",
             Command::Shutdown => "shutdown",
@@ -428,6 +431,10 @@ impl IntegrationHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Line(ev, tx)).ok()?;
         rx.await.ok()
+    }
+    /// "Sync now": re-read the directory at once. False if the actor is gone.
+    pub fn sync_now(&self) -> bool {
+        self.tx.send(Command::SyncNow).is_ok()
     }
     /// Stops the actor.
     pub fn shutdown(&self) {
@@ -584,6 +591,7 @@ impl Actor {
                     sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
                 }
                 Command::Tick => sync.call_tick(&mut self.store).await,
+                Command::SyncNow => sync.call_sync_now(&mut self.store).await,
                 Command::Status(reply) => match sync.call_status(&mut self.store).await {
                     Ok(s) => {
                         let _ = reply.send(self.view(Some(s)));
@@ -745,6 +753,12 @@ impl StatusView {
         match s.health {
             status::Health::Ok => v.state = "ok".into(),
             status::Health::Starting => v.state = "starting".into(),
+            status::Health::Degraded(p) => {
+                v.state = "degraded".into();
+                v.code = Some(p.code);
+                v.hint = Some(p.hint);
+                v.detail = Some(p.detail);
+            }
             status::Health::MissingCredentials(f) => {
                 v.state = "missing-credentials".into();
                 v.missing = f;

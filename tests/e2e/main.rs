@@ -4,6 +4,7 @@
 mod bad_input;
 mod capacity;
 mod config_file;
+mod directory;
 mod emulator_rules;
 mod presence_sync;
 mod push;

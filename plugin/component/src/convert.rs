@@ -123,6 +123,7 @@ impl From<core::IntegrationStatus> for status::IntegrationStatus {
             health: match s.health {
                 core::Health::Starting => status::Health::Starting,
                 core::Health::Ok => status::Health::Ok,
+                core::Health::Degraded(p) => status::Health::Degraded(p.into()),
                 core::Health::MissingCredentials(f) => status::Health::MissingCredentials(f),
                 core::Health::Error(p) => status::Health::Error(p.into()),
             },

@@ -129,6 +129,10 @@ impl sync::Guest for Plugin {
         with_core(|core, env| core.tick(env))
     }
 
+    fn sync_now() {
+        with_core(|core, env| core.sync_now(env))
+    }
+
     fn status() -> status::IntegrationStatus {
         with_core(|core, env| core.status(env).into())
     }

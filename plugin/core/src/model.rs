@@ -251,6 +251,8 @@ pub enum Health {
     Starting,
     /// Synchronising.
     Ok,
+    /// Synchronising on the last good directory read; the latest failed.
+    Degraded(Problem),
     /// Fields to fill in.
     MissingCredentials(Vec<String>),
     /// An error.

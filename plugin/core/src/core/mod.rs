@@ -927,12 +927,14 @@ impl Core {
         } else if let Some(p) = self
             .app_token
             .problem()
-            .or(self.dir.problem.as_ref())
+            .or(self.dir.problem.as_ref().filter(|_| self.dir.users.is_none()))
             .or_else(|| subscriptions.iter().find_map(|s| s.problem.as_ref()))
         {
             Health::Error(p.clone())
         } else if let Some(p) = &self.push.problem {
             Health::Error(p.clone())
+        } else if let Some(p) = &self.dir.problem {
+            Health::Degraded(p.clone())
         } else if self.shards.uncovered() > 0 {
             Health::Error(problem(
                 "capacity",
