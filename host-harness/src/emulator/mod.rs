@@ -159,6 +159,30 @@ impl Emulator {
         activity: &str,
         preferred: bool,
     ) -> bool {
+        self.change_presence(tenant, user_id, availability, activity, preferred, true)
+    }
+
+    /// Like [`Emulator::set_presence`] on the Teams-client session, but the change
+    /// notification is lost (never delivered), as happens to real ones now and then.
+    pub fn set_presence_losing_notification(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        availability: &str,
+        activity: &str,
+    ) -> bool {
+        self.change_presence(tenant, user_id, availability, activity, false, false)
+    }
+
+    fn change_presence(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        availability: &str,
+        activity: &str,
+        preferred: bool,
+        deliver: bool,
+    ) -> bool {
         let now = self.inner.clock.now_ms();
         let mut w = self.inner.world.lock().unwrap();
         let Some(key) = w.tenant_key(tenant) else { return false };
@@ -174,33 +198,11 @@ impl Emulator {
         } else {
             user.sessions.insert(model::TEAMS_CLIENT_SESSION.into(), s);
         }
-        let d = touch(&mut w, &key, user_id, now);
+        let deliveries = touch(&mut w, &key, user_id, now);
         drop(w);
-        self.send(d);
-        true
-    }
-
-    /// Like [`Emulator::set_presence`] on the Teams-client session, but the change
-    /// notification is lost (never delivered), as happens to real ones now and then.
-    pub fn set_presence_losing_notification(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        availability: &str,
-        activity: &str,
-    ) -> bool {
-        let now = self.inner.clock.now_ms();
-        let mut w = self.inner.world.lock().unwrap();
-        let Some(key) = w.tenant_key(tenant) else { return false };
-        let Some(user) = w.tenants.get_mut(&key).and_then(|t| t.user_mut(user_id)) else { return false };
-        let s = model::Session {
-            availability: availability.into(),
-            activity: activity.into(),
-            expires_at_ms: None,
-            set_at_ms: now,
-        };
-        user.sessions.insert(model::TEAMS_CLIENT_SESSION.into(), s);
-        let _lost = touch(&mut w, &key, user_id, now);
+        if deliver {
+            self.send(deliveries);
+        }
         true
     }
 
