@@ -7,6 +7,7 @@ mod config_file;
 mod directory;
 mod emulator_rules;
 mod presence_sync;
+mod process_kill;
 mod push;
 mod reconcile;
 mod restart;

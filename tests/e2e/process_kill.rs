@@ -1,0 +1,133 @@
+//! The harness as a real process, killed with SIGKILL in the middle of a call.
+//!
+//! The binary is built by `scripts/test` (`cargo build --release -p host-harness`) before the
+//! tests run; no test invokes cargo.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
+use host_harness::emulator::{Emulator, TenantSeed};
+use host_harness::runtime::HostClock;
+use host_harness::switchboard::Switchboard;
+
+fn binary() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/host-harness");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release -p host-harness` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    Command::new(binary())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("host starts")
+}
+
+async fn get(url: &str) -> Option<serde_json::Value> {
+    let r = reqwest::get(url).await.ok()?;
+    serde_json::from_str(&r.text().await.ok()?).ok()
+}
+
+async fn wait_ok(base: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if get(&format!("{base}/status/contoso")).await.is_some_and(|v| v["state"] == "ok") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the host never became ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(HostClock::default());
+    let emu = Emulator::new(clock.clone());
+    let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, 20, 1);
+    emu.add_tenant(&seed);
+    let emu_url = emu.start().await.unwrap();
+    Switchboard::write_csv(&dir.path().join("users.csv"), &switchboard_users(&seed, 20)).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[host]
+listen = "127.0.0.1:{port}"
+public_base_url = "{base}"
+state_dir = "state"
+graph_base_url = "{emu_url}"
+login_base_url = "{emu_url}"
+
+[[integration]]
+name = "contoso"
+tenant_id = "{DEMO_TENANT}"
+client_id = "{DEMO_CLIENT}"
+client_secret = "{DEMO_SECRET}"
+push_line_status = true
+switchboard_csv = "users.csv"
+users = [{{ username = "{user}", password = "{pw}" }}]
+"#,
+            user = seed.integration_user(0),
+            pw = seed.integration_password
+        ),
+    )
+    .unwrap();
+    let mut host = spawn(&config);
+    wait_ok(&base).await;
+    let user0 = emu.with_world(|w| w.tenants.values().next().unwrap().users[0].id.clone());
+    let teams = || emu.truth(DEMO_TENANT)[&user0].clone();
+    assert_eq!(teams(), ("Available".into(), "Available".into()));
+    let r = reqwest::Client::new()
+        .post(format!("{base}/switchboard/contoso/users/sb-00000/line-events"))
+        .header("content-type", "application/json")
+        .body(r#"{"state": "connected"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let end = Instant::now() + Duration::from_secs(30);
+    while teams().1 != "InACall" && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(teams(), ("Busy".into(), "InACall".into()));
+
+    // SIGKILL: nothing of the host runs any more, nothing is cleaned up.
+    host.kill().unwrap();
+    host.wait().unwrap();
+    // Within the session's expiration (PT5M; the emulator's clock moves on) Teams is right again.
+    clock.advance(Duration::from_secs(5 * 60 + 1));
+    let end = Instant::now() + Duration::from_secs(10);
+    while teams().1 == "InACall" && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(teams(), ("Available".into(), "Available".into()));
+
+    // Restarted (its line states died with it, so the call counts as over): nothing is
+    // re-asserted, nothing is stuck.
+    let sets = emu.count("POST /v1.0/users/{id}/presence/setPresence");
+    let mut host = spawn(&config);
+    wait_ok(&base).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(emu.count("POST /v1.0/users/{id}/presence/setPresence"), sets);
+    assert_eq!(teams(), ("Available".into(), "Available".into()));
+    assert!(!emu.sessions(DEMO_TENANT, &user0).contains_key(DEMO_CLIENT));
+    host.kill().unwrap();
+    host.wait().unwrap();
+}
