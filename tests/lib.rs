@@ -46,6 +46,26 @@ pub async fn start(users: usize, integration_users: usize, tweak: impl FnOnce(&m
     TestScenario { sc, dir }
 }
 
+/// A standalone emulator with the demo tenant of `users` users and one integration user,
+/// for tests that run the host from a config file: (emulator, its clock, seed, base URL).
+pub async fn demo_emulator(
+    users: usize,
+) -> (
+    host_harness::emulator::Emulator,
+    std::sync::Arc<host_harness::runtime::HostClock>,
+    host_harness::emulator::TenantSeed,
+    String,
+) {
+    use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+    let clock = std::sync::Arc::new(host_harness::runtime::HostClock::default());
+    let emu = host_harness::emulator::Emulator::new(clock.clone());
+    let seed =
+        host_harness::emulator::TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 1);
+    emu.add_tenant(&seed);
+    let base = emu.start().await.expect("emulator starts");
+    (emu, clock, seed, base)
+}
+
 /// POSTs `body` to `url` and returns status and body.
 pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r =

@@ -1,24 +1,17 @@
 //! The `run` path: a TOML config file and a switchboard CSV, as an operator writes them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host_harness::config::Config;
 use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
-use host_harness::emulator::{Emulator, TenantSeed};
 use host_harness::host::Host;
-use host_harness::runtime::HostClock;
 use host_harness::switchboard::Switchboard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_with_env_secrets_and_csv_users_syncs() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(HostClock::default());
-    let emu = Emulator::new(clock.clone());
-    let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, 120, 1);
-    emu.add_tenant(&seed);
-    let base = emu.start().await.unwrap();
+    let (_emu, clock, seed, base) = e2e_tests::demo_emulator(120).await;
     let mut users = switchboard_users(&seed, 120);
     // A switchboard user without a Microsoft account, and two claiming one address.
     users.push(host_harness::switchboard::User {

@@ -4,12 +4,9 @@
 //! tests run; no test invokes cargo.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
-use host_harness::emulator::{Emulator, TenantSeed};
-use host_harness::runtime::HostClock;
 use host_harness::switchboard::Switchboard;
 
 fn binary() -> std::path::PathBuf {
@@ -52,11 +49,7 @@ async fn wait_ok(base: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(HostClock::default());
-    let emu = Emulator::new(clock.clone());
-    let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, 20, 1);
-    emu.add_tenant(&seed);
-    let emu_url = emu.start().await.unwrap();
+    let (emu, clock, seed, emu_url) = e2e_tests::demo_emulator(20).await;
     Switchboard::write_csv(&dir.path().join("users.csv"), &switchboard_users(&seed, 20)).unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -10,7 +10,6 @@ struct FakeEnv {
     now: u64,
     users: Vec<SwitchboardUser>,
     stored: HashMap<String, Vec<u8>>,
-    key: Vec<u8>,
     draws: u64,
 }
 
@@ -30,7 +29,6 @@ impl Env for FakeEnv {
         if cert != "cert-1" {
             return Err(UnwrapError::UnknownCertificate(cert.into()));
         }
-        let _ = &self.key;
         Ok(wrapped.to_vec())
     }
     fn switchboard_users(&mut self) -> Vec<SwitchboardUser> {
@@ -56,7 +54,6 @@ fn env(n: usize) -> FakeEnv {
             })
             .collect(),
         stored: HashMap::new(),
-        key: vec![],
         draws: 0,
     }
 }

@@ -95,7 +95,6 @@ pub fn from_graph_error(status: u16, body: &[u8], what: &str) -> Problem {
     }
     let code = match serde_json::from_slice::<Outer>(body) {
         Ok(o) => o.error.code,
-        Err(_) if status == 429 => "throttled".to_string(),
         Err(_) => format!("http-{status}"),
     };
     let code = if status == 429 { "throttled".to_string() } else { code };

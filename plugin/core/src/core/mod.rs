@@ -899,8 +899,7 @@ impl Core {
     }
 
     /// The status as an admin sees it.
-    pub fn status(&self, env: &dyn Env) -> IntegrationStatus {
-        let now = env.now_ms();
+    pub fn status(&self, _env: &dyn Env) -> IntegrationStatus {
         let settings = self.settings.as_ref();
         let subscriptions = settings
             .map(|s| {
@@ -955,7 +954,6 @@ impl Core {
         } else {
             Health::Ok
         };
-        let _ = now;
         IntegrationStatus {
             health,
             mapped_users: self.mapping.by_microsoft.len() as u32,
