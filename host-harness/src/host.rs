@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use axum::Router;
@@ -25,7 +24,7 @@ use crate::store::Db;
 use crate::switchboard::Switchboard;
 
 /// Largest webhook body the host reads; larger requests get 400 without reaching the plugin.
-pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
+pub const MAX_WEBHOOK_BODY: usize = presence_core::core::MAX_WEBHOOK_BODY;
 
 /// A running host.
 pub struct Host {
@@ -42,7 +41,6 @@ pub struct Host {
 #[derive(Clone)]
 struct AppState {
     integrations: Arc<BTreeMap<String, IntegrationHandle>>,
-    oversized: Arc<AtomicU64>,
 }
 
 impl Host {
@@ -97,7 +95,7 @@ impl Host {
             tracing::info!(integration = %ic.name, "integration started");
             integrations.insert(ic.name.clone(), handle);
         }
-        let state = AppState { integrations: Arc::new(integrations.clone()), oversized: Arc::new(AtomicU64::new(0)) };
+        let state = AppState { integrations: Arc::new(integrations.clone()) };
         let app = Router::new()
             .route("/webhook/{name}/{kind}", any(webhook))
             .route("/status", get(status_all))
@@ -172,10 +170,31 @@ async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, S
     let body = match axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            st.oversized.fetch_add(1, Ordering::Relaxed);
+            h.count("rejected.oversized");
             return (StatusCode::BAD_REQUEST, format!("body exceeds {MAX_WEBHOOK_BODY} bytes")).into_response();
         }
     };
+    let handshake = parts
+        .uri
+        .query()
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "validationToken"));
+    if parts.method == axum::http::Method::POST && !handshake {
+        // A notification: check the envelope, persist it, acknowledge at once (Graph wants 202
+        // within 3 s) and let the plugin process it from the inbox.
+        if let Err(e) = check_envelope(&body) {
+            h.count("rejected.malformed");
+            return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
+        }
+        return match h.accept(&kind, body.to_vec()) {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(e) => {
+                tracing::error!(integration = %name, "inbox write failed: {e:#}");
+                h.count("rejected.inbox-unavailable");
+                // Not acknowledged: Graph retries.
+                (StatusCode::SERVICE_UNAVAILABLE, "inbox unavailable; retry later").into_response()
+            }
+        };
+    }
     let wreq = WebhookRequest {
         method: parts.method.to_string(),
         path: format!("/{kind}"),
@@ -198,25 +217,31 @@ async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, S
     }
 }
 
-async fn status_json(st: &AppState, h: &IntegrationHandle) -> serde_json::Value {
-    let mut v = serde_json::to_value(h.status().await).unwrap_or_default();
-    if let Some(c) = v.get_mut("counters").and_then(|c| c.as_object_mut()) {
-        c.insert("host.rejected.oversized".into(), json!(st.oversized.load(Ordering::Relaxed)));
+/// The shape every notification body has: `{"value": [ ... ]}`.
+fn check_envelope(body: &[u8]) -> Result<(), serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[allow(dead_code)]
+        value: Vec<serde::de::IgnoredAny>,
     }
-    v
+    serde_json::from_slice::<Envelope>(body).map(|_| ())
+}
+
+async fn status_json(h: &IntegrationHandle) -> serde_json::Value {
+    serde_json::to_value(h.status().await).unwrap_or_default()
 }
 
 async fn status_all(State(st): State<AppState>) -> Response {
     let mut all = Vec::new();
     for h in st.integrations.values() {
-        all.push(status_json(&st, h).await);
+        all.push(status_json(h).await);
     }
     axum::Json(json!({ "integrations": all })).into_response()
 }
 
 async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {
     match st.integrations.get(&name) {
-        Some(h) => axum::Json(status_json(&st, h).await).into_response(),
+        Some(h) => axum::Json(status_json(h).await).into_response(),
         None => not_found("integration"),
     }
 }

@@ -106,6 +106,15 @@ pub struct IntegrationCtx {
     tx: mpsc::UnboundedSender<Command>,
     /// Requests the allow-list refused.
     pub refused_requests: AtomicU64,
+    /// The host's own counters (webhook rejects, inbox replays), merged into the status.
+    pub counters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl IntegrationCtx {
+    /// Adds one to a host counter.
+    pub fn count(&self, name: &str) {
+        *self.counters.lock().unwrap().entry(name.to_string()).or_default() += 1;
+    }
 }
 
 /// Per-store state.
@@ -375,6 +384,8 @@ impl Runtime {
 pub enum Command {
     /// A webhook request, with where to send the answer.
     Webhook(sync::WebhookRequest, oneshot::Sender<sync::WebhookResponse>),
+    /// A notification already acknowledged and persisted in the inbox under this id.
+    Inbox(i64, sync::WebhookRequest),
     /// An outbound request finished.
     HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
     /// The periodic timer.
@@ -393,6 +404,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Webhook(..) => "webhook",
+            Command::Inbox(..) => "inbox",
             Command::HttpDone(..) => "http-done",
             Command::Tick => "tick",
             Command::SyncNow => "sync-now",
@@ -411,6 +423,7 @@ pub struct IntegrationHandle {
     tx: mpsc::UnboundedSender<Command>,
     /// The customer's switchboard.
     pub switchboard: Arc<Switchboard>,
+    ctx: Arc<IntegrationCtx>,
 }
 
 impl IntegrationHandle {
@@ -419,6 +432,19 @@ impl IntegrationHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Webhook(req, tx)).ok()?;
         rx.await.ok()
+    }
+    /// Takes a notification (or lifecycle notification) body: persists it in the durable inbox,
+    /// so that it survives a crash, and queues it for the plugin. When this returns `Ok` the
+    /// caller may acknowledge it to Graph.
+    pub fn accept(&self, kind: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        let id = self.ctx.db.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
+        let req = inbox_request(kind, body);
+        self.tx.send(Command::Inbox(id, req)).map_err(|_| anyhow::anyhow!("integration is stopping"))?;
+        Ok(())
+    }
+    /// Adds one to a host counter of this integration.
+    pub fn count(&self, name: &str) {
+        self.ctx.count(name);
     }
     /// The integration's status.
     pub async fn status(&self) -> Option<StatusView> {
@@ -473,9 +499,17 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         clock: s.clock,
         tx: tx.clone(),
         refused_requests: AtomicU64::new(0),
+        counters: Default::default(),
     });
-    let handle = IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), switchboard: s.switchboard };
-    let mut actor = Actor::start(rt, ctx, s.settings).await?;
+    let handle =
+        IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), switchboard: s.switchboard, ctx: ctx.clone() };
+    let mut actor = Actor::start(rt, ctx.clone(), s.settings).await?;
+    // Notifications acknowledged before a crash but never processed: replay them, oldest
+    // first, before anything else reaches the new instance.
+    for (id, kind, body) in ctx.db.inbox(&ctx.name)? {
+        ctx.count("inbox.replayed");
+        let _ = tx.send(Command::Inbox(id, inbox_request(&kind, body)));
+    }
     tokio::spawn(async move { actor.run(rx).await });
     let ticker = tx.clone();
     tokio::spawn(async move {
@@ -489,6 +523,17 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         }
     });
     Ok(handle)
+}
+
+/// The plugin request for a persisted notification body.
+fn inbox_request(kind: &str, body: Vec<u8>) -> sync::WebhookRequest {
+    sync::WebhookRequest {
+        method: "POST".into(),
+        path: format!("/{kind}"),
+        query: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    }
 }
 
 struct Actor {
@@ -587,6 +632,15 @@ impl Actor {
                         Err(e)
                     }
                 },
+                Command::Inbox(id, req) => {
+                    let r = sync.call_on_webhook(&mut self.store, &req).await.map(|_| ());
+                    // Processed (or it made the plugin trap, and would again): either way it
+                    // leaves the inbox, so that one poisonous body cannot loop.
+                    if let Err(e) = self.ctx.db.inbox_delete(id) {
+                        tracing::error!(integration = %self.ctx.name, "inbox delete failed: {e:#}");
+                    }
+                    r
+                }
                 Command::HttpDone(id, outcome) => {
                     sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
                 }
@@ -803,6 +857,9 @@ impl StatusView {
         v.last_notification_ms = s.last_notification_ms;
         v.last_reconcile_ms = s.last_reconcile_ms;
         v.counters = s.counters.into_iter().collect();
+        for (k, n) in a.ctx.counters.lock().unwrap().iter() {
+            *v.counters.entry(k.clone()).or_default() += n;
+        }
         v
     }
 }

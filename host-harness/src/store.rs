@@ -1,5 +1,6 @@
 //! Durable state in SQLite (WAL mode): the plugins' key-value data, scoped per integration,
-//! and each integration's encryption key.
+//! each integration's encryption key, and the webhook inbox (notifications acknowledged to Graph
+//! but not yet processed by the plugin).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -35,7 +36,8 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
-             CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);",
+             CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
         )?;
         Ok(Db { conn: Mutex::new(conn) })
     }
@@ -83,6 +85,31 @@ impl Db {
         let mut st =
             c.prepare("SELECT key FROM kv WHERE integration = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
         let rows = st.query_map(params![integration, prefix], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Persists a webhook body before it is acknowledged; returns its inbox id.
+    pub fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> anyhow::Result<i64> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![integration, kind, body, received_ms as i64],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    /// Removes a processed inbox entry.
+    pub fn inbox_delete(&self, id: i64) -> anyhow::Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute("DELETE FROM inbox WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// The integration's unprocessed inbox entries, oldest first: `(id, kind, body)`.
+    pub fn inbox(&self, integration: &str) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT id, kind, body FROM inbox WHERE integration = ?1 ORDER BY id")?;
+        let rows = st.query_map(params![integration], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

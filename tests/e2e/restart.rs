@@ -18,3 +18,28 @@ async fn restart_resumes_subscriptions_without_duplicates() {
     t.emulator.set_presence(&t.seed.tenant_id, &u, "DoNotDisturb", "Presenting", false);
     assert!(t.wait_in_sync(700, EVENTUALLY).await.is_empty());
 }
+
+/// A notification Graph got a 202 for, but the host died before the plugin processed it, sits in
+/// the durable inbox; the next start replays it (then reconciles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash() {
+    let mut t = start(30, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(30, EVENTUALLY).await.is_empty());
+    let sub = t.emulator.subscriptions()[0].id.clone();
+    let user = t.ms_user(3);
+    t.stop_host().await;
+    // The state a crash between "persisted and acknowledged" and "processed" leaves behind.
+    let item = t.emulator.notification_for(&sub, &user, "DoNotDisturb", "Presenting").unwrap();
+    let body = serde_json::json!({ "value": [item] }).to_string().into_bytes();
+    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    db.inbox_push("contoso", "notifications", &body, 0).unwrap();
+    drop(db);
+    t.restart_host().await.unwrap();
+    let s = t.wait_status(EVENTUALLY, |s| s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 1).await;
+    assert_eq!(s.counters.get("inbox.replayed"), Some(&1), "{:?}", s.counters);
+    assert_eq!(s.counters.get("notifications.accepted"), Some(&1), "{:?}", s.counters);
+    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    // The actor deletes an entry right after processing it, before it answers the status query.
+    assert!(db.inbox("contoso").unwrap().is_empty(), "the inbox is drained");
+}

@@ -32,7 +32,7 @@ pub const DEFAULT_RECONCILE_MS: u64 = 5 * 60 * 1000;
 /// How often the directory is re-read.
 pub const DIRECTORY_REFRESH_MS: u64 = 60 * 60 * 1000;
 /// Largest webhook body the plugin accepts (a Graph batch of rich notifications is far smaller).
-pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
 /// `getPresencesByUserId` takes at most 650 ids per call (graph-facts.md §4.2).
 pub const MAX_IDS_PER_PRESENCE_READ: usize = 650;
 const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
