@@ -71,8 +71,26 @@ pub struct IntegrationConfig {
     pub min_call_length_ms: u64,
     /// Presence re-read interval in seconds (default 300).
     pub reconcile_interval_s: u64,
+    /// Interval between `/users/delta` rounds in seconds (default 60).
+    pub directory_delta_interval_s: u64,
+    /// Address sources for matching, in order (default mail, proxy_addresses, upn).
+    pub match_order: Vec<MatchSource>,
+    /// Explicit mappings: switchboard user id → Microsoft user id or address.
+    pub overrides: Vec<(String, String)>,
     /// CSV of switchboard users for the simulator (`id,name,email,line_number[,active]`).
     pub switchboard_csv: Option<PathBuf>,
+}
+
+/// An address source for matching (`match_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchSource {
+    /// `mail`.
+    Mail,
+    /// `smtp:` entries of `proxyAddresses`.
+    ProxyAddresses,
+    /// `userPrincipalName`.
+    Upn,
 }
 
 /// An integration user.
@@ -118,7 +136,20 @@ struct RawIntegration {
     min_call_length_ms: u64,
     #[serde(default = "default_reconcile_s")]
     reconcile_interval_s: u64,
+    #[serde(default = "default_delta_s")]
+    directory_delta_interval_s: u64,
+    #[serde(default)]
+    match_order: Vec<MatchSource>,
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
     switchboard_csv: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    switchboard_user: String,
+    microsoft_user: String,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +235,32 @@ impl Config {
                     ),
                 ));
             }
+            if r.directory_delta_interval_s < 10 {
+                return Err(err(
+                    &f("directory_delta_interval_s"),
+                    format!("{} s is too often: use at least 10 s", r.directory_delta_interval_s),
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for m in &r.match_order {
+                if !seen.insert(*m) {
+                    return Err(err(&f("match_order"), format!("{m:?} is listed twice")));
+                }
+            }
+            for (j, o) in r.overrides.iter().enumerate() {
+                if o.switchboard_user.trim().is_empty() || o.microsoft_user.trim().is_empty() {
+                    return Err(err(
+                        &f(&format!("overrides[{j}]")),
+                        "switchboard_user and microsoft_user must not be empty".into(),
+                    ));
+                }
+                if r.overrides[..j].iter().any(|p| p.switchboard_user == o.switchboard_user) {
+                    return Err(err(
+                        &f(&format!("overrides[{j}].switchboard_user")),
+                        format!("'{}' has two overrides", o.switchboard_user),
+                    ));
+                }
+            }
             if r.name.is_empty()
                 || r.name.len() > 64
                 || !r.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -255,6 +312,9 @@ impl Config {
                 push_line_status: r.push_line_status,
                 min_call_length_ms: r.min_call_length_ms,
                 reconcile_interval_s: r.reconcile_interval_s,
+                directory_delta_interval_s: r.directory_delta_interval_s,
+                match_order: r.match_order,
+                overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
                 switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
             });
         }
@@ -264,6 +324,10 @@ impl Config {
 
 fn default_reconcile_s() -> u64 {
     300
+}
+
+fn default_delta_s() -> u64 {
+    60
 }
 
 fn secret(
@@ -348,6 +412,29 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
         assert_eq!(c.integrations[0].client_secret.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn match_order_and_overrides_load_and_bad_ones_name_the_field() {
+        let extra = "match_order = [\"upn\", \"mail\"]\ndirectory_delta_interval_s = 120\n\
+                     overrides = [{ switchboard_user = \"sb-1\", microsoft_user = \"anna@contoso.com\" }]\n";
+        let c = Config::parse(&format!("{GOOD}{extra}"), "c.toml", Path::new("."), &env).unwrap();
+        let i = &c.integrations[0];
+        assert_eq!(i.match_order, vec![MatchSource::Upn, MatchSource::Mail]);
+        assert_eq!(i.directory_delta_interval_s, 120);
+        assert_eq!(i.overrides, vec![("sb-1".to_string(), "anna@contoso.com".to_string())]);
+        for (bad, field) in [
+            ("match_order = [\"mail\", \"mail\"]\n", "integration[0].match_order"),
+            ("match_order = [\"email\"]\n", "(syntax)"),
+            ("directory_delta_interval_s = 1\n", "integration[0].directory_delta_interval_s"),
+            (
+                "overrides = [{ switchboard_user = \"a\", microsoft_user = \"x\" }, { switchboard_user = \"a\", microsoft_user = \"y\" }]\n",
+                "integration[0].overrides[1].switchboard_user",
+            ),
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}"), "c.toml", Path::new("."), &env).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct ScenarioOptions {
     pub push_line_status: bool,
     /// Application permissions the tenant's admin granted (default: the product guide's).
     pub app_roles: Option<Vec<String>>,
+    /// Seconds between `/users/delta` rounds.
+    pub directory_delta_interval_s: u64,
 }
 
 impl ScenarioOptions {
@@ -53,6 +55,7 @@ impl ScenarioOptions {
             mfa_users: vec![],
             push_line_status: true,
             app_roles: None,
+            directory_delta_interval_s: 60,
         }
     }
 }
@@ -144,6 +147,9 @@ impl Scenario {
                 push_line_status: opts.push_line_status,
                 min_call_length_ms: 0,
                 reconcile_interval_s: 300,
+                directory_delta_interval_s: opts.directory_delta_interval_s,
+                match_order: vec![],
+                overrides: vec![],
                 switchboard_csv: None,
             }],
         };
@@ -237,6 +243,20 @@ impl Scenario {
                 return m;
             }
             self.switchboard.wait_change(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `f` holds (polled every 50 ms), or `timeout`; returns whether it held.
+    pub async fn wait_until(&self, timeout: Duration, f: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if f() {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

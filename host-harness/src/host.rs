@@ -101,6 +101,7 @@ impl Host {
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
             .route("/integrations/{name}/sync-now", post(sync_now))
+            .route("/integrations/{name}/overrides", get(get_overrides).put(put_overrides))
             .route("/switchboard/{name}/users", get(sb_users))
             .route("/switchboard/{name}/users/{id}", get(sb_user))
             .route("/switchboard/{name}/users/{id}/line-events", post(sb_line_event))
@@ -154,6 +155,21 @@ pub fn settings_for(config: &Config, ic: &IntegrationConfig, key: &NotificationK
         push_line_status: ic.push_line_status,
         min_call_length_ms: ic.min_call_length_ms,
         reconcile_interval_ms: ic.reconcile_interval_s * 1000,
+        directory_delta_interval_ms: ic.directory_delta_interval_s * 1000,
+        match_order: ic
+            .match_order
+            .iter()
+            .map(|m| match m {
+                crate::config::MatchSource::Mail => runtime::WitMatchSource::Mail,
+                crate::config::MatchSource::ProxyAddresses => runtime::WitMatchSource::ProxyAddresses,
+                crate::config::MatchSource::Upn => runtime::WitMatchSource::Upn,
+            })
+            .collect(),
+        overrides: ic
+            .overrides
+            .iter()
+            .map(|(s, m)| runtime::WitMappingOverride { switchboard_user_id: s.clone(), microsoft_user: m.clone() })
+            .collect(),
     }
 }
 
@@ -251,6 +267,55 @@ async fn sync_now(State(st): State<AppState>, Path(name): Path<String>) -> Respo
         Some(h) if h.sync_now() => (StatusCode::ACCEPTED, "directory refresh started").into_response(),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
         None => not_found("integration"),
+    }
+}
+
+/// One override as the API shows and takes it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    switchboard_user: String,
+    microsoft_user: String,
+}
+
+async fn get_overrides(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    match h.overrides().await {
+        Some(list) => axum::Json(
+            list.into_iter()
+                .map(|o| OverrideBody { switchboard_user: o.switchboard_user_id, microsoft_user: o.microsoft_user })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
+}
+
+/// Replaces the API overrides with the JSON list in the body:
+/// `[{"switchboard_user": "...", "microsoft_user": "<id or address>"}]`.
+async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let list = match serde_json::from_slice::<Vec<OverrideBody>>(&body) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("body must be [{{\"switchboard_user\": \"...\", \"microsoft_user\": \"...\"}}]: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let list = list
+        .into_iter()
+        .map(|o| runtime::WitMappingOverride {
+            switchboard_user_id: o.switchboard_user,
+            microsoft_user: o.microsoft_user,
+        })
+        .collect();
+    match h.set_overrides(list).await {
+        Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Some(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
     }
 }
 

@@ -394,6 +394,10 @@ pub enum Command {
     SyncNow,
     /// A status query.
     Status(oneshot::Sender<StatusView>),
+    /// Replace the API overrides.
+    SetOverrides(Vec<sync::MappingOverride>, oneshot::Sender<Result<(), String>>),
+    /// Read the API overrides.
+    GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
     /// A line event.
     Line(presence::LineEvent, oneshot::Sender<Result<(), String>>),
     /// Stop the actor.
@@ -409,6 +413,8 @@ impl Command {
             Command::Tick => "tick",
             Command::SyncNow => "sync-now",
             Command::Status(..) => "status",
+            Command::SetOverrides(..) => "set-overrides",
+            Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
             Command::Shutdown => "shutdown",
         }
@@ -450,6 +456,18 @@ impl IntegrationHandle {
     pub async fn status(&self) -> Option<StatusView> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Status(tx)).ok()?;
+        rx.await.ok()
+    }
+    /// Replaces the overrides set through the API.
+    pub async fn set_overrides(&self, o: Vec<sync::MappingOverride>) -> Option<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::SetOverrides(o, tx)).ok()?;
+        rx.await.ok()
+    }
+    /// The overrides set through the API.
+    pub async fn overrides(&self) -> Option<Vec<sync::MappingOverride>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::GetOverrides(tx)).ok()?;
         rx.await.ok()
     }
     /// Sends a line event.
@@ -644,6 +662,12 @@ impl Actor {
                 Command::HttpDone(id, outcome) => {
                     sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
                 }
+                Command::SetOverrides(o, reply) => sync.call_set_overrides(&mut self.store, &o).await.map(|r| {
+                    let _ = reply.send(r);
+                }),
+                Command::GetOverrides(reply) => sync.call_get_overrides(&mut self.store).await.map(|r| {
+                    let _ = reply.send(r);
+                }),
                 Command::Tick => sync.call_tick(&mut self.store).await,
                 Command::SyncNow => sync.call_sync_now(&mut self.store).await,
                 Command::Status(reply) => match sync.call_status(&mut self.store).await {
@@ -746,6 +770,10 @@ pub struct SubscriptionView {
     pub users_covered: u32,
     /// Expiry (ms since epoch).
     pub expires_at_ms: Option<u64>,
+    /// Last accepted notification (ms since epoch).
+    pub last_notification_ms: Option<u64>,
+    /// Last full presence re-read of its users (ms since epoch).
+    pub last_reconcile_ms: Option<u64>,
     /// Problem code.
     pub code: Option<String>,
     /// Problem hint.
@@ -764,7 +792,7 @@ pub struct ConflictView {
 }
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "1.0.0";
+pub const WIT_VERSION: &str = "2.0.0";
 
 impl StatusView {
     fn new(a: &Actor, s: Option<status::IntegrationStatus>) -> StatusView {
@@ -836,6 +864,8 @@ impl StatusView {
                 subscription_id: x.subscription_id,
                 users_covered: x.users_covered,
                 expires_at_ms: x.expires_at_ms,
+                last_notification_ms: x.last_notification_ms,
+                last_reconcile_ms: x.last_reconcile_ms,
                 code: x.problem.as_ref().map(|p| p.code.clone()),
                 hint: x.problem.map(|p| p.hint),
             })
@@ -848,6 +878,7 @@ impl StatusView {
                 kind: match c.kind {
                     status::ConflictKind::SeveralMicrosoftUsers => "several-microsoft-users",
                     status::ConflictKind::SeveralSwitchboardUsers => "several-switchboard-users",
+                    status::ConflictKind::UnresolvedOverride => "unresolved-override",
                 }
                 .into(),
                 candidates: c.candidates,
@@ -865,7 +896,10 @@ impl StatusView {
 }
 
 pub use presence::{LineEvent, LineState};
-pub use sync::{IntegrationUser as WitIntegrationUser, Settings as WitSettings, WebhookRequest, WebhookResponse};
+pub use sync::{
+    IntegrationUser as WitIntegrationUser, MappingOverride as WitMappingOverride, MatchSource as WitMatchSource,
+    Settings as WitSettings, WebhookRequest, WebhookResponse,
+};
 
 #[cfg(test)]
 mod tests {

@@ -42,3 +42,92 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     assert_eq!(sub.users, 19, "the subscription follows the mapping");
     assert_eq!(post(&format!("{host}/integrations/nobody/sync-now"), "text/plain", vec![]).await.0, 404);
 }
+
+fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {
+    s.counters.get(name).copied().unwrap_or(0)
+}
+
+/// `/users/delta` keeps the mapping current without re-reading everyone; a gone delta state
+/// (410) leads to one full resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_rounds_keep_the_mapping_current_and_a_gone_delta_state_resyncs() {
+    let t = start(30, 1, |o| o.directory_delta_interval_s = 1).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(30, EVENTUALLY).await.is_empty());
+    let full_reads = t.emulator.count("GET /v1.0/users");
+    let tenant = t.seed.tenant_id.clone();
+    let (u3, u4) = (t.ms_user(3), t.ms_user(4));
+    let old_mail = t.emulator.with_tenant(&tenant, |tn| tn.user_mut(&u3).unwrap().mail.clone().unwrap());
+    // User 4 leaves; user 3 gets a new address; a new user takes user 3's old one.
+    let newcomer = t.emulator.with_tenant(&tenant, |tn| {
+        assert!(tn.remove_user(&u4));
+        assert!(tn.set_mail(&u3, "renamed@contoso.example"));
+        tn.add_user("Newcomer", &old_mail)
+    });
+    let s = t
+        .wait_status(EVENTUALLY, |s| {
+            s.microsoft_users > 0 && s.users == 29 && counter(s, "directory.delta-rounds") >= 1
+        })
+        .await;
+    assert_eq!(s.users, 29, "{s:?}");
+    // sb-00003 now shows the newcomer's presence, sb-00004 nothing new.
+    t.emulator.set_presence(&tenant, &newcomer, "DoNotDisturb", "Presenting", false);
+    let shown =
+        t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00003").is_some_and(|p| p.activity == "Presenting")).await;
+    assert!(shown, "{:?}", t.switchboard.shown("sb-00003"));
+    assert_eq!(t.emulator.count("GET /v1.0/users"), full_reads, "no full read for a change");
+    assert_eq!(counter(&t.status().await, "directory.full-resyncs"), 1);
+
+    // The delta state is gone: one full resync, then delta rounds again.
+    t.emulator.expire_delta_tokens(&tenant);
+    let s = t.wait_status(EVENTUALLY, |s| counter(s, "directory.full-resyncs") == 2 && s.state == "ok").await;
+    assert_eq!(counter(&s, "directory.resync-required"), 1, "{:?}", s.counters);
+    assert_eq!(s.users, 29, "the mapping never shrank on the way");
+    let rounds = counter(&s, "directory.delta-rounds");
+    let s = t.wait_status(EVENTUALLY, |s| counter(s, "directory.delta-rounds") > rounds).await;
+    assert_eq!(counter(&s, "directory.full-resyncs"), 2);
+}
+
+/// Overrides from the API win over addresses, survive a restart, and bad ones are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve() {
+    let mut t = start(20, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    let url = |t: &TestScenario| format!("http://{}/integrations/contoso/overrides", t.host.as_ref().unwrap().addr);
+    let put = |url: String, body: serde_json::Value| async move {
+        let r = reqwest::Client::new().put(url).body(body.to_string()).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // Bad input names the problem and changes nothing.
+    let (code, text) = put(url(&t), serde_json::json!([{"switchboard_user": "sb-00007"}])).await;
+    assert_eq!(code, 400);
+    assert!(text.contains("microsoft_user"), "{text}");
+    let (code, text) = put(url(&t), serde_json::json!([{"switchboard_user": " ", "microsoft_user": "x"}])).await;
+    assert_eq!(code, 400);
+    assert!(text.contains("override 0"), "{text}");
+
+    let u8 = t.ms_user(8);
+    let (code, _) = put(
+        url(&t),
+        serde_json::json!([
+            {"switchboard_user": "sb-00007", "microsoft_user": u8},
+            {"switchboard_user": "sb-00009", "microsoft_user": "ghost@contoso.example"},
+        ]),
+    )
+    .await;
+    assert_eq!(code, 204);
+    let s = t.wait_status(EVENTUALLY, |s| s.users == 18 && s.state == "ok").await;
+    assert_eq!(s.users, 18, "sb-00007→user 8; sb-00008 lost its user; sb-00009 unresolved: {s:?}");
+    let c = s.conflicts.iter().find(|c| c.kind == "unresolved-override").expect("reported");
+    assert_eq!(c.email, "ghost@contoso.example");
+    assert_eq!(c.candidates[0], "sb-00009");
+    t.emulator.set_presence(&t.seed.tenant_id, &u8, "Away", "Away", false);
+    assert!(t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00007").is_some_and(|p| p.activity == "Away")).await);
+
+    t.restart_host().await.unwrap();
+    let v = get_json(&url(&t)).await;
+    assert_eq!(v[0]["switchboard_user"], "sb-00007");
+    assert_eq!(v[0]["microsoft_user"], u8);
+    let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert_eq!(s.users, 18, "kept across a restart");
+}

@@ -144,6 +144,18 @@ impl Emulator {
         self.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await
     }
 
+    /// Runs `f` on a tenant (by id or domain); panics if there is no such tenant.
+    pub fn with_tenant<R>(&self, tenant: &str, f: impl FnOnce(&mut model::Tenant) -> R) -> R {
+        let mut w = self.inner.world.lock().unwrap();
+        let k = w.tenant_key(tenant).expect("tenant exists");
+        f(w.tenants.get_mut(&k).unwrap())
+    }
+
+    /// Invalidates every `/users/delta` token of the tenant: the next delta round gets `410 Gone`.
+    pub fn expire_delta_tokens(&self, tenant: &str) {
+        self.with_tenant(tenant, |t| t.delta_epoch += 1);
+    }
+
     /// Runs `f` on the world.
     pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
         f(&mut self.inner.world.lock().unwrap())

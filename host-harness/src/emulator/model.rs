@@ -64,6 +64,8 @@ pub struct User {
     pub sequence: u64,
     /// The aggregate last notified.
     pub last_aggregate: (String, String),
+    /// The tenant's directory version when this user last changed (delta queries).
+    pub dir_version: u64,
 }
 
 impl User {
@@ -104,6 +106,12 @@ pub struct Tenant {
     pub by_id: HashMap<String, usize>,
     /// Lifetime range of issued tokens, seconds.
     pub token_lifetime_s: (u64, u64),
+    /// Directory version: bumped by every user change (delta queries).
+    pub dir_version: u64,
+    /// Removed users and the version of their removal.
+    pub removed: Vec<(String, u64)>,
+    /// Delta tokens of another epoch are gone (`410 Gone`).
+    pub delta_epoch: u64,
 }
 
 impl Tenant {
@@ -115,6 +123,46 @@ impl Tenant {
     pub fn user_mut(&mut self, id: &str) -> Option<&mut User> {
         let i = *self.by_id.get(id)?;
         self.users.get_mut(i)
+    }
+    /// Adds a directory user; returns its id.
+    pub fn add_user(&mut self, display_name: &str, mail: &str) -> String {
+        self.dir_version += 1;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.users.push(User {
+            id: id.clone(),
+            display_name: display_name.into(),
+            upn: mail.into(),
+            mail: Some(mail.into()),
+            proxy_addresses: vec![format!("SMTP:{mail}")],
+            password: None,
+            mfa_required: false,
+            sessions: BTreeMap::new(),
+            preferred: None,
+            sequence: 0,
+            last_aggregate: ("Offline".into(), "Offline".into()),
+            dir_version: self.dir_version,
+        });
+        self.reindex();
+        id
+    }
+    /// Changes a user's mail (and primary SMTP address); false if there is no such user.
+    pub fn set_mail(&mut self, id: &str, mail: &str) -> bool {
+        self.dir_version += 1;
+        let v = self.dir_version;
+        let Some(u) = self.user_mut(id) else { return false };
+        u.mail = Some(mail.into());
+        u.proxy_addresses = vec![format!("SMTP:{mail}")];
+        u.dir_version = v;
+        true
+    }
+    /// Deletes a user; false if there is no such user.
+    pub fn remove_user(&mut self, id: &str) -> bool {
+        let Some(&i) = self.by_id.get(id) else { return false };
+        self.dir_version += 1;
+        self.users.remove(i);
+        self.removed.push((id.to_string(), self.dir_version));
+        self.reindex();
+        true
     }
     /// A user by UPN (case-insensitive).
     pub fn user_by_upn(&mut self, upn: &str) -> Option<&mut User> {
@@ -374,6 +422,7 @@ impl TenantSeed {
                 preferred: None,
                 sequence: 0,
                 last_aggregate: Default::default(),
+                dir_version: 0,
             });
         }
         for n in 0..self.integration_users {
@@ -390,6 +439,7 @@ impl TenantSeed {
                 preferred: None,
                 sequence: 0,
                 last_aggregate: Default::default(),
+                dir_version: 0,
             });
         }
         let app = App {
@@ -406,6 +456,9 @@ impl TenantSeed {
             users,
             by_id: HashMap::new(),
             token_lifetime_s: (3599, 5399),
+            dir_version: 0,
+            removed: Vec::new(),
+            delta_epoch: 0,
         };
         t.reindex();
         t

@@ -34,6 +34,8 @@ pub(super) fn router(emu: Emulator) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/users", get(list_users))
+        .route("/v1.0/users/delta", get(users_delta))
+        .route("/v1.0/users/delta()", get(users_delta))
         .route("/v1.0/users/{id}/presence", get(get_presence))
         .route("/v1.0/communications/presences/{id}", get(get_presence))
         .route("/v1.0/communications/getPresencesByUserId", post(get_presences))
@@ -358,50 +360,7 @@ async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q)
     let select: Option<BTreeSet<String>> = p("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     let w = emu.inner.world.lock().unwrap();
     let tenant = &w.tenants[&t.tenant];
-    let page: Vec<Value> = tenant
-        .users
-        .iter()
-        .skip(offset)
-        .take(top)
-        .map(|u| {
-            let all = json!({
-                "id": u.id,
-                "displayName": u.display_name,
-                "userPrincipalName": u.upn,
-                "mail": u.mail,
-                "proxyAddresses": u.proxy_addresses,
-                "businessPhones": [],
-                "givenName": null, "surname": null, "jobTitle": null, "mobilePhone": null,
-                "officeLocation": null, "preferredLanguage": null,
-            });
-            let keep: BTreeSet<String> = match &select {
-                Some(s) => s.clone(),
-                None => [
-                    "businessPhones",
-                    "displayName",
-                    "givenName",
-                    "jobTitle",
-                    "mail",
-                    "mobilePhone",
-                    "officeLocation",
-                    "preferredLanguage",
-                    "surname",
-                    "userPrincipalName",
-                    "id",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            };
-            let mut o = serde_json::Map::new();
-            for (k, v) in all.as_object().unwrap() {
-                if keep.contains(k) || k == "id" {
-                    o.insert(k.clone(), v.clone());
-                }
-            }
-            Value::Object(o)
-        })
-        .collect();
+    let page: Vec<Value> = tenant.users.iter().skip(offset).take(top).map(|u| user_json(u, select.as_ref())).collect();
     let mut body = json!({
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
         "value": page,
@@ -417,6 +376,175 @@ async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q)
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{}", offset + top)),
         );
         body["@odata.nextLink"] = json!(format!("{}/v1.0/users?{}", emu.inner.base_url.read().unwrap(), ser.finish()));
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// A user as `/users` and `/users/delta` return it: `$select`ed properties (and `id`), or the
+/// documented default set.
+fn user_json(u: &super::model::User, select: Option<&BTreeSet<String>>) -> Value {
+    let all = json!({
+        "id": u.id,
+        "displayName": u.display_name,
+        "userPrincipalName": u.upn,
+        "mail": u.mail,
+        "proxyAddresses": u.proxy_addresses,
+        "businessPhones": [],
+        "givenName": null, "surname": null, "jobTitle": null, "mobilePhone": null,
+        "officeLocation": null, "preferredLanguage": null,
+    });
+    const DEFAULT: [&str; 11] = [
+        "businessPhones",
+        "displayName",
+        "givenName",
+        "jobTitle",
+        "mail",
+        "mobilePhone",
+        "officeLocation",
+        "preferredLanguage",
+        "surname",
+        "userPrincipalName",
+        "id",
+    ];
+    let mut o = serde_json::Map::new();
+    for (k, v) in all.as_object().unwrap() {
+        let keep = match select {
+            Some(s) => s.contains(k),
+            None => DEFAULT.contains(&k.as_str()),
+        };
+        if keep || k == "id" {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(o)
+}
+
+/// Users per `/users/delta` page.
+const DELTA_PAGE: usize = 200;
+/// Directory delta tokens last 7 days (graph-facts.md §5).
+const DELTA_TOKEN_LIFETIME_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// What a delta or skip token carries (opaque to clients).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeltaState {
+    /// Delta epoch of the tenant when issued.
+    e: u64,
+    /// Changes after this directory version (none: every user).
+    v: Option<u64>,
+    /// The round's upper version (becomes the next deltaLink's `v`).
+    u: u64,
+    /// Keyset cursor: ids after this one.
+    a: Option<String>,
+    /// `$select` of the first request.
+    s: Option<String>,
+    /// Issued at (ms).
+    t: u64,
+}
+
+impl DeltaState {
+    fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap())
+    }
+    fn decode(s: &str) -> Option<DeltaState> {
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+}
+
+/// `GET /users/delta`: the first round returns every user (or nothing with
+/// `$deltatoken=latest`), later rounds what changed since, as pages of `@odata.nextLink`
+/// ending in an `@odata.deltaLink`. Removed users come as `@removed`. Tokens of an older delta
+/// epoch get `410 Gone` (resync), tokens older than 7 days `syncStateNotFound`.
+async fn users_delta(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let t = match auth(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if !has_role(&t, &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"]) {
+        return denied();
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
+    let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if p("$top").is_some() || p("$orderby").is_some() || p("$expand").is_some() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            "$top, $orderby and $expand are not supported on users/delta.",
+        );
+    }
+    let now = now(&emu);
+    let base = emu.inner.base_url.read().unwrap().clone();
+    let w = emu.inner.world.lock().unwrap();
+    let tenant = &w.tenants[&t.tenant];
+    let token = p("$deltatoken").map(|v| (true, v)).or_else(|| p("$skiptoken").map(|v| (false, v)));
+    let st = match token {
+        None => DeltaState { e: tenant.delta_epoch, v: None, u: tenant.dir_version, a: None, s: p("$select"), t: now },
+        Some((true, latest)) if latest == "latest" => {
+            let st = DeltaState {
+                e: tenant.delta_epoch,
+                v: Some(tenant.dir_version),
+                u: tenant.dir_version,
+                a: None,
+                s: p("$select"),
+                t: now,
+            };
+            let body = json!({
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
+                "value": [],
+                "@odata.deltaLink": format!("{base}/v1.0/users/delta?$deltatoken={}", st.encode()),
+            });
+            return json_response(StatusCode::OK, body);
+        }
+        Some((is_delta, tok)) => {
+            let Some(st) = DeltaState::decode(&tok) else {
+                return graph_error(StatusCode::BAD_REQUEST, "invalidRequest", "The delta or skip token is malformed.");
+            };
+            if st.e != tenant.delta_epoch {
+                let mut r = graph_error(
+                    StatusCode::GONE,
+                    "resyncRequired",
+                    "The delta state is gone; start over with a full synchronization.",
+                );
+                r.headers_mut().insert(header::LOCATION, format!("{base}/v1.0/users/delta").parse().unwrap());
+                return r;
+            }
+            if now.saturating_sub(st.t) > DELTA_TOKEN_LIFETIME_MS {
+                return graph_error(StatusCode::BAD_REQUEST, "syncStateNotFound", "The delta token has expired.");
+            }
+            if is_delta { DeltaState { e: st.e, v: st.v, u: tenant.dir_version, a: None, s: st.s, t: now } } else { st }
+        }
+    };
+    let select: Option<BTreeSet<String>> = st.s.as_ref().map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let mut items: Vec<(String, Value)> = tenant
+        .users
+        .iter()
+        .filter(|u| st.v.is_none_or(|v| u.dir_version > v))
+        .map(|u| (u.id.clone(), user_json(u, select.as_ref())))
+        .collect();
+    if let Some(v) = st.v {
+        items.extend(
+            tenant
+                .removed
+                .iter()
+                .filter(|(_, rv)| *rv > v)
+                .map(|(id, _)| (id.clone(), json!({"id": id, "@removed": {"reason": "deleted"}}))),
+        );
+    }
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let rest: Vec<(String, Value)> =
+        items.into_iter().filter(|(id, _)| st.a.as_ref().is_none_or(|a| id > a)).take(DELTA_PAGE + 1).collect();
+    let more = rest.len() > DELTA_PAGE;
+    let page: Vec<(String, Value)> = rest.into_iter().take(DELTA_PAGE).collect();
+    let mut body = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
+        "value": page.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+    });
+    if more {
+        let next = DeltaState { a: page.last().map(|(id, _)| id.clone()), t: now, ..st };
+        body["@odata.nextLink"] = json!(format!("{base}/v1.0/users/delta?$skiptoken={}", next.encode()));
+    } else {
+        let next = DeltaState { v: Some(st.u), a: None, t: now, ..st };
+        body["@odata.deltaLink"] = json!(format!("{base}/v1.0/users/delta?$deltatoken={}", next.encode()));
     }
     json_response(StatusCode::OK, body)
 }

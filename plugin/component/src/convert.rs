@@ -23,7 +23,32 @@ impl From<sync::Settings> for core::Settings {
             push_line_status: s.push_line_status,
             min_call_length_ms: s.min_call_length_ms,
             reconcile_interval_ms: s.reconcile_interval_ms,
+            directory_delta_interval_ms: s.directory_delta_interval_ms,
+            match_order: s.match_order.into_iter().map(Into::into).collect(),
+            overrides: s.overrides.into_iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<sync::MatchSource> for core::MatchSource {
+    fn from(m: sync::MatchSource) -> Self {
+        match m {
+            sync::MatchSource::Mail => core::MatchSource::Mail,
+            sync::MatchSource::ProxyAddresses => core::MatchSource::ProxyAddresses,
+            sync::MatchSource::Upn => core::MatchSource::Upn,
+        }
+    }
+}
+
+impl From<sync::MappingOverride> for core::MappingOverride {
+    fn from(o: sync::MappingOverride) -> Self {
+        core::MappingOverride { switchboard_user_id: o.switchboard_user_id, microsoft_user: o.microsoft_user }
+    }
+}
+
+impl From<core::MappingOverride> for sync::MappingOverride {
+    fn from(o: core::MappingOverride) -> Self {
+        sync::MappingOverride { switchboard_user_id: o.switchboard_user_id, microsoft_user: o.microsoft_user }
     }
 }
 
@@ -140,6 +165,8 @@ impl From<core::IntegrationStatus> for status::IntegrationStatus {
                     subscription_id: x.subscription_id,
                     users_covered: x.users_covered,
                     expires_at_ms: x.expires_at_ms,
+                    last_notification_ms: x.last_notification_ms,
+                    last_reconcile_ms: x.last_reconcile_ms,
                     problem: x.problem.map(Into::into),
                 })
                 .collect(),
@@ -151,6 +178,7 @@ impl From<core::IntegrationStatus> for status::IntegrationStatus {
                     kind: match c.kind {
                         core::ConflictKind::SeveralMicrosoftUsers => status::ConflictKind::SeveralMicrosoftUsers,
                         core::ConflictKind::SeveralSwitchboardUsers => status::ConflictKind::SeveralSwitchboardUsers,
+                        core::ConflictKind::UnresolvedOverride => status::ConflictKind::UnresolvedOverride,
                     },
                     candidates: c.candidates,
                 })

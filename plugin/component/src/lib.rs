@@ -129,6 +129,14 @@ impl sync::Guest for Plugin {
         with_core(|core, env| core.tick(env))
     }
 
+    fn set_overrides(overrides: Vec<sync::MappingOverride>) -> Result<(), String> {
+        with_core(|core, env| core.set_overrides(env, overrides.into_iter().map(Into::into).collect()))
+    }
+
+    fn get_overrides() -> Vec<sync::MappingOverride> {
+        with_core(|core, _| core.api_overrides().iter().cloned().map(Into::into).collect())
+    }
+
     fn sync_now() {
         with_core(|core, env| core.sync_now(env))
     }

@@ -76,6 +76,9 @@ fn settings(users: usize) -> Settings {
         push_line_status: false,
         min_call_length_ms: 0,
         reconcile_interval_ms: 0,
+        directory_delta_interval_ms: 0,
+        match_order: vec![],
+        overrides: vec![],
     }
 }
 
@@ -105,6 +108,19 @@ fn publishes(effects: &[Effect]) -> Vec<PresenceUpdate> {
             _ => None,
         })
         .collect()
+}
+
+/// Graph's answer to a directory request: the "latest" delta anchor, an empty delta round, or
+/// `value` as the `/users` page.
+fn directory_answer(r: &HttpRequest, value: Vec<serde_json::Value>) -> Result<HttpResponse, HttpError> {
+    if r.url.contains("/v1.0/users/delta") {
+        ok(
+            200,
+            serde_json::json!({"value": [], "@odata.deltaLink": "https://graph.test/v1.0/users/delta?$deltatoken=next"}),
+        )
+    } else {
+        ok(200, serde_json::json!({ "value": value }))
+    }
 }
 
 fn form(r: &HttpRequest) -> HashMap<String, String> {
@@ -141,7 +157,7 @@ fn run_graph(
             } else if r.url.contains("/v1.0/users") {
                 let value: Vec<_> =
                     (0..users).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
-                ok(200, serde_json::json!({ "value": value }))
+                directory_answer(&r, value)
             } else if r.url.ends_with("/v1.0/subscriptions") && r.method == "POST" {
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 created.push(body.clone());
@@ -391,7 +407,7 @@ fn restart_restores_mapping_and_subscriptions_from_state() {
             } else if r.url.contains("/v1.0/users") {
                 let value: Vec<_> =
                     (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
-                ok(200, serde_json::json!({ "value": value }))
+                directory_answer(&r, value)
             } else {
                 ok(200, serde_json::json!({ "value": [] }))
             };
@@ -418,7 +434,7 @@ fn presence_snapshot_follows_next_link_and_tolerates_nulls() {
                 let value: Vec<_> = (0..2)
                     .map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com"), "proxyAddresses": null}))
                     .collect();
-                ok(200, serde_json::json!({ "value": value }))
+                directory_answer(&r, value)
             } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
                 ok(201, serde_json::json!({"id": "s", "expirationDateTime": "2027-01-15T10:00:00.0000000Z"}))
             } else if r.url.contains("getPresencesByUserId") {
@@ -579,7 +595,7 @@ fn an_unknown_teams_state_is_read_before_deciding() {
             } else if r.url.contains("/v1.0/users") {
                 let value: Vec<_> =
                     (0..2).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
-                ok(200, serde_json::json!({ "value": value }))
+                directory_answer(&r, value)
             } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
                 ok(201, serde_json::json!({"id": "s", "expirationDateTime": rfc3339(T0 + 3_000_000)}))
             } else {
@@ -664,4 +680,124 @@ fn presence_is_re_read_on_the_reconcile_interval() {
     assert_eq!(ids["ids"].as_array().unwrap().len(), 3);
     core.on_http_response(&mut env, *id, ok(200, serde_json::json!({"value": []})));
     assert!(core.status(&env).last_reconcile_ms.unwrap() > first);
+}
+
+/// Answers one directory request of `core` with `resp`; panics if none is outstanding.
+fn answer_directory(core: &mut Core, env: &mut FakeEnv, resp: Result<HttpResponse, HttpError>) -> HttpRequest {
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.into_iter().find(|(_, r)| r.url.contains("/v1.0/users")).expect("a directory request");
+    core.on_http_response(env, id, resp);
+    r
+}
+
+#[test]
+fn delta_rounds_follow_the_stored_delta_link_and_apply_changes_whole() {
+    let (mut core, mut env, _) = synced(3, 1);
+    assert_eq!(core.status(&env).mapped_users, 3);
+    env.users.push(SwitchboardUser {
+        id: "sb9".into(),
+        display_name: "U9".into(),
+        emails: vec!["u9@x.com".into()],
+        line_number: None,
+        active: true,
+    });
+    // Not due before the interval.
+    env.now += 30_000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| !r.url.contains("/users")));
+    env.now += 31_000;
+    core.tick(&mut env);
+    // Page 1 of the round: user 1 changes address (partial object), nextLink.
+    let r = answer_directory(
+        &mut core,
+        &mut env,
+        ok(
+            200,
+            serde_json::json!({
+                "value": [{"id": ms_id(1), "mail": "renamed@x.com"}],
+                "@odata.nextLink": "https://graph.test/v1.0/users/delta?$skiptoken=p2"
+            }),
+        ),
+    );
+    assert_eq!(r.url, "https://graph.test/v1.0/users/delta?$deltatoken=next", "the stored deltaLink");
+    assert_eq!(core.status(&env).mapped_users, 3, "nothing applied before the round completes");
+    // Page 2: user 0 removed, user 9 added; the round ends with a new deltaLink.
+    answer_directory(
+        &mut core,
+        &mut env,
+        ok(
+            200,
+            serde_json::json!({
+                "value": [{"id": ms_id(0), "@removed": {"reason": "deleted"}}, {"id": ms_id(9), "mail": "u9@x.com"}],
+                "@odata.deltaLink": "https://graph.test/v1.0/users/delta?$deltatoken=after"
+            }),
+        ),
+    );
+    let s = core.status(&env);
+    assert_eq!(s.microsoft_users, 3);
+    assert_eq!(s.mapped_users, 2, "u2 and u9; u0 removed, u1's address changed");
+    let effects = core.take_effects();
+    let dir = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Store { key, value: Some(v) } if key == "v1/directory" => Some(v.clone()),
+            _ => None,
+        })
+        .expect("directory persisted");
+    let dir: serde_json::Value = serde_json::from_slice(&dir).unwrap();
+    assert_eq!(dir["delta_link"], "https://graph.test/v1.0/users/delta?$deltatoken=after");
+}
+
+#[test]
+fn a_failed_delta_round_changes_nothing_and_a_gone_delta_state_resyncs_in_full() {
+    let (mut core, mut env, _) = synced(3, 1);
+    env.now += 61_000;
+    core.tick(&mut env);
+    answer_directory(
+        &mut core,
+        &mut env,
+        ok(
+            200,
+            serde_json::json!({
+                "value": [{"id": ms_id(0), "@removed": {"reason": "deleted"}}],
+                "@odata.nextLink": "https://graph.test/v1.0/users/delta?$skiptoken=p2"
+            }),
+        ),
+    );
+    answer_directory(&mut core, &mut env, ok(503, serde_json::json!({"error": {"code": "serviceNotAvailable"}})));
+    let s = core.status(&env);
+    assert_eq!(s.mapped_users, 3, "the partial round's removal was discarded");
+    assert!(matches!(s.health, Health::Degraded(ref p) if p.code == "serviceNotAvailable"), "{:?}", s.health);
+    // The retry uses the same deltaLink; Graph says the delta state is gone (410).
+    env.now += 10 * 60_000;
+    core.tick(&mut env);
+    let r = answer_directory(&mut core, &mut env, ok(410, serde_json::json!({"error": {"code": "resyncRequired"}})));
+    assert!(r.url.ends_with("$deltatoken=next"), "{}", r.url);
+    // A full resync follows at once: the "latest" anchor, then /users.
+    let r = answer_directory(
+        &mut core,
+        &mut env,
+        directory_answer(
+            &HttpRequest {
+                method: "GET".into(),
+                url: "https://graph.test/v1.0/users/delta".into(),
+                headers: vec![],
+                body: vec![],
+            },
+            vec![],
+        ),
+    );
+    assert!(r.url.contains("/v1.0/users/delta?") && r.url.contains("$deltatoken=latest"), "{}", r.url);
+    let value: Vec<_> = (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+    let r = answer_directory(&mut core, &mut env, ok(200, serde_json::json!({ "value": value })));
+    assert!(r.url.contains("/v1.0/users?") && r.url.contains("$top=999"), "{}", r.url);
+    let s = core.status(&env);
+    assert_eq!(s.mapped_users, 3);
+    assert_eq!(s.counters.iter().find(|(k, _)| k == "directory.resync-required").map(|(_, v)| *v), Some(1));
+    // syncStateNotFound (a 400) means the same.
+    env.now += 61_000;
+    core.tick(&mut env);
+    answer_directory(&mut core, &mut env, ok(400, serde_json::json!({"error": {"code": "syncStateNotFound"}})));
+    let reqs = requests(&core.take_effects());
+    assert!(reqs.iter().any(|(_, r)| r.url.contains("$deltatoken=latest")));
 }

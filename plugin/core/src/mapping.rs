@@ -1,15 +1,18 @@
 //! Mapping Microsoft users to switchboard users by email address.
 //!
-//! Addresses are compared trimmed and case-insensitively. A switchboard address is looked up
-//! among Microsoft users' `mail` first, then their `proxyAddresses` `smtp:` aliases, then
-//! their `userPrincipalName`; the first source that knows the address decides. Ambiguity is
+//! Explicit overrides (switchboard user → Microsoft user id or address) come first and take
+//! both users out of address matching. Addresses are compared trimmed and case-insensitively.
+//! A switchboard address is looked up among Microsoft users' `mail` first, then their
+//! `proxyAddresses` `smtp:` aliases, then their `userPrincipalName` (the order is
+//! configurable, and a source can be left out); the first source that knows the address
+//! decides. An override that names nobody, or nobody unambiguously, is reported. Ambiguity is
 //! never settled at random: an address carried by several Microsoft users, or several
 //! switchboard users claiming one address or one Microsoft user, is reported as a conflict
 //! and those users stay unmapped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Conflict, ConflictKind, SwitchboardUser};
+use crate::model::{Conflict, ConflictKind, MappingOverride, MatchSource, SwitchboardUser};
 
 /// A Microsoft user as `GET /users?$select=id,displayName,userPrincipalName,mail,proxyAddresses`
 /// returns it.
@@ -52,8 +55,23 @@ pub struct Mapping {
     pub conflicts: Vec<Conflict>,
 }
 
-/// Matches `switchboard` users to `microsoft` users.
+/// The default match order: mail, then `smtp:` proxy addresses, then UPN.
+pub const DEFAULT_ORDER: [MatchSource; 3] = [MatchSource::Mail, MatchSource::ProxyAddresses, MatchSource::Upn];
+
+/// Matches `switchboard` users to `microsoft` users with the default order and no overrides.
 pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mapping {
+    build_with(microsoft, switchboard, &DEFAULT_ORDER, &[])
+}
+
+/// Matches `switchboard` users to `microsoft` users: `overrides` first, then addresses in
+/// `order` (empty = [`DEFAULT_ORDER`]).
+pub fn build_with(
+    microsoft: &[GraphUser],
+    switchboard: &[SwitchboardUser],
+    order: &[MatchSource],
+    overrides: &[MappingOverride],
+) -> Mapping {
+    let order = if order.is_empty() { &DEFAULT_ORDER[..] } else { order };
     let mut by_mail: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let mut by_alias: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let mut by_upn: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
@@ -72,6 +90,66 @@ pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mappin
     }
 
     let mut conflicts = BTreeSet::new();
+    let mut mapping = Mapping::default();
+
+    // Overrides: resolve each to exactly one Microsoft user; the pair is then fixed.
+    let ms_ids: BTreeSet<&str> = microsoft.iter().map(|u| u.id.as_str()).collect();
+    let sb_ids: BTreeSet<&str> = switchboard.iter().map(|u| u.id.as_str()).collect();
+    let mut fixed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // A switchboard user with an override is never matched by address, even when the
+    // override cannot be resolved: the admin said who it is, a guess would contradict that.
+    let mut taken_sb: BTreeSet<&str> = BTreeSet::new();
+    for o in overrides {
+        let target = o.microsoft_user.trim();
+        let resolved: BTreeSet<&str> = if let Some(id) = ms_ids.get(target) {
+            BTreeSet::from([*id])
+        } else {
+            let key = normalise(target);
+            [&by_mail, &by_alias, &by_upn].into_iter().filter_map(|ix| ix.get(&key)).flatten().copied().collect()
+        };
+        let unresolved = |why: &str| Conflict {
+            email: target.to_string(),
+            kind: ConflictKind::UnresolvedOverride,
+            candidates: vec![o.switchboard_user_id.clone(), why.to_string()],
+        };
+        if let Some(id) = sb_ids.get(o.switchboard_user_id.as_str()) {
+            taken_sb.insert(id);
+        }
+        if !sb_ids.contains(o.switchboard_user_id.as_str()) {
+            conflicts.insert(unresolved("no such switchboard user"));
+        } else if resolved.is_empty() {
+            conflicts.insert(unresolved("no Microsoft user has this id or address"));
+        } else if resolved.len() > 1 {
+            let mut c = unresolved("several Microsoft users have this address");
+            c.candidates.extend(resolved.iter().map(|s| s.to_string()));
+            conflicts.insert(c);
+        } else {
+            fixed.entry(resolved.into_iter().next().unwrap()).or_default().push(&o.switchboard_user_id);
+        }
+    }
+    let mut taken_ms: BTreeSet<&str> = BTreeSet::new();
+    for (ms, sbs) in fixed {
+        taken_ms.insert(ms);
+        let distinct: BTreeSet<&str> = sbs.iter().copied().collect();
+        if distinct.len() == 1 {
+            mapping.by_microsoft.insert(ms.to_string(), sbs[0].to_string());
+            mapping.by_switchboard.insert(sbs[0].to_string(), ms.to_string());
+        } else {
+            conflicts.insert(Conflict {
+                email: ms.to_string(),
+                kind: ConflictKind::SeveralSwitchboardUsers,
+                candidates: distinct.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+    }
+    let indexes: Vec<&BTreeMap<String, BTreeSet<&str>>> = order
+        .iter()
+        .map(|s| match s {
+            MatchSource::Mail => &by_mail,
+            MatchSource::ProxyAddresses => &by_alias,
+            MatchSource::Upn => &by_upn,
+        })
+        .collect();
 
     // Addresses that several switchboard users claim.
     let mut sb_by_email: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
@@ -95,7 +173,7 @@ pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mappin
 
     // Each switchboard user's candidate Microsoft user.
     let mut claims: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
-    for s in switchboard {
+    for s in switchboard.iter().filter(|s| !taken_sb.contains(s.id.as_str())) {
         let mut found: BTreeSet<&str> = BTreeSet::new();
         let mut via = String::new();
         for e in &s.emails {
@@ -103,8 +181,12 @@ pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mappin
             if e.is_empty() || sb_by_email.get(&e).is_some_and(|ids| ids.len() > 1) {
                 continue;
             }
-            let hit = [&by_mail, &by_alias, &by_upn].into_iter().find_map(|ix| ix.get(&e));
+            let hit = indexes
+                .iter()
+                .find_map(|ix| ix.get(&e))
+                .map(|ids| ids.iter().copied().filter(|id| !taken_ms.contains(id)).collect::<BTreeSet<&str>>());
             match hit {
+                Some(ids) if ids.is_empty() => {}
                 Some(ids) if ids.len() == 1 => {
                     found.extend(ids.iter().copied());
                     via = e;
@@ -133,7 +215,6 @@ pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mappin
         }
     }
 
-    let mut mapping = Mapping::default();
     for (ms, sbs) in claims {
         if sbs.len() == 1 {
             mapping.by_microsoft.insert(ms.to_string(), sbs[0].0.to_string());
@@ -224,6 +305,46 @@ mod tests {
         assert_eq!(m.conflicts.len(), 1);
         assert_eq!(m.conflicts[0].kind, ConflictKind::SeveralSwitchboardUsers);
         assert_eq!(m.conflicts[0].candidates, vec!["s1", "s2"]);
+    }
+
+    #[test]
+    fn match_order_is_configurable_and_sources_can_be_left_out() {
+        let users = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "a@x.com", &[])];
+        let sbs = [sb("s1", &["a@x.com"])];
+        let upn_first = build_with(&users, &sbs, &[MatchSource::Upn, MatchSource::Mail], &[]);
+        assert_eq!(upn_first.by_switchboard.get("s1").map(String::as_str), Some("m2"));
+        let mail_first = build_with(&users, &sbs, &[], &[]);
+        assert_eq!(mail_first.by_switchboard.get("s1").map(String::as_str), Some("m1"));
+        let no_mail = build_with(&[ms("m1", Some("a@x.com"), "u1@x.com", &[])], &sbs, &[MatchSource::Upn], &[]);
+        assert!(no_mail.by_switchboard.is_empty());
+    }
+
+    #[test]
+    fn overrides_win_and_take_both_users_out_of_address_matching() {
+        let users = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "u2@x.com", &[])];
+        // s1's address says m1, but the override says m2 (by address); s2 claims m1 by id.
+        let sbs = [sb("s1", &["a@x.com"]), sb("s2", &["nobody@x.com"]), sb("s3", &["b@x.com"])];
+        let ov = |s: &str, m: &str| MappingOverride { switchboard_user_id: s.into(), microsoft_user: m.into() };
+        let m = build_with(&users, &sbs, &[], &[ov("s1", "B@x.com"), ov("s2", "m1")]);
+        assert_eq!(m.by_switchboard.get("s1").map(String::as_str), Some("m2"));
+        assert_eq!(m.by_switchboard.get("s2").map(String::as_str), Some("m1"));
+        // s3's address names m2, which the override took: s3 stays unmapped, no conflict.
+        assert!(!m.by_switchboard.contains_key("s3"));
+        assert!(m.conflicts.is_empty(), "{:?}", m.conflicts);
+    }
+
+    #[test]
+    fn overrides_that_name_nobody_are_reported() {
+        let users = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", None, "u2@x.com", &["smtp:a@x.com"])];
+        // s1 would match m1 by address, but its (unresolvable) override rules that out.
+        let sbs = [sb("s1", &["a@x.com"]), sb("s2", &[])];
+        let ov = |s: &str, m: &str| MappingOverride { switchboard_user_id: s.into(), microsoft_user: m.into() };
+        let m = build_with(&users, &sbs, &[], &[ov("s1", "ghost@x.com"), ov("s9", "m1"), ov("s2", "a@x.com")]);
+        assert!(m.by_switchboard.is_empty());
+        assert_eq!(m.conflicts.len(), 3, "{:?}", m.conflicts);
+        assert!(m.conflicts.iter().all(|c| c.kind == ConflictKind::UnresolvedOverride));
+        let amb = m.conflicts.iter().find(|c| c.email == "a@x.com").unwrap();
+        assert_eq!(amb.candidates, vec!["s2", "several Microsoft users have this address", "m1", "m2"]);
     }
 
     #[test]

@@ -32,6 +32,32 @@ pub struct Settings {
     pub min_call_length_ms: u64,
     /// Presence re-read interval (ms); 0 = [`crate::core::DEFAULT_RECONCILE_MS`].
     pub reconcile_interval_ms: u64,
+    /// Interval between `/users/delta` rounds (ms); 0 = [`crate::core::DEFAULT_DELTA_INTERVAL_MS`].
+    pub directory_delta_interval_ms: u64,
+    /// Which addresses match, in order; empty = mail, proxy addresses, UPN.
+    pub match_order: Vec<MatchSource>,
+    /// Explicit mappings that win over address matching.
+    pub overrides: Vec<MappingOverride>,
+}
+
+/// A source of addresses for matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum MatchSource {
+    /// The user's `mail`.
+    Mail,
+    /// `smtp:` entries of `proxyAddresses`.
+    ProxyAddresses,
+    /// `userPrincipalName`.
+    Upn,
+}
+
+/// "This switchboard user is that Microsoft user", whatever the addresses say.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MappingOverride {
+    /// The switchboard user's id.
+    pub switchboard_user_id: String,
+    /// The Microsoft user's object id or one of their addresses (mail, alias or UPN).
+    pub microsoft_user: String,
 }
 
 impl std::fmt::Debug for Settings {
@@ -270,6 +296,10 @@ pub struct SubscriptionStatus {
     pub users_covered: u32,
     /// Expiry.
     pub expires_at_ms: Option<u64>,
+    /// Last accepted notification.
+    pub last_notification_ms: Option<u64>,
+    /// Last full presence re-read of its users.
+    pub last_reconcile_ms: Option<u64>,
     /// Why not working.
     pub problem: Option<Problem>,
 }
@@ -281,6 +311,9 @@ pub enum ConflictKind {
     SeveralMicrosoftUsers,
     /// Several switchboard users.
     SeveralSwitchboardUsers,
+    /// An override that names no switchboard user, or no single Microsoft user; `email` is
+    /// what it names, `candidates` the switchboard user, the reason, and any candidates.
+    UnresolvedOverride,
 }
 
 /// An ambiguous address.

@@ -6,10 +6,13 @@
 //! a snapshot after each new subscription) and starts the next request where one is due. At
 //! most one request per concern is in flight, so responses can never interleave badly.
 
+mod directory;
 mod push;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use directory::Directory;
+pub use directory::{DEFAULT_DELTA_INTERVAL_MS, FULL_RESYNC_MS};
 use push::{Push, PushOp};
 
 use base64::Engine as _;
@@ -29,8 +32,6 @@ pub const RENEW_BEFORE_MS: u64 = 15 * 60 * 1000;
 /// Default interval of the presence reconcile: Graph sends no `missed` lifecycle event for
 /// presence (graph-facts.md §3), so every covered user's presence is re-read this often.
 pub const DEFAULT_RECONCILE_MS: u64 = 5 * 60 * 1000;
-/// How often the directory is re-read.
-pub const DIRECTORY_REFRESH_MS: u64 = 60 * 60 * 1000;
 /// Largest webhook body the plugin accepts (a Graph batch of rich notifications is far smaller).
 pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
 /// `getPresencesByUserId` takes at most 650 ids per call (graph-facts.md §4.2).
@@ -39,6 +40,7 @@ const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
 const FIRST_BACKOFF_MS: u64 = 2_000;
 const STATE_DIRECTORY: &str = "v1/directory";
 const STATE_SUBSCRIPTIONS: &str = "v1/subscriptions";
+const STATE_OVERRIDES: &str = "v1/overrides";
 
 #[derive(Debug, Clone)]
 enum Pending {
@@ -130,6 +132,8 @@ struct Sub {
     needs_snapshot: bool,
     /// When the last full presence read of this subscription's users succeeded.
     last_snapshot_ms: Option<u64>,
+    /// When this subscription last delivered an accepted notification.
+    last_notification_ms: Option<u64>,
     reauthorize: bool,
     cleanup_tried: bool,
     cleanup_outstanding: usize,
@@ -142,22 +146,6 @@ struct PersistedSubs {
     tenant_id: String,
     client_id: String,
     slots: Vec<Option<(String, ActiveSub)>>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PersistedDirectory {
-    fetched_at_ms: u64,
-    users: Vec<GraphUser>,
-}
-
-#[derive(Debug, Default)]
-struct Directory {
-    fetching: Option<Vec<GraphUser>>,
-    users: Option<Vec<GraphUser>>,
-    next_at: u64,
-    last_ok_ms: Option<u64>,
-    problem: Option<Problem>,
-    retry: Backoff,
 }
 
 /// One integration's sync state. See the module docs.
@@ -181,6 +169,7 @@ pub struct Core {
     effects: Vec<Effect>,
     push: Push,
     passive: BTreeSet<String>,
+    api_overrides: Vec<MappingOverride>,
 }
 
 impl Core {
@@ -261,12 +250,45 @@ impl Core {
             }
         }
         self.shards = Shards::restore(self.subs.len(), MAX_USERS_PER_SUBSCRIPTION, members);
-        if let Some(d) = env.load(STATE_DIRECTORY).and_then(|b| serde_json::from_slice::<PersistedDirectory>(&b).ok()) {
-            self.dir.users = Some(d.users);
-            self.dir.last_ok_ms = Some(d.fetched_at_ms);
+        self.api_overrides = env
+            .load(STATE_OVERRIDES)
+            .and_then(|b| serde_json::from_slice::<Vec<MappingOverride>>(&b).ok())
+            .unwrap_or_default();
+        self.restore_directory(env);
+        self.restore_calls(env);
+    }
+
+    /// Overrides set through the API (kept across restarts; they come after, and win over,
+    /// the configured ones). Takes effect at once.
+    pub fn set_overrides(&mut self, env: &mut dyn Env, overrides: Vec<MappingOverride>) -> Result<(), String> {
+        for (i, o) in overrides.iter().enumerate() {
+            if o.switchboard_user_id.trim().is_empty() || o.microsoft_user.trim().is_empty() {
+                return Err(format!("override {i}: switchboard-user-id and microsoft-user must not be empty"));
+            }
+        }
+        self.effects
+            .push(Effect::Store { key: STATE_OVERRIDES.into(), value: Some(serde_json::to_vec(&overrides).unwrap()) });
+        self.api_overrides = overrides;
+        if self.dir.users.is_some() {
             self.rebuild_mapping(env);
         }
-        self.restore_calls(env);
+        self.drive(env);
+        Ok(())
+    }
+
+    /// The overrides set through the API.
+    pub fn api_overrides(&self) -> &[MappingOverride] {
+        &self.api_overrides
+    }
+
+    /// Configured overrides, then API ones; for one switchboard user the last one wins.
+    fn effective_overrides(&self) -> Vec<MappingOverride> {
+        let configured = self.settings.as_ref().map(|s| s.overrides.clone()).unwrap_or_default();
+        let mut by_sb: BTreeMap<String, MappingOverride> = BTreeMap::new();
+        for o in configured.into_iter().chain(self.api_overrides.iter().cloned()) {
+            by_sb.insert(o.switchboard_user_id.clone(), o);
+        }
+        by_sb.into_values().collect()
     }
 
     /// The periodic timer.
@@ -276,8 +298,7 @@ impl Core {
 
     /// Starts a directory refresh now (the "Sync now" button).
     pub fn sync_now(&mut self, env: &mut dyn Env) {
-        self.dir.next_at = 0;
-        self.dir.retry.succeed();
+        self.request_full_resync();
         self.drive(env);
     }
 
@@ -293,17 +314,7 @@ impl Core {
             let req = token_request(&settings, None);
             self.start(Pending::AppToken, req);
         }
-        if let Some(token) = self.app_token.access(now).map(str::to_owned)
-            && self.dir.fetching.is_none()
-            && now >= self.dir.next_at
-        {
-            self.dir.fetching = Some(Vec::new());
-            let url = format!(
-                "{}/v1.0/users?$select=id,displayName,userPrincipalName,mail,proxyAddresses&$top=999",
-                settings.graph_base_url
-            );
-            self.start(Pending::UsersPage, get(&url, &token));
-        }
+        self.drive_directory(&settings, now);
         for slot in 0..self.subs.len() {
             self.drive_slot(env, &settings, slot, now);
         }
@@ -638,87 +649,17 @@ impl Core {
         self.drive(env);
     }
 
-    fn on_users_page(
-        &mut self,
-        env: &mut dyn Env,
-        settings: &Settings,
-        outcome: Result<HttpResponse, HttpError>,
-        now: u64,
-        jitter: u8,
-    ) {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            value: Vec<GraphUser>,
-            #[serde(rename = "@odata.nextLink")]
-            next_link: Option<String>,
-        }
-        let failure = match outcome {
-            Ok(r) if r.status == 200 => match serde_json::from_slice::<Page>(&r.body) {
-                Ok(page) => {
-                    let acc = self.dir.fetching.get_or_insert_with(Vec::new);
-                    acc.extend(page.value);
-                    match page.next_link {
-                        Some(next) if next.starts_with(&settings.graph_base_url) => {
-                            match self.app_token.access(now).map(str::to_owned) {
-                                Some(token) => {
-                                    self.start(Pending::UsersPage, get(&next, &token));
-                                    return;
-                                }
-                                None => Some((
-                                    problem("token-expired", "app token expired while paging users; restarting"),
-                                    None,
-                                )),
-                            }
-                        }
-                        Some(_) => Some((
-                            problem(
-                                "malformed-response",
-                                "GET /users: @odata.nextLink points outside the Graph base URL",
-                            ),
-                            None,
-                        )),
-                        None => None,
-                    }
-                }
-                Err(e) => Some((problem("malformed-response", format!("GET /users: {e}")), None)),
-            },
-            other => Some(graph_failure(&other, "GET /users")),
-        };
-        match failure {
-            Some((p, retry_after)) => {
-                // Keep the last good mapping; a partial read is discarded whole.
-                self.log(
-                    Level::Warn,
-                    "directory read failed; keeping the last good mapping",
-                    vec![("code".into(), p.code.clone())],
-                );
-                self.dir.fetching = None;
-                self.dir.problem = Some(p);
-                self.dir.retry.fail(now, retry_after, jitter);
-                self.dir.next_at = self.dir.retry.not_before;
-            }
-            None => {
-                let users = self.dir.fetching.take().unwrap_or_default();
-                self.dir.problem = None;
-                self.dir.retry.succeed();
-                self.dir.next_at = now + DIRECTORY_REFRESH_MS;
-                self.dir.last_ok_ms = Some(now);
-                let persisted = PersistedDirectory { fetched_at_ms: now, users };
-                self.effects.push(Effect::Store {
-                    key: STATE_DIRECTORY.into(),
-                    value: Some(serde_json::to_vec(&persisted).unwrap()),
-                });
-                self.dir.users = Some(persisted.users);
-                self.rebuild_mapping(env);
-            }
-        }
-    }
-
     fn rebuild_mapping(&mut self, env: &mut dyn Env) {
         let sb = env.switchboard_users();
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.clone()).collect();
-        self.mapping = mapping::build(self.dir.users.as_deref().unwrap_or_default(), &sb);
+        let settings = self.settings.as_ref().unwrap();
+        self.mapping = mapping::build_with(
+            self.dir.users.as_deref().unwrap_or_default(),
+            &sb,
+            &settings.match_order,
+            &self.effective_overrides(),
+        );
         let mapped: BTreeSet<String> = self.mapping.by_microsoft.keys().cloned().collect();
         let changed = self.shards.apply(&mapped);
         for (slot, changed) in changed.into_iter().enumerate() {
@@ -895,6 +836,7 @@ impl Core {
         }
         self.count("notifications.accepted");
         self.last_notification_ms = Some(now);
+        self.subs[slot].last_notification_ms = Some(now);
         self.apply_presence(p, PresenceOrigin::Teams, now);
     }
 
@@ -913,6 +855,8 @@ impl Core {
                             subscription_id: sub.active.as_ref().map(|a| a.id.clone()),
                             users_covered: self.shards.members(i).len() as u32,
                             expires_at_ms: sub.active.as_ref().map(|a| a.expires_at_ms),
+                            last_notification_ms: sub.last_notification_ms,
+                            last_reconcile_ms: sub.last_snapshot_ms,
                             problem: self.user_tokens[i].problem().cloned().or_else(|| sub.problem.clone()),
                         }
                     })
