@@ -50,9 +50,12 @@ async fn forged_notifications_are_ignored_and_counted() {
     let user = t.ms_user(0);
     let before = t.switchboard.shown("sb-00000").unwrap();
     let url = t.notification_url();
+    let emu = t.emulator.clone();
+    let sub2 = sub.clone();
     let send = |item: serde_json::Value| {
         let url = url.clone();
-        async move { post(&url, "application/json", json!({ "value": [item] }).to_string().into_bytes()).await }
+        let body = emu.batch_body(&sub2, vec![item]);
+        async move { post(&url, "application/json", body.to_string().into_bytes()).await }
     };
 
     // Positive control: a genuine item is accepted.
@@ -75,7 +78,24 @@ async fn forged_notifications_are_ignored_and_counted() {
     item["encryptedContent"]["dataSignature"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     send(item).await;
 
+    // No validation token at all, and a token whose signature was tampered with: the whole
+    // batch is dropped before any item is looked at.
+    let item = t.emulator.notification_for(&sub, &user, "Away", "Away").unwrap();
+    let no_token = json!({ "value": [item.clone()] }).to_string().into_bytes();
+    assert_eq!(post(&url, "application/json", no_token).await.0, 202);
+    let mut forged = t.emulator.batch_body(&sub, vec![item]);
+    let token = forged["validationTokens"][0].as_str().unwrap().to_string();
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let flipped = match sig.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &sig[1..]),
+    };
+    forged["validationTokens"] = json!([format!("{head}.{flipped}")]);
+    assert_eq!(post(&url, "application/json", forged.to_string().into_bytes()).await.0, 202);
+
     let s = t.status().await;
+    assert_eq!(counter(&s, "rejected.validation-token-missing"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "rejected.validation-token"), 1, "{:?}", s.counters);
     assert_eq!(counter(&s, "rejected.client-state"), 1, "{:?}", s.counters);
     assert_eq!(counter(&s, "rejected.unknown-subscription"), 1, "{:?}", s.counters);
     assert_eq!(counter(&s, "rejected.signature"), 1, "{:?}", s.counters);
@@ -83,6 +103,9 @@ async fn forged_notifications_are_ignored_and_counted() {
     let shown = t.switchboard.shown("sb-00000").unwrap();
     assert_eq!(shown.activity, "InACall", "nothing forged reached the switchboard");
     assert_ne!(before.updates, shown.updates);
+    // A batch without tokens means the tenant is misconfigured: the status says how to fix it.
+    assert_eq!(s.state, "error");
+    assert_eq!(s.code.as_deref(), Some("validation-tokens-missing"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

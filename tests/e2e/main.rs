@@ -6,6 +6,7 @@ mod capacity;
 mod config_file;
 mod directory;
 mod emulator_rules;
+mod lifecycle;
 mod presence_sync;
 mod process_kill;
 mod push;

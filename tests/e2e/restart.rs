@@ -31,7 +31,7 @@ async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash()
     t.stop_host().await;
     // The state a crash between "persisted and acknowledged" and "processed" leaves behind.
     let item = t.emulator.notification_for(&sub, &user, "DoNotDisturb", "Presenting").unwrap();
-    let body = serde_json::json!({ "value": [item] }).to_string().into_bytes();
+    let body = t.emulator.batch_body(&sub, vec![item]).to_string().into_bytes();
     let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
     db.inbox_push("contoso", "notifications", &body, 0).unwrap();
     drop(db);

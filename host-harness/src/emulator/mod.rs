@@ -47,6 +47,7 @@ pub(crate) struct Delivery {
     availability: String,
     activity: String,
     sequence: String,
+    client_id: String,
 }
 
 impl Delivery {
@@ -66,6 +67,7 @@ impl Delivery {
             availability: availability.to_string(),
             activity: activity.to_string(),
             sequence: sequence_string(seq),
+            client_id: s.client_id.clone(),
         }
     }
 }
@@ -90,6 +92,79 @@ pub(crate) struct Inner {
     pub(crate) stats: DeliveryStats,
     /// When each user's presence was last written by an app (setPresence/clearPresence).
     pub(crate) writes: Mutex<HashMap<String, std::time::Instant>>,
+    /// The login service's token signing key (validationTokens).
+    pub(crate) signer: Mutex<Signer>,
+}
+
+/// The login service's signing key, and the validation tokens issued with it (Graph reuses a
+/// token for a while, so the emulator issues one per app and tenant per hour).
+pub(crate) struct Signer {
+    key: aws_lc_rs::rsa::KeyPair,
+    kid: String,
+    issued: HashMap<(String, String), (String, u64)>,
+}
+
+/// How long a validation token lives.
+const VALIDATION_TOKEN_LIFETIME_MS: u64 = 60 * 60 * 1000;
+
+impl Signer {
+    fn new() -> Signer {
+        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation");
+        Signer { key, kid: uuid::Uuid::new_v4().simple().to_string(), issued: HashMap::new() }
+    }
+
+    /// The JWKS entries of the current key.
+    pub(crate) fn jwks(&self) -> Vec<serde_json::Value> {
+        use aws_lc_rs::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pk = self.key.public_key();
+        vec![serde_json::json!({
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": b64.encode(pk.modulus().big_endian_without_leading_zero()),
+            "e": b64.encode(pk.exponent().big_endian_without_leading_zero()),
+        })]
+    }
+
+    /// A validation token for `client_id` in `tenant` (v1.0 style: the caller in `appid`).
+    pub(crate) fn token(&mut self, tenant: &str, client_id: &str, now_ms: u64) -> String {
+        let k = (tenant.to_string(), client_id.to_string());
+        if let Some((t, exp)) = self.issued.get(&k)
+            && *exp > now_ms + 5 * 60 * 1000
+        {
+            return t.clone();
+        }
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let exp = now_ms + VALIDATION_TOKEN_LIFETIME_MS;
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5t": self.kid, "kid": self.kid});
+        let claims = serde_json::json!({
+            "aud": client_id,
+            "iss": format!("https://sts.windows.net/{tenant}/"),
+            "iat": now_ms / 1000,
+            "nbf": now_ms / 1000,
+            "exp": exp / 1000,
+            "appid": presence_core::jwt::GRAPH_CHANGE_TRACKING_APP_ID,
+            "appidacr": "2",
+            "idp": format!("https://sts.windows.net/{tenant}/"),
+            "tid": tenant,
+            "ver": "1.0",
+        });
+        let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+        let mut sig = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
+            .expect("RSA signing");
+        let token = format!("{input}.{}", b64.encode(&sig));
+        self.issued.insert(k, (token.clone(), exp));
+        token
+    }
 }
 
 /// The emulator. Cheap to clone.
@@ -110,6 +185,7 @@ impl Emulator {
             deliveries: tx,
             stats: DeliveryStats::default(),
             writes: Mutex::new(HashMap::new()),
+            signer: Mutex::new(Signer::new()),
         });
         tokio::spawn(deliver_loop(Arc::downgrade(&inner), rx));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
@@ -260,6 +336,57 @@ impl Emulator {
         notification_item(&d).ok()
     }
 
+    /// Wraps items of subscription `sub_id` into a notification POST body as Graph sends it,
+    /// with the validation token of the subscription's app and tenant.
+    pub fn batch_body(&self, sub_id: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
+        let (tenant, client) = self
+            .with_world(|w| w.subscriptions.get(sub_id).map(|s| (s.tenant.clone(), s.client_id.clone())))
+            .unwrap_or_default();
+        let token = self.inner.signer.lock().unwrap().token(&tenant, &client, self.inner.clock.now_ms());
+        serde_json::json!({ "value": items, "validationTokens": [token] })
+    }
+
+    /// Rotates the login service's signing key (Microsoft does daily): tokens issued from now on
+    /// carry a `kid` that relying parties learn only by re-reading the keys.
+    pub fn rotate_signing_key(&self) {
+        *self.inner.signer.lock().unwrap() = Signer::new();
+    }
+
+    /// Sends `reauthorizationRequired` for a subscription to its lifecycle URL (as Graph does
+    /// before an access token behind it expires, or when the admin changes permissions).
+    /// Graph delivers no change notifications for it until the app renews it.
+    pub fn require_reauthorization(&self, sub_id: &str) -> bool {
+        let Some((url, item, tenant, client)) = self.with_world(|w| {
+            let s = w.subscriptions.get_mut(sub_id)?;
+            s.reauthorization_required = true;
+            let url = s.lifecycle_notification_url.clone().unwrap_or_else(|| s.notification_url.clone());
+            let item = serde_json::json!({
+                "subscriptionId": s.id,
+                "subscriptionExpirationDateTime": presence_core::core::rfc3339(s.expires_at_ms),
+                "tenantId": s.tenant,
+                "organizationId": s.tenant,
+                "clientState": s.client_state,
+                "lifecycleEvent": "reauthorizationRequired",
+            });
+            Some((url, item, s.tenant.clone(), s.client_id.clone()))
+        }) else {
+            return false;
+        };
+        let token = self.inner.signer.lock().unwrap().token(&tenant, &client, self.inner.clock.now_ms());
+        let body = serde_json::json!({ "value": [item], "validationTokens": [token] }).to_string();
+        let http = self.inner.http.clone();
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                let r = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                if matches!(&r, Ok(resp) if resp.status().is_success()) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        true
+    }
+
     /// Sets the presence rate limit (requests per window) for every app.
     pub fn set_presence_limit(&self, limit: usize, window: std::time::Duration) {
         self.with_world(|w| w.presence_limit = (limit, window.as_millis() as u64));
@@ -357,7 +484,9 @@ pub(crate) fn touch(w: &mut World, tenant: &str, user_id: &str, now: u64) -> Vec
     user.sequence = seq;
     w.subscriptions
         .values()
-        .filter(|s| s.tenant == tenant && s.expires_at_ms > now && s.user_ids.contains(user_id))
+        .filter(|s| {
+            s.tenant == tenant && s.expires_at_ms > now && !s.reauthorization_required && s.user_ids.contains(user_id)
+        })
         .map(|s| Delivery::new(s, user_id, &agg.0, &agg.1, seq))
         .collect()
 }
@@ -434,7 +563,20 @@ async fn deliver_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRece
         for (url, ds) in by_url {
             let items: Vec<serde_json::Value> = ds.iter().filter_map(|d| notification_item(d).ok()).collect();
             let count = items.len() as u64;
-            let body = serde_json::json!({ "value": items }).to_string();
+            // One validation token per app and tenant in the batch (graph-facts.md §2.3).
+            let pairs: std::collections::BTreeSet<(String, String)> =
+                ds.iter().filter(|d| d.rich).map(|d| (d.tenant.clone(), d.client_id.clone())).collect();
+            let now = inner.clock.now_ms();
+            let tokens: Vec<String> = {
+                let mut signer = inner.signer.lock().unwrap();
+                pairs.iter().map(|(t, c)| signer.token(t, c, now)).collect()
+            };
+            let body = if tokens.is_empty() {
+                serde_json::json!({ "value": items })
+            } else {
+                serde_json::json!({ "value": items, "validationTokens": tokens })
+            }
+            .to_string();
             let permit = permits.clone().acquire_owned().await.expect("semaphore");
             let inner = inner.clone();
             tokio::spawn(async move {

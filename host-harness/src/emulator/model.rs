@@ -236,6 +236,9 @@ pub struct Subscription {
     pub thumbprint: String,
     /// Rich notifications.
     pub include_resource_data: bool,
+    /// Graph sent `reauthorizationRequired` and delivers nothing more until the app renews
+    /// (PATCH) the subscription.
+    pub reauthorization_required: bool,
 }
 
 /// An injected fault: the next `remaining` requests matching `method`/`path_contains`

@@ -33,6 +33,8 @@ const BATCH_HEADER: &str = "x-emulator-batch";
 pub(super) fn router(emu: Emulator) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/common/.well-known/openid-configuration", get(openid_configuration))
+        .route("/common/discovery/keys", get(signing_keys))
         .route("/v1.0/users", get(list_users))
         .route("/v1.0/users/delta", get(users_delta))
         .route("/v1.0/users/delta()", get(users_delta))
@@ -549,6 +551,30 @@ async fn users_delta(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q
     json_response(StatusCode::OK, body)
 }
 
+/// The login service's OpenID configuration (the part relying parties read).
+async fn openid_configuration(State(emu): State<Emulator>) -> Response {
+    let base = emu.inner.base_url.read().unwrap().clone();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "issuer": "https://sts.windows.net/{tenantid}/",
+            "authorization_endpoint": format!("{base}/common/oauth2/authorize"),
+            "token_endpoint": format!("{base}/common/oauth2/token"),
+            "jwks_uri": format!("{base}/common/discovery/keys"),
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+            "subject_types_supported": ["pairwise"],
+            "tenant_region_scope": null,
+        }),
+    )
+}
+
+/// The login service's published signing keys (JWKS).
+async fn signing_keys(State(emu): State<Emulator>) -> Response {
+    let keys = emu.inner.signer.lock().unwrap().jwks();
+    json_response(StatusCode::OK, json!({ "keys": keys }))
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json; odata.metadata=minimal")], body.to_string()).into_response()
 }
@@ -1029,6 +1055,7 @@ async fn create_subscription(State(emu): State<Emulator>, headers: HeaderMap, bo
         cert_id,
         thumbprint,
         include_resource_data: rich,
+        reauthorization_required: false,
     };
     let body = subscription_json(&sub);
     w.subscriptions.insert(id, sub);
@@ -1139,6 +1166,8 @@ async fn update_subscription(
         );
     }
     let s = w.subscriptions.get_mut(&id).unwrap();
+    // A renewal (with the caller's fresh token) is a reauthorization.
+    s.reauthorization_required = false;
     if let Some(e) = exp {
         s.expires_at_ms = e;
     }

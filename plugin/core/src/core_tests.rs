@@ -149,7 +149,9 @@ fn run_graph(
             return (published, created);
         }
         for (id, r) in reqs {
-            let resp = if r.url.ends_with("/oauth2/v2.0/token") {
+            let resp = if let Some(resp) = login_documents(&r) {
+                resp
+            } else if r.url.ends_with("/oauth2/v2.0/token") {
                 ok(
                     200,
                     serde_json::json!({"access_token": format!("tok-{}", form(&r)["grant_type"]), "expires_in": 3599}),
@@ -218,8 +220,9 @@ fn tokens_are_cached_until_shortly_before_expires_in() {
     let mut env = env(1);
     let mut core = Core::new();
     core.configure(&mut env, settings(1)).unwrap();
-    let reqs = requests(&core.take_effects());
-    assert_eq!(reqs.len(), 1, "only the app token first");
+    let reqs: Vec<_> =
+        requests(&core.take_effects()).into_iter().filter(|(_, r)| !r.url.contains("/common/")).collect();
+    assert_eq!(reqs.len(), 1, "only the app token first (besides the login service's public keys)");
     // A short lifetime (600 s): refreshed at 80 %, not at 3600 s.
     core.on_http_response(&mut env, reqs[0].0, ok(200, serde_json::json!({"access_token": "a", "expires_in": 600})));
     let _ = core.take_effects();
@@ -304,13 +307,56 @@ fn notification(sub: &str, client_state: &str, user: &str, seq: &str, availabili
 }
 
 fn webhook(items: Vec<serde_json::Value>) -> WebhookRequest {
+    webhook_with_tokens(items, vec![validation_token("test-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID)])
+}
+
+fn webhook_with_tokens(items: Vec<serde_json::Value>, tokens: Vec<String>) -> WebhookRequest {
     WebhookRequest {
         method: "POST".into(),
         path: "/notifications".into(),
         query: String::new(),
         headers: vec![],
-        body: serde_json::json!({ "value": items }).to_string().into_bytes(),
+        body: serde_json::json!({ "value": items, "validationTokens": tokens }).to_string().into_bytes(),
     }
+}
+
+const TEST_KEY: &str = include_str!("../testdata/jwt-test-key.pem");
+
+fn test_key() -> rsa::RsaPrivateKey {
+    use rsa::pkcs8::DecodePrivateKey;
+    rsa::RsaPrivateKey::from_pkcs8_pem(TEST_KEY).unwrap()
+}
+
+/// A validationTokens JWT as the login service signs it (with the test key, as `kid`).
+fn validation_token(kid: &str, aud: &str, caller: &str) -> String {
+    use base64::Engine as _;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let h = b64.encode(serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid}).to_string());
+    let exp = (T0 / 1000) + 10 * 24 * 3600;
+    let c = b64.encode(serde_json::json!({"aud": aud, "exp": exp, "nbf": T0 / 1000 - 60, "appid": caller}).to_string());
+    let input = format!("{h}.{c}");
+    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(test_key()).sign(input.as_bytes());
+    format!("{input}.{}", b64.encode(sig.to_bytes()))
+}
+
+/// The login service's OpenID configuration and signing keys (the test key as "test-kid").
+fn login_documents(r: &HttpRequest) -> Option<Result<HttpResponse, HttpError>> {
+    use base64::Engine as _;
+    use rsa::traits::PublicKeyParts;
+    if r.url == "https://login.test/common/.well-known/openid-configuration" {
+        return Some(ok(200, serde_json::json!({"jwks_uri": "https://login.test/common/discovery/keys"})));
+    }
+    if r.url == "https://login.test/common/discovery/keys" {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let k = test_key();
+        return Some(ok(
+            200,
+            serde_json::json!({"keys": [{"kty": "RSA", "use": "sig", "kid": "test-kid",
+                "n": b64.encode(k.n().to_bytes_be()), "e": b64.encode(k.e().to_bytes_be())}]}),
+        ));
+    }
+    None
 }
 
 #[test]
@@ -451,6 +497,8 @@ fn presence_snapshot_follows_next_link_and_tolerates_nulls() {
                         serde_json::json!({"value": [{"id": ms_id(1), "availability": "Away", "activity": "Away"}]}),
                     )
                 }
+            } else if let Some(resp) = login_documents(&r) {
+                resp
             } else {
                 panic!("{} {}", r.method, r.url)
             };
@@ -800,4 +848,77 @@ fn a_failed_delta_round_changes_nothing_and_a_gone_delta_state_resyncs_in_full()
     answer_directory(&mut core, &mut env, ok(400, serde_json::json!({"error": {"code": "syncStateNotFound"}})));
     let reqs = requests(&core.take_effects());
     assert!(reqs.iter().any(|(_, r)| r.url.contains("$deltatoken=latest")));
+}
+
+fn counter(core: &Core, env: &FakeEnv, name: &str) -> u64 {
+    core.status(env).counters.into_iter().find(|(k, _)| k == name).map_or(0, |(_, v)| v)
+}
+
+#[test]
+fn validation_tokens_are_required_and_checked_before_any_item() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let item = || notification("sub-1", &cs, &ms_id(1), "0005", "Busy");
+    let _ = core.take_effects();
+    // No tokens at all: refused, and the status tells the admin how to fix the tenant.
+    let r = core.on_webhook(&mut env, webhook_with_tokens(vec![item()], vec![]));
+    assert_eq!(r.status, 202);
+    assert!(publishes(&core.take_effects()).is_empty());
+    let Health::Error(p) = core.status(&env).health else { panic!() };
+    assert_eq!(p.code, "validation-tokens-missing");
+    assert!(p.hint.contains("0bf30f3b-4a52-48df-9a82-234910c4a086"));
+    // Tokens for another app, or from another caller: refused and counted, health untouched.
+    for t in [
+        validation_token("test-kid", "another-app", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID),
+        validation_token("test-kid", "client", "not-graph"),
+    ] {
+        core.on_webhook(&mut env, webhook_with_tokens(vec![item()], vec![t]));
+        assert!(publishes(&core.take_effects()).is_empty());
+    }
+    assert_eq!(counter(&core, &env, "rejected.validation-token"), 2);
+    // A good one is accepted and clears the misconfiguration error.
+    core.on_webhook(&mut env, webhook(vec![item()]));
+    assert_eq!(publishes(&core.take_effects()).len(), 1);
+    assert_eq!(core.status(&env).health, Health::Ok);
+}
+
+#[test]
+fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
+    use base64::Engine as _;
+    use rsa::traits::PublicKeyParts;
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let _ = core.take_effects();
+    let token = validation_token("rotated-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
+    let body = webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(2), "0005", "Away")], vec![token]);
+    core.on_webhook(&mut env, body);
+    let effects = core.take_effects();
+    assert!(publishes(&effects).is_empty(), "waits");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key == "v1/waiting-batches")));
+    assert_eq!(counter(&core, &env, "notifications.waiting-for-keys"), 1);
+    // The keys were read moments ago: re-read only after 5 minutes.
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| !r.url.contains("/common/")));
+    env.now += 5 * 60 * 1000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, _) = reqs.iter().find(|(_, r)| r.url.ends_with("openid-configuration")).expect("keys re-read");
+    core.on_http_response(
+        &mut env,
+        *id,
+        ok(200, serde_json::json!({"jwks_uri": "https://login.test/common/discovery/keys"})),
+    );
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.url.ends_with("/discovery/keys")).expect("jwks read");
+    assert!(r.headers.iter().all(|(k, _)| k != "authorization"), "public document, no token sent");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let k = test_key();
+    let jwks = serde_json::json!({"keys": [{"kty": "RSA", "use": "sig", "kid": "rotated-kid",
+        "n": b64.encode(k.n().to_bytes_be()), "e": b64.encode(k.e().to_bytes_be())}]});
+    core.on_http_response(&mut env, *id, ok(200, jwks));
+    let effects = core.take_effects();
+    let p = publishes(&effects);
+    assert_eq!(p.len(), 1, "the waiting batch is processed once the keys are known");
+    assert_eq!(p[0].presence.availability, "Away");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: None } if key == "v1/waiting-batches")));
 }

@@ -53,9 +53,112 @@ pub fn hint(code: &str) -> &'static str {
         "subscription-quota" => {
             "The integration user already holds a presence subscription for this app (one is allowed per user): use a separate integration user for each integration."
         }
+        "AADSTS9001023" => {
+            "This sign-in does not work with the tenant 'common' or 'consumers': enter the Directory (tenant) ID."
+        }
+        "AADSTS700027" => {
+            "The client certificate's signature was refused: upload the current certificate to the app registration."
+        }
+        "AADSTS50196" | "temporarily_unavailable" => {
+            "Microsoft's sign-in service is temporarily unavailable; the integration retries by itself."
+        }
+        "invalid_grant" | "consent_required" | "interaction_required" => {
+            "The integration user cannot sign in without interaction (consent, MFA or a password change): grant admin consent and check the user in Entra ID."
+        }
+        "TooManyRequests" | "activityLimitReached" => {
+            "Microsoft is throttling requests; the integration waits as long as Microsoft asks (Retry-After) and retries by itself."
+        }
+        "serviceNotAvailable" | "gatewayTimeout" | "generalException" | "UnknownError" => {
+            "Microsoft Graph failed temporarily; the integration keeps the last good data and retries with backoff."
+        }
+        "itemNotFound" => {
+            "Microsoft reports the item as gone (a subscription or user); the integration recreates what it needs."
+        }
+        "syncStateNotFound" | "resyncRequired" => {
+            "Microsoft dropped the directory change-tracking state; the integration re-reads the whole directory by itself."
+        }
+        "quotaLimitReached" | "ExtensionError" => {
+            "Microsoft refused the subscription: check that the webhook URL is reachable from the internet over HTTPS and answers within 10 seconds."
+        }
+        "insufficient_claims" => {
+            "A Conditional Access policy demands more from the sign-in (a claims challenge): exclude the integration users from that policy."
+        }
+        "invalidRequest" | "BadRequest" => {
+            "Microsoft refused a request as invalid; the detail names it. This is a defect: please report it with the detail."
+        }
+        "validation-tokens-missing" => {
+            "Microsoft sends notifications without validation tokens, so none can be trusted: in Entra ID, set the app's enterprise application \"Assignment required\" to No (appRoleAssignmentRequired=false), or assign an app role to the \"Microsoft Graph Change Tracking\" service principal (0bf30f3b-4a52-48df-9a82-234910c4a086)."
+        }
+        "validation-token-invalid" => {
+            "Notifications arrived whose validation token is not from Microsoft for this app and were ignored: if this keeps rising, someone is posting to the webhook URL."
+        }
+        "signing-keys" => {
+            "Microsoft's token signing keys could not be read, so notifications wait: check that the host reaches login.microsoftonline.com."
+        }
+        "malformed-response" => {
+            "Microsoft sent a response the integration could not read; it retries. If this persists, report the detail."
+        }
+        "token-expired" => "An access token ran out during a long operation; a new one is fetched automatically.",
+        "plugin-trap" => {
+            "The plugin failed and was restarted from its saved state; if this repeats, roll back the plugin release."
+        }
         _ => "Look the code up in Microsoft's error reference; the detail says which request failed.",
     }
 }
+
+/// Every code the service can meet and has a specific hint for (graph-facts.md §7, §8, and our
+/// own codes). The tests check each has one.
+pub const KNOWN_CODES: &[&str] = &[
+    "AADSTS7000215",
+    "AADSTS7000222",
+    "AADSTS7000218",
+    "AADSTS50126",
+    "AADSTS50076",
+    "AADSTS50079",
+    "AADSTS53003",
+    "AADSTS65001",
+    "AADSTS700016",
+    "AADSTS90002",
+    "AADSTS900023",
+    "AADSTS50034",
+    "AADSTS50053",
+    "AADSTS50057",
+    "AADSTS50055",
+    "AADSTS500011",
+    "AADSTS9001023",
+    "AADSTS700027",
+    "AADSTS50196",
+    "invalid_grant",
+    "consent_required",
+    "interaction_required",
+    "temporarily_unavailable",
+    "Authorization_RequestDenied",
+    "accessDenied",
+    "InvalidAuthenticationToken",
+    "unauthenticated",
+    "TooManyRequests",
+    "activityLimitReached",
+    "serviceNotAvailable",
+    "gatewayTimeout",
+    "generalException",
+    "itemNotFound",
+    "syncStateNotFound",
+    "resyncRequired",
+    "quotaLimitReached",
+    "ExtensionError",
+    "insufficient_claims",
+    "invalidRequest",
+    "capacity",
+    "network",
+    "throttled",
+    "subscription-quota",
+    "validation-tokens-missing",
+    "validation-token-invalid",
+    "signing-keys",
+    "malformed-response",
+    "token-expired",
+    "plugin-trap",
+];
 
 /// A [`Problem`] for `code` with its hint.
 pub fn problem(code: impl Into<String>, detail: impl Into<String>) -> Problem {
@@ -104,6 +207,20 @@ pub fn from_graph_error(status: u16, body: &[u8], what: &str) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_code_has_its_own_hint() {
+        let fallback = hint("no-such-code");
+        for code in KNOWN_CODES {
+            assert_ne!(hint(code), fallback, "{code} has no hint");
+        }
+        // The product guide's FAQ entries, by their telling words.
+        assert!(hint("AADSTS7000215").contains("Secret ID"));
+        assert!(hint("AADSTS7000222").contains("expired"));
+        assert!(hint("AADSTS50079").contains("Conditional Access"));
+        assert!(hint("AADSTS65001").contains("admin consent"));
+        assert!(hint("Authorization_RequestDenied").contains("permissions"));
+    }
 
     #[test]
     fn token_error_uses_error_codes_not_text() {

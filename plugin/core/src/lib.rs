@@ -18,6 +18,7 @@
 pub mod core;
 pub mod crypto;
 pub mod hints;
+pub mod jwt;
 pub mod mapping;
 pub mod model;
 pub mod shards;

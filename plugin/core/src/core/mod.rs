@@ -8,6 +8,7 @@
 
 mod directory;
 mod push;
+mod validation;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -54,6 +55,8 @@ enum Pending {
     CleanupDelete(usize),
     Presences(usize),
     Push(Vec<(String, PushOp)>),
+    OpenIdConfig,
+    Jwks,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -170,6 +173,7 @@ pub struct Core {
     push: Push,
     passive: BTreeSet<String>,
     api_overrides: Vec<MappingOverride>,
+    keys: validation::SigningKeys,
 }
 
 impl Core {
@@ -255,6 +259,7 @@ impl Core {
             .and_then(|b| serde_json::from_slice::<Vec<MappingOverride>>(&b).ok())
             .unwrap_or_default();
         self.restore_directory(env);
+        self.restore_keys(env);
         self.restore_calls(env);
     }
 
@@ -315,6 +320,7 @@ impl Core {
             self.start(Pending::AppToken, req);
         }
         self.drive_directory(&settings, now);
+        self.drive_keys(&settings, now);
         for slot in 0..self.subs.len() {
             self.drive_slot(env, &settings, slot, now);
         }
@@ -430,7 +436,7 @@ impl Core {
                 | Pending::CleanupDelete(slot)
                 | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
                 Pending::Push(_) => self.app_token.state = TokenState::Empty,
-                Pending::AppToken | Pending::UserToken(_) => {}
+                Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => {}
             }
         }
         match pending {
@@ -468,6 +474,8 @@ impl Core {
                 }
             },
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
+            Pending::OpenIdConfig => self.on_openid_config(&settings, outcome, now, jitter),
+            Pending::Jwks => self.on_jwks(env, outcome, now, jitter),
             Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
             Pending::CreateSub { slot, client_state, members } => {
                 self.subs[slot].busy = false;
@@ -768,11 +776,20 @@ impl Core {
             self.count("rejected.oversized");
             return WebhookResponse::text(400, format!("body of {} bytes exceeds {MAX_WEBHOOK_BODY}", req.body.len()));
         }
+        let r = self.on_batch(env, &req.body, true);
+        self.drive(env);
+        r
+    }
+
+    /// A notification batch: tokens first (see `validation`), then each item.
+    fn on_batch(&mut self, env: &mut dyn Env, body: &[u8], may_wait: bool) -> WebhookResponse {
         #[derive(serde::Deserialize)]
         struct Batch {
             value: Vec<serde_json::Value>,
+            #[serde(default, rename = "validationTokens")]
+            validation_tokens: Option<Vec<String>>,
         }
-        let batch = match serde_json::from_slice::<Batch>(&req.body) {
+        let batch = match serde_json::from_slice::<Batch>(body) {
             Ok(b) => b,
             Err(e) => {
                 self.count("rejected.malformed");
@@ -780,13 +797,17 @@ impl Core {
             }
         };
         let now = env.now_ms();
+        let rich = batch.value.iter().any(|v| v.get("encryptedContent").is_some());
+        match self.verdict(body, batch.validation_tokens.as_deref(), rich, batch.value.len(), now, may_wait) {
+            validation::Verdict::Trusted => {}
+            validation::Verdict::Wait | validation::Verdict::Refused => return WebhookResponse::text(202, ""),
+        }
         for item in batch.value {
             match serde_json::from_value::<Notification>(item) {
                 Ok(n) => self.on_notification(env, n, now),
                 Err(_) => self.count("rejected.malformed"),
             }
         }
-        self.drive(env);
         WebhookResponse::text(202, "")
     }
 
@@ -874,8 +895,10 @@ impl Core {
             .or_else(|| subscriptions.iter().find_map(|s| s.problem.as_ref()))
         {
             Health::Error(p.clone())
-        } else if let Some(p) = &self.push.problem {
+        } else if let Some(p) = self.push.problem.as_ref().or(self.keys.refused.as_ref()) {
             Health::Error(p.clone())
+        } else if let Some(p) = self.keys.problem.as_ref().filter(|_| !self.keys.waiting_is_empty()) {
+            Health::Degraded(p.clone())
         } else if let Some(p) = &self.dir.problem {
             Health::Degraded(p.clone())
         } else if self.shards.uncovered() > 0 {
