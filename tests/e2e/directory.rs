@@ -17,8 +17,9 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
             method: Some("GET".into()),
             path_contains: "/v1.0/users".into(),
             status: 503,
-            retry_after: Some(30),
+            retry_after: Some(2),
             remaining: 1,
+            after: 0,
         })
     });
     assert_eq!(sync_now().await.0, 202);
@@ -41,6 +42,9 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     let sub = &t.emulator.subscriptions()[0];
     assert_eq!(sub.users, 19, "the subscription follows the mapping");
     assert_eq!(post(&format!("{host}/integrations/nobody/sync-now"), "text/plain", vec![]).await.0, 404);
+    // "Sync now" right after the 503 still waited for its Retry-After.
+    let (early, what) = t.emulator.early_requests();
+    assert_eq!(early, 0, "{what:?}");
 }
 
 fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {

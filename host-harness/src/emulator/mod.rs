@@ -227,6 +227,24 @@ impl Emulator {
         f(w.tenants.get_mut(&k).unwrap())
     }
 
+    /// Makes every access token issued so far expire now (Graph then answers 401).
+    pub fn expire_all_tokens(&self) {
+        let now = self.inner.clock.now_ms();
+        self.with_world(|w| w.tokens.values_mut().for_each(|t| t.expires_at_ms = t.expires_at_ms.min(now)));
+    }
+
+    /// Deletes a subscription at "Microsoft" (an admin or a cleanup job did); no notification
+    /// tells the app. False if there is no such subscription.
+    pub fn delete_subscription(&self, id: &str) -> bool {
+        self.with_world(|w| w.subscriptions.remove(id).is_some())
+    }
+
+    /// Requests that came sooner than a `Retry-After` (rate limit or injected fault) allowed,
+    /// with what they were.
+    pub fn early_requests(&self) -> (u64, Vec<String>) {
+        self.with_world(|w| (w.early_requests, w.early_log.clone()))
+    }
+
     /// Invalidates every `/users/delta` token of the tenant: the next delta round gets `410 Gone`.
     pub fn expire_delta_tokens(&self, tenant: &str) {
         self.with_tenant(tenant, |t| t.delta_epoch += 1);

@@ -258,6 +258,9 @@ pub struct Fault {
     /// How many requests to hit.
     #[serde(default = "one")]
     pub remaining: u32,
+    /// Let this many matching requests through first (e.g. fail the second page of a list).
+    #[serde(default)]
+    pub after: u32,
 }
 
 fn one() -> u32 {
@@ -291,6 +294,11 @@ pub struct World {
     pub throttled: u64,
     /// Requests that came sooner than a `Retry-After` allowed.
     pub early_requests: u64,
+    /// After an injected fault with `Retry-After`: until when each (service, tenant, app) must
+    /// wait. Services: `directory`, `subscriptions`, `presence`.
+    pub fault_retry_until: HashMap<(String, String, String), u64>,
+    /// What came early, for the test's message.
+    pub early_log: Vec<String>,
 }
 
 impl Default for World {
@@ -307,6 +315,8 @@ impl Default for World {
             retry_until: HashMap::new(),
             throttled: 0,
             early_requests: 0,
+            fault_retry_until: HashMap::new(),
+            early_log: Vec::new(),
         }
     }
 }
@@ -328,6 +338,10 @@ impl World {
                 && path.contains(&f.path_contains)
                 && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
         })?;
+        if self.faults[i].after > 0 {
+            self.faults[i].after -= 1;
+            return None;
+        }
         let f = self.faults[i].clone();
         self.faults[i].remaining -= 1;
         if self.faults[i].remaining == 0 {

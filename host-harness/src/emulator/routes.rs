@@ -64,9 +64,34 @@ async fn count_and_inject(State(emu): State<Emulator>, req: Request, next: Next)
     let method = req.method().to_string();
     if !path.starts_with("/_emulator") {
         let route = route_name(&method, &path);
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let now = now(&emu);
         let fault = emu.with_world(|w| {
-            *w.requests.entry(route).or_default() += 1;
-            w.take_fault(&method, &path)
+            *w.requests.entry(route.clone()).or_default() += 1;
+            // Which service, tenant and app: Retry-After binds all their requests.
+            let key = service_of(&path)
+                .zip(bearer.as_ref().and_then(|b| w.tokens.get(b)))
+                .map(|(s, t)| (s.to_string(), t.tenant.clone(), t.client_id.clone()));
+            if let Some(k) = &key
+                && w.fault_retry_until.get(k).is_some_and(|&until| now < until)
+            {
+                w.early_requests += 1;
+                let line = format!("{route} came {} ms before Retry-After allowed", w.fault_retry_until[k] - now);
+                w.early_log.push(line);
+            }
+            let f = w.take_fault(&method, &path);
+            if let (Some(k), Some(f)) = (key, &f)
+                && let Some(s) = f.retry_after
+            {
+                let until = w.fault_retry_until.entry(k).or_default();
+                *until = (*until).max(now + s * 1000);
+            }
+            f
         });
         if let Some(f) = fault {
             let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -82,6 +107,19 @@ async fn count_and_inject(State(emu): State<Emulator>, req: Request, next: Next)
         }
     }
     next.run(req).await
+}
+
+/// The Graph service a path belongs to, for `Retry-After` bookkeeping.
+fn service_of(path: &str) -> Option<&'static str> {
+    if path.starts_with("/v1.0/subscriptions") {
+        Some("subscriptions")
+    } else if path.starts_with("/v1.0/communications") || path.contains("/presence") || path == "/v1.0/$batch" {
+        Some("presence")
+    } else if path.starts_with("/v1.0/users") {
+        Some("directory")
+    } else {
+        None
+    }
 }
 
 fn fault_code(status: u16) -> &'static str {

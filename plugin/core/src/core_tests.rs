@@ -722,12 +722,70 @@ fn presence_is_re_read_on_the_reconcile_interval() {
     assert!(!requests(&core.take_effects()).iter().any(|(_, r)| r.url.ends_with("getPresencesByUserId")));
     env.now += 2_000;
     core.tick(&mut env);
+    // First: does the subscription still exist? (Graph says nothing when one is deleted.)
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.url.ends_with("/v1.0/subscriptions/sub-1")).expect("verified");
+    assert_eq!(r.method, "GET");
+    core.on_http_response(&mut env, *id, ok(200, serde_json::json!({"id": "sub-1"})));
     let reqs = requests(&core.take_effects());
     let (id, r) = reqs.iter().find(|(_, r)| r.url.ends_with("getPresencesByUserId")).expect("reconcile read");
     let ids: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(ids["ids"].as_array().unwrap().len(), 3);
     core.on_http_response(&mut env, *id, ok(200, serde_json::json!({"value": []})));
     assert!(core.status(&env).last_reconcile_ms.unwrap() > first);
+
+    // Next time the subscription is gone: it is recreated (then presence re-read).
+    env.now += DEFAULT_RECONCILE_MS + 1_000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, _) = reqs.iter().find(|(_, r)| r.url.ends_with("/v1.0/subscriptions/sub-1")).expect("verified");
+    core.on_http_response(&mut env, *id, ok(404, serde_json::json!({"error": {"code": "itemNotFound"}})));
+    let reqs = requests(&core.take_effects());
+    assert!(reqs.iter().any(|(_, r)| r.method == "POST" && r.url.ends_with("/v1.0/subscriptions")), "recreated");
+}
+
+#[test]
+fn a_retry_after_holds_back_every_request_of_that_service() {
+    let (mut core, mut env, _) = synced(700, 2);
+    // Both subscriptions are due for a presence re-read; the first read gets 429 + 30 s.
+    env.now += DEFAULT_RECONCILE_MS + 1_000;
+    core.tick(&mut env);
+    for (id, r) in requests(&core.take_effects()) {
+        let resp =
+            if r.url.contains("/v1.0/users") { directory_answer(&r, vec![]) } else { ok(200, serde_json::json!({})) };
+        core.on_http_response(&mut env, id, resp);
+    }
+    let reqs = requests(&core.take_effects());
+    let reads: Vec<_> = reqs.iter().filter(|(_, r)| r.url.ends_with("getPresencesByUserId")).collect();
+    assert_eq!(reads.len(), 2);
+    let throttled = Ok(HttpResponse {
+        status: 429,
+        headers: vec![("retry-after".into(), "30".into())],
+        body: br#"{"error":{"code":"TooManyRequests"}}"#.to_vec(),
+    });
+    core.on_http_response(&mut env, reads[0].0, throttled);
+    // The other slot's read is answered; nothing of the presence service goes out for 30 s,
+    // neither the throttled slot's retry nor a line-status push.
+    core.on_http_response(&mut env, reads[1].0, ok(200, serde_json::json!({"value": []})));
+    let at_ms = env.now;
+    let _ = core.on_line_event(&mut env, LineEvent { user_id: "sb1".into(), state: LineState::Connected, at_ms });
+    for _ in 0..29 {
+        env.now += 1_000;
+        core.tick(&mut env);
+        let reqs = requests(&core.take_effects());
+        assert!(
+            reqs.iter().all(|(_, r)| !r.url.contains("getPresencesByUserId")
+                && !r.url.contains("/presence")
+                && !r.url.contains("$batch")),
+            "{:?}",
+            reqs.iter().map(|(_, r)| &r.url).collect::<Vec<_>>()
+        );
+    }
+    env.now += 1_500;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    assert!(reqs.iter().any(|(_, r)| r.url.ends_with("getPresencesByUserId")), "after Retry-After");
+    assert_eq!(counter(&core, &env, "throttled.presence"), 1);
 }
 
 /// Answers one directory request of `core` with `resp`; panics if none is outstanding.

@@ -85,7 +85,7 @@ impl Core {
         if self.dir.fetching.is_some() || now < self.dir.next_at.min(self.dir.full_due_at) {
             return;
         }
-        if !self.dir.retry.ready(now) {
+        if !self.dir.retry.ready(now) || !self.scope_ready(Scope::Directory, now) {
             return;
         }
         let Some(token) = self.app_token.access(now).map(str::to_owned) else { return };

@@ -54,9 +54,69 @@ enum Pending {
     ListSubs(usize),
     CleanupDelete(usize),
     Presences(usize),
+    VerifySub(usize),
     Push(Vec<(String, PushOp)>),
     OpenIdConfig,
     Jwks,
+}
+
+/// Graph's services throttle separately; a `Retry-After` holds back every request of its
+/// service (not only the one concern that got it), so that no request of ours arrives sooner
+/// than Microsoft allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Scope {
+    Directory,
+    Subscriptions,
+    Presence,
+}
+
+impl Scope {
+    fn of(p: &Pending) -> Option<Scope> {
+        Some(match p {
+            Pending::UsersPage => Scope::Directory,
+            Pending::CreateSub { .. }
+            | Pending::RenewSub(_)
+            | Pending::DeleteSub(_)
+            | Pending::ListSubs(_)
+            | Pending::CleanupDelete(_)
+            | Pending::VerifySub(_) => Scope::Subscriptions,
+            Pending::Presences(_) | Pending::Push(_) => Scope::Presence,
+            Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => return None,
+        })
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Directory => "directory",
+            Scope::Subscriptions => "subscriptions",
+            Scope::Presence => "presence",
+        }
+    }
+}
+
+/// Presence requests per window that we allow ourselves, all kinds together (reads,
+/// snapshots, setPresence, clearPresence; each request inside a `$batch` counts): Graph allows
+/// 1,500 per 30 s per app per tenant (graph-facts.md §4.2).
+pub const PRESENCE_BUDGET: usize = 1_400;
+/// The budget's window.
+pub const PRESENCE_WINDOW_MS: u64 = 30_000;
+
+/// The per-tenant presence budget: when each recent presence request went out.
+#[derive(Debug, Default)]
+struct PresenceBudget {
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl PresenceBudget {
+    /// Requests still allowed in the window ending now.
+    fn available(&mut self, now: u64) -> usize {
+        while self.recent.front().is_some_and(|&t| t + PRESENCE_WINDOW_MS <= now) {
+            self.recent.pop_front();
+        }
+        PRESENCE_BUDGET.saturating_sub(self.recent.len())
+    }
+    fn take(&mut self, now: u64, n: usize) {
+        self.recent.extend(std::iter::repeat_n(now, n));
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -174,6 +234,9 @@ pub struct Core {
     passive: BTreeSet<String>,
     api_overrides: Vec<MappingOverride>,
     keys: validation::SigningKeys,
+    /// Until when each Graph service asked us to wait (`Retry-After`).
+    throttled_until: BTreeMap<Scope, u64>,
+    presence_budget: PresenceBudget,
 }
 
 impl Core {
@@ -332,6 +395,7 @@ impl Core {
         enum Next {
             Delete(String),
             Renew(String),
+            Verify(String),
             Snapshot(Vec<String>),
             Create,
         }
@@ -361,16 +425,33 @@ impl Core {
         let next = match &sub.active {
             Some(a) if sub.members_dirty && &a.members != members => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
-            Some(a) if sub.needs_snapshot || sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => {
+            Some(a) if sub.needs_snapshot => {
                 Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
             }
+            // The periodic reconcile first checks the subscription still exists (Graph sends
+            // no lifecycle event when one is deleted), then re-reads presence.
+            Some(a) if sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => Next::Verify(a.id.clone()),
             Some(_) => return,
             None if !members.is_empty() => Next::Create,
             None => return,
         };
+        let scope = if matches!(next, Next::Snapshot(_)) { Scope::Presence } else { Scope::Subscriptions };
+        if !self.scope_ready(scope, now) {
+            return;
+        }
+        if scope == Scope::Presence {
+            if self.presence_budget.available(now) == 0 {
+                return;
+            }
+            self.presence_budget.take(now, 1);
+        }
         let graph = &settings.graph_base_url;
         self.subs[slot].busy = true;
         match next {
+            Next::Verify(id) => {
+                let req = get(&format!("{graph}/v1.0/subscriptions/{id}"), &access);
+                self.start(Pending::VerifySub(slot), req);
+            }
             Next::Delete(id) => {
                 let req = request("DELETE", &format!("{graph}/v1.0/subscriptions/{id}"), &access, None);
                 self.start(Pending::DeleteSub(slot), req);
@@ -411,6 +492,11 @@ impl Core {
         }
     }
 
+    /// Whether requests of `scope` may go out now (no `Retry-After` pending).
+    fn scope_ready(&self, scope: Scope, now: u64) -> bool {
+        self.throttled_until.get(&scope).is_none_or(|&t| now >= t)
+    }
+
     fn start(&mut self, pending: Pending, request: HttpRequest) {
         self.next_id += 1;
         let id = self.next_id;
@@ -425,6 +511,14 @@ impl Core {
         let now = env.now_ms();
         let jitter = env.random_bytes(1)[0];
         let settings = self.settings.clone().unwrap();
+        if let (Some(scope), Ok(r)) = (Scope::of(&pending), &outcome)
+            && matches!(r.status, 429 | 503 | 504)
+            && let Some(ra) = retry_after(r)
+        {
+            let until = self.throttled_until.entry(scope).or_default();
+            *until = (*until).max(now + ra);
+            self.count(&format!("throttled.{}", scope.name()));
+        }
         // A 401 means Graph refused the token: forget it so the next drive fetches a new one.
         if matches!(&outcome, Ok(r) if r.status == 401) {
             match &pending {
@@ -434,6 +528,7 @@ impl Core {
                 | Pending::DeleteSub(slot)
                 | Pending::ListSubs(slot)
                 | Pending::CleanupDelete(slot)
+                | Pending::VerifySub(slot)
                 | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
                 Pending::Push(_) => self.app_token.state = TokenState::Empty,
                 Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => {}
@@ -598,6 +693,24 @@ impl Core {
                     other => {
                         let (p, ra) = graph_failure(&other, "PATCH /subscriptions");
                         self.sub_failed(slot, p, now, ra, jitter);
+                    }
+                }
+            }
+            Pending::VerifySub(slot) => {
+                self.subs[slot].busy = false;
+                match outcome {
+                    Ok(r) if r.status == 404 => {
+                        self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
+                        self.count("subscriptions.lost");
+                        self.subs[slot].active = None;
+                        self.persist_subs();
+                    }
+                    Ok(r) if r.status == 200 => self.subs[slot].needs_snapshot = true,
+                    other => {
+                        // Not known either way: re-read presence now, check again next time.
+                        let (p, ra) = graph_failure(&other, "GET /subscriptions/{id}");
+                        self.sub_failed(slot, p, now, ra, jitter);
+                        self.subs[slot].needs_snapshot = true;
                     }
                 }
             }

@@ -15,7 +15,7 @@
 //! - A 403 (no Presence.ReadWrite.All or no admin consent) stops pushes and shows the fix in
 //!   the status; Teams → switchboard is not affected.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -23,10 +23,6 @@ use super::*;
 pub const SESSION_LIFETIME_MS: u64 = 5 * 60 * 1000;
 /// Re-assert the session this long before it runs out.
 pub const KEEPALIVE_MARGIN_MS: u64 = 60 * 1000;
-/// Presence requests per window that we allow ourselves (Graph: 1,500 per 30 s).
-pub const PRESENCE_BUDGET: usize = 1_400;
-/// The budget's window.
-pub const PRESENCE_WINDOW_MS: u64 = 30_000;
 /// Graph's JSON batch limit.
 pub const MAX_BATCH: usize = 20;
 /// After a 403, try again this much later (the admin may grant consent meanwhile).
@@ -64,7 +60,6 @@ pub(super) struct Push {
     pub(super) calls: BTreeMap<String, Call>,
     pub(super) problem: Option<Problem>,
     pub(super) problem_retry_at: u64,
-    pub(super) recent: VecDeque<u64>,
     pub(super) not_before: u64,
     /// A push request is in flight. One at a time (up to 20 operations in it) is far more
     /// than Graph's limit allows on average, and it means that after a 429 nothing else is
@@ -133,13 +128,10 @@ impl Core {
             self.push.problem = None;
         }
         let Some(token) = self.app_token.access(now).map(str::to_owned) else { return };
-        if self.push.busy || now < self.push.not_before {
+        if self.push.busy || now < self.push.not_before || !self.scope_ready(Scope::Presence, now) {
             return;
         }
-        while self.push.recent.front().is_some_and(|&t| t + PRESENCE_WINDOW_MS <= now) {
-            self.push.recent.pop_front();
-        }
-        let mut budget = PRESENCE_BUDGET.saturating_sub(self.push.recent.len());
+        let mut budget = self.presence_budget.available(now);
         let mut ops: Vec<(String, PushOp)> = Vec::new();
         let mut finished = Vec::new();
         for (ms, c) in &self.push.calls {
@@ -188,7 +180,7 @@ impl Core {
                 c.pushed_until = Some(now + SESSION_LIFETIME_MS);
                 persist = true;
             }
-            self.push.recent.push_back(now);
+            self.presence_budget.take(now, 1);
         }
         if persist {
             self.persist_calls();
