@@ -41,6 +41,9 @@ pub struct ScenarioOptions {
     pub app_roles: Option<Vec<String>>,
     /// Seconds between `/users/delta` rounds.
     pub directory_delta_interval_s: u64,
+    /// A second integration of this name, for a second tenant (fabrikam.example, same user
+    /// count, its own app registration and switchboard), to show integrations are isolated.
+    pub second_integration: Option<String>,
 }
 
 impl ScenarioOptions {
@@ -56,6 +59,7 @@ impl ScenarioOptions {
             push_line_status: true,
             app_roles: None,
             directory_delta_interval_s: 60,
+            second_integration: None,
         }
     }
 }
@@ -76,7 +80,16 @@ pub struct Scenario {
     pub clock: Arc<HostClock>,
     /// Emulator base URL.
     pub emulator_url: String,
+    /// The second integration's switchboard, if there is one.
+    pub second_switchboard: Option<Arc<Switchboard>>,
+    /// The second integration's tenant, if there is one.
+    pub second_seed: Option<TenantSeed>,
 }
+
+/// The second scenario tenant (fabrikam.example) and its app.
+pub const SECOND_TENANT: &str = "8c1d5e2a-3f4b-4c6d-9e8f-0a1b2c3d4e5f";
+/// The second tenant's app registration.
+pub const SECOND_CLIENT: &str = "4b2e8d1c-7a6f-4e3d-8c2b-1a0f9e8d7c6b";
 
 /// Switchboard users matching a seed's first `n` users by email, some written with other case
 /// and spacing (matching is trimmed and case-insensitive), every fifth one passive.
@@ -125,7 +138,7 @@ impl Scenario {
         let switchboard = Arc::new(Switchboard::new(switchboard_users(&seed, opts.users)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let config = Config {
+        let mut config = Config {
             host: HostConfig {
                 listen: addr.to_string(),
                 public_base_url: format!("http://{addr}"),
@@ -153,15 +166,41 @@ impl Scenario {
                 switchboard_csv: None,
             }],
         };
-        let host = Host::start(
-            &config,
-            crate::PLUGIN_WASM,
-            clock.clone(),
-            listener,
-            BTreeMap::from([(opts.name.clone(), switchboard.clone())]),
-        )
-        .await?;
-        Ok(Scenario { emulator, host: Some(host), seed, config, switchboard, clock, emulator_url })
+        let second = opts.second_integration.as_ref().map(|name| {
+            let seed2 = TenantSeed::new(SECOND_TENANT, "fabrikam.example", SECOND_CLIENT, DEMO_SECRET, opts.users, 1);
+            emulator.add_tenant(&seed2);
+            let mut ic = config.integrations[0].clone();
+            ic.name = name.clone();
+            ic.tenant_id = SECOND_TENANT.into();
+            ic.client_id = SECOND_CLIENT.into();
+            ic.client_secret = Secret::new(DEMO_SECRET);
+            ic.users = vec![UserConfig {
+                username: seed2.integration_user(0),
+                password: Secret::new(seed2.integration_password.clone()),
+            }];
+            config.integrations.push(ic);
+            (Arc::new(Switchboard::new(switchboard_users(&seed2, opts.users))), seed2)
+        });
+        let (second_switchboard, second_seed) = match second {
+            Some((sb, s)) => (Some(sb), Some(s)),
+            None => (None, None),
+        };
+        let mut switchboards = BTreeMap::from([(opts.name.clone(), switchboard.clone())]);
+        if let (Some(name), Some(sb)) = (&opts.second_integration, &second_switchboard) {
+            switchboards.insert(name.clone(), sb.clone());
+        }
+        let host = Host::start(&config, crate::PLUGIN_WASM, clock.clone(), listener, switchboards).await?;
+        Ok(Scenario {
+            emulator,
+            host: Some(host),
+            seed,
+            config,
+            switchboard,
+            clock,
+            emulator_url,
+            second_switchboard,
+            second_seed,
+        })
     }
 
     /// Stops the host (the emulator keeps running, like Microsoft does).
@@ -176,15 +215,11 @@ impl Scenario {
     pub async fn restart_host(&mut self) -> anyhow::Result<()> {
         self.stop_host().await;
         let listener = tokio::net::TcpListener::bind(&self.config.host.listen).await?;
-        let name = self.config.integrations[0].name.clone();
-        let host = Host::start(
-            &self.config,
-            crate::PLUGIN_WASM,
-            self.clock.clone(),
-            listener,
-            BTreeMap::from([(name, self.switchboard.clone())]),
-        )
-        .await?;
+        let mut switchboards = BTreeMap::from([(self.config.integrations[0].name.clone(), self.switchboard.clone())]);
+        if let (Some(ic), Some(sb)) = (self.config.integrations.get(1), &self.second_switchboard) {
+            switchboards.insert(ic.name.clone(), sb.clone());
+        }
+        let host = Host::start(&self.config, crate::PLUGIN_WASM, self.clock.clone(), listener, switchboards).await?;
         self.host = Some(host);
         Ok(())
     }

@@ -400,6 +400,9 @@ pub enum Command {
     GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
     /// A line event.
     Line(presence::LineEvent, oneshot::Sender<Result<(), String>>),
+    /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
+    /// how tests show that a trap restarts only this integration's instance.
+    InterruptNextCall,
     /// Stop the actor.
     Shutdown,
 }
@@ -416,6 +419,7 @@ impl Command {
             Command::SetOverrides(..) => "set-overrides",
             Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
+            Command::InterruptNextCall => "interrupt-next-call",
             Command::Shutdown => "shutdown",
         }
     }
@@ -479,6 +483,10 @@ impl IntegrationHandle {
     /// "Sync now": re-read the directory at once. False if the actor is gone.
     pub fn sync_now(&self) -> bool {
         self.tx.send(Command::SyncNow).is_ok()
+    }
+    /// Makes the instance's next guest call trap on its deadline (tests).
+    pub fn interrupt_next_call(&self) {
+        let _ = self.tx.send(Command::InterruptNextCall);
     }
     /// Stops the actor.
     pub fn shutdown(&self) {
@@ -564,6 +572,7 @@ struct Actor {
     last_trap: Option<String>,
     config_error: Option<String>,
     plugin_version: String,
+    interrupt_next: bool,
 }
 
 impl Actor {
@@ -580,6 +589,7 @@ impl Actor {
             last_trap: None,
             config_error: None,
             plugin_version: String::new(),
+            interrupt_next: false,
         };
         actor.configure().await;
         Ok(actor)
@@ -632,10 +642,16 @@ impl Actor {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(cmd) = rx.recv().await {
             tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
-            self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+            if matches!(cmd, Command::InterruptNextCall) {
+                self.interrupt_next = true;
+                continue;
+            }
+            let deadline = if std::mem::take(&mut self.interrupt_next) { 0 } else { CALL_DEADLINE_TICKS };
+            self.store.set_epoch_deadline(deadline);
             let sync = self.bindings.teams_presence_plugin_sync();
             let result: Result<(), wasmtime::Error> = match cmd {
                 Command::Shutdown => return,
+                Command::InterruptNextCall => Ok(()),
                 Command::Webhook(req, reply) => match sync.call_on_webhook(&mut self.store, &req).await {
                     Ok(r) => {
                         let _ = reply.send(r);

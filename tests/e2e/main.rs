@@ -12,3 +12,4 @@ mod process_kill;
 mod push;
 mod reconcile;
 mod restart;
+mod trap;
