@@ -66,6 +66,30 @@ pub async fn demo_emulator(
     (emu, clock, seed, base)
 }
 
+/// The host binary, built by `scripts/test` (`cargo build --release -p host-harness`) before
+/// the tests run; no test invokes cargo.
+pub fn host_binary() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/host-harness");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release -p host-harness` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the host binary with `config` as a child process (killable with SIGKILL).
+pub fn spawn_host(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(host_binary())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("host starts")
+}
+
 /// POSTs `body` to `url` and returns status and body.
 pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r =

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod capacity;
+mod chaos;
 mod config_file;
 mod directory;
 mod emulator_rules;

@@ -3,32 +3,12 @@
 //! The binary is built by `scripts/test` (`cargo build --release -p host-harness`) before the
 //! tests run; no test invokes cargo.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
 use host_harness::switchboard::Switchboard;
 
-fn binary() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/host-harness");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release -p host-harness` first (scripts/test does)",
-        p.display()
-    );
-    p
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(binary())
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("host starts")
-}
+use e2e_tests::spawn_host as spawn;
 
 async fn get(url: &str) -> Option<serde_json::Value> {
     let r = reqwest::get(url).await.ok()?;

@@ -130,11 +130,16 @@ impl Backoff {
         now >= self.not_before
     }
     fn fail(&mut self, now: u64, retry_after_ms: Option<u64>, jitter: u8) {
+        if let Some(r) = retry_after_ms {
+            // Microsoft said how long: wait exactly that; it does not grow the backoff.
+            self.not_before = now + r.max(1);
+            return;
+        }
         self.failures += 1;
         let exp = FIRST_BACKOFF_MS.saturating_mul(1u64 << self.failures.min(16).saturating_sub(1)).min(MAX_BACKOFF_MS);
         // Up to +25 % jitter so that many integrations do not retry in step.
         let delay = exp + exp * u64::from(jitter) / 1024;
-        self.not_before = now + retry_after_ms.map_or(delay, |r| r.max(1));
+        self.not_before = now + delay;
     }
     fn succeed(&mut self) {
         *self = Backoff::default();
@@ -236,6 +241,8 @@ pub struct Core {
     keys: validation::SigningKeys,
     /// Until when each Graph service asked us to wait (`Retry-After`).
     throttled_until: BTreeMap<Scope, u64>,
+    /// Requests in flight per service.
+    scope_busy: BTreeMap<Scope, usize>,
     presence_budget: PresenceBudget,
 }
 
@@ -492,12 +499,18 @@ impl Core {
         }
     }
 
-    /// Whether requests of `scope` may go out now (no `Retry-After` pending).
+    /// Whether a request of `scope` may go out now: no `Retry-After` pending, and none of its
+    /// requests in flight (one at a time per service, so that after a 429 nothing else of that
+    /// service is already on its way).
     fn scope_ready(&self, scope: Scope, now: u64) -> bool {
         self.throttled_until.get(&scope).is_none_or(|&t| now >= t)
+            && self.scope_busy.get(&scope).is_none_or(|&n| n == 0)
     }
 
     fn start(&mut self, pending: Pending, request: HttpRequest) {
+        if let Some(scope) = Scope::of(&pending) {
+            *self.scope_busy.entry(scope).or_default() += 1;
+        }
         self.next_id += 1;
         let id = self.next_id;
         self.pending.insert(id, pending);
@@ -508,6 +521,11 @@ impl Core {
     /// `outbound-http.start`) or finished with `outcome`.
     pub fn on_http_response(&mut self, env: &mut dyn Env, id: u64, outcome: Result<HttpResponse, HttpError>) {
         let Some(pending) = self.pending.remove(&id) else { return };
+        if let Some(scope) = Scope::of(&pending)
+            && let Some(n) = self.scope_busy.get_mut(&scope)
+        {
+            *n = n.saturating_sub(1);
+        }
         let now = env.now_ms();
         let jitter = env.random_bytes(1)[0];
         let settings = self.settings.clone().unwrap();
