@@ -78,6 +78,48 @@ pub fn host_binary() -> std::path::PathBuf {
     p
 }
 
+/// Writes `dir/host.toml` for a host process on `port` against the emulator at `emu_url`, with
+/// one integration `contoso` of the demo tenant whose switchboard is `dir/users.csv`, its
+/// integration users `users` (username, password) and `extra` TOML lines; returns its path.
+pub fn write_host_config(
+    dir: &std::path::Path,
+    port: u16,
+    public_base_url: &str,
+    emu_url: &str,
+    users: &[(String, String)],
+    extra: &str,
+) -> std::path::PathBuf {
+    use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+    let users: Vec<String> =
+        users.iter().map(|(u, p)| format!("{{ username = \"{u}\", password = \"{p}\" }}")).collect();
+    let path = dir.join("host.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[host]
+listen = "127.0.0.1:{port}"
+public_base_url = "{public_base_url}"
+state_dir = "state"
+graph_base_url = "{emu_url}"
+login_base_url = "{emu_url}"
+
+[[integration]]
+name = "contoso"
+tenant_id = "{DEMO_TENANT}"
+client_id = "{DEMO_CLIENT}"
+client_secret = "{DEMO_SECRET}"
+switchboard_csv = "users.csv"
+users = [{}]
+{extra}
+"#,
+            users.join(", ")
+        ),
+    )
+    .expect("config written");
+    path
+}
+
 /// Runs the host binary with `config` as a child process (killable with SIGKILL).
 pub fn spawn_host(config: &std::path::Path) -> std::process::Child {
     std::process::Command::new(host_binary())

@@ -22,7 +22,7 @@ use host_harness::runtime::HostClock;
 use host_harness::switchboard::Switchboard;
 use rand::{Rng, SeedableRng};
 
-use e2e_tests::{host_binary, spawn_host};
+use e2e_tests::{host_binary, spawn_host, write_host_config};
 
 struct Plan {
     users: usize,
@@ -146,37 +146,16 @@ async fn chaos(plan: Plan) {
 
     let (host_port, front_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{host_port}");
-    let users: Vec<String> = (0..plan.integration_users)
-        .map(|n| {
-            format!("{{ username = \"{}\", password = \"{}\" }}", seed.integration_user(n), seed.integration_password)
-        })
-        .collect();
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[host]
-listen = "127.0.0.1:{host_port}"
-public_base_url = "http://127.0.0.1:{front_port}"
-state_dir = "state"
-graph_base_url = "{emu_url}"
-login_base_url = "{emu_url}"
-
-[[integration]]
-name = "contoso"
-tenant_id = "{DEMO_TENANT}"
-client_id = "{DEMO_CLIENT}"
-client_secret = "{DEMO_SECRET}"
-switchboard_csv = "users.csv"
-reconcile_interval_s = 30
-directory_delta_interval_s = 10
-users = [{}]
-"#,
-            users.join(", ")
-        ),
-    )
-    .unwrap();
+    let users: Vec<(String, String)> =
+        (0..plan.integration_users).map(|n| (seed.integration_user(n), seed.integration_password.clone())).collect();
+    let config = write_host_config(
+        dir.path(),
+        host_port,
+        &format!("http://127.0.0.1:{front_port}"),
+        &emu_url,
+        &users,
+        "reconcile_interval_s = 30\ndirectory_delta_interval_s = 10",
+    );
     let _ = host_binary();
     let mut front = Front::start(front_port, host_port).await;
     let mut host = spawn_host(&config);

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
+use host_harness::demo::{DEMO_CLIENT, DEMO_TENANT, switchboard_users};
 use host_harness::switchboard::Switchboard;
 
 use e2e_tests::spawn_host as spawn;
@@ -36,32 +36,8 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
         l.local_addr().unwrap().port()
     };
     let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[host]
-listen = "127.0.0.1:{port}"
-public_base_url = "{base}"
-state_dir = "state"
-graph_base_url = "{emu_url}"
-login_base_url = "{emu_url}"
-
-[[integration]]
-name = "contoso"
-tenant_id = "{DEMO_TENANT}"
-client_id = "{DEMO_CLIENT}"
-client_secret = "{DEMO_SECRET}"
-push_line_status = true
-switchboard_csv = "users.csv"
-users = [{{ username = "{user}", password = "{pw}" }}]
-"#,
-            user = seed.integration_user(0),
-            pw = seed.integration_password
-        ),
-    )
-    .unwrap();
+    let users = [(seed.integration_user(0), seed.integration_password.clone())];
+    let config = e2e_tests::write_host_config(dir.path(), port, &base, &emu_url, &users, "push_line_status = true");
     let mut host = spawn(&config);
     wait_ok(&base).await;
     let user0 = emu.with_world(|w| w.tenants.values().next().unwrap().users[0].id.clone());

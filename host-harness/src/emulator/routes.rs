@@ -355,15 +355,24 @@ fn denied() -> Response {
     )
 }
 
+/// A directory read: the caller's token (with a directory role) and the query parameters.
+fn directory_read(
+    emu: &Emulator,
+    headers: &HeaderMap,
+    q: Option<String>,
+) -> Result<(TokenInfo, Vec<(String, String)>), Response> {
+    let t = auth(emu, headers)?;
+    if !has_role(&t, &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"]) {
+        return Err(denied());
+    }
+    Ok((t, form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect()))
+}
+
 async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let t = match auth(&emu, &headers) {
-        Ok(t) => t,
+    let (t, params) = match directory_read(&emu, &headers, q) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    if !has_role(&t, &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"]) {
-        return denied();
-    }
-    let params: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
     let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let top = match p("$top").map(|v| v.parse::<usize>()) {
         None => DEFAULT_PAGE,
@@ -496,14 +505,10 @@ impl DeltaState {
 /// ending in an `@odata.deltaLink`. Removed users come as `@removed`. Tokens of an older delta
 /// epoch get `410 Gone` (resync), tokens older than 7 days `syncStateNotFound`.
 async fn users_delta(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let t = match auth(&emu, &headers) {
-        Ok(t) => t,
+    let (t, params) = match directory_read(&emu, &headers, q) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    if !has_role(&t, &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"]) {
-        return denied();
-    }
-    let params: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
     let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if p("$top").is_some() || p("$orderby").is_some() || p("$expand").is_some() {
         return graph_error(
