@@ -980,3 +980,27 @@ fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
     assert_eq!(p[0].presence.availability, "Away");
     assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: None } if key == "v1/waiting-batches")));
 }
+
+#[test]
+fn reauthorization_required_fetches_a_fresh_token_then_renews_then_re_reads() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let _ = core.take_effects();
+    let lifecycle = serde_json::json!({
+        "subscriptionId": "sub-1", "clientState": cs, "lifecycleEvent": "reauthorizationRequired",
+        "subscriptionExpirationDateTime": rfc3339(env.now + 3_000_000),
+    });
+    core.on_webhook(&mut env, webhook(vec![lifecycle]));
+    let reqs = requests(&core.take_effects());
+    assert_eq!(reqs.len(), 1, "{:?}", reqs.iter().map(|(_, r)| &r.url).collect::<Vec<_>>());
+    let (id, r) = &reqs[0];
+    assert!(r.url.ends_with("/token") && form(r)["grant_type"] == "password", "a fresh delegated token first");
+    core.on_http_response(&mut env, *id, ok(200, serde_json::json!({"access_token": "fresh", "expires_in": 3599})));
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.method == "PATCH").expect("then the renewal");
+    assert!(r.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer fresh"));
+    let renewed = ok(200, serde_json::json!({"id": "sub-1", "expirationDateTime": rfc3339(env.now + 3_000_000)}));
+    core.on_http_response(&mut env, *id, renewed);
+    let reqs = requests(&core.take_effects());
+    assert!(reqs.iter().any(|(_, r)| r.url.ends_with("getPresencesByUserId")), "then presence is re-read");
+}

@@ -957,7 +957,11 @@ impl Core {
         if let Some(event) = n.lifecycle_event {
             self.count(&format!("lifecycle.{event}"));
             if event == "reauthorizationRequired" {
-                // Renew (which reauthorizes), then re-read: changes may have been missed.
+                // A fresh token first, then renew (which reauthorizes), then re-read: changes
+                // may have been missed meanwhile.
+                if matches!(self.user_tokens[slot].state, TokenState::Valid { .. }) {
+                    self.user_tokens[slot].state = TokenState::Empty;
+                }
                 self.subs[slot].reauthorize = true;
                 self.subs[slot].needs_snapshot = true;
             }
