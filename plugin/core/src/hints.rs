@@ -53,6 +53,9 @@ pub fn hint(code: &str) -> &'static str {
         "subscription-quota" => {
             "The integration user already holds a presence subscription for this app (one is allowed per user): use a separate integration user for each integration."
         }
+        "Conflict" => {
+            "Microsoft refused the subscription as a duplicate: another integration or an earlier installation watches the same users with the same app registration. Remove the other one, or give each integration its own app registration."
+        }
         "AADSTS9001023" => {
             "This sign-in does not work with the tenant 'common' or 'consumers': enter the Directory (tenant) ID."
         }
@@ -152,6 +155,7 @@ pub const KNOWN_CODES: &[&str] = &[
     "network",
     "throttled",
     "subscription-quota",
+    "Conflict",
     "validation-tokens-missing",
     "validation-token-invalid",
     "signing-keys",
