@@ -60,7 +60,7 @@ async fn stop(mut sc: Scenario, dir: std::path::PathBuf) {
 }
 
 /// Seconds from start until every one of `users` shows its Teams presence.
-async fn time_to_sync(users: usize) -> anyhow::Result<(f64, u64)> {
+async fn time_to_sync(users: usize) -> anyhow::Result<(f64, u64, u64, u64)> {
     let dir = state_dir("sync");
     let t0 = Instant::now();
     let sc = Scenario::start(ScenarioOptions::new(users, users.div_ceil(650), dir.clone())).await?;
@@ -68,8 +68,10 @@ async fn time_to_sync(users: usize) -> anyhow::Result<(f64, u64)> {
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(left.is_empty(), "{} of {users} users never synced", left.len());
     let requests: u64 = sc.emulator.request_counts().values().sum();
+    let s = sc.status().await;
+    let slowest = s.slowest_calls_ms.values().copied().max().unwrap_or(0);
     stop(sc, dir).await;
-    Ok((secs, requests))
+    Ok((secs, requests, slowest, s.traps))
 }
 
 /// Native RSA-OAEP-2048 (SHA-1) private-key operations per second on one core, with the
@@ -238,17 +240,22 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         md,
         "From starting the host (plugin compile included) until every mapped user shows the emulator's presence in the switchboard. Integration users: one per 650 users.\n"
     )?;
-    writeln!(md, "| users | integration users | seconds (median) | Graph/Entra requests |")?;
-    writeln!(md, "|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| users | integration users | seconds (median) | Graph/Entra requests | slowest guest call, ms (max) | traps |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
     for &n in &opts.sync_sizes {
         let mut secs = Vec::new();
-        let mut reqs = 0;
+        let (mut reqs, mut slowest, mut traps) = (0, 0, 0);
         for _ in 0..opts.runs {
-            let (s, r) = time_to_sync(n).await?;
+            let (s, r, slow, t) = time_to_sync(n).await?;
             secs.push(s);
             reqs = r;
+            slowest = slowest.max(slow);
+            traps += t;
         }
-        writeln!(md, "| {n} | {} | {:.2} | {reqs} |", n.div_ceil(650), median(secs))?;
+        writeln!(md, "| {n} | {} | {:.2} | {reqs} | {slowest} | {traps} |", n.div_ceil(650), median(secs))?;
     }
 
     eprintln!("bench: ingest");

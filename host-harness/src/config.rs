@@ -50,6 +50,8 @@ pub struct HostConfig {
     pub graph_base_url: String,
     /// Login base URL (default `https://login.microsoftonline.com`).
     pub login_base_url: String,
+    /// Sandbox limits of the plugin instances.
+    pub limits: crate::runtime::Limits,
 }
 
 /// One `[[integration]]`.
@@ -118,6 +120,8 @@ struct RawHost {
     state_dir: Option<PathBuf>,
     graph_base_url: Option<String>,
     login_base_url: Option<String>,
+    call_deadline_ms: Option<u64>,
+    memory_limit_mib: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -215,7 +219,18 @@ impl Config {
         listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| err("host.listen", format!("'{listen}' is not an address:port ({e})")))?;
+        let defaults = crate::runtime::Limits::default();
+        let call_deadline_ms = h.call_deadline_ms.unwrap_or(defaults.call_deadline_ms);
+        if !(20..=60_000).contains(&call_deadline_ms) {
+            return Err(err("host.call_deadline_ms", format!("{call_deadline_ms} must be between 20 and 60000")));
+        }
+        let memory_mib = h.memory_limit_mib.unwrap_or((defaults.memory_bytes >> 20) as u64);
+        if !(16..=4096).contains(&memory_mib) {
+            return Err(err("host.memory_limit_mib", format!("{memory_mib} must be between 16 and 4096")));
+        }
+        let limits = crate::runtime::Limits { call_deadline_ms, memory_bytes: (memory_mib as usize) << 20 };
         let host = HostConfig {
+            limits,
             listen,
             public_base_url: h.public_base_url.trim_end_matches('/').to_string(),
             state_dir: base.join(h.state_dir.unwrap_or_else(|| "state".into())),
@@ -434,6 +449,23 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
         ] {
             let e = Config::parse(&format!("{GOOD}{bad}"), "c.toml", Path::new("."), &env).unwrap_err();
             assert_eq!(e.field, field, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sandbox_limits_load_and_out_of_range_ones_name_the_field() {
+        let c = Config::parse(GOOD, "c.toml", Path::new("."), &env).unwrap();
+        assert_eq!(c.host.limits.call_deadline_ms, crate::runtime::DEFAULT_CALL_DEADLINE_MS);
+        let custom = GOOD.replace("[host]\n", "[host]\ncall_deadline_ms = 250\nmemory_limit_mib = 64\n");
+        let c = Config::parse(&custom, "c.toml", Path::new("."), &env).unwrap();
+        assert_eq!((c.host.limits.call_deadline_ms, c.host.limits.memory_bytes), (250, 64 << 20));
+        for (bad, field) in
+            [("call_deadline_ms = 5", "host.call_deadline_ms"), ("memory_limit_mib = 1", "host.memory_limit_mib")]
+        {
+            let e =
+                Config::parse(&GOOD.replace("[host]\n", &format!("[host]\n{bad}\n")), "c.toml", Path::new("."), &env)
+                    .unwrap_err();
+            assert_eq!(e.field, field, "{e}");
         }
     }
 

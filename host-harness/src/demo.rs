@@ -44,6 +44,8 @@ pub struct ScenarioOptions {
     /// A second integration of this name, for a second tenant (fabrikam.example, same user
     /// count, its own app registration and switchboard), to show integrations are isolated.
     pub second_integration: Option<String>,
+    /// Sandbox limits.
+    pub limits: crate::runtime::Limits,
 }
 
 impl ScenarioOptions {
@@ -60,6 +62,7 @@ impl ScenarioOptions {
             app_roles: None,
             directory_delta_interval_s: 60,
             second_integration: None,
+            limits: crate::runtime::Limits::default(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl Scenario {
                 state_dir: opts.state_dir.clone(),
                 graph_base_url: emulator_url.clone(),
                 login_base_url: emulator_url.clone(),
+                limits: opts.limits,
             },
             integrations: vec![IntegrationConfig {
                 name: opts.name.clone(),

@@ -54,7 +54,7 @@ impl Host {
         mut switchboards: BTreeMap<String, Arc<Switchboard>>,
     ) -> anyhow::Result<Host> {
         let db = Arc::new(Db::open(&config.host.state_dir)?);
-        let rt = Runtime::new(wasm)?;
+        let rt = Runtime::new(wasm, config.host.limits)?;
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
         let mut integrations = BTreeMap::new();
         for ic in &config.integrations {

@@ -43,11 +43,34 @@ use bindings::{PresenceSync, PresenceSyncPre};
 
 /// Epoch ticks happen every this many milliseconds.
 pub const EPOCH_TICK_MS: u64 = 10;
-/// A guest call is stopped after this many ticks (10 s): nothing the plugin does takes that
-/// long, so only a runaway guest reaches it.
-pub const CALL_DEADLINE_TICKS: u64 = 1_000;
-/// Memory cap per instance.
+/// Default CPU bound of one guest call: a runaway call is stopped within this (epoch
+/// interruption; the bound is rounded up to whole ticks). Not yet the 100 ms issue 4/5 asks
+/// for: a directory read of 100,000 users still rebuilds the mapping in one call (about 2 s;
+/// see `slowest_calls_ms` in the status and BENCHMARKS.md).
+pub const DEFAULT_CALL_DEADLINE_MS: u64 = 10_000;
+/// Default memory cap per instance.
 pub const MEMORY_LIMIT_BYTES: usize = 256 << 20;
+
+/// The sandbox limits of every instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU bound of one guest call, in milliseconds.
+    pub call_deadline_ms: u64,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { call_deadline_ms: DEFAULT_CALL_DEADLINE_MS, memory_bytes: MEMORY_LIMIT_BYTES }
+    }
+}
+
+impl Limits {
+    fn deadline_ticks(&self) -> u64 {
+        self.call_deadline_ms.div_ceil(EPOCH_TICK_MS).max(1)
+    }
+}
 /// Largest HTTP response body handed to the plugin.
 pub const MAX_HTTP_BODY: usize = 16 << 20;
 /// Timeout of one outbound request.
@@ -334,11 +357,13 @@ pub struct Runtime {
     pre: PresenceSyncPre<HostState>,
     /// The component's `plugin-version`, read at load.
     pub plugin_version: String,
+    /// The sandbox limits of its instances.
+    pub limits: Limits,
 }
 
 impl Runtime {
     /// Compiles `wasm` and prepares it for instantiation. Starts the epoch ticker.
-    pub fn new(wasm: &[u8]) -> anyhow::Result<Arc<Runtime>> {
+    pub fn new(wasm: &[u8], limits: Limits) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = wt(Engine::new(&config))?;
@@ -355,7 +380,7 @@ impl Runtime {
                 std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
             }
         })?;
-        Ok(Arc::new(Runtime { engine, pre, plugin_version: String::new() }))
+        Ok(Arc::new(Runtime { engine, pre, plugin_version: String::new(), limits }))
     }
 
     fn new_store(&self, ctx: Arc<IntegrationCtx>) -> Store<HostState> {
@@ -364,7 +389,7 @@ impl Runtime {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(MEMORY_LIMIT_BYTES)
+                .memory_size(self.limits.memory_bytes)
                 .instances(4)
                 .tables(16)
                 .memories(4)
@@ -375,7 +400,7 @@ impl Runtime {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         // Instantiation runs guest code too (start functions): give it the same deadline.
-        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+        store.set_epoch_deadline(self.limits.deadline_ticks());
         store
     }
 }
@@ -573,6 +598,8 @@ struct Actor {
     config_error: Option<String>,
     plugin_version: String,
     interrupt_next: bool,
+    /// The longest guest call seen, per kind of call (ms).
+    slowest: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Actor {
@@ -590,13 +617,14 @@ impl Actor {
             config_error: None,
             plugin_version: String::new(),
             interrupt_next: false,
+            slowest: Default::default(),
         };
         actor.configure().await;
         Ok(actor)
     }
 
     async fn configure(&mut self) {
-        self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+        self.store.set_epoch_deadline(self.rt.limits.deadline_ticks());
         let settings = self.settings.clone();
         match self.bindings.teams_presence_plugin_sync().call_configure(&mut self.store, &settings).await {
             Ok(Ok(())) => self.config_error = None,
@@ -613,7 +641,7 @@ impl Actor {
                 return;
             }
         }
-        self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+        self.store.set_epoch_deadline(self.rt.limits.deadline_ticks());
         if let Ok(v) = self.bindings.teams_presence_plugin_sync().call_plugin_version(&mut self.store).await {
             self.plugin_version = v;
         }
@@ -646,8 +674,10 @@ impl Actor {
                 self.interrupt_next = true;
                 continue;
             }
-            let deadline = if std::mem::take(&mut self.interrupt_next) { 0 } else { CALL_DEADLINE_TICKS };
+            let deadline = if std::mem::take(&mut self.interrupt_next) { 0 } else { self.rt.limits.deadline_ticks() };
             self.store.set_epoch_deadline(deadline);
+            let started = std::time::Instant::now();
+            let kind = cmd.name();
             let sync = self.bindings.teams_presence_plugin_sync();
             let result: Result<(), wasmtime::Error> = match cmd {
                 Command::Shutdown => return,
@@ -714,6 +744,9 @@ impl Actor {
                     Err(e) => Err(e),
                 },
             };
+            let ms = started.elapsed().as_millis() as u64;
+            let slowest = self.slowest.entry(kind).or_default();
+            *slowest = (*slowest).max(ms);
             if let Err(e) = result {
                 self.record_trap(e);
                 self.recover().await;
@@ -773,6 +806,9 @@ pub struct StatusView {
     pub last_trap: Option<String>,
     /// Outbound requests refused by the allow-list.
     pub refused_requests: u64,
+    /// The longest guest call so far per kind of call, in ms (the CPU bound is
+    /// `call_deadline_ms`).
+    pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// One subscription in [`StatusView`].
@@ -835,6 +871,7 @@ impl StatusView {
             traps: a.traps,
             last_trap: a.last_trap.clone(),
             refused_requests: a.ctx.refused_requests.load(Ordering::Relaxed),
+            slowest_calls_ms: a.slowest.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());
