@@ -843,15 +843,41 @@ fn delta_rounds_follow_the_stored_delta_link_and_apply_changes_whole() {
     assert_eq!(s.microsoft_users, 3);
     assert_eq!(s.mapped_users, 2, "u2 and u9; u0 removed, u1's address changed");
     let effects = core.take_effects();
-    let dir = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Store { key, value: Some(v) } if key == "v1/directory" => Some(v.clone()),
+    let stored = |name: &str| {
+        effects.iter().find_map(|e| match e {
+            Effect::Store { key, value: Some(v) } if key == name => {
+                Some(serde_json::from_slice::<serde_json::Value>(v).unwrap())
+            }
             _ => None,
         })
-        .expect("directory persisted");
-    let dir: serde_json::Value = serde_json::from_slice(&dir).unwrap();
-    assert_eq!(dir["delta_link"], "https://graph.test/v1.0/users/delta?$deltatoken=after");
+    };
+    assert_eq!(stored("v1/directory").expect("changed users persisted")["users"].as_array().unwrap().len(), 3);
+    let delta = stored("v1/directory-delta").expect("deltaLink persisted");
+    assert_eq!(delta["delta_link"], "https://graph.test/v1.0/users/delta?$deltatoken=after");
+
+    // A round without changes stores the new deltaLink, not the users again.
+    env.now += 61_000;
+    core.tick(&mut env);
+    answer_directory(
+        &mut core,
+        &mut env,
+        ok(
+            200,
+            serde_json::json!({"value": [], "@odata.deltaLink": "https://graph.test/v1.0/users/delta?$deltatoken=later"}),
+        ),
+    );
+    let keys: Vec<String> = core
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Store { key, value: Some(_) } => Some(key),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        keys.contains(&"v1/directory-delta".to_string()) && !keys.contains(&"v1/directory".to_string()),
+        "{keys:?}"
+    );
 }
 
 #[test]

@@ -32,15 +32,23 @@ pub(super) enum DirFetch {
     Delta { changes: Vec<serde_json::Value> },
 }
 
+/// The users, stored only when a round changed them (at 100,000 users this is megabytes).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct PersistedDirectory {
     pub fetched_at_ms: u64,
     pub users: Vec<GraphUser>,
-    #[serde(default)]
-    pub delta_link: Option<String>,
-    #[serde(default)]
+}
+
+/// Where delta rounds go on, stored after every round (small). Written after the users, so
+/// a crash between the two replays changes (harmless) rather than skipping them.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct PersistedDeltaState {
+    pub fetched_at_ms: u64,
+    pub delta_link: String,
     pub full_at_ms: u64,
 }
+
+const STATE_DELTA: &str = "v1/directory-delta";
 
 #[derive(Debug, Default)]
 pub(super) struct Directory {
@@ -68,8 +76,12 @@ impl Core {
         if let Some(d) = env.load(STATE_DIRECTORY).and_then(|b| serde_json::from_slice::<PersistedDirectory>(&b).ok()) {
             self.dir.users = Some(d.users);
             self.dir.last_ok_ms = Some(d.fetched_at_ms);
-            self.dir.delta_link = d.delta_link;
-            self.dir.full_due_at = if self.dir.delta_link.is_some() { d.full_at_ms + FULL_RESYNC_MS } else { 0 };
+            if let Some(s) = env.load(STATE_DELTA).and_then(|b| serde_json::from_slice::<PersistedDeltaState>(&b).ok())
+            {
+                self.dir.delta_link = Some(s.delta_link);
+                self.dir.full_due_at = s.full_at_ms + FULL_RESYNC_MS;
+                self.dir.last_ok_ms = Some(s.fetched_at_ms.max(d.fetched_at_ms));
+            }
             self.rebuild_mapping(env);
         }
     }
@@ -234,19 +246,23 @@ impl Core {
         self.dir.retry.succeed();
         self.dir.next_at = now + self.delta_interval_ms();
         self.dir.last_ok_ms = Some(now);
-        let persisted = PersistedDirectory {
-            fetched_at_ms: now,
-            users: self.dir.users.take().unwrap_or_default(),
-            delta_link: self.dir.delta_link.clone(),
-            full_at_ms: self.dir.full_due_at.saturating_sub(FULL_RESYNC_MS),
-        };
-        if changed || self.dir.delta_link.is_some() {
+        if changed {
+            let persisted = PersistedDirectory { fetched_at_ms: now, users: self.dir.users.take().unwrap_or_default() };
             self.effects.push(Effect::Store {
                 key: STATE_DIRECTORY.into(),
                 value: Some(serde_json::to_vec(&persisted).unwrap()),
             });
+            self.dir.users = Some(persisted.users);
         }
-        self.dir.users = Some(persisted.users);
+        if let Some(delta_link) = self.dir.delta_link.clone() {
+            let state = PersistedDeltaState {
+                fetched_at_ms: now,
+                delta_link,
+                full_at_ms: self.dir.full_due_at.saturating_sub(FULL_RESYNC_MS),
+            };
+            self.effects
+                .push(Effect::Store { key: STATE_DELTA.into(), value: Some(serde_json::to_vec(&state).unwrap()) });
+        }
         // Rebuilt on every round, changed or not: switchboard users come and go too.
         self.rebuild_mapping(env);
     }
