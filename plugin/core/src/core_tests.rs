@@ -1030,3 +1030,52 @@ fn reauthorization_required_fetches_a_fresh_token_then_renews_then_re_reads() {
     let reqs = requests(&core.take_effects());
     assert!(reqs.iter().any(|(_, r)| r.url.ends_with("getPresencesByUserId")), "then presence is re-read");
 }
+
+#[test]
+fn state_carries_its_schema_version_and_a_newer_schema_is_refused_untouched() {
+    // A first configure records the schema.
+    let (_, env, _) = synced(5, 1);
+    assert_eq!(env.stored.get("meta/state-schema").map(|v| v.as_slice()), Some(b"1".as_slice()));
+
+    // State from before the schema was recorded (schema 0, the same `v1/` layout) is upgraded:
+    // the mapping comes back from it without a directory read, and the version is written.
+    let mut old = env.stored.clone();
+    old.remove("meta/state-schema");
+    let mut env0 = self::env(5);
+    env0.stored = old;
+    let mut core = Core::new();
+    core.configure(&mut env0, settings(1)).unwrap();
+    let effects = core.take_effects();
+    assert!(effects.iter().any(
+        |e| matches!(e, Effect::Store { key, value: Some(v) } if key == "meta/state-schema" && v.as_slice() == b"1")
+    ));
+    assert!(!requests(&effects).iter().any(|(_, r)| r.url.contains("/v1.0/users?")), "restored, not re-read");
+    assert_eq!(core.status(&env0).mapped_users, 5);
+
+    // State written by a newer release: refused with a reason, and nothing is written over it.
+    let mut env2 = self::env(5);
+    env2.stored = env.stored.clone();
+    env2.stored.insert("meta/state-schema".into(), b"2".to_vec());
+    let mut core = Core::new();
+    match core.configure(&mut env2, settings(1)) {
+        Err(ConfigError::Invalid(why)) => {
+            assert!(why.contains("schema 2") && why.contains("newer plugin release"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Store { .. } | Effect::Http { .. })));
+}
+
+#[test]
+fn request_ids_of_a_new_instance_do_not_start_where_another_started() {
+    let first = |draw_seed: u64| {
+        let mut env = env(3);
+        env.draws = draw_seed;
+        let mut core = Core::new();
+        core.configure(&mut env, settings(1)).unwrap();
+        requests(&core.take_effects()).first().map(|(id, _)| *id).unwrap()
+    };
+    let (a, b) = (first(0), first(1000));
+    assert_ne!(a, b);
+    assert!(a > 1 && b > 1, "not counted from zero: {a} {b}");
+}

@@ -40,6 +40,11 @@ pub const MAX_IDS_PER_PRESENCE_READ: usize = 650;
 const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
 const FIRST_BACKOFF_MS: u64 = 2_000;
 const STATE_DIRECTORY: &str = "v1/directory";
+/// The version of the layout of everything this core keeps in the key-value store. A release
+/// that changes the layout raises it and upgrades older state in [`upgrade_state`]; a release
+/// refuses state of a higher version (written by a newer release) instead of misreading it.
+pub const STATE_SCHEMA_VERSION: u32 = 1;
+const STATE_SCHEMA: &str = "meta/state-schema";
 const STATE_SUBSCRIPTIONS: &str = "v1/subscriptions";
 const STATE_OVERRIDES: &str = "v1/overrides";
 
@@ -266,6 +271,18 @@ impl Core {
     /// status then says which are missing, as the switchboard's admin page does.
     pub fn configure(&mut self, env: &mut dyn Env, settings: Settings) -> Result<(), ConfigError> {
         validate(&settings)?;
+        let stored_schema = match env.load(STATE_SCHEMA) {
+            None => 0,
+            Some(b) => std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse::<u32>().ok()).ok_or_else(|| {
+                ConfigError::Invalid("state: meta/state-schema is not a number; the stored state is damaged".into())
+            })?,
+        };
+        if stored_schema > STATE_SCHEMA_VERSION {
+            return Err(ConfigError::Invalid(format!(
+                "state: schema {stored_schema} was written by a newer plugin release; this release reads up to \
+                 schema {STATE_SCHEMA_VERSION}: run the newer release again"
+            )));
+        }
         let mut missing = Vec::new();
         for (field, value) in [
             ("tenant-id", &settings.tenant_id),
@@ -288,13 +305,26 @@ impl Core {
             }
         }
         let slots = settings.integration_users.len();
-        *self = Core { counters: std::mem::take(&mut self.counters), next_id: self.next_id, ..Core::default() };
+        // Request ids start at a random point, so that answers to a previous instance's requests
+        // (after a restart or a hot swap) are never taken for this one's.
+        let next_id = match self.next_id {
+            0 => u64::from_le_bytes(env.random_bytes(8).try_into().unwrap_or([1; 8])) >> 12,
+            n => n,
+        };
+        *self = Core { counters: std::mem::take(&mut self.counters), next_id, ..Core::default() };
         self.missing = missing;
         self.user_tokens = vec![Token::default(); slots];
         self.subs = vec![Sub::default(); slots];
         self.shards = Shards::new(slots, MAX_USERS_PER_SUBSCRIPTION);
         self.log(Level::Info, "configured", vec![("integration".into(), settings.name.clone())]);
         self.settings = Some(settings);
+        if stored_schema < STATE_SCHEMA_VERSION {
+            upgrade_state(stored_schema, env, &mut self.effects);
+            self.effects.push(Effect::Store {
+                key: STATE_SCHEMA.into(),
+                value: Some(STATE_SCHEMA_VERSION.to_string().into_bytes()),
+            });
+        }
         self.restore(env);
         self.drive(env);
         Ok(())
@@ -1109,6 +1139,18 @@ fn unknown() -> String {
 
 fn null_as_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(<Option<String> as serde::Deserialize>::deserialize(d)?.unwrap_or_else(unknown))
+}
+
+/// Brings state written under schema `from` to [`STATE_SCHEMA_VERSION`], before it is read.
+/// Schema 0 is state from before the schema was recorded: its layout is schema 1's (the `v1/`
+/// keys), so there is nothing to rewrite. A future schema adds its step here.
+fn upgrade_state(from: u32, _env: &mut dyn Env, _effects: &mut Vec<Effect>) {
+    for step in from..STATE_SCHEMA_VERSION {
+        match step {
+            0 => {} // 0 -> 1: the same layout, now versioned.
+            _ => unreachable!("no upgrade from schema {step}"),
+        }
+    }
 }
 
 fn validate(s: &Settings) -> Result<(), ConfigError> {
