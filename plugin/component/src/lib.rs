@@ -28,7 +28,12 @@ use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, prese
 mod convert;
 
 /// Version of this plugin release (reported in the status).
+#[cfg(not(feature = "next"))]
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Version of this plugin release (reported in the status): the `next` build, which the
+/// hot-swap tests use as "v2".
+#[cfg(feature = "next")]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-next");
 
 thread_local! {
     static CORE: RefCell<core::Core> = RefCell::new(core::Core::new());
