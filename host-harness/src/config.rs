@@ -52,6 +52,13 @@ pub struct HostConfig {
     pub login_base_url: String,
     /// Sandbox limits of the plugin instances.
     pub limits: crate::runtime::Limits,
+    /// The plugin component every integration runs unless it names its own (`None`: the one
+    /// built into the host).
+    pub plugin: Option<PathBuf>,
+    /// Where compiled plugins are cached (default `<state_dir>/plugin-cache`).
+    pub plugin_cache_dir: PathBuf,
+    /// The bearer token of the admin API (`PUT /admin/plugin`); `None` disables that API.
+    pub admin_token: Option<Secret>,
 }
 
 /// One `[[integration]]`.
@@ -81,6 +88,8 @@ pub struct IntegrationConfig {
     pub overrides: Vec<(String, String)>,
     /// CSV of switchboard users for the simulator (`id,name,email,line_number[,active]`).
     pub switchboard_csv: Option<PathBuf>,
+    /// This integration's own plugin component (a canary release), instead of the host's.
+    pub plugin: Option<PathBuf>,
 }
 
 /// An address source for matching (`match_order`).
@@ -122,6 +131,9 @@ struct RawHost {
     login_base_url: Option<String>,
     call_deadline_ms: Option<u64>,
     memory_limit_mib: Option<u64>,
+    plugin: Option<PathBuf>,
+    plugin_cache_dir: Option<PathBuf>,
+    admin_token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +159,7 @@ struct RawIntegration {
     #[serde(default)]
     overrides: Vec<RawOverride>,
     switchboard_csv: Option<PathBuf>,
+    plugin: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -229,11 +242,31 @@ impl Config {
             return Err(err("host.memory_limit_mib", format!("{memory_mib} must be between 16 and 4096")));
         }
         let limits = crate::runtime::Limits { call_deadline_ms, memory_bytes: (memory_mib as usize) << 20 };
+        let admin_token = match h.admin_token_env {
+            None => None,
+            Some(var) => match env(&var) {
+                Some(v) if v.len() >= 16 => Some(Secret::new(v)),
+                Some(_) => {
+                    return Err(err(
+                        "host.admin_token_env",
+                        format!("the token in ${var} is too short: use at least 16 characters"),
+                    ));
+                }
+                None => return Err(err("host.admin_token_env", format!("${var} is not set"))),
+            },
+        };
+        let state_dir = base.join(h.state_dir.unwrap_or_else(|| "state".into()));
         let host = HostConfig {
             limits,
+            plugin: h.plugin.map(|p| base.join(p)),
+            plugin_cache_dir: h
+                .plugin_cache_dir
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| state_dir.join("plugin-cache")),
+            admin_token,
             listen,
             public_base_url: h.public_base_url.trim_end_matches('/').to_string(),
-            state_dir: base.join(h.state_dir.unwrap_or_else(|| "state".into())),
+            state_dir,
             graph_base_url: graph_base_url.trim_end_matches('/').to_string(),
             login_base_url: login_base_url.trim_end_matches('/').to_string(),
         };
@@ -331,6 +364,7 @@ impl Config {
                 match_order: r.match_order,
                 overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
                 switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
+                plugin: r.plugin.map(|p| base.join(p)),
             });
         }
         Ok(Config { host, integrations })

@@ -46,6 +46,12 @@ pub struct ScenarioOptions {
     pub second_integration: Option<String>,
     /// Sandbox limits.
     pub limits: crate::runtime::Limits,
+    /// More integrations on the same host, each running its own plugin component (name, path
+    /// of the `.wasm`); they get the first integration's settings under their own name and an
+    /// empty switchboard. The sandbox tests run hostile components this way.
+    pub extra_integrations: Vec<(String, PathBuf)>,
+    /// The admin API's bearer token (`None`: the admin API is off).
+    pub admin_token: Option<String>,
 }
 
 impl ScenarioOptions {
@@ -63,6 +69,8 @@ impl ScenarioOptions {
             directory_delta_interval_s: 60,
             second_integration: None,
             limits: crate::runtime::Limits::default(),
+            extra_integrations: vec![],
+            admin_token: None,
         }
     }
 }
@@ -149,6 +157,9 @@ impl Scenario {
                 graph_base_url: emulator_url.clone(),
                 login_base_url: emulator_url.clone(),
                 limits: opts.limits,
+                plugin: None,
+                plugin_cache_dir: opts.state_dir.join("plugin-cache"),
+                admin_token: opts.admin_token.clone().map(Secret::new),
             },
             integrations: vec![IntegrationConfig {
                 name: opts.name.clone(),
@@ -168,6 +179,7 @@ impl Scenario {
                 match_order: vec![],
                 overrides: vec![],
                 switchboard_csv: None,
+                plugin: None,
             }],
         };
         let second = opts.second_integration.as_ref().map(|name| {
@@ -185,6 +197,12 @@ impl Scenario {
             config.integrations.push(ic);
             (Arc::new(Switchboard::new(switchboard_users(&seed2, opts.users))), seed2)
         });
+        for (name, plugin) in &opts.extra_integrations {
+            let mut ic = config.integrations[0].clone();
+            ic.name = name.clone();
+            ic.plugin = Some(plugin.clone());
+            config.integrations.push(ic);
+        }
         let (second_switchboard, second_seed) = match second {
             Some((sb, s)) => (Some(sb), Some(s)),
             None => (None, None),

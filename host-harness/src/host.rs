@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
 
-use crate::config::{Config, IntegrationConfig};
+use crate::config::{Config, IntegrationConfig, Secret};
 use crate::keys::NotificationKey;
-use crate::runtime::{self, HostClock, IntegrationHandle, Runtime, Spawn, WebhookRequest};
+use crate::release::Release;
+use crate::runtime::{self, HostClock, IntegrationHandle, Runtime, Spawn, SwapReport, WebhookRequest};
 use crate::store::Db;
 use crate::switchboard::Switchboard;
 
@@ -34,6 +35,7 @@ pub struct Host {
     pub addr: SocketAddr,
     /// The clock the plugins see.
     pub clock: Arc<HostClock>,
+    rt: Arc<Runtime>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -41,6 +43,33 @@ pub struct Host {
 #[derive(Clone)]
 struct AppState {
     integrations: Arc<BTreeMap<String, IntegrationHandle>>,
+    rt: Arc<Runtime>,
+    admin_token: Option<Secret>,
+}
+
+fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release>> {
+    let wasm = std::fs::read(path).with_context(|| format!("reading the plugin {}", path.display()))?;
+    rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))
+}
+
+async fn swap_all(
+    rt: &Runtime,
+    integrations: &BTreeMap<String, IntegrationHandle>,
+    wasm: &[u8],
+    only: Option<&str>,
+) -> anyhow::Result<Vec<SwapReport>> {
+    if let Some(name) = only {
+        anyhow::ensure!(integrations.contains_key(name), "no integration named {name:?}");
+    }
+    let release = rt.load(wasm)?;
+    let mut reports = Vec::new();
+    for (name, h) in integrations {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        reports.push(h.swap(release.clone()).await.ok_or_else(|| anyhow::anyhow!("integration {name} is stopping"))?);
+    }
+    Ok(reports)
 }
 
 impl Host {
@@ -54,7 +83,11 @@ impl Host {
         mut switchboards: BTreeMap<String, Arc<Switchboard>>,
     ) -> anyhow::Result<Host> {
         let db = Arc::new(Db::open(&config.host.state_dir)?);
-        let rt = Runtime::new(wasm, config.host.limits)?;
+        let rt = Runtime::new(config.host.limits, Some(config.host.plugin_cache_dir.clone()))?;
+        let default_release = match &config.host.plugin {
+            Some(path) => load_file(&rt, path)?,
+            None => rt.load(wasm).context("loading the plugin built into the host")?,
+        };
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
         let mut integrations = BTreeMap::new();
         for ic in &config.integrations {
@@ -66,6 +99,10 @@ impl Host {
                 }),
             };
             let key = NotificationKey::load_or_create(&db, &ic.name)?;
+            let release = match &ic.plugin {
+                Some(path) => load_file(&rt, path).with_context(|| format!("integration {}", ic.name))?,
+                None => default_release.clone(),
+            };
             let settings = settings_for(config, ic, &key);
             let allowed_origins = [&config.host.login_base_url, &config.host.graph_base_url]
                 .iter()
@@ -81,6 +118,7 @@ impl Host {
                     switchboard: sb,
                     key,
                     clock: clock.clone(),
+                    release,
                 },
             )
             .await
@@ -95,13 +133,22 @@ impl Host {
             tracing::info!(integration = %ic.name, "integration started");
             integrations.insert(ic.name.clone(), handle);
         }
-        let state = AppState { integrations: Arc::new(integrations.clone()) };
+        let state = AppState {
+            integrations: Arc::new(integrations.clone()),
+            rt: rt.clone(),
+            admin_token: config.host.admin_token.clone(),
+        };
         let app = Router::new()
             .route("/webhook/{name}/{kind}", any(webhook))
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
             .route("/integrations/{name}/sync-now", post(sync_now))
             .route("/integrations/{name}/overrides", get(get_overrides).put(put_overrides))
+            .route(
+                "/admin/plugin",
+                axum::routing::put(put_plugin)
+                    .layer(axum::extract::DefaultBodyLimit::max(crate::release::MAX_PLUGIN_BYTES)),
+            )
             .route("/switchboard/{name}/users", get(sb_users))
             .route("/switchboard/{name}/users/{id}", get(sb_user))
             .route("/switchboard/{name}/users/{id}/line-events", post(sb_line_event))
@@ -115,7 +162,15 @@ impl Host {
                 })
                 .await;
         });
-        Ok(Host { integrations, addr, clock, shutdown: Some(tx), server })
+        Ok(Host { integrations, addr, clock, rt, shutdown: Some(tx), server })
+    }
+
+    /// Hot swap: loads `wasm` (checks, compiles or takes it from the cache) and switches every
+    /// integration, or only `only`, to it, one after the other. A release that does not load
+    /// is refused before anything switches; an integration whose new instance does not
+    /// configure rolls back on its own (see its report).
+    pub async fn swap(&self, wasm: &[u8], only: Option<&str>) -> anyhow::Result<Vec<SwapReport>> {
+        swap_all(&self.rt, &self.integrations, wasm, only).await
     }
 
     /// Stops the listener and the integrations.
@@ -316,6 +371,44 @@ async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, bod
         Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Some(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SwapQuery {
+    integration: Option<String>,
+}
+
+/// Hot swap: `PUT /admin/plugin[?integration=NAME]` with the component as the body and
+/// `Authorization: Bearer <admin token>`. 200 with the reports when every integration
+/// switched, 409 with the reports when one rolled back, 422 when the component was refused
+/// (nothing switched), 401/403 without a valid token or with the admin API disabled.
+async fn put_plugin(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<SwapQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(token) = &st.admin_token else {
+        return (StatusCode::FORBIDDEN, "the admin API is disabled: set [host] admin_token_env").into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)").into_response();
+    }
+    match swap_all(&st.rt, &st.integrations, &body, q.integration.as_deref()).await {
+        Ok(reports) => {
+            let code =
+                if reports.iter().all(|r| r.outcome == "switched") { StatusCode::OK } else { StatusCode::CONFLICT };
+            (code, axum::Json(json!({ "reports": reports }))).into_response()
+        }
+        Err(e) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("plugin refused, nothing switched: {e:#}")).into_response()
+        }
     }
 }
 

@@ -49,6 +49,22 @@ enum Cmd {
         #[arg(long)]
         integration: String,
     },
+    /// Hot swap: sends a plugin component to a running host, which checks it and switches
+    /// every integration (or one) to it; prints each integration's report.
+    Swap {
+        /// The host's base URL (its listen address).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        host: String,
+        /// The component (`.wasm`).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Only this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// The environment variable holding the admin token (the host's `admin_token_env`).
+        #[arg(long, default_value = "TPS_ADMIN_TOKEN")]
+        token_env: String,
+    },
     /// Runs the benchmark suite and writes BENCHMARKS.md.
     Bench {
         /// Where to write the report.
@@ -111,6 +127,27 @@ async fn main() -> anyhow::Result<()> {
             let text = r.text().await.unwrap_or_default();
             anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
             println!("{integration}: {text}");
+        }
+        Cmd::Swap { host, plugin, integration, token_env } => {
+            let wasm = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+            let token =
+                std::env::var(&token_env).with_context(|| format!("${token_env} (the admin token) is not set"))?;
+            let mut url = url::Url::parse(&format!("{}/admin/plugin", host.trim_end_matches('/')))
+                .with_context(|| format!("--host {host}"))?;
+            if let Some(name) = &integration {
+                url.query_pairs_mut().append_pair("integration", name);
+            }
+            let r = reqwest::Client::new()
+                .put(url.clone())
+                .bearer_auth(token)
+                .body(wasm)
+                .send()
+                .await
+                .with_context(|| format!("PUT {url}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            println!("{text}");
+            anyhow::ensure!(status.is_success(), "swap failed: {status}");
         }
         Cmd::Bench { out, smoke } => {
             let opts = if smoke {

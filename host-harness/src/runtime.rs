@@ -19,11 +19,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::keys::NotificationKey;
+use crate::release::Release;
 use crate::store::Db;
 use crate::switchboard::{Shown, Switchboard};
 
@@ -37,16 +38,16 @@ pub mod bindings {
     });
 }
 
+use bindings::PresenceSync;
 use bindings::exports::teams_presence::plugin::sync;
 use bindings::teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, state, status, types};
-use bindings::{PresenceSync, PresenceSyncPre};
 
 /// Epoch ticks happen every this many milliseconds.
 pub const EPOCH_TICK_MS: u64 = 10;
 /// Default CPU bound of one guest call: a runaway call is stopped within this (epoch
-/// interruption; the bound is rounded up to whole ticks). Not yet the 100 ms issue 4/5 asks
-/// for: a directory read of 100,000 users still rebuilds the mapping in one call (about 2 s;
-/// see `slowest_calls_ms` in the status and BENCHMARKS.md).
+/// interruption; the bound is rounded up to whole ticks). Not yet 100 ms: a directory read of
+/// 100,000 users still rebuilds the mapping in one call (about 2 s; see `slowest_calls_ms` in
+/// the status and BENCHMARKS.md).
 pub const DEFAULT_CALL_DEADLINE_MS: u64 = 10_000;
 /// Default memory cap per instance.
 pub const MEMORY_LIMIT_BYTES: usize = 256 << 20;
@@ -71,8 +72,20 @@ impl Limits {
         self.call_deadline_ms.div_ceil(EPOCH_TICK_MS).max(1)
     }
 }
-/// Largest HTTP response body handed to the plugin.
+/// Largest HTTP request or response body crossing the boundary (either way).
 pub const MAX_HTTP_BODY: usize = 16 << 20;
+/// Most headers on an outbound request.
+pub const MAX_HTTP_HEADERS: usize = 64;
+/// Largest outbound header (name plus value), in bytes.
+pub const MAX_HTTP_HEADER_BYTES: usize = 16 << 10;
+/// Longest outbound URL, in bytes.
+pub const MAX_URL_BYTES: usize = 8 << 10;
+/// Largest state value (bytes); the integration's total is [`crate::store::KV_QUOTA_BYTES`].
+pub const MAX_STATE_VALUE: usize = 32 << 20;
+/// Longest state key (bytes).
+pub const MAX_STATE_KEY: usize = 512;
+/// Longest string the plugin may put in a presence update (ids, availability, activity).
+pub const MAX_PRESENCE_FIELD: usize = 256;
 /// Timeout of one outbound request.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -131,6 +144,33 @@ pub struct IntegrationCtx {
     pub refused_requests: AtomicU64,
     /// The host's own counters (webhook rejects, inbox replays), merged into the status.
     pub counters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Outbound requests started and not yet answered to the plugin.
+    in_flight: AtomicU64,
+    /// The plugin's log allowance.
+    log_budget: std::sync::Mutex<LogBudget>,
+}
+
+/// A token bucket for the plugin's log records: a burst of [`LOG_BURST`], then
+/// [`LOG_PER_SECOND`]; what is over it is counted (`log.suppressed`) and dropped.
+pub struct LogBudget {
+    tokens: f64,
+    at: std::time::Instant,
+    suppressed_since_report: u64,
+}
+
+/// Log records a plugin may write at once.
+pub const LOG_BURST: f64 = 200.0;
+/// Log records a plugin may write per second, sustained.
+pub const LOG_PER_SECOND: f64 = 50.0;
+/// Longest log message forwarded (bytes); longer ones are cut.
+pub const MAX_LOG_MESSAGE: usize = 2048;
+/// Most key/value fields forwarded per log record.
+pub const MAX_LOG_FIELDS: usize = 32;
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget { tokens: LOG_BURST, at: std::time::Instant::now(), suppressed_since_report: 0 }
+    }
 }
 
 impl IntegrationCtx {
@@ -146,6 +186,7 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     ctx: Arc<IntegrationCtx>,
+    stderr: GuestStderr,
 }
 
 impl WasiView for HostState {
@@ -160,6 +201,9 @@ impl status::Host for HostState {}
 impl outbound_http::Host for HostState {
     fn start(&mut self, id: u64, req: outbound_http::Request) -> Result<(), outbound_http::HttpError> {
         use outbound_http::HttpError as E;
+        if req.url.len() > MAX_URL_BYTES {
+            return Err(E::InvalidRequest(format!("url longer than {MAX_URL_BYTES} bytes")));
+        }
         let url = match check_outbound(&self.ctx.allowed_origins, &req.url) {
             Ok(u) => u,
             Err(e) => {
@@ -170,19 +214,32 @@ impl outbound_http::Host for HostState {
                 return Err(e);
             }
         };
-        let method = reqwest::Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| E::InvalidRequest(format!("method {}", req.method)))?;
+        if !matches!(req.method.as_str(), "GET" | "POST" | "PATCH" | "PUT" | "DELETE") {
+            return Err(E::InvalidRequest(format!("method {}", cap(req.method, 16))));
+        }
+        let method =
+            reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| E::InvalidRequest("method".into()))?;
         if req.body.len() > MAX_HTTP_BODY {
             return Err(E::TooLarge(MAX_HTTP_BODY as u64));
+        }
+        if req.headers.len() > MAX_HTTP_HEADERS
+            || req.headers.iter().any(|(k, v)| k.len() + v.len() > MAX_HTTP_HEADER_BYTES)
+        {
+            return Err(E::InvalidRequest(format!(
+                "at most {MAX_HTTP_HEADERS} headers of at most {MAX_HTTP_HEADER_BYTES} bytes each"
+            )));
         }
         let mut builder = self.ctx.http.request(method, url).timeout(HTTP_TIMEOUT).body(req.body);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
         let ctx = self.ctx.clone();
+        ctx.in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let outcome = perform(builder).await;
-            let _ = ctx.tx.send(Command::HttpDone(id, outcome));
+            if ctx.tx.send(Command::HttpDone(id, outcome)).is_err() {
+                ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
         });
         Ok(())
     }
@@ -253,6 +310,9 @@ impl directory::Host for HostState {
         self.ctx.switchboard.users().into_iter().map(to_wit_user).collect()
     }
     fn find_by_email(&mut self, email: String) -> Vec<directory::SwitchboardUser> {
+        if email.len() > MAX_PRESENCE_FIELD {
+            return vec![];
+        }
         self.ctx.switchboard.find_by_email(&email).into_iter().map(to_wit_user).collect()
     }
 }
@@ -269,6 +329,13 @@ fn to_wit_user(u: crate::switchboard::User) -> directory::SwitchboardUser {
 
 impl presence::Host for HostState {
     fn publish(&mut self, u: presence::PresenceUpdate) -> Result<(), presence::PublishError> {
+        if [&u.user_id, &u.microsoft_user_id, &u.presence.availability, &u.presence.activity]
+            .iter()
+            .any(|f| f.len() > MAX_PRESENCE_FIELD)
+        {
+            self.ctx.count("publish.refused-oversized");
+            return Err(presence::PublishError::UnknownUser(cap(u.user_id, 64)));
+        }
         if !self.ctx.switchboard.has_user(&u.user_id) {
             return Err(presence::PublishError::UnknownUser(u.user_id));
         }
@@ -303,6 +370,12 @@ impl state::Host for HostState {
         }
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), state::StateError> {
+        if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
+            self.ctx.count("state.refused-oversized");
+            return Err(state::StateError::Unavailable(format!(
+                "keys are limited to {MAX_STATE_KEY} bytes and values to {MAX_STATE_VALUE} bytes"
+            )));
+        }
         self.ctx.db.set(&self.ctx.name, &key, &value).map_err(|e| match e {
             StateFailure::Quota(q) => state::StateError::QuotaExceeded(q),
             StateFailure::Unavailable(r) => state::StateError::Unavailable(r),
@@ -327,7 +400,30 @@ impl clock::Host for HostState {
 impl log::Host for HostState {
     fn emit(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
         let name = &self.ctx.name;
-        let fields = fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        {
+            let mut b = self.ctx.log_budget.lock().unwrap();
+            let now = std::time::Instant::now();
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * LOG_PER_SECOND).min(LOG_BURST);
+            b.at = now;
+            if b.tokens < 1.0 {
+                b.suppressed_since_report += 1;
+                drop(b);
+                self.ctx.count("log.suppressed");
+                return;
+            }
+            b.tokens -= 1.0;
+            let suppressed = std::mem::take(&mut b.suppressed_since_report);
+            if suppressed > 0 {
+                tracing::warn!(integration = %name, suppressed, "plugin log records over the allowance were dropped");
+            }
+        }
+        let message = cap(message, MAX_LOG_MESSAGE);
+        let fields = fields
+            .into_iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| format!("{}={}", cap(k, 64), cap(v, 512)))
+            .collect::<Vec<_>>()
+            .join(" ");
         match level {
             log::Level::Debug => tracing::debug!(integration = %name, "{message} {fields}"),
             log::Level::Info => tracing::info!(integration = %name, "{message} {fields}"),
@@ -351,27 +447,26 @@ impl crypto::Host for HostState {
     }
 }
 
-/// The engine and the prepared component, shared by all integrations.
+/// The engine and the linker, shared by all integrations, and the compile cache. Releases
+/// (compiled plugins) are loaded with [`Runtime::load`]; each integration's actor runs one.
 pub struct Runtime {
     engine: Engine,
-    pre: PresenceSyncPre<HostState>,
-    /// The component's `plugin-version`, read at load.
-    pub plugin_version: String,
-    /// The sandbox limits of its instances.
+    linker: Linker<HostState>,
+    cache: Option<crate::release::CompileCache>,
+    /// The sandbox limits of every instance.
     pub limits: Limits,
 }
 
 impl Runtime {
-    /// Compiles `wasm` and prepares it for instantiation. Starts the epoch ticker.
-    pub fn new(wasm: &[u8], limits: Limits) -> anyhow::Result<Arc<Runtime>> {
+    /// An engine with epoch interruption, a linker with the WIT imports and WASI p2, and the
+    /// compile cache in `cache_dir` (none: always compile). Starts the epoch ticker.
+    pub fn new(limits: Limits, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = wt(Engine::new(&config))?;
-        let component = wt(Component::new(&engine, wasm)).context("compiling the plugin component")?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
         wt(PresenceSync::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
-        let pre = wt(PresenceSyncPre::new(wt(linker.instantiate_pre(&component))?))?;
         let weak = engine.weak();
         std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
@@ -380,21 +475,38 @@ impl Runtime {
                 std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
             }
         })?;
-        Ok(Arc::new(Runtime { engine, pre, plugin_version: String::new(), limits }))
+        let cache = cache_dir.map(crate::release::CompileCache::new);
+        Ok(Arc::new(Runtime { engine, linker, cache, limits }))
+    }
+
+    /// Checks, compiles (or loads from the cache) and prepares a plugin release. Nothing runs
+    /// it yet; see [`crate::release`] for the checks.
+    pub fn load(&self, wasm: &[u8]) -> anyhow::Result<Arc<Release>> {
+        let r = crate::release::load(&self.engine, &self.linker, self.cache.as_ref(), wasm)?;
+        tracing::info!(sha256 = %&r.sha256[..12], wit = %r.wit_version, from_cache = r.from_cache,
+            load_ms = format!("{:.1}", r.load_ms), "plugin release loaded");
+        Ok(Arc::new(r))
     }
 
     fn new_store(&self, ctx: Arc<IntegrationCtx>) -> Store<HostState> {
+        let stderr = GuestStderr::default();
         let state = HostState {
-            // No preopened directories, environment, arguments, stdin or sockets.
-            wasi: WasiCtx::builder().build(),
+            // No preopened directories, environment, arguments, stdin or sockets; stderr (where
+            // a panicking guest writes its message) is kept, its tail only, for trap reports.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
-                .instances(4)
+                .table_elements(1 << 20)
+                .instances(8)
                 .tables(16)
                 .memories(4)
+                // A failed memory.grow traps with a message that names memory, instead of an
+                // allocation failure that ends in an anonymous `unreachable`.
+                .trap_on_grow_failure(true)
                 .build(),
             ctx,
+            stderr,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -402,6 +514,59 @@ impl Runtime {
         // Instantiation runs guest code too (start functions): give it the same deadline.
         store.set_epoch_deadline(self.limits.deadline_ticks());
         store
+    }
+}
+
+/// A guest's stderr: only the last [`STDERR_TAIL`] bytes are kept, whatever it writes.
+#[derive(Clone, Default)]
+pub struct GuestStderr(Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
+
+/// How much of a guest's stderr is kept for the trap report.
+pub const STDERR_TAIL: usize = 2048;
+
+impl GuestStderr {
+    /// The kept tail, as text, and empties it.
+    fn take(&self) -> String {
+        let bytes: Vec<u8> = self.0.lock().unwrap().drain(..).collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestStderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestStderr {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestStderr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut tail = self.0.lock().unwrap();
+        tail.extend(buf.iter().rev().take(STDERR_TAIL).rev());
+        let excess = tail.len().saturating_sub(STDERR_TAIL);
+        tail.drain(..excess);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -425,6 +590,8 @@ pub enum Command {
     GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
     /// A line event.
     Line(presence::LineEvent, oneshot::Sender<Result<(), String>>),
+    /// Switch to another plugin release (hot swap), with where to send the outcome.
+    Swap(Arc<Release>, oneshot::Sender<SwapReport>),
     /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
     /// how tests show that a trap restarts only this integration's instance.
     InterruptNextCall,
@@ -444,11 +611,40 @@ impl Command {
             Command::SetOverrides(..) => "set-overrides",
             Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
+            Command::Swap(..) => "swap",
             Command::InterruptNextCall => "interrupt-next-call",
             Command::Shutdown => "shutdown",
         }
     }
 }
+
+/// The outcome of a hot swap, as the admin API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    /// The integration.
+    pub integration: String,
+    /// `switched`, `rolled-back` or `refused`.
+    pub outcome: String,
+    /// The release that ran before (plugin version and SHA-256 prefix).
+    pub from: String,
+    /// The release asked for.
+    pub to: String,
+    /// Why it rolled back or was refused.
+    pub reason: Option<String>,
+    /// How long this integration's events waited: from the swap's start (events held) to the
+    /// moment the new instance was configured and took them, in ms.
+    pub pause_ms: f64,
+    /// Of the pause, the time spent waiting for outbound requests in flight to finish, in ms.
+    pub drain_ms: f64,
+    /// Events (webhooks, line events, ticks, answers) that waited during the swap and were
+    /// then processed by the release that runs after it.
+    pub held_events: usize,
+    /// When it happened (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// How long a swap waits for the old instance's outbound requests in flight.
+pub const SWAP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The host's handle to an integration's actor.
 #[derive(Clone)]
@@ -473,6 +669,7 @@ impl IntegrationHandle {
     /// caller may acknowledge it to Graph.
     pub fn accept(&self, kind: &str, body: Vec<u8>) -> anyhow::Result<()> {
         let id = self.ctx.db.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
+        self.ctx.count("inbox.accepted");
         let req = inbox_request(kind, body);
         self.tx.send(Command::Inbox(id, req)).map_err(|_| anyhow::anyhow!("integration is stopping"))?;
         Ok(())
@@ -509,6 +706,13 @@ impl IntegrationHandle {
     pub fn sync_now(&self) -> bool {
         self.tx.send(Command::SyncNow).is_ok()
     }
+    /// Hot swap: switches this integration to `release` (see [`SwapReport`]). `None` if the
+    /// actor is gone.
+    pub async fn swap(&self, release: Arc<Release>) -> Option<SwapReport> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Swap(release, tx)).ok()?;
+        rx.await.ok()
+    }
     /// Makes the instance's next guest call trap on its deadline (tests).
     pub fn interrupt_next_call(&self) {
         let _ = self.tx.send(Command::InterruptNextCall);
@@ -535,6 +739,8 @@ pub struct Spawn {
     pub key: NotificationKey,
     /// Clock.
     pub clock: Arc<HostClock>,
+    /// The plugin release to run.
+    pub release: Arc<Release>,
 }
 
 /// Starts an integration's actor and configures its instance.
@@ -551,10 +757,12 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         tx: tx.clone(),
         refused_requests: AtomicU64::new(0),
         counters: Default::default(),
+        in_flight: AtomicU64::new(0),
+        log_budget: Default::default(),
     });
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), switchboard: s.switchboard, ctx: ctx.clone() };
-    let mut actor = Actor::start(rt, ctx.clone(), s.settings).await?;
+    let mut actor = Actor::start(rt, ctx.clone(), s.settings, s.release).await?;
     // Notifications acknowledged before a crash but never processed: replay them, oldest
     // first, before anything else reaches the new instance.
     for (id, kind, body) in ctx.db.inbox(&ctx.name)? {
@@ -591,6 +799,7 @@ struct Actor {
     rt: Arc<Runtime>,
     ctx: Arc<IntegrationCtx>,
     settings: sync::Settings,
+    release: Arc<Release>,
     store: Store<HostState>,
     bindings: PresenceSync,
     traps: u64,
@@ -600,16 +809,71 @@ struct Actor {
     interrupt_next: bool,
     /// The longest guest call seen, per kind of call (ms).
     slowest: std::collections::BTreeMap<&'static str, u64>,
+    /// The last hot swap.
+    last_swap: Option<SwapReport>,
+    /// Counters of the releases that ran before a swap, so that the status counts since start.
+    carried: std::collections::BTreeMap<String, u64>,
+}
+
+/// What `configure` made of an instance.
+enum Configured {
+    /// Configured; the plugin's version.
+    Ok(String),
+    /// The plugin refused the settings.
+    Refused(String),
+    /// The call trapped.
+    Trapped(wasmtime::Error),
+}
+
+/// Configures a fresh instance.
+async fn configure_instance(
+    limits: &Limits,
+    store: &mut Store<HostState>,
+    bindings: &PresenceSync,
+    settings: &sync::Settings,
+) -> Configured {
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let sync = bindings.teams_presence_plugin_sync();
+    match sync.call_configure(&mut *store, settings).await {
+        Ok(Ok(())) => {}
+        Ok(Err(sync::ConfigError::Missing(f))) => return Configured::Refused(format!("missing {f}")),
+        Ok(Err(sync::ConfigError::Invalid(r))) => return Configured::Refused(format!("invalid {r}")),
+        Err(e) => return Configured::Trapped(e),
+    }
+    store.set_epoch_deadline(limits.deadline_ticks());
+    match sync.call_plugin_version(&mut *store).await {
+        Ok(v) => Configured::Ok(cap(v, 128)),
+        Err(e) => Configured::Trapped(e),
+    }
+}
+
+/// `s`, cut to at most `max` bytes (on a character boundary).
+fn cap(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 impl Actor {
-    async fn start(rt: Arc<Runtime>, ctx: Arc<IntegrationCtx>, settings: sync::Settings) -> anyhow::Result<Actor> {
+    async fn start(
+        rt: Arc<Runtime>,
+        ctx: Arc<IntegrationCtx>,
+        settings: sync::Settings,
+        release: Arc<Release>,
+    ) -> anyhow::Result<Actor> {
         let mut store = rt.new_store(ctx.clone());
-        let bindings = wt(rt.pre.instantiate_async(&mut store).await).context("instantiating the plugin")?;
+        let bindings = wt(release.pre.instantiate_async(&mut store).await).context("instantiating the plugin")?;
         let mut actor = Actor {
             rt,
             ctx,
             settings,
+            release,
             store,
             bindings,
             traps: 0,
@@ -618,46 +882,43 @@ impl Actor {
             plugin_version: String::new(),
             interrupt_next: false,
             slowest: Default::default(),
+            last_swap: None,
+            carried: Default::default(),
         };
         actor.configure().await;
         Ok(actor)
     }
 
     async fn configure(&mut self) {
-        self.store.set_epoch_deadline(self.rt.limits.deadline_ticks());
-        let settings = self.settings.clone();
-        match self.bindings.teams_presence_plugin_sync().call_configure(&mut self.store, &settings).await {
-            Ok(Ok(())) => self.config_error = None,
-            Ok(Err(e)) => {
-                let msg = match e {
-                    sync::ConfigError::Missing(f) => format!("missing {f}"),
-                    sync::ConfigError::Invalid(r) => format!("invalid {r}"),
-                };
+        match configure_instance(&self.rt.limits, &mut self.store, &self.bindings, &self.settings).await {
+            Configured::Ok(v) => {
+                self.config_error = None;
+                self.plugin_version = v;
+            }
+            Configured::Refused(msg) => {
                 tracing::error!(integration = %self.ctx.name, "plugin refused settings: {msg}");
                 self.config_error = Some(msg);
             }
-            Err(e) => {
-                self.record_trap(e);
-                return;
-            }
-        }
-        self.store.set_epoch_deadline(self.rt.limits.deadline_ticks());
-        if let Ok(v) = self.bindings.teams_presence_plugin_sync().call_plugin_version(&mut self.store).await {
-            self.plugin_version = v;
+            Configured::Trapped(e) => self.record_trap(e),
         }
     }
 
     fn record_trap(&mut self, e: wasmtime::Error) {
         self.traps += 1;
-        let msg = format!("{e:#}");
+        let mut msg = format!("{e:#}");
+        let stderr = self.store.data().stderr.take();
+        if !stderr.is_empty() {
+            msg = format!("{msg}; guest stderr: {}", cap(stderr, 512));
+        }
         tracing::error!(integration = %self.ctx.name, error = %msg, "plugin trapped; restarting its instance");
+        self.ctx.count("plugin.traps");
         self.last_trap = Some(msg);
     }
 
     /// After a trap the Store is poisoned: build a new one and configure again.
     async fn recover(&mut self) {
         let mut store = self.rt.new_store(self.ctx.clone());
-        match self.rt.pre.instantiate_async(&mut store).await {
+        match self.release.pre.instantiate_async(&mut store).await {
             Ok(b) => {
                 self.store = store;
                 self.bindings = b;
@@ -669,93 +930,242 @@ impl Actor {
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(cmd) = rx.recv().await {
-            tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
-            if matches!(cmd, Command::InterruptNextCall) {
-                self.interrupt_next = true;
-                continue;
-            }
-            let deadline = if std::mem::take(&mut self.interrupt_next) { 0 } else { self.rt.limits.deadline_ticks() };
-            self.store.set_epoch_deadline(deadline);
-            let started = std::time::Instant::now();
-            let kind = cmd.name();
-            let sync = self.bindings.teams_presence_plugin_sync();
-            let result: Result<(), wasmtime::Error> = match cmd {
+            match cmd {
                 Command::Shutdown => return,
-                Command::InterruptNextCall => Ok(()),
-                Command::Webhook(req, reply) => match sync.call_on_webhook(&mut self.store, &req).await {
-                    Ok(r) => {
-                        let _ = reply.send(r);
-                        Ok(())
+                Command::Swap(release, reply) => {
+                    let (report, held) = self.swap(release, &mut rx).await;
+                    let _ = reply.send(report);
+                    for cmd in held {
+                        match cmd {
+                            Command::Shutdown => return,
+                            // A swap asked for during a swap waits for this one to finish.
+                            Command::Swap(r, reply) => {
+                                let (report, more) = Box::pin(self.swap(r, &mut rx)).await;
+                                let _ = reply.send(report);
+                                for cmd in more {
+                                    self.call(cmd).await;
+                                }
+                            }
+                            cmd => self.call(cmd).await,
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(sync::WebhookResponse {
-                            status: 500,
-                            content_type: "text/plain".into(),
-                            body: b"plugin failed; retry later".to_vec(),
-                        });
-                        Err(e)
-                    }
-                },
-                Command::Inbox(id, req) => {
-                    let r = sync.call_on_webhook(&mut self.store, &req).await.map(|_| ());
-                    // Processed (or it made the plugin trap, and would again): either way it
-                    // leaves the inbox, so that one poisonous body cannot loop.
-                    if let Err(e) = self.ctx.db.inbox_delete(id) {
-                        tracing::error!(integration = %self.ctx.name, "inbox delete failed: {e:#}");
-                    }
-                    r
                 }
-                Command::HttpDone(id, outcome) => {
-                    sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
-                }
-                Command::SetOverrides(o, reply) => sync.call_set_overrides(&mut self.store, &o).await.map(|r| {
-                    let _ = reply.send(r);
-                }),
-                Command::GetOverrides(reply) => sync.call_get_overrides(&mut self.store).await.map(|r| {
-                    let _ = reply.send(r);
-                }),
-                Command::Tick => sync.call_tick(&mut self.store).await,
-                Command::SyncNow => sync.call_sync_now(&mut self.store).await,
-                Command::Status(reply) => match sync.call_status(&mut self.store).await {
-                    Ok(s) => {
-                        let _ = reply.send(self.view(Some(s)));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let _ = reply.send(self.view(None));
-                        Err(e)
-                    }
-                },
-                Command::Line(ev, reply) => match sync.call_on_line_event(&mut self.store, &ev).await {
-                    Ok(r) => {
-                        let _ = reply.send(r.map_err(|e| match e {
-                            sync::LineEventError::UnmappedUser(u) => {
-                                format!("switchboard user {u} is not mapped to a Microsoft user")
-                            }
-                            sync::LineEventError::PassiveUser(u) => {
-                                format!("switchboard user {u} is passive (no line); passive users get no pushes")
-                            }
-                            sync::LineEventError::PushDisabled => {
-                                "\"Push line status to Teams\" is off for this integration".into()
-                            }
-                        }));
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            let ms = started.elapsed().as_millis() as u64;
-            let slowest = self.slowest.entry(kind).or_default();
-            *slowest = (*slowest).max(ms);
-            if let Err(e) = result {
-                self.record_trap(e);
-                self.recover().await;
+                cmd => self.call(cmd).await,
             }
+        }
+    }
+
+    /// Hot swap: hold events, let outbound requests in flight finish on the old instance,
+    /// configure the new release on the state the old one left in the key-value store, and
+    /// switch; if the new release does not configure, put the state back and keep the old
+    /// one. Returns the report and the held events, for the running instance to process.
+    async fn swap(
+        &mut self,
+        release: Arc<Release>,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> (SwapReport, Vec<Command>) {
+        let started = std::time::Instant::now();
+        let label = |version: &str, r: &Release| format!("{version} ({})", &r.sha256[..12]);
+        let mut report = SwapReport {
+            integration: self.ctx.name.clone(),
+            outcome: String::new(),
+            from: label(&self.plugin_version, &self.release),
+            to: label("?", &release),
+            reason: None,
+            pause_ms: 0.0,
+            drain_ms: 0.0,
+            held_events: 0,
+            at_ms: self.ctx.clock.now_ms(),
+        };
+        // 1. Drain: answers to the old instance's requests go to it; everything else waits.
+        let mut held = Vec::new();
+        let drain_until = tokio::time::Instant::now() + SWAP_DRAIN_TIMEOUT;
+        while self.ctx.in_flight.load(Ordering::SeqCst) > 0 {
+            match tokio::time::timeout_at(drain_until, rx.recv()).await {
+                Ok(Some(cmd @ Command::HttpDone(..))) => self.call(cmd).await,
+                Ok(Some(cmd)) => held.push(cmd),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(integration = %self.ctx.name, in_flight = self.ctx.in_flight.load(Ordering::SeqCst),
+                        "swap: outbound requests still in flight after the drain timeout; their answers go to the new release");
+                    break;
+                }
+            }
+        }
+        report.drain_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // 2. Keep the state as the old release left it, for a rollback.
+        if let Err(e) = self.ctx.db.kv_backup(&self.ctx.name) {
+            report.outcome = "refused".into();
+            report.reason = Some(format!("could not back up the state before the swap: {e:#}"));
+            report.pause_ms = started.elapsed().as_secs_f64() * 1000.0;
+            return self.finish_swap(report, held);
+        }
+        // 3. The new release, configured on that state.
+        let mut store = self.rt.new_store(self.ctx.clone());
+        let outcome = match release.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => match configure_instance(&self.rt.limits, &mut store, &bindings, &self.settings).await {
+                Configured::Ok(version) => Ok((bindings, version)),
+                Configured::Refused(msg) => Err(format!("the new release refused the settings: {msg}")),
+                Configured::Trapped(e) => Err(format!("the new release trapped while configuring: {e:#}")),
+            },
+            Err(e) => Err(format!("the new release could not be instantiated: {e:#}")),
+        };
+        match outcome {
+            Ok((bindings, version)) => {
+                // The old release's counters carry over (its instance is still healthy here).
+                self.store.set_epoch_deadline(self.rt.limits.deadline_ticks());
+                if let Ok(s) = self.bindings.teams_presence_plugin_sync().call_status(&mut self.store).await {
+                    for (k, v) in s.counters {
+                        *self.carried.entry(k).or_default() += v;
+                    }
+                }
+                report.to = label(&version, &release);
+                report.outcome = "switched".into();
+                self.store = store;
+                self.bindings = bindings;
+                self.release = release;
+                self.plugin_version = version;
+                self.config_error = None;
+                self.ctx.count("plugin.swaps");
+            }
+            Err(reason) => {
+                // Roll back: the state as it was, and the old instance, which never stopped.
+                if let Err(e) = self.ctx.db.kv_restore(&self.ctx.name) {
+                    tracing::error!(integration = %self.ctx.name, "swap rollback: restoring the state failed: {e:#}");
+                }
+                report.outcome = "rolled-back".into();
+                report.reason = Some(cap(reason, 1024));
+                self.ctx.count("plugin.rollbacks");
+            }
+        }
+        report.pause_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // What waited: taken aside while draining, plus what queued up meanwhile.
+        report.held_events = held.len() + rx.len();
+        self.finish_swap(report, held)
+    }
+
+    fn finish_swap(&mut self, report: SwapReport, held: Vec<Command>) -> (SwapReport, Vec<Command>) {
+        match &report.reason {
+            None => tracing::info!(integration = %self.ctx.name, from = %report.from, to = %report.to,
+                pause_ms = format!("{:.2}", report.pause_ms), "plugin swapped"),
+            Some(r) => tracing::error!(integration = %self.ctx.name, from = %report.from, to = %report.to,
+                outcome = %report.outcome, "plugin swap failed: {r}"),
+        }
+        self.last_swap = Some(report.clone());
+        (report, held)
+    }
+
+    /// One command, one guest call.
+    async fn call(&mut self, cmd: Command) {
+        tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
+        if matches!(cmd, Command::InterruptNextCall) {
+            self.interrupt_next = true;
+            return;
+        }
+        let deadline = if std::mem::take(&mut self.interrupt_next) { 0 } else { self.rt.limits.deadline_ticks() };
+        self.store.set_epoch_deadline(deadline);
+        let started = std::time::Instant::now();
+        let kind = cmd.name();
+        let sync = self.bindings.teams_presence_plugin_sync();
+        let result: Result<(), wasmtime::Error> = match cmd {
+            Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall => Ok(()),
+            Command::Webhook(req, reply) => match sync.call_on_webhook(&mut self.store, &req).await {
+                Ok(r) => {
+                    let _ = reply.send(checked_response(&self.ctx, r));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = reply.send(sync::WebhookResponse {
+                        status: 500,
+                        content_type: "text/plain".into(),
+                        body: b"plugin failed; retry later".to_vec(),
+                    });
+                    Err(e)
+                }
+            },
+            Command::Inbox(id, req) => {
+                let r = sync.call_on_webhook(&mut self.store, &req).await.map(|_| ());
+                // Processed (or it made the plugin trap, and would again): either way it
+                // leaves the inbox, so that one poisonous body cannot loop.
+                if let Err(e) = self.ctx.db.inbox_delete(id) {
+                    tracing::error!(integration = %self.ctx.name, "inbox delete failed: {e:#}");
+                }
+                self.ctx.count("inbox.processed");
+                r
+            }
+            Command::HttpDone(id, outcome) => {
+                self.ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
+                sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
+            }
+            Command::SetOverrides(o, reply) => sync.call_set_overrides(&mut self.store, &o).await.map(|r| {
+                let _ = reply.send(r);
+            }),
+            Command::GetOverrides(reply) => sync.call_get_overrides(&mut self.store).await.map(|r| {
+                let _ = reply.send(r);
+            }),
+            Command::Tick => sync.call_tick(&mut self.store).await,
+            Command::SyncNow => sync.call_sync_now(&mut self.store).await,
+            Command::Status(reply) => match sync.call_status(&mut self.store).await {
+                Ok(s) => {
+                    let _ = reply.send(self.view(Some(s)));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = reply.send(self.view(None));
+                    Err(e)
+                }
+            },
+            Command::Line(ev, reply) => match sync.call_on_line_event(&mut self.store, &ev).await {
+                Ok(r) => {
+                    let _ = reply.send(r.map_err(|e| match e {
+                        sync::LineEventError::UnmappedUser(u) => {
+                            format!("switchboard user {} is not mapped to a Microsoft user", cap(u, 256))
+                        }
+                        sync::LineEventError::PassiveUser(u) => {
+                            format!(
+                                "switchboard user {} is passive (no line); passive users get no pushes",
+                                cap(u, 256)
+                            )
+                        }
+                        sync::LineEventError::PushDisabled => {
+                            "\"Push line status to Teams\" is off for this integration".into()
+                        }
+                    }));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        let slowest = self.slowest.entry(kind).or_default();
+        *slowest = (*slowest).max(ms);
+        if let Err(e) = result {
+            self.record_trap(e);
+            self.recover().await;
         }
     }
 
     fn view(&self, s: Option<status::IntegrationStatus>) -> StatusView {
         StatusView::new(self, s)
+    }
+}
+
+/// Largest webhook response the host forwards from the plugin.
+pub const MAX_WEBHOOK_RESPONSE: usize = 64 << 10;
+
+/// The plugin's webhook answer, unless it is oversized or malformed: then a 500 that says so.
+fn checked_response(ctx: &IntegrationCtx, r: sync::WebhookResponse) -> sync::WebhookResponse {
+    if r.body.len() <= MAX_WEBHOOK_RESPONSE && r.content_type.len() <= 256 && (100..=599).contains(&r.status) {
+        return r;
+    }
+    ctx.count("plugin.bad-webhook-response");
+    tracing::error!(integration = %ctx.name, bytes = r.body.len(), status = r.status,
+        "the plugin's webhook response is oversized or malformed; answered 500 instead");
+    sync::WebhookResponse {
+        status: 500,
+        content_type: "text/plain".into(),
+        body: format!("the plugin's response was refused (over {MAX_WEBHOOK_RESPONSE} bytes or malformed)")
+            .into_bytes(),
     }
 }
 
@@ -798,7 +1208,11 @@ pub struct StatusView {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// The running plugin's version.
     pub plugin_version: String,
-    /// The WIT package version the host speaks.
+    /// The running release: SHA-256 of the component, its WIT version, how it was loaded.
+    pub plugin: PluginView,
+    /// The last hot swap, if any.
+    pub last_swap: Option<SwapReport>,
+    /// The WIT package version the host speaks (the plugin's is in `plugin`).
     pub wit_version: String,
     /// Traps of this integration's plugin since start.
     pub traps: u64,
@@ -809,6 +1223,21 @@ pub struct StatusView {
     /// The longest guest call so far per kind of call, in ms (the CPU bound is
     /// `call_deadline_ms`).
     pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
+}
+
+/// The running release in [`StatusView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// The WIT package version the component speaks.
+    pub wit_version: String,
+    /// Component size in bytes.
+    pub bytes: usize,
+    /// Whether its compiled code came from the compile cache.
+    pub from_cache: bool,
+    /// Time to load it (compile or deserialize, plus prepare), in ms.
+    pub load_ms: f64,
 }
 
 /// One subscription in [`StatusView`].
@@ -867,6 +1296,14 @@ impl StatusView {
             last_reconcile_ms: None,
             counters: Default::default(),
             plugin_version: a.plugin_version.clone(),
+            plugin: PluginView {
+                sha256: a.release.sha256.clone(),
+                wit_version: a.release.wit_version.clone(),
+                bytes: a.release.bytes,
+                from_cache: a.release.from_cache,
+                load_ms: a.release.load_ms,
+            },
+            last_swap: a.last_swap.clone(),
             wit_version: WIT_VERSION.into(),
             traps: a.traps,
             last_trap: a.last_trap.clone(),
@@ -941,7 +1378,7 @@ impl StatusView {
         v.last_notification_ms = s.last_notification_ms;
         v.last_reconcile_ms = s.last_reconcile_ms;
         v.counters = s.counters.into_iter().collect();
-        for (k, n) in a.ctx.counters.lock().unwrap().iter() {
+        for (k, n) in a.carried.iter().chain(a.ctx.counters.lock().unwrap().iter()) {
             *v.counters.entry(k.clone()).or_default() += n;
         }
         v

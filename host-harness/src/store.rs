@@ -37,6 +37,7 @@ impl Db {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS kv_backup (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
         )?;
         Ok(Db { conn: Mutex::new(conn) })
@@ -86,6 +87,33 @@ impl Db {
             c.prepare("SELECT key FROM kv WHERE integration = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
         let rows = st.query_map(params![integration, prefix], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Copies the integration's key-value state aside (before a hot swap), replacing any
+    /// earlier copy, in one transaction.
+    pub fn kv_backup(&self, integration: &str) -> anyhow::Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        let t = c.transaction()?;
+        t.execute("DELETE FROM kv_backup WHERE integration = ?1", params![integration])?;
+        t.execute(
+            "INSERT INTO kv_backup SELECT integration, key, value FROM kv WHERE integration = ?1",
+            params![integration],
+        )?;
+        t.commit()?;
+        Ok(())
+    }
+
+    /// Puts the copy made by [`Db::kv_backup`] back (a rolled-back swap), in one transaction.
+    pub fn kv_restore(&self, integration: &str) -> anyhow::Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        let t = c.transaction()?;
+        t.execute("DELETE FROM kv WHERE integration = ?1", params![integration])?;
+        t.execute(
+            "INSERT INTO kv SELECT integration, key, value FROM kv_backup WHERE integration = ?1",
+            params![integration],
+        )?;
+        t.commit()?;
+        Ok(())
     }
 
     /// Persists a webhook body before it is acknowledged; returns its inbox id.

@@ -51,6 +51,8 @@ pub struct Switchboard {
     presence: RwLock<HashMap<String, Shown>>,
     lines: RwLock<HashMap<String, String>>,
     changed: tokio::sync::Notify,
+    /// (user id, origin) → updates received.
+    by_origin: std::sync::Mutex<HashMap<(String, String), u64>>,
 }
 
 impl Switchboard {
@@ -128,11 +130,17 @@ impl Switchboard {
 
     /// Shows a presence (called through the plugin's `presence.publish`).
     pub fn publish(&self, user_id: &str, mut shown: Shown) {
+        *self.by_origin.lock().unwrap().entry((user_id.to_string(), shown.origin.clone())).or_default() += 1;
         let mut p = self.presence.write().unwrap();
         shown.updates = p.get(user_id).map_or(0, |s| s.updates) + 1;
         p.insert(user_id.to_string(), shown);
         drop(p);
         self.changed.notify_waiters();
+    }
+
+    /// How many updates of this origin (`teams`, `snapshot`, `own-line-status`) the user got.
+    pub fn updates_from(&self, user_id: &str, origin: &str) -> u64 {
+        self.by_origin.lock().unwrap().get(&(user_id.to_string(), origin.to_string())).copied().unwrap_or(0)
     }
 
     /// Records a user's line state (`idle`, `ringing`, `connected`, `on-hold`, `ended`).
