@@ -35,7 +35,7 @@ pub struct Host {
     pub addr: SocketAddr,
     /// The clock the plugins see.
     pub clock: Arc<HostClock>,
-    rt: Arc<Runtime>,
+    swaps: Arc<Swaps>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -43,8 +43,16 @@ pub struct Host {
 #[derive(Clone)]
 struct AppState {
     integrations: Arc<BTreeMap<String, IntegrationHandle>>,
-    rt: Arc<Runtime>,
+    swaps: Arc<Swaps>,
     admin_token: Option<Secret>,
+}
+
+/// What a hot swap needs: the runtime, the state (to keep a swap across restarts) and each
+/// integration's configured release.
+struct Swaps {
+    rt: Arc<Runtime>,
+    db: Arc<Db>,
+    configured: BTreeMap<String, String>,
 }
 
 fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release>> {
@@ -52,24 +60,32 @@ fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release
     rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))
 }
 
-async fn swap_all(
-    rt: &Runtime,
-    integrations: &BTreeMap<String, IntegrationHandle>,
-    wasm: &[u8],
-    only: Option<&str>,
-) -> anyhow::Result<Vec<SwapReport>> {
-    if let Some(name) = only {
-        anyhow::ensure!(integrations.contains_key(name), "no integration named {name:?}");
-    }
-    let release = rt.load(wasm)?;
-    let mut reports = Vec::new();
-    for (name, h) in integrations {
-        if only.is_some_and(|o| o != name) {
-            continue;
+impl Swaps {
+    async fn swap(
+        &self,
+        integrations: &BTreeMap<String, IntegrationHandle>,
+        wasm: &[u8],
+        only: Option<&str>,
+    ) -> anyhow::Result<Vec<SwapReport>> {
+        if let Some(name) = only {
+            anyhow::ensure!(integrations.contains_key(name), "no integration named {name:?}");
         }
-        reports.push(h.swap(release.clone()).await.ok_or_else(|| anyhow::anyhow!("integration {name} is stopping"))?);
+        let release = self.rt.load(wasm)?;
+        let mut reports = Vec::new();
+        for (name, h) in integrations {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let r = h.swap(release.clone()).await.ok_or_else(|| anyhow::anyhow!("integration {name} is stopping"))?;
+            if r.outcome == "switched"
+                && let Err(e) = self.db.put_swapped_release(name, &self.configured[name], wasm)
+            {
+                tracing::error!(integration = %name, "could not record the swap; a restart runs the configured release: {e:#}");
+            }
+            reports.push(r);
+        }
+        Ok(reports)
     }
-    Ok(reports)
 }
 
 impl Host {
@@ -90,6 +106,7 @@ impl Host {
         };
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
         let mut integrations = BTreeMap::new();
+        let mut configured = BTreeMap::new();
         for ic in &config.integrations {
             let sb = match switchboards.remove(&ic.name) {
                 Some(sb) => sb,
@@ -99,10 +116,25 @@ impl Host {
                 }),
             };
             let key = NotificationKey::load_or_create(&db, &ic.name)?;
-            let release = match &ic.plugin {
+            let configured_release = match &ic.plugin {
                 Some(path) => load_file(&rt, path).with_context(|| format!("integration {}", ic.name))?,
                 None => default_release.clone(),
             };
+            // A hot swap holds across restarts while the configuration names the same release.
+            let release = match db.swapped_release(&ic.name, &configured_release.sha256)? {
+                Some(wasm) => match rt.load(&wasm) {
+                    Ok(r) => {
+                        tracing::info!(integration = %ic.name, sha256 = %&r.sha256[..12], "running the release it was swapped to");
+                        r
+                    }
+                    Err(e) => {
+                        tracing::error!(integration = %ic.name, "the release it was swapped to no longer loads ({e:#}); running the configured one");
+                        configured_release.clone()
+                    }
+                },
+                None => configured_release.clone(),
+            };
+            configured.insert(ic.name.clone(), configured_release.sha256.clone());
             let settings = settings_for(config, ic, &key);
             let allowed_origins = [&config.host.login_base_url, &config.host.graph_base_url]
                 .iter()
@@ -133,9 +165,10 @@ impl Host {
             tracing::info!(integration = %ic.name, "integration started");
             integrations.insert(ic.name.clone(), handle);
         }
+        let swaps = Arc::new(Swaps { rt: rt.clone(), db: db.clone(), configured });
         let state = AppState {
             integrations: Arc::new(integrations.clone()),
-            rt: rt.clone(),
+            swaps: swaps.clone(),
             admin_token: config.host.admin_token.clone(),
         };
         let app = Router::new()
@@ -162,7 +195,7 @@ impl Host {
                 })
                 .await;
         });
-        Ok(Host { integrations, addr, clock, rt, shutdown: Some(tx), server })
+        Ok(Host { integrations, addr, clock, swaps, shutdown: Some(tx), server })
     }
 
     /// Hot swap: loads `wasm` (checks, compiles or takes it from the cache) and switches every
@@ -170,7 +203,7 @@ impl Host {
     /// is refused before anything switches; an integration whose new instance does not
     /// configure rolls back on its own (see its report).
     pub async fn swap(&self, wasm: &[u8], only: Option<&str>) -> anyhow::Result<Vec<SwapReport>> {
-        swap_all(&self.rt, &self.integrations, wasm, only).await
+        self.swaps.swap(&self.integrations, wasm, only).await
     }
 
     /// Stops the listener and the integrations.
@@ -400,7 +433,7 @@ async fn put_plugin(
     if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)").into_response();
     }
-    match swap_all(&st.rt, &st.integrations, &body, q.integration.as_deref()).await {
+    match st.swaps.swap(&st.integrations, &body, q.integration.as_deref()).await {
         Ok(reports) => {
             let code =
                 if reports.iter().all(|r| r.outcome == "switched") { StatusCode::OK } else { StatusCode::CONFLICT };

@@ -38,6 +38,7 @@ impl Db {
             "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS kv_backup (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
+             CREATE TABLE IF NOT EXISTS swapped_release (integration TEXT PRIMARY KEY, configured_sha256 TEXT NOT NULL, wasm BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
         )?;
         Ok(Db { conn: Mutex::new(conn) })
@@ -114,6 +115,38 @@ impl Db {
         )?;
         t.commit()?;
         Ok(())
+    }
+
+    /// Records the release an integration was hot-swapped to, and the SHA-256 of the release
+    /// its configuration names (the swap holds while the configuration does not change).
+    pub fn put_swapped_release(&self, integration: &str, configured_sha256: &str, wasm: &[u8]) -> anyhow::Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO swapped_release (integration, configured_sha256, wasm) VALUES (?1, ?2, ?3)",
+            params![integration, configured_sha256, wasm],
+        )?;
+        Ok(())
+    }
+
+    /// The release an integration was swapped to, if its configuration still names the release
+    /// it named then; a record made under another configuration is dropped.
+    pub fn swapped_release(&self, integration: &str, configured_sha256: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let c = self.conn.lock().unwrap();
+        let row: Option<(String, Vec<u8>)> = c
+            .query_row(
+                "SELECT configured_sha256, wasm FROM swapped_release WHERE integration = ?1",
+                params![integration],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((sha, wasm)) if sha == configured_sha256 => Ok(Some(wasm)),
+            Some(_) => {
+                c.execute("DELETE FROM swapped_release WHERE integration = ?1", params![integration])?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     /// Persists a webhook body before it is acknowledged; returns its inbox id.

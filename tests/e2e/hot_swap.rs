@@ -170,7 +170,7 @@ async fn an_incompatible_or_broken_component_is_refused_before_anything_switches
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_and_the_cli_swap_with_a_token_and_a_restart_loads_from_the_cache() {
+async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a_restart() {
     let token = "a-long-enough-admin-token";
     let mut t = start(10, 1, |o| o.admin_token = Some(token.into())).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
@@ -202,6 +202,13 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_a_restart_loads_from_th
     let s = t.status().await;
     assert_eq!(s.plugin_version, "0.1.0-next");
 
+    // The swap holds across a restart (the configuration still names the same release), and
+    // the compiled release comes from the cache in the state directory.
+    t.restart_host().await.unwrap();
+    let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert_eq!(s.plugin_version, "0.1.0-next");
+    assert!(s.plugin.from_cache, "{:?}", s.plugin);
+
     // And back over the API.
     let r = client.put(&url).bearer_auth(token).body(host_harness::PLUGIN_WASM.to_vec()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -209,9 +216,9 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_a_restart_loads_from_th
     assert_eq!(body["reports"][0]["outcome"], "switched", "{body}");
     assert_eq!(t.status().await.plugin_version, "0.1.0");
 
-    // A restart takes the compiled plugin from the cache in the state directory.
     t.restart_host().await.unwrap();
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert_eq!(s.plugin_version, "0.1.0");
     assert!(s.plugin.from_cache, "{:?}", s.plugin);
     let cached = std::fs::read_dir(t.dir.path().join("plugin-cache")).unwrap().count();
     assert_eq!(cached, 2, "one entry per release (v1, v2)");
