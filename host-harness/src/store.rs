@@ -93,24 +93,21 @@ impl Db {
     /// Copies the integration's key-value state aside (before a hot swap), replacing any
     /// earlier copy, in one transaction.
     pub fn kv_backup(&self, integration: &str) -> anyhow::Result<()> {
-        let mut c = self.conn.lock().unwrap();
-        let t = c.transaction()?;
-        t.execute("DELETE FROM kv_backup WHERE integration = ?1", params![integration])?;
-        t.execute(
-            "INSERT INTO kv_backup SELECT integration, key, value FROM kv WHERE integration = ?1",
-            params![integration],
-        )?;
-        t.commit()?;
-        Ok(())
+        self.kv_copy(integration, "kv", "kv_backup")
     }
 
     /// Puts the copy made by [`Db::kv_backup`] back (a rolled-back swap), in one transaction.
     pub fn kv_restore(&self, integration: &str) -> anyhow::Result<()> {
+        self.kv_copy(integration, "kv_backup", "kv")
+    }
+
+    /// Replaces the integration's rows of table `to` with its rows of table `from`.
+    fn kv_copy(&self, integration: &str, from: &'static str, to: &'static str) -> anyhow::Result<()> {
         let mut c = self.conn.lock().unwrap();
         let t = c.transaction()?;
-        t.execute("DELETE FROM kv WHERE integration = ?1", params![integration])?;
+        t.execute(&format!("DELETE FROM {to} WHERE integration = ?1"), params![integration])?;
         t.execute(
-            "INSERT INTO kv SELECT integration, key, value FROM kv_backup WHERE integration = ?1",
+            &format!("INSERT INTO {to} SELECT integration, key, value FROM {from} WHERE integration = ?1"),
             params![integration],
         )?;
         t.commit()?;
