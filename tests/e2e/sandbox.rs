@@ -18,7 +18,8 @@ fn counter(s: &StatusView, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
-    let deadline_ms = 150;
+    // Generous for CI machines under load: the oversized mode copies tens of MiB per call.
+    let deadline_ms = 400;
     let t = start(20, 1, |o| {
         o.limits = Limits { call_deadline_ms: deadline_ms, memory_bytes: 64 << 20 };
         o.extra_integrations = MODES.iter().map(|m| (format!("hostile-{m}"), HOSTILE.into())).collect();
@@ -38,7 +39,7 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
             "infinite-loop" | "memory-bomb" | "panic" => s.traps >= 2,
             "escape" => counter(s, "escape.tried") == 1,
             "log-flood" => counter(s, "log.suppressed") > 0 && s.traps >= 1,
-            "oversized" => counter(s, "ticks") >= 2 || counter(s, "state.refused") >= 1,
+            "oversized" => counter(s, "ticks") >= 4,
             _ => counter(s, "ticks") >= 2,
         };
         if seen.iter().all(|(m, s)| enough(m, s)) || Instant::now() > end {

@@ -129,14 +129,21 @@ impl sync::Guest for Hostile {
                 }
             }
             "oversized" => {
+                // One oversized value per tick, in turn: over the host's caps of 32 MiB per
+                // state value and 16 MiB per request body, and a 1 MiB log message.
                 let graph = GRAPH.with(|g| g.borrow().clone());
-                // Over the host's caps: 16 MiB per request body, 32 MiB per state value.
-                let big = vec![b'x'; 40 << 20];
-                let refused = state::set("hoard", &big).is_err();
-                saw("state.refused", refused as u64);
-                log::emit(log::Level::Info, std::str::from_utf8(&big[..1 << 20]).unwrap_or(""), &[]);
-                let r = outbound_http::start(2, &request(&format!("{graph}/v1.0/users"), big));
-                saw(&format!("http.{}", http_outcome(r)), 1);
+                let turn = SEEN.with(|s| s.borrow().get("ticks").copied().unwrap_or(0)) % 3;
+                match turn {
+                    1 => {
+                        let refused = state::set("hoard", &vec![b'x'; 33 << 20]).is_err();
+                        saw("state.refused", refused as u64);
+                    }
+                    2 => {
+                        let r = outbound_http::start(2, &request(&format!("{graph}/v1.0/users"), vec![b'x'; 17 << 20]));
+                        saw(&format!("http.{}", http_outcome(r)), 1);
+                    }
+                    _ => log::emit(log::Level::Info, &"x".repeat(1 << 20), &[]),
+                }
             }
             "log-flood" => {
                 for i in 0..u64::MAX {
