@@ -116,6 +116,11 @@ impl Switchboard {
         self.users.clone()
     }
 
+    /// Users from position `start`, at most `count` of them.
+    pub fn users_page(&self, start: usize, count: usize) -> Vec<User> {
+        self.users.iter().skip(start).take(count).cloned().collect()
+    }
+
     /// Users carrying `email` (trimmed, case-insensitive).
     pub fn find_by_email(&self, email: &str) -> Vec<User> {
         let users = &self.users;

@@ -23,7 +23,7 @@ wit_bindgen::generate!({
 });
 
 use exports::teams_presence::plugin::sync;
-use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, state, status, types};
+use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, scheduler, state, status, types};
 
 mod convert;
 
@@ -54,8 +54,8 @@ impl core::Env for HostEnv {
             crypto::UnwrapError::DecryptFailed => core::UnwrapError::DecryptFailed,
         })
     }
-    fn switchboard_users(&mut self) -> Vec<core::SwitchboardUser> {
-        directory::list_users().into_iter().map(Into::into).collect()
+    fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<core::SwitchboardUser> {
+        directory::list_users_page(start as u32, count as u32).into_iter().map(Into::into).collect()
     }
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         state::get(key)
@@ -97,6 +97,7 @@ fn run_effects(core: &mut core::Core) {
                 }
                 core::Effect::Store { key, value: None } => state::delete(&key),
                 core::Effect::Log { level, message, fields } => log::emit(level.into(), &message, &fields),
+                core::Effect::RequestTick => scheduler::request_tick(),
             }
         }
     }

@@ -31,8 +31,8 @@ impl Env for FakeEnv {
         }
         Ok(wrapped.to_vec())
     }
-    fn switchboard_users(&mut self) -> Vec<SwitchboardUser> {
-        self.users.clone()
+    fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<SwitchboardUser> {
+        self.users.iter().skip(start).take(count).cloned().collect()
     }
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         self.stored.get(key).cloned()
@@ -146,6 +146,12 @@ fn run_graph(
         published.extend(publishes(&effects));
         let reqs = requests(&effects);
         if reqs.is_empty() {
+            // The host calls `tick` when the core asks for the next step of its work.
+            if effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
+                core.tick(env);
+                effects = core.take_effects();
+                continue;
+            }
             return (published, created);
         }
         for (id, r) in reqs {
@@ -603,12 +609,12 @@ fn our_own_in_a_call_is_marked_and_never_taken_as_the_users_state() {
     let _ = core.take_effects();
     let cs = {
         // The subscription's clientState, from what the core persisted.
-        let v: serde_json::Value = serde_json::from_slice(&env.stored["v1/subscriptions"]).unwrap();
-        v["slots"][0][1]["client_state"].as_str().unwrap().to_string()
+        let v: serde_json::Value = serde_json::from_slice(&env.stored["v2/subscription/0000"]).unwrap();
+        v["active"]["client_state"].as_str().unwrap().to_string()
     };
     let sub = {
-        let v: serde_json::Value = serde_json::from_slice(&env.stored["v1/subscriptions"]).unwrap();
-        v["slots"][0][1]["id"].as_str().unwrap().to_string()
+        let v: serde_json::Value = serde_json::from_slice(&env.stored["v2/subscription/0000"]).unwrap();
+        v["active"]["id"].as_str().unwrap().to_string()
     };
     let mut n = notification(&sub, &cs, &ms_id(1), "0009", "Busy");
     // Our own session's presence: Busy/InACall.
@@ -851,7 +857,30 @@ fn delta_rounds_follow_the_stored_delta_link_and_apply_changes_whole() {
             _ => None,
         })
     };
-    assert_eq!(stored("v1/directory").expect("changed users persisted")["users"].as_array().unwrap().len(), 3);
+    // Schema 2: the users in a new generation of chunks, then the head naming it, then the
+    // deltaLink that goes with them.
+    let head = stored("v2/directory").expect("changed users persisted");
+    assert_eq!((head["users"].as_u64(), head["chunks"].as_u64()), (Some(3), Some(1)));
+    let generation = head["generation"].as_u64().unwrap();
+    let chunk = stored(&format!("v2/directory/{generation}/00000")).expect("the chunk");
+    assert_eq!(chunk.as_array().unwrap().len(), 3);
+    let order: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store { key, .. } if key.starts_with("v2/directory") || key == "v1/directory-delta" => {
+                Some(key.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let at = |k: &str| order.iter().position(|x| *x == k).unwrap();
+    assert!(at(&format!("v2/directory/{generation}/00000")) < at("v2/directory"));
+    assert!(at("v2/directory") < at("v1/directory-delta"));
+    // The previous generation is deleted after the head.
+    let deleted_old = effects.iter().any(
+        |e| matches!(e, Effect::Store { key, value: None } if key == &format!("v2/directory/{}/00000", generation - 1)),
+    );
+    assert!(deleted_old, "{order:?}");
     let delta = stored("v1/directory-delta").expect("deltaLink persisted");
     assert_eq!(delta["delta_link"], "https://graph.test/v1.0/users/delta?$deltatoken=after");
 
@@ -875,7 +904,7 @@ fn delta_rounds_follow_the_stored_delta_link_and_apply_changes_whole() {
         })
         .collect();
     assert!(
-        keys.contains(&"v1/directory-delta".to_string()) && !keys.contains(&"v1/directory".to_string()),
+        keys.contains(&"v1/directory-delta".to_string()) && !keys.iter().any(|k| k.starts_with("v2/directory")),
         "{keys:?}"
     );
 }
@@ -1035,35 +1064,111 @@ fn reauthorization_required_fetches_a_fresh_token_then_renews_then_re_reads() {
 fn state_carries_its_schema_version_and_a_newer_schema_is_refused_untouched() {
     // A first configure records the schema.
     let (_, env, _) = synced(5, 1);
-    assert_eq!(env.stored.get("meta/state-schema").map(|v| v.as_slice()), Some(b"1".as_slice()));
-
-    // State from before the schema was recorded (schema 0, the same `v1/` layout) is upgraded:
-    // the mapping comes back from it without a directory read, and the version is written.
-    let mut old = env.stored.clone();
-    old.remove("meta/state-schema");
-    let mut env0 = self::env(5);
-    env0.stored = old;
-    let mut core = Core::new();
-    core.configure(&mut env0, settings(1)).unwrap();
-    let effects = core.take_effects();
-    assert!(effects.iter().any(
-        |e| matches!(e, Effect::Store { key, value: Some(v) } if key == "meta/state-schema" && v.as_slice() == b"1")
-    ));
-    assert!(!requests(&effects).iter().any(|(_, r)| r.url.contains("/v1.0/users?")), "restored, not re-read");
-    assert_eq!(core.status(&env0).mapped_users, 5);
+    assert_eq!(env.stored.get("meta/state-schema").map(|v| v.as_slice()), Some(b"2".as_slice()));
 
     // State written by a newer release: refused with a reason, and nothing is written over it.
     let mut env2 = self::env(5);
     env2.stored = env.stored.clone();
-    env2.stored.insert("meta/state-schema".into(), b"2".to_vec());
+    env2.stored.insert("meta/state-schema".into(), b"3".to_vec());
     let mut core = Core::new();
     match core.configure(&mut env2, settings(1)) {
         Err(ConfigError::Invalid(why)) => {
-            assert!(why.contains("schema 2") && why.contains("newer plugin release"), "{why}")
+            assert!(why.contains("schema 3") && why.contains("newer plugin release"), "{why}")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Store { .. } | Effect::Http { .. })));
+}
+
+/// Schema-1 state as release 0.1.0 wrote it: the directory in one value, every subscription
+/// in one value.
+fn schema_1_state(users: usize) -> HashMap<String, Vec<u8>> {
+    let graph_users: Vec<crate::mapping::GraphUser> = (0..users)
+        .map(|i| serde_json::from_value(serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).unwrap())
+        .collect();
+    let dir = crate::core::directory::PersistedDirectory { fetched_at_ms: T0 - 1000, users: graph_users };
+    let members: Vec<String> = (0..users.min(650)).map(ms_id).collect();
+    let subs = serde_json::json!({"tenant_id": "tenant", "client_id": "client", "slots": [["sync0@x.com",
+        {"id": "sub-old", "client_state": "cs-old", "expires_at_ms": T0 + 3_000_000, "members": members}]]});
+    let delta = serde_json::json!({"fetched_at_ms": T0 - 1000, "delta_link": "https://graph.test/v1.0/users/delta?$deltatoken=old", "full_at_ms": T0 - 5000});
+    HashMap::from([
+        ("meta/state-schema".to_string(), b"1".to_vec()),
+        ("v1/directory".to_string(), serde_json::to_vec(&dir).unwrap()),
+        ("v1/subscriptions".to_string(), subs.to_string().into_bytes()),
+        ("v1/directory-delta".to_string(), delta.to_string().into_bytes()),
+    ])
+}
+
+#[test]
+fn schema_1_state_is_upgraded_as_it_is_read_and_a_large_directory_comes_back_in_steps() {
+    // Small: all in the configure call.
+    let mut env = env(5);
+    env.stored = schema_1_state(5);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let effects = core.take_effects();
+    let wrote = |k: &str| effects.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key == k));
+    let deleted = |k: &str| effects.iter().any(|e| matches!(e, Effect::Store { key, value: None } if key == k));
+    assert!(wrote("meta/state-schema") && wrote("v2/subscription/0000") && wrote("v2/directory"));
+    assert!(deleted("v1/subscriptions") && deleted("v1/directory"));
+    assert!(!requests(&effects).iter().any(|(_, r)| r.url.contains("/v1.0/users")), "restored, not re-read");
+    assert_eq!(core.status(&env).mapped_users, 5);
+    assert!(core.ready());
+
+    // Large: 12,000 users come back over several calls; meanwhile notifications get 503 (the
+    // host keeps them), and the old values are deleted only once the new ones are complete.
+    let n = 12_000;
+    let mut env = self::env(n);
+    env.stored = schema_1_state(n);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(19)).unwrap();
+    assert!(!core.ready());
+    let r = core.on_webhook(&mut env, webhook(vec![]));
+    assert_eq!(r.status, 503);
+    let mut calls = 1;
+    let mut effects = core.take_effects();
+    while !core.ready() || effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
+        for e in &effects {
+            if let Effect::Store { key, value } = e {
+                match value {
+                    Some(v) => env.stored.insert(key.clone(), v.clone()),
+                    None => env.stored.remove(key),
+                };
+            }
+        }
+        assert!(effects.iter().any(|e| matches!(e, Effect::RequestTick)), "asks for the next step");
+        core.tick(&mut env);
+        effects = core.take_effects();
+        calls += 1;
+        assert!(calls < 200, "never finished");
+    }
+    for e in &effects {
+        if let Effect::Store { key, value } = e {
+            match value {
+                Some(v) => env.stored.insert(key.clone(), v.clone()),
+                None => env.stored.remove(key),
+            };
+        }
+    }
+    assert!(calls >= 4, "in steps: {calls}");
+    assert_eq!(core.status(&env).mapped_users as usize, n);
+    assert!(!env.stored.contains_key("v1/directory") && !env.stored.contains_key("v1/subscriptions"));
+    let head: serde_json::Value = serde_json::from_slice(&env.stored["v2/directory"]).unwrap();
+    assert_eq!(head["users"].as_u64(), Some(n as u64));
+    assert_eq!(head["chunks"].as_u64(), Some(n.div_ceil(crate::core::directory::DIR_CHUNK) as u64));
+
+    // And a restart reads the chunks back.
+    let mut core = Core::new();
+    core.configure(&mut env, settings(19)).unwrap();
+    let mut calls = 0;
+    while !core.ready() {
+        core.take_effects();
+        core.tick(&mut env);
+        calls += 1;
+        assert!(calls < 200);
+    }
+    assert!(calls >= 2, "in steps");
+    assert_eq!(core.status(&env).mapped_users as usize, n);
 }
 
 #[test]
@@ -1078,4 +1183,46 @@ fn request_ids_of_a_new_instance_do_not_start_where_another_started() {
     let (a, b) = (first(0), first(1000));
     assert_ne!(a, b);
     assert!(a > 1 && b > 1, "not counted from zero: {a} {b}");
+}
+
+#[test]
+fn a_large_directory_is_matched_in_steps_and_the_old_mapping_holds_meanwhile() {
+    let n = 2 * MAPPING_STEP;
+    let (mut core, mut env, _) = synced(n, n.div_ceil(650));
+    let s = core.status(&env);
+    assert_eq!(s.mapped_users as usize, n);
+    let steps = s.counters.iter().find(|(k, _)| k == "mapping.steps").map_or(0, |(_, v)| *v);
+    assert!(steps >= 2, "{:?}", s.counters);
+
+    // A new build (a user leaves the switchboard) starts; until it completes the mapping in
+    // effect is the old one, and the host is asked for the next step.
+    env.users.pop();
+    core.sync_now(&mut env);
+    let effects = core.take_effects();
+    let (id, r) = requests(&effects).into_iter().find(|(_, r)| r.url.contains("/users")).unwrap();
+    core.on_http_response(&mut env, id, directory_answer(&r, vec![]));
+    let mut effects = core.take_effects();
+    // Answer the directory read with the same users.
+    loop {
+        let reqs: Vec<_> = requests(&effects).into_iter().filter(|(_, r)| r.url.contains("/v1.0/users")).collect();
+        if reqs.is_empty() {
+            break;
+        }
+        for (id, r) in reqs {
+            let value: Vec<_> =
+                (0..n).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
+            core.on_http_response(&mut env, id, directory_answer(&r, value));
+        }
+        effects = core.take_effects();
+    }
+    assert!(effects.iter().any(|e| matches!(e, Effect::RequestTick)), "more steps to go");
+    assert_eq!(core.status(&env).mapped_users as usize, n, "the old mapping is still in effect");
+    let mut ticks = 0;
+    while core.status(&env).mapped_users as usize != n - 1 {
+        core.tick(&mut env);
+        core.take_effects();
+        ticks += 1;
+        assert!(ticks < 10, "the build never completed");
+    }
+    assert!(ticks >= 1, "it took more than the call that started it");
 }

@@ -10,7 +10,7 @@
 //! switchboard users claiming one address or one Microsoft user, is reported as a conflict
 //! and those users stay unmapped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::model::{Conflict, ConflictKind, MappingOverride, MatchSource, SwitchboardUser};
 
@@ -64,171 +64,444 @@ pub fn build(microsoft: &[GraphUser], switchboard: &[SwitchboardUser]) -> Mappin
 }
 
 /// Matches `switchboard` users to `microsoft` users: `overrides` first, then addresses in
-/// `order` (empty = [`DEFAULT_ORDER`]).
+/// `order` (empty = [`DEFAULT_ORDER`]). All at once; [`MappingBuild`] does the same in steps.
 pub fn build_with(
     microsoft: &[GraphUser],
     switchboard: &[SwitchboardUser],
     order: &[MatchSource],
     overrides: &[MappingOverride],
 ) -> Mapping {
-    let order = if order.is_empty() { &DEFAULT_ORDER[..] } else { order };
-    let mut by_mail: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    let mut by_alias: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    let mut by_upn: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for u in microsoft {
-        if let Some(m) = u.mail.as_deref().filter(|m| !m.trim().is_empty()) {
-            by_mail.entry(normalise(m)).or_default().insert(&u.id);
+    let mut b = MappingBuild::new(switchboard.to_vec(), order, overrides.to_vec());
+    loop {
+        if let Some(m) = b.step(microsoft, usize::MAX) {
+            return m;
         }
-        for p in &u.proxy_addresses {
-            if let Some(alias) = p.get(..5).filter(|s| s.eq_ignore_ascii_case("smtp:")).map(|_| &p[5..]) {
-                by_alias.entry(normalise(alias)).or_default().insert(&u.id);
+    }
+}
+
+/// Address → indexes of the users that carry it (distinct, in insertion order; almost
+/// always one).
+type Index = HashMap<String, Vec<u32>>;
+
+/// Adds `i` under `key`; true when the key now has exactly two users.
+fn add(ix: &mut Index, key: String, i: u32) -> bool {
+    let ids = ix.entry(key).or_default();
+    if ids.contains(&i) {
+        return false;
+    }
+    ids.push(i);
+    ids.len() == 2
+}
+
+/// Where a [`MappingBuild`] is.
+#[derive(Debug)]
+enum Phase {
+    /// Indexing Microsoft users' addresses, from this user on.
+    Index(usize),
+    /// Indexing switchboard users' addresses, from this user on.
+    Switchboard(usize),
+    /// Resolving the overrides.
+    Overrides,
+    /// Matching switchboard users, from this user on.
+    Match(usize),
+    /// Turning the claims into pairs, from this claim on.
+    Claims(usize),
+}
+
+/// The matching of [`build_with`] as a job that does a bounded amount of work per
+/// [`MappingBuild::step`], so that a directory of 100,000 users never needs one long call.
+/// The Microsoft users are passed to every step and must not change in between (start a new
+/// build when they do); switchboard users, order and overrides are taken at the start.
+#[derive(Debug)]
+pub struct MappingBuild {
+    switchboard: Vec<SwitchboardUser>,
+    order: Vec<MatchSource>,
+    overrides: Vec<MappingOverride>,
+    phase: Phase,
+    by_mail: Index,
+    by_alias: Index,
+    by_upn: Index,
+    sb_by_email: Index,
+    /// Addresses that several switchboard users carry.
+    sb_shared: Vec<String>,
+    taken_ms: HashSet<u32>,
+    taken_sb: HashSet<u32>,
+    claims: HashMap<u32, Vec<(u32, String)>>,
+    claim_list: Vec<(u32, Vec<(u32, String)>)>,
+    conflicts: BTreeSet<Conflict>,
+    mapping: Mapping,
+}
+
+impl MappingBuild {
+    /// A build for these switchboard users, match order (empty = [`DEFAULT_ORDER`]) and
+    /// overrides.
+    pub fn new(switchboard: Vec<SwitchboardUser>, order: &[MatchSource], overrides: Vec<MappingOverride>) -> Self {
+        MappingBuild {
+            switchboard,
+            order: if order.is_empty() { DEFAULT_ORDER.to_vec() } else { order.to_vec() },
+            overrides,
+            phase: Phase::Index(0),
+            by_mail: Index::new(),
+            by_alias: Index::new(),
+            by_upn: Index::new(),
+            sb_by_email: Index::new(),
+            sb_shared: Vec::new(),
+            taken_ms: HashSet::new(),
+            taken_sb: HashSet::new(),
+            claims: HashMap::new(),
+            claim_list: Vec::new(),
+            conflicts: BTreeSet::new(),
+            mapping: Mapping::default(),
+        }
+    }
+
+    /// The switchboard users the build matches.
+    pub fn switchboard(&self) -> &[SwitchboardUser] {
+        &self.switchboard
+    }
+
+    /// Does up to about `budget` users' worth of work; returns the mapping when done.
+    pub fn step(&mut self, microsoft: &[GraphUser], budget: usize) -> Option<Mapping> {
+        let mut left = budget.max(1);
+        loop {
+            match self.phase {
+                Phase::Index(from) => {
+                    let to = microsoft.len().min(from.saturating_add(left));
+                    for (i, u) in microsoft.iter().enumerate().take(to).skip(from) {
+                        let i = i as u32;
+                        if let Some(m) = u.mail.as_deref().filter(|m| !m.trim().is_empty()) {
+                            add(&mut self.by_mail, normalise(m), i);
+                        }
+                        for p in &u.proxy_addresses {
+                            if let Some(alias) = p.get(..5).filter(|s| s.eq_ignore_ascii_case("smtp:")).map(|_| &p[5..])
+                            {
+                                add(&mut self.by_alias, normalise(alias), i);
+                            }
+                        }
+                        if let Some(upn) = u.user_principal_name.as_deref() {
+                            add(&mut self.by_upn, normalise(upn), i);
+                        }
+                    }
+                    left -= to - from;
+                    self.phase = if to == microsoft.len() { Phase::Switchboard(0) } else { Phase::Index(to) };
+                }
+                Phase::Switchboard(from) => {
+                    let to = self.switchboard.len().min(from.saturating_add(left));
+                    for i in from..to {
+                        for e in &self.switchboard[i].emails {
+                            let e = normalise(e);
+                            if !e.is_empty() && add(&mut self.sb_by_email, e.clone(), i as u32) {
+                                self.sb_shared.push(e);
+                            }
+                        }
+                    }
+                    left -= to - from;
+                    self.phase = if to == self.switchboard.len() { Phase::Overrides } else { Phase::Switchboard(to) };
+                }
+                Phase::Overrides => {
+                    self.resolve_overrides(microsoft);
+                    for email in std::mem::take(&mut self.sb_shared) {
+                        let ids = self.sb_by_email[&email].iter().map(|&i| self.switchboard[i as usize].id.as_str());
+                        self.conflicts.insert(Conflict {
+                            candidates: sorted(ids),
+                            email,
+                            kind: ConflictKind::SeveralSwitchboardUsers,
+                        });
+                    }
+                    left = left.saturating_sub(self.overrides.len());
+                    self.phase = Phase::Match(0);
+                }
+                Phase::Match(from) => {
+                    let to = self.switchboard.len().min(from.saturating_add(left));
+                    for i in from..to {
+                        self.match_one(microsoft, i as u32);
+                    }
+                    left -= to - from;
+                    if to == self.switchboard.len() {
+                        let mut list: Vec<_> = self.claims.drain().collect();
+                        list.sort_unstable_by_key(|(ms, _)| *ms);
+                        self.claim_list = list;
+                        self.phase = Phase::Claims(0);
+                    } else {
+                        self.phase = Phase::Match(to);
+                    }
+                }
+                Phase::Claims(from) => {
+                    let to = self.claim_list.len().min(from.saturating_add(left));
+                    for (ms, sbs) in &self.claim_list[from..to] {
+                        let ms_id = &microsoft[*ms as usize].id;
+                        if sbs.len() == 1 {
+                            let sb_id = &self.switchboard[sbs[0].0 as usize].id;
+                            self.mapping.by_microsoft.insert(ms_id.clone(), sb_id.clone());
+                            self.mapping.by_switchboard.insert(sb_id.clone(), ms_id.clone());
+                        } else {
+                            self.conflicts.insert(Conflict {
+                                email: sbs[0].1.clone(),
+                                kind: ConflictKind::SeveralSwitchboardUsers,
+                                candidates: sbs.iter().map(|(i, _)| self.switchboard[*i as usize].id.clone()).collect(),
+                            });
+                        }
+                    }
+                    left -= to - from;
+                    if to == self.claim_list.len() {
+                        let mut mapping = std::mem::take(&mut self.mapping);
+                        mapping.conflicts = std::mem::take(&mut self.conflicts).into_iter().collect();
+                        return Some(mapping);
+                    }
+                    self.phase = Phase::Claims(to);
+                }
+            }
+            if left == 0 {
+                return None;
             }
         }
-        if let Some(upn) = u.user_principal_name.as_deref() {
-            by_upn.entry(normalise(upn)).or_default().insert(&u.id);
-        }
     }
 
-    let mut conflicts = BTreeSet::new();
-    let mut mapping = Mapping::default();
-
-    // Overrides: resolve each to exactly one Microsoft user; the pair is then fixed.
-    let ms_ids: BTreeSet<&str> = microsoft.iter().map(|u| u.id.as_str()).collect();
-    let sb_ids: BTreeSet<&str> = switchboard.iter().map(|u| u.id.as_str()).collect();
-    let mut fixed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    // A switchboard user with an override is never matched by address, even when the
-    // override cannot be resolved: the admin said who it is, a guess would contradict that.
-    let mut taken_sb: BTreeSet<&str> = BTreeSet::new();
-    for o in overrides {
-        let target = o.microsoft_user.trim();
-        let resolved: BTreeSet<&str> = if let Some(id) = ms_ids.get(target) {
-            BTreeSet::from([*id])
-        } else {
-            let key = normalise(target);
-            [&by_mail, &by_alias, &by_upn].into_iter().filter_map(|ix| ix.get(&key)).flatten().copied().collect()
-        };
-        let unresolved = |why: &str| Conflict {
-            email: target.to_string(),
-            kind: ConflictKind::UnresolvedOverride,
-            candidates: vec![o.switchboard_user_id.clone(), why.to_string()],
-        };
-        if let Some(id) = sb_ids.get(o.switchboard_user_id.as_str()) {
-            taken_sb.insert(id);
+    /// Overrides: each resolves to exactly one Microsoft user; the pair is then fixed, and a
+    /// switchboard user with an override is never matched by address, even when the override
+    /// cannot be resolved: the admin said who it is, a guess would contradict that.
+    fn resolve_overrides(&mut self, microsoft: &[GraphUser]) {
+        if self.overrides.is_empty() {
+            return;
         }
-        if !sb_ids.contains(o.switchboard_user_id.as_str()) {
-            conflicts.insert(unresolved("no such switchboard user"));
-        } else if resolved.is_empty() {
-            conflicts.insert(unresolved("no Microsoft user has this id or address"));
-        } else if resolved.len() > 1 {
-            let mut c = unresolved("several Microsoft users have this address");
-            c.candidates.extend(resolved.iter().map(|s| s.to_string()));
-            conflicts.insert(c);
-        } else {
-            fixed.entry(resolved.into_iter().next().unwrap()).or_default().push(&o.switchboard_user_id);
+        let ms_by_id: HashMap<&str, u32> =
+            microsoft.iter().enumerate().map(|(i, u)| (u.id.as_str(), i as u32)).collect();
+        let sb_by_id: HashMap<&str, u32> =
+            self.switchboard.iter().enumerate().map(|(i, u)| (u.id.as_str(), i as u32)).collect();
+        let mut fixed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for o in &self.overrides {
+            let target = o.microsoft_user.trim();
+            let resolved: BTreeSet<&str> = if let Some(&i) = ms_by_id.get(target) {
+                BTreeSet::from([microsoft[i as usize].id.as_str()])
+            } else {
+                let key = normalise(target);
+                [&self.by_mail, &self.by_alias, &self.by_upn]
+                    .into_iter()
+                    .filter_map(|ix| ix.get(&key))
+                    .flatten()
+                    .map(|&i| microsoft[i as usize].id.as_str())
+                    .collect()
+            };
+            let unresolved = |why: &str| Conflict {
+                email: target.to_string(),
+                kind: ConflictKind::UnresolvedOverride,
+                candidates: vec![o.switchboard_user_id.clone(), why.to_string()],
+            };
+            match sb_by_id.get(o.switchboard_user_id.as_str()) {
+                None => {
+                    self.conflicts.insert(unresolved("no such switchboard user"));
+                }
+                Some(&sb) => {
+                    self.taken_sb.insert(sb);
+                    if resolved.is_empty() {
+                        self.conflicts.insert(unresolved("no Microsoft user has this id or address"));
+                    } else if resolved.len() > 1 {
+                        let mut c = unresolved("several Microsoft users have this address");
+                        c.candidates.extend(resolved.iter().map(|s| s.to_string()));
+                        self.conflicts.insert(c);
+                    } else {
+                        fixed.entry(resolved.into_iter().next().unwrap()).or_default().push(&o.switchboard_user_id);
+                    }
+                }
+            }
         }
-    }
-    let mut taken_ms: BTreeSet<&str> = BTreeSet::new();
-    for (ms, sbs) in fixed {
-        taken_ms.insert(ms);
-        let distinct: BTreeSet<&str> = sbs.iter().copied().collect();
-        if distinct.len() == 1 {
-            mapping.by_microsoft.insert(ms.to_string(), sbs[0].to_string());
-            mapping.by_switchboard.insert(sbs[0].to_string(), ms.to_string());
-        } else {
-            conflicts.insert(Conflict {
-                email: ms.to_string(),
-                kind: ConflictKind::SeveralSwitchboardUsers,
-                candidates: distinct.iter().map(|s| s.to_string()).collect(),
-            });
-        }
-    }
-    let indexes: Vec<&BTreeMap<String, BTreeSet<&str>>> = order
-        .iter()
-        .map(|s| match s {
-            MatchSource::Mail => &by_mail,
-            MatchSource::ProxyAddresses => &by_alias,
-            MatchSource::Upn => &by_upn,
-        })
-        .collect();
-
-    // Addresses that several switchboard users claim.
-    let mut sb_by_email: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for s in switchboard {
-        for e in &s.emails {
-            let e = normalise(e);
-            if !e.is_empty() {
-                sb_by_email.entry(e).or_default().insert(&s.id);
+        for (ms, sbs) in fixed {
+            self.taken_ms.insert(ms_by_id[ms]);
+            let distinct: BTreeSet<&str> = sbs.iter().copied().collect();
+            if distinct.len() == 1 {
+                self.mapping.by_microsoft.insert(ms.to_string(), sbs[0].to_string());
+                self.mapping.by_switchboard.insert(sbs[0].to_string(), ms.to_string());
+            } else {
+                self.conflicts.insert(Conflict {
+                    email: ms.to_string(),
+                    kind: ConflictKind::SeveralSwitchboardUsers,
+                    candidates: distinct.iter().map(|s| s.to_string()).collect(),
+                });
             }
         }
     }
-    for (email, ids) in &sb_by_email {
-        if ids.len() > 1 {
-            conflicts.insert(Conflict {
-                email: email.clone(),
-                kind: ConflictKind::SeveralSwitchboardUsers,
-                candidates: ids.iter().map(|s| s.to_string()).collect(),
-            });
-        }
-    }
 
-    // Each switchboard user's candidate Microsoft user.
-    let mut claims: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
-    for s in switchboard.iter().filter(|s| !taken_sb.contains(s.id.as_str())) {
-        let mut found: BTreeSet<&str> = BTreeSet::new();
+    /// Switchboard user `i`'s candidate Microsoft user, by its addresses in match order.
+    fn match_one(&mut self, microsoft: &[GraphUser], i: u32) {
+        if self.taken_sb.contains(&i) {
+            return;
+        }
+        let s = &self.switchboard[i as usize];
+        let mut found: BTreeSet<u32> = BTreeSet::new();
         let mut via = String::new();
         for e in &s.emails {
             let e = normalise(e);
-            if e.is_empty() || sb_by_email.get(&e).is_some_and(|ids| ids.len() > 1) {
+            if e.is_empty() || self.sb_by_email.get(&e).is_some_and(|ids| ids.len() > 1) {
                 continue;
             }
-            let hit = indexes
-                .iter()
-                .find_map(|ix| ix.get(&e))
-                .map(|ids| ids.iter().copied().filter(|id| !taken_ms.contains(id)).collect::<BTreeSet<&str>>());
-            match hit {
-                Some(ids) if ids.is_empty() => {}
-                Some(ids) if ids.len() == 1 => {
-                    found.extend(ids.iter().copied());
+            let hit = self.order.iter().find_map(|src| {
+                match src {
+                    MatchSource::Mail => &self.by_mail,
+                    MatchSource::ProxyAddresses => &self.by_alias,
+                    MatchSource::Upn => &self.by_upn,
+                }
+                .get(&e)
+            });
+            let Some(ids) = hit else { continue };
+            let ids: BTreeSet<u32> = ids.iter().copied().filter(|id| !self.taken_ms.contains(id)).collect();
+            match ids.len() {
+                0 => {}
+                1 => {
+                    found.extend(ids);
                     via = e;
                 }
-                Some(ids) => {
-                    conflicts.insert(Conflict {
+                _ => {
+                    self.conflicts.insert(Conflict {
+                        candidates: sorted(ids.iter().map(|&i| microsoft[i as usize].id.as_str())),
                         email: e,
                         kind: ConflictKind::SeveralMicrosoftUsers,
-                        candidates: ids.iter().map(|s| s.to_string()).collect(),
                     });
                     found.clear();
                     break;
                 }
-                None => {}
             }
         }
         if found.len() == 1 {
             let ms = *found.iter().next().unwrap();
-            claims.entry(ms).or_default().push((&s.id, via));
+            self.claims.entry(ms).or_default().push((i, via));
         } else if found.len() > 1 {
-            conflicts.insert(Conflict {
+            self.conflicts.insert(Conflict {
                 email: s.emails.first().map(|e| normalise(e)).unwrap_or_default(),
                 kind: ConflictKind::SeveralMicrosoftUsers,
-                candidates: found.iter().map(|s| s.to_string()).collect(),
+                candidates: sorted(found.iter().map(|&i| microsoft[i as usize].id.as_str())),
             });
         }
     }
+}
 
-    for (ms, sbs) in claims {
-        if sbs.len() == 1 {
-            mapping.by_microsoft.insert(ms.to_string(), sbs[0].0.to_string());
-            mapping.by_switchboard.insert(sbs[0].0.to_string(), ms.to_string());
-        } else {
-            conflicts.insert(Conflict {
-                email: sbs[0].1.clone(),
-                kind: ConflictKind::SeveralSwitchboardUsers,
-                candidates: sbs.iter().map(|(id, _)| id.to_string()).collect(),
-            });
+impl MappingBuild {
+    /// Hands everything the build holds to `trash`, to be freed a slice at a time.
+    pub fn discard(mut self, trash: &mut Trash) {
+        for ix in [self.by_mail, self.by_alias, self.by_upn, self.sb_by_email] {
+            trash.indexes.push(ix);
+        }
+        trash.switchboard.append(&mut self.switchboard);
+        trash.claims.push(self.claims);
+        trash.claim_list.append(&mut self.claim_list);
+        trash.mapping(self.mapping);
+    }
+}
+
+/// Large values to be freed a slice at a time. Freeing a 100,000-user directory, mapping or
+/// build at once means millions of deallocations (well over 100 ms inside the component);
+/// [`Trash::shed`] frees at most a given number of entries per call instead, without moving
+/// them first.
+#[derive(Debug, Default)]
+pub struct Trash {
+    indexes: Vec<Index>,
+    switchboard: Vec<SwitchboardUser>,
+    claims: Vec<HashMap<u32, Vec<(u32, String)>>>,
+    claim_list: Vec<(u32, Vec<(u32, String)>)>,
+    maps: Vec<BTreeMap<String, String>>,
+    sets: Vec<HashSet<String>>,
+    users: Vec<GraphUser>,
+}
+
+impl Trash {
+    /// Takes a mapping.
+    pub fn mapping(&mut self, m: Mapping) {
+        self.maps.push(m.by_microsoft);
+        self.maps.push(m.by_switchboard);
+    }
+    /// Takes a set of ids.
+    pub fn placed(&mut self, set: HashSet<String>) {
+        if !set.is_empty() {
+            self.sets.push(set);
         }
     }
-    mapping.conflicts = conflicts.into_iter().collect();
-    mapping
+    /// Takes Microsoft users.
+    pub fn users(&mut self, mut users: Vec<GraphUser>) {
+        self.users.append(&mut users);
+    }
+    /// Nothing left to free.
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty()
+            && self.switchboard.is_empty()
+            && self.claims.is_empty()
+            && self.claim_list.is_empty()
+            && self.maps.is_empty()
+            && self.sets.is_empty()
+            && self.users.is_empty()
+    }
+    /// Frees up to about `n` entries; true when nothing is left.
+    pub fn shed(&mut self, n: usize) -> bool {
+        let mut left = n;
+        let k = left.min(self.users.len());
+        self.users.truncate(self.users.len() - k);
+        left -= k;
+        let k = left.min(self.switchboard.len());
+        self.switchboard.truncate(self.switchboard.len() - k);
+        left -= k;
+        let k = left.min(self.claim_list.len());
+        self.claim_list.truncate(self.claim_list.len() - k);
+        left -= k;
+        while left > 0
+            && let Some(m) = self.maps.last_mut()
+        {
+            while left > 0 && m.pop_last().is_some() {
+                left -= 1;
+            }
+            if m.is_empty() {
+                self.maps.pop();
+            }
+        }
+        fn drop_some<K, V>(maps: &mut Vec<HashMap<K, V>>, left: &mut usize) {
+            while *left > 0
+                && let Some(m) = maps.last_mut()
+            {
+                // `retain` visits every entry but frees only the first `left`.
+                let mut quota = (*left).min(m.len());
+                *left -= quota;
+                m.retain(|_, _| {
+                    if quota > 0 {
+                        quota -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if m.is_empty() {
+                    maps.pop();
+                }
+            }
+        }
+        while left > 0
+            && let Some(set) = self.sets.last_mut()
+        {
+            let mut quota = left.min(set.len());
+            left -= quota;
+            set.retain(|_| {
+                if quota > 0 {
+                    quota -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            if set.is_empty() {
+                self.sets.pop();
+            }
+        }
+        drop_some(&mut self.indexes, &mut left);
+        drop_some(&mut self.claims, &mut left);
+        if self.users.is_empty() {
+            self.users.shrink_to_fit();
+        }
+        if self.switchboard.is_empty() {
+            self.switchboard.shrink_to_fit();
+        }
+        self.is_empty()
+    }
+}
+
+/// Ids, sorted and distinct.
+fn sorted<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    ids.collect::<BTreeSet<&str>>().into_iter().map(String::from).collect()
 }
 
 #[cfg(test)]
@@ -355,5 +628,81 @@ mod tests {
         );
         assert!(m.by_microsoft.is_empty());
         assert_eq!(m.conflicts[0].kind, ConflictKind::SeveralSwitchboardUsers);
+    }
+
+    #[test]
+    fn a_build_in_steps_of_any_size_gives_the_same_mapping_as_one_in_a_go() {
+        // Every case at once: plain matches, aliases, UPNs, shared addresses on both sides,
+        // two switchboard users claiming one Microsoft user, and overrides (one unresolved).
+        let mut microsoft: Vec<GraphUser> = (0..40)
+            .map(|i| {
+                ms(
+                    &format!("m{i:02}"),
+                    Some(&format!("u{i}@x.com")),
+                    &format!("upn{i}@x.com"),
+                    &[&format!("smtp:alias{i}@x.com")],
+                )
+            })
+            .collect();
+        microsoft.push(ms("m90", Some("shared@x.com"), "upn90@x.com", &[]));
+        microsoft.push(ms("m91", Some("SHARED@x.com"), "upn91@x.com", &[]));
+        let mut switchboard: Vec<SwitchboardUser> = (0..40)
+            .map(|i| match i % 4 {
+                0 => sb(&format!("s{i:02}"), &[&format!("u{i}@x.com")]),
+                1 => sb(&format!("s{i:02}"), &[&format!("alias{i}@x.com")]),
+                2 => sb(&format!("s{i:02}"), &[&format!("upn{i}@x.com")]),
+                _ => sb(&format!("s{i:02}"), &["nobody@x.com", &format!("u{i}@x.com")]),
+            })
+            .collect();
+        switchboard.push(sb("s90", &["shared@x.com"]));
+        switchboard.push(sb("s91", &["twice@x.com"]));
+        switchboard.push(sb("s92", &["twice@x.com"]));
+        switchboard.push(sb("s93", &["u5@x.com"]));
+        let ov = |s: &str, m: &str| MappingOverride { switchboard_user_id: s.into(), microsoft_user: m.into() };
+        let overrides = vec![ov("s10", "u11@x.com"), ov("s12", "nobody-at-all@x.com"), ov("s99", "m01")];
+        let whole = build_with(&microsoft, &switchboard, &[], &overrides);
+        assert!(whole.by_microsoft.len() > 30 && whole.conflicts.len() >= 5, "{whole:?}");
+        for budget in [1, 2, 3, 7, 50] {
+            let mut b = MappingBuild::new(switchboard.clone(), &[], overrides.clone());
+            let mut steps = 0;
+            let stepped = loop {
+                steps += 1;
+                if let Some(m) = b.step(&microsoft, budget) {
+                    break m;
+                }
+            };
+            assert_eq!(stepped, whole, "budget {budget}");
+            assert!(steps >= (microsoft.len() + 2 * switchboard.len()) / budget, "budget {budget}: {steps} steps");
+        }
+    }
+
+    #[test]
+    fn trash_is_freed_a_slice_at_a_time() {
+        let microsoft: Vec<GraphUser> = (0..300)
+            .map(|i| ms(&format!("m{i}"), Some(&format!("u{i}@x.com")), &format!("upn{i}@x.com"), &[]))
+            .collect();
+        let switchboard: Vec<SwitchboardUser> =
+            (0..300).map(|i| sb(&format!("s{i}"), &[&format!("u{i}@x.com")])).collect();
+        let mut b = MappingBuild::new(switchboard, &[], vec![]);
+        let m = loop {
+            if let Some(m) = b.step(&microsoft, 1000) {
+                break m;
+            }
+        };
+        assert_eq!(m.by_microsoft.len(), 300);
+        let mut trash = Trash::default();
+        b.discard(&mut trash);
+        trash.mapping(m);
+        trash.users(microsoft);
+        assert!(!trash.is_empty());
+        let mut steps = 0;
+        while !trash.shed(100) {
+            steps += 1;
+            assert!(steps < 100);
+        }
+        // 300 users, 300 switchboard users, 4 indexes, 600 mapping entries, claims: dozens of
+        // slices of 100, not one.
+        assert!(steps >= 20, "{steps}");
+        assert!(trash.is_empty());
     }
 }

@@ -224,6 +224,9 @@ pub enum Effect {
         /// Value.
         value: Option<Vec<u8>>,
     },
+    /// Call [`crate::Core::tick`] again soon: background work (a large mapping) goes on in
+    /// bounded steps.
+    RequestTick,
     /// Write a log record.
     Log {
         /// Severity.
@@ -253,8 +256,8 @@ pub trait Env {
     fn random_bytes(&mut self, n: usize) -> Vec<u8>;
     /// RSA-OAEP-SHA1 unwrap of a notification key with the integration's private key.
     fn unwrap_key(&mut self, certificate_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, UnwrapError>;
-    /// All switchboard users.
-    fn switchboard_users(&mut self) -> Vec<SwitchboardUser>;
+    /// Switchboard users from position `start`, at most `count` (fewer at the end).
+    fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<SwitchboardUser>;
     /// A durable value written earlier with [`Effect::Store`].
     fn load(&mut self, key: &str) -> Option<Vec<u8>>;
 }

@@ -5,10 +5,30 @@
 //! The assignment is stable: users keep their shard across refreshes, a new user fills the
 //! first shard with room, and only shards whose members changed need a new subscription.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Bound;
 
 /// Graph's limit of user ids in one presence subscription.
 pub const MAX_USERS_PER_SUBSCRIPTION: usize = 650;
+
+/// A [`Shards::apply`] in progress.
+#[derive(Debug)]
+pub struct ShardsApply {
+    phase: ApplyPhase,
+    /// Users already in a shard.
+    pub placed: HashSet<String>,
+    changed: Vec<bool>,
+    /// The first slot that may have room.
+    room: usize,
+}
+
+#[derive(Debug)]
+enum ApplyPhase {
+    /// Dropping users no longer mapped, from this slot on.
+    Retain(usize),
+    /// Placing mapped users not yet in a shard, after this one.
+    Place(Option<String>),
+}
 
 /// Shards of users, one per integration user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,35 +56,94 @@ impl Shards {
 
     /// Applies the current set of mapped users. Returns, per slot, whether its members changed.
     pub fn apply(&mut self, mapped: &BTreeSet<String>) -> Vec<bool> {
-        let before = self.members.clone();
-        let mut placed: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, m) in self.members.iter_mut().enumerate() {
-            m.retain(|u| mapped.contains(u));
-            // A shard restored over capacity keeps its first `capacity` users.
-            while m.len() > self.capacity {
-                let last = m.iter().next_back().cloned().unwrap();
-                m.remove(&last);
-            }
-            for u in m.iter() {
-                placed.insert(u.clone(), i);
+        let mapped: BTreeMap<String, ()> = mapped.iter().map(|u| (u.clone(), ())).collect();
+        let mut job = self.start_apply();
+        loop {
+            if let Some(changed) = self.apply_step(&mut job, &mapped, usize::MAX) {
+                return changed;
             }
         }
-        self.uncovered.clear();
-        let mut slot = 0;
-        for u in mapped.iter().filter(|u| !placed.contains_key(*u)) {
-            while slot < self.members.len() && self.members[slot].len() >= self.capacity {
-                slot += 1;
-            }
-            match self.members.get_mut(slot) {
-                Some(m) => {
-                    m.insert(u.clone());
+    }
+
+    /// [`Shards::apply`] as a job of bounded steps (see [`Shards::apply_step`]).
+    pub fn start_apply(&self) -> ShardsApply {
+        ShardsApply {
+            phase: ApplyPhase::Retain(0),
+            placed: HashSet::new(),
+            changed: vec![false; self.members.len()],
+            room: 0,
+        }
+    }
+
+    /// Does up to about `budget` users' worth of the job for the mapped users (the keys of
+    /// `mapped`, which must not change between steps); returns, when done, per slot whether
+    /// its members changed. Meanwhile the members are partly updated: act on them only once
+    /// the job is done.
+    pub fn apply_step<V>(
+        &mut self,
+        job: &mut ShardsApply,
+        mapped: &BTreeMap<String, V>,
+        budget: usize,
+    ) -> Option<Vec<bool>> {
+        let mut left = budget.max(1);
+        loop {
+            match &mut job.phase {
+                ApplyPhase::Retain(slot) => {
+                    while *slot < self.members.len() && left > 0 {
+                        let m = &mut self.members[*slot];
+                        let before = m.len();
+                        m.retain(|u| mapped.contains_key(u));
+                        // A shard restored over capacity keeps its first `capacity` users.
+                        while m.len() > self.capacity {
+                            m.pop_last();
+                        }
+                        job.changed[*slot] = m.len() != before;
+                        job.placed.extend(m.iter().cloned());
+                        left = left.saturating_sub(before.max(1));
+                        *slot += 1;
+                    }
+                    if *slot < self.members.len() {
+                        return None;
+                    }
+                    self.uncovered.clear();
+                    job.phase = ApplyPhase::Place(None);
                 }
-                None => {
-                    self.uncovered.insert(u.clone());
+                ApplyPhase::Place(_) if left == 0 => return None,
+                ApplyPhase::Place(after) => {
+                    let from = match after.take() {
+                        Some(k) => mapped.range::<String, _>((Bound::Excluded(k), Bound::Unbounded)),
+                        None => mapped.range::<String, _>(..),
+                    };
+                    let mut last = None;
+                    for (u, _) in from.take(left) {
+                        left -= 1;
+                        last = Some(u);
+                        if job.placed.contains(u) {
+                            continue;
+                        }
+                        while job.room < self.members.len() && self.members[job.room].len() >= self.capacity {
+                            job.room += 1;
+                        }
+                        match self.members.get_mut(job.room) {
+                            Some(m) => {
+                                m.insert(u.clone());
+                                job.changed[job.room] = true;
+                            }
+                            None => {
+                                self.uncovered.insert(u.clone());
+                            }
+                        }
+                    }
+                    match last {
+                        Some(k) if left == 0 => {
+                            job.phase = ApplyPhase::Place(Some(k.clone()));
+                            return None;
+                        }
+                        _ => return Some(std::mem::take(&mut job.changed)),
+                    }
                 }
             }
         }
-        self.members.iter().zip(before.iter()).map(|(a, b)| a != b).collect()
     }
 
     /// Members of slot `i`.
@@ -138,5 +217,31 @@ mod tests {
         fewer.remove("u00003");
         let changed = s.apply(&fewer);
         assert_eq!(changed, vec![true, false]);
+    }
+
+    #[test]
+    fn apply_in_steps_of_any_size_equals_apply_in_one_go() {
+        let mut whole = Shards::new(3, 650);
+        whole.apply(&users(0..1000));
+        let mut next = users(300..1700);
+        next.insert("a-newcomer".into());
+        let mut stepped = whole.clone();
+        let expected = whole.apply(&next);
+        let mapped: BTreeMap<String, ()> = next.iter().map(|u| (u.clone(), ())).collect();
+        for budget in [1, 7, 650, 5000] {
+            let mut s = stepped.clone();
+            let mut job = s.start_apply();
+            let mut steps = 0;
+            let changed = loop {
+                steps += 1;
+                if let Some(c) = s.apply_step(&mut job, &mapped, budget) {
+                    break c;
+                }
+            };
+            assert_eq!((changed, &s), (expected.clone(), &whole), "budget {budget}");
+            assert!(budget > 1000 || steps > 1, "budget {budget}: {steps} steps");
+        }
+        stepped.apply(&next);
+        assert_eq!(stepped, whole);
     }
 }

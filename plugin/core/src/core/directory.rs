@@ -7,6 +7,11 @@
 //!   applies them only when the round is complete. Users come back whole or partial (fields
 //!   present overwrite, fields absent are kept) or as `@removed`.
 //! - The deltaLink is stored with the directory, so a restart goes on from where it was.
+//! - The users are stored in chunks of [`DIR_CHUNK`] behind a head (`v2/directory`) that names
+//!   the chunks' generation: a changed directory is written a few chunks per call, the head
+//!   last, then the previous generation is deleted; a restart reads the chunks a few per call.
+//!   No call ever handles the whole of a 100,000-user directory at once. Until the directory
+//!   and the first mapping are back, notifications are answered 503 (the host keeps them).
 //! - Full resyncs happen daily, on "Sync now", and when Graph says the delta state is gone
 //!   (`410 Gone`, `syncStateNotFound`, `resyncRequired`).
 //! - A failure anywhere discards the round whole: the last good directory and mapping stay,
@@ -32,16 +37,60 @@ pub(super) enum DirFetch {
     Delta { changes: Vec<serde_json::Value> },
 }
 
-/// The users, stored only when a round changed them (at 100,000 users this is megabytes).
+/// Schema 1: the users in one value (read only to upgrade; the tests write one).
+#[cfg(test)]
 #[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct PersistedDirectory {
+pub(crate) struct PersistedDirectory {
     pub fetched_at_ms: u64,
     pub users: Vec<GraphUser>,
 }
 
+/// Schema 1's key of [`PersistedDirectory`].
+const STATE_DIRECTORY_V1: &str = "v1/directory";
+/// Schema 2's head of the stored directory.
+const STATE_DIRECTORY_HEAD: &str = "v2/directory";
+/// Users per stored chunk (about 0.5 MB of JSON).
+pub const DIR_CHUNK: usize = 2_500;
+/// Chunks written, or users read back, per call.
+const PERSIST_CHUNKS_PER_STEP: usize = 2;
+const RESTORE_USERS_PER_STEP: usize = 5_000;
+
+fn chunk_key(generation: u64, i: usize) -> String {
+    format!("v2/directory/{generation}/{i:05}")
+}
+
+/// What `v2/directory` holds: which generation of chunks is complete.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct DirectoryHead {
+    generation: u64,
+    chunks: usize,
+    users: usize,
+    fetched_at_ms: u64,
+}
+
+/// A directory being written, a few chunks per call.
+#[derive(Debug)]
+pub(super) struct DirPersist {
+    generation: u64,
+    next: usize,
+    chunks: usize,
+    fetched_at_ms: u64,
+    /// The delta state that goes with these users, written after the head.
+    delta: Option<PersistedDeltaState>,
+}
+
+/// A stored directory being read back, a few thousand users per call.
+#[derive(Debug)]
+pub(super) enum DirRestore {
+    /// Schema 2 chunks.
+    Chunks { head: DirectoryHead, next: usize, users: Vec<GraphUser> },
+    /// A schema-1 value, parsed a slice at a time from `offset` (inside its `users` array).
+    Legacy { bytes: Vec<u8>, offset: usize, fetched_at_ms: u64, users: Vec<GraphUser> },
+}
+
 /// Where delta rounds go on, stored after every round (small). Written after the users, so
 /// a crash between the two replays changes (harmless) rather than skipping them.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct PersistedDeltaState {
     pub fetched_at_ms: u64,
     pub delta_link: String,
@@ -62,6 +111,16 @@ pub(super) struct Directory {
     pub last_ok_ms: Option<u64>,
     pub problem: Option<Problem>,
     pub retry: Backoff,
+    /// The stored directory's head (the last complete generation).
+    pub stored: Option<DirectoryHead>,
+    /// A generation being written.
+    pub persisting: Option<DirPersist>,
+    /// Generations abandoned halfway (generation, chunks written), deleted at the next commit.
+    pub abandoned: Vec<(u64, usize)>,
+    /// A schema-1 value is still stored (deleted once the directory is in chunks).
+    pub legacy_stored: bool,
+    /// The stored directory being read back.
+    pub restoring: Option<DirRestore>,
 }
 
 enum Failure {
@@ -73,16 +132,148 @@ enum Failure {
 
 impl Core {
     pub(super) fn restore_directory(&mut self, env: &mut dyn Env) {
-        if let Some(d) = env.load(STATE_DIRECTORY).and_then(|b| serde_json::from_slice::<PersistedDirectory>(&b).ok()) {
-            self.dir.users = Some(d.users);
-            self.dir.last_ok_ms = Some(d.fetched_at_ms);
+        let head = env.load(STATE_DIRECTORY_HEAD).and_then(|b| serde_json::from_slice::<DirectoryHead>(&b).ok());
+        let legacy = env.load(STATE_DIRECTORY_V1);
+        self.dir.legacy_stored = legacy.is_some();
+        self.dir.restoring = match (head, legacy) {
+            (Some(head), _) => {
+                self.dir.stored = Some(head);
+                self.dir.last_ok_ms = Some(head.fetched_at_ms);
+                Some(DirRestore::Chunks { head, next: 0, users: Vec::with_capacity(head.users) })
+            }
+            (None, Some(bytes)) => match legacy_users_start(&bytes) {
+                Some((offset, fetched_at_ms)) => {
+                    self.dir.last_ok_ms = Some(fetched_at_ms);
+                    Some(DirRestore::Legacy { bytes, offset, fetched_at_ms, users: Vec::new() })
+                }
+                None => None,
+            },
+            (None, None) => None,
+        };
+        if self.dir.restoring.is_some() {
             if let Some(s) = env.load(STATE_DELTA).and_then(|b| serde_json::from_slice::<PersistedDeltaState>(&b).ok())
             {
                 self.dir.delta_link = Some(s.delta_link);
                 self.dir.full_due_at = s.full_at_ms + FULL_RESYNC_MS;
-                self.dir.last_ok_ms = Some(s.fetched_at_ms.max(d.fetched_at_ms));
+                self.dir.last_ok_ms = Some(s.fetched_at_ms.max(self.dir.last_ok_ms.unwrap_or(0)));
             }
-            self.rebuild_mapping(env);
+            self.advance_restore(env);
+        }
+    }
+
+    /// One step of reading the stored directory back; when it is complete, the mapping is
+    /// rebuilt (and a schema-1 directory is written again in chunks).
+    pub(super) fn advance_restore(&mut self, env: &mut dyn Env) {
+        let Some(job) = self.dir.restoring.as_mut() else { return };
+        let outcome: Result<bool, String> = match job {
+            DirRestore::Chunks { head, next, users } => {
+                let mut read = 0;
+                let mut result = Ok(false);
+                while read < RESTORE_USERS_PER_STEP && *next < head.chunks {
+                    let key = chunk_key(head.generation, *next);
+                    match env.load(&key).map(|b| serde_json::from_slice::<Vec<GraphUser>>(&b)) {
+                        Some(Ok(chunk)) => {
+                            read += chunk.len().max(1);
+                            users.extend(chunk);
+                            *next += 1;
+                        }
+                        Some(Err(e)) => {
+                            result = Err(format!("{key}: {e}"));
+                            break;
+                        }
+                        None => {
+                            result = Err(format!("{key} is missing"));
+                            break;
+                        }
+                    }
+                }
+                if result.is_ok() && *next == head.chunks { Ok(true) } else { result }
+            }
+            DirRestore::Legacy { bytes, offset, users, .. } => legacy_users_step(bytes, offset, users),
+        };
+        match outcome {
+            Ok(false) => {
+                self.count("directory.restore-steps");
+                self.effects.push(Effect::RequestTick);
+            }
+            Ok(true) => {
+                let (users, legacy_fetched) = match self.dir.restoring.take().unwrap() {
+                    DirRestore::Chunks { users, .. } => (users, None),
+                    DirRestore::Legacy { users, fetched_at_ms, .. } => (users, Some(fetched_at_ms)),
+                };
+                self.dir.users = Some(users);
+                if let Some(fetched_at_ms) = legacy_fetched {
+                    self.start_persist(fetched_at_ms, None);
+                }
+                self.rebuild_mapping(env);
+            }
+            Err(why) => {
+                // The stored directory is damaged: read it again from Graph. Until then the
+                // mapping is empty, and the status says why.
+                self.dir.restoring = None;
+                self.log(Level::Error, "stored directory unreadable; reading it again", vec![("reason".into(), why)]);
+                self.count("directory.restore-failed");
+                self.request_full_resync();
+            }
+        }
+    }
+
+    /// Starts writing the current users as a new generation of chunks.
+    fn start_persist(&mut self, fetched_at_ms: u64, delta: Option<PersistedDeltaState>) {
+        if let Some(p) = self.dir.persisting.take() {
+            self.dir.abandoned.push((p.generation, p.next));
+        }
+        let generation =
+            self.dir.abandoned.iter().map(|(g, _)| *g).chain(self.dir.stored.map(|h| h.generation)).max().unwrap_or(0)
+                + 1;
+        let n = self.dir.users.as_ref().map_or(0, Vec::len);
+        self.dir.persisting =
+            Some(DirPersist { generation, next: 0, chunks: n.div_ceil(DIR_CHUNK), fetched_at_ms, delta });
+        self.advance_persist();
+    }
+
+    /// Writes the next chunks; after the last one, the head, the delta state that goes with
+    /// it, and deletes the generations it replaces.
+    pub(super) fn advance_persist(&mut self) {
+        let Some(p) = self.dir.persisting.as_mut() else { return };
+        let users = self.dir.users.as_deref().unwrap_or_default();
+        let mut written = 0;
+        while p.next < p.chunks && written < PERSIST_CHUNKS_PER_STEP {
+            let chunk = &users[p.next * DIR_CHUNK..users.len().min((p.next + 1) * DIR_CHUNK)];
+            self.effects.push(Effect::Store {
+                key: chunk_key(p.generation, p.next),
+                value: Some(serde_json::to_vec(chunk).unwrap()),
+            });
+            p.next += 1;
+            written += 1;
+        }
+        if p.next < p.chunks {
+            self.effects.push(Effect::RequestTick);
+            return;
+        }
+        let p = self.dir.persisting.take().unwrap();
+        let head = DirectoryHead {
+            generation: p.generation,
+            chunks: p.chunks,
+            users: users.len(),
+            fetched_at_ms: p.fetched_at_ms,
+        };
+        self.effects
+            .push(Effect::Store { key: STATE_DIRECTORY_HEAD.into(), value: Some(serde_json::to_vec(&head).unwrap()) });
+        if let Some(d) = p.delta {
+            self.effects.push(Effect::Store { key: STATE_DELTA.into(), value: Some(serde_json::to_vec(&d).unwrap()) });
+        }
+        let mut dead: Vec<(u64, usize)> = std::mem::take(&mut self.dir.abandoned);
+        if let Some(old) = self.dir.stored.replace(head) {
+            dead.push((old.generation, old.chunks));
+        }
+        for (generation, chunks) in dead {
+            for i in 0..chunks {
+                self.effects.push(Effect::Store { key: chunk_key(generation, i), value: None });
+            }
+        }
+        if std::mem::take(&mut self.dir.legacy_stored) {
+            self.effects.push(Effect::Store { key: STATE_DIRECTORY_V1.into(), value: None });
         }
     }
 
@@ -231,7 +422,9 @@ impl Core {
                 self.count("directory.full-resyncs");
                 self.dir.delta_link = Some(anchor);
                 self.dir.full_due_at = now + FULL_RESYNC_MS;
-                self.dir.users = Some(users);
+                if let Some(old) = self.dir.users.replace(users) {
+                    self.trash.users(old);
+                }
                 true
             }
             DirFetch::Delta { changes } => {
@@ -246,22 +439,19 @@ impl Core {
         self.dir.retry.succeed();
         self.dir.next_at = now + self.delta_interval_ms();
         self.dir.last_ok_ms = Some(now);
+        let delta = self.dir.delta_link.clone().map(|delta_link| PersistedDeltaState {
+            fetched_at_ms: now,
+            delta_link,
+            full_at_ms: self.dir.full_due_at.saturating_sub(FULL_RESYNC_MS),
+        });
         if changed {
-            let persisted = PersistedDirectory { fetched_at_ms: now, users: self.dir.users.take().unwrap_or_default() };
-            self.effects.push(Effect::Store {
-                key: STATE_DIRECTORY.into(),
-                value: Some(serde_json::to_vec(&persisted).unwrap()),
-            });
-            self.dir.users = Some(persisted.users);
-        }
-        if let Some(delta_link) = self.dir.delta_link.clone() {
-            let state = PersistedDeltaState {
-                fetched_at_ms: now,
-                delta_link,
-                full_at_ms: self.dir.full_due_at.saturating_sub(FULL_RESYNC_MS),
-            };
-            self.effects
-                .push(Effect::Store { key: STATE_DELTA.into(), value: Some(serde_json::to_vec(&state).unwrap()) });
+            // The delta state is written with the users' head: never a newer deltaLink over
+            // older users (a crash would skip changes).
+            self.start_persist(now, delta);
+        } else if let Some(p) = self.dir.persisting.as_mut() {
+            p.delta = delta.or(p.delta.take());
+        } else if let Some(d) = delta {
+            self.effects.push(Effect::Store { key: STATE_DELTA.into(), value: Some(serde_json::to_vec(&d).unwrap()) });
         }
         // Rebuilt on every round, changed or not: switchboard users come and go too.
         self.rebuild_mapping(env);
@@ -273,6 +463,39 @@ impl Core {
             n => n,
         }
     }
+}
+
+/// Where the `users` array of a schema-1 directory value starts, and its `fetched_at_ms`.
+fn legacy_users_start(bytes: &[u8]) -> Option<(usize, u64)> {
+    let find = |needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle).map(|i| i + needle.len());
+    let at = find(b"\"fetched_at_ms\":")?;
+    let digits: String = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).map(|&b| b as char).collect();
+    Some((find(b"\"users\":[")?, digits.parse().ok()?))
+}
+
+/// Parses up to [`RESTORE_USERS_PER_STEP`] users of a schema-1 `users` array from `offset`;
+/// `Ok(true)` at its end.
+fn legacy_users_step(bytes: &[u8], offset: &mut usize, users: &mut Vec<GraphUser>) -> Result<bool, String> {
+    for _ in 0..RESTORE_USERS_PER_STEP {
+        while bytes.get(*offset).is_some_and(|b| b.is_ascii_whitespace() || *b == b',') {
+            *offset += 1;
+        }
+        match bytes.get(*offset) {
+            Some(b']') => return Ok(true),
+            None => return Err("v1/directory ends inside its users".into()),
+            Some(_) => {}
+        }
+        let mut it = serde_json::Deserializer::from_slice(&bytes[*offset..]).into_iter::<GraphUser>();
+        match it.next() {
+            Some(Ok(u)) => {
+                users.push(u);
+                *offset += it.byte_offset();
+            }
+            Some(Err(e)) => return Err(format!("v1/directory: {e}")),
+            None => return Err("v1/directory ends inside its users".into()),
+        }
+    }
+    Ok(false)
 }
 
 fn check_link(settings: &Settings, link: &str) -> Result<(), String> {

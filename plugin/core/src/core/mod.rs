@@ -6,7 +6,7 @@
 //! a snapshot after each new subscription) and starts the next request where one is due. At
 //! most one request per concern is in flight, so responses can never interleave badly.
 
-mod directory;
+pub(crate) mod directory;
 mod push;
 mod validation;
 
@@ -39,12 +39,20 @@ pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
 pub const MAX_IDS_PER_PRESENCE_READ: usize = 650;
 const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
 const FIRST_BACKOFF_MS: u64 = 2_000;
-const STATE_DIRECTORY: &str = "v1/directory";
 /// The version of the layout of everything this core keeps in the key-value store. A release
 /// that changes the layout raises it and upgrades older state in [`upgrade_state`]; a release
 /// refuses state of a higher version (written by a newer release) instead of misreading it.
-pub const STATE_SCHEMA_VERSION: u32 = 1;
+pub const STATE_SCHEMA_VERSION: u32 = 2;
+/// Users' worth of matching work per call (about 10–20 ms inside the component).
+pub const MAPPING_STEP: usize = 4_000;
+/// Switchboard users read per call.
+pub const SWITCHBOARD_PAGE: usize = 5_000;
+/// Users' worth of shard assignment per call.
+pub const SHARD_STEP: usize = 8_000;
+/// Items freed per tick (see [`mapping::Trash`]).
+pub const TRASH_STEP: usize = 50_000;
 const STATE_SCHEMA: &str = "meta/state-schema";
+/// Schema 1: every slot's subscription in one value (read only to upgrade).
 const STATE_SUBSCRIPTIONS: &str = "v1/subscriptions";
 const STATE_OVERRIDES: &str = "v1/overrides";
 
@@ -221,6 +229,23 @@ struct PersistedSubs {
     slots: Vec<Option<(String, ActiveSub)>>,
 }
 
+/// Schema 2: one integration user's subscription, under [`sub_key`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PersistedSub {
+    tenant_id: String,
+    client_id: String,
+    username: String,
+    active: ActiveSub,
+}
+
+fn sub_key(slot: usize) -> String {
+    format!("v2/subscription/{slot:04}")
+}
+
+/// Slots whose keys a restore looks at beyond the configured ones (integration users removed
+/// from the settings), to delete what is left of them.
+const MAX_STALE_SLOTS: usize = 64;
+
 /// One integration's sync state. See the module docs.
 #[derive(Default)]
 pub struct Core {
@@ -232,6 +257,16 @@ pub struct Core {
     user_tokens: Vec<Token>,
     dir: Directory,
     mapping: Mapping,
+    /// Switchboard users being read for a mapping build (users so far, their ids).
+    loading_switchboard: Option<(Vec<SwitchboardUser>, BTreeSet<String>)>,
+    /// A mapping build in progress (large directories are matched in steps).
+    building: Option<mapping::MappingBuild>,
+    /// Large values freed a slice per tick.
+    trash: mapping::Trash,
+    /// A mapping was completed since `configure`.
+    mapping_built: bool,
+    /// Mapped users being assigned to shards (subscriptions wait until it is done).
+    sharding: Option<crate::shards::ShardsApply>,
     switchboard_users: usize,
     shards: Shards,
     subs: Vec<Sub>,
@@ -334,23 +369,46 @@ impl Core {
         let settings = self.settings.as_ref().unwrap();
         let now = env.now_ms();
         let mut members = vec![BTreeSet::new(); self.subs.len()];
-        if let Some(p) = env.load(STATE_SUBSCRIPTIONS).and_then(|b| serde_json::from_slice::<PersistedSubs>(&b).ok())
-            && p.tenant_id == settings.tenant_id
-            && p.client_id == settings.client_id
-        {
-            for (i, slot) in p.slots.into_iter().enumerate().take(self.subs.len()) {
-                if let Some((username, active)) = slot
-                    && username == settings.integration_users[i].username
-                {
-                    members[i] = active.members.clone();
-                    if active.expires_at_ms > now {
-                        // Verify it still exists (a PATCH answers 404 if not) and re-read presence.
-                        self.subs[i].active = Some(active);
-                        self.subs[i].members_dirty = true;
-                        self.subs[i].reauthorize = true;
-                        self.subs[i].needs_snapshot = true;
-                    }
+        let legacy = env.load(STATE_SUBSCRIPTIONS).and_then(|b| serde_json::from_slice::<PersistedSubs>(&b).ok());
+        for (i, slot_members) in members.iter_mut().enumerate() {
+            let stored = match env.load(&sub_key(i)).and_then(|b| serde_json::from_slice::<PersistedSub>(&b).ok()) {
+                Some(p) => Some(p),
+                None => legacy.as_ref().and_then(|l| {
+                    let (username, active) = l.slots.get(i).cloned().flatten()?;
+                    Some(PersistedSub {
+                        tenant_id: l.tenant_id.clone(),
+                        client_id: l.client_id.clone(),
+                        username,
+                        active,
+                    })
+                }),
+            };
+            if let Some(p) = stored
+                && p.tenant_id == settings.tenant_id
+                && p.client_id == settings.client_id
+                && p.username == settings.integration_users[i].username
+            {
+                *slot_members = p.active.members.clone();
+                if p.active.expires_at_ms > now {
+                    // Verify it still exists (a PATCH answers 404 if not) and re-read presence.
+                    self.subs[i].active = Some(p.active);
+                    self.subs[i].members_dirty = true;
+                    self.subs[i].reauthorize = true;
+                    self.subs[i].needs_snapshot = true;
                 }
+            }
+        }
+        if legacy.is_some() {
+            // Schema 1 -> 2: rewrite per slot, then drop the old value.
+            for i in 0..self.subs.len() {
+                self.persist_sub(i);
+            }
+            self.effects.push(Effect::Store { key: STATE_SUBSCRIPTIONS.into(), value: None });
+        }
+        // Slots of integration users no longer configured.
+        for i in self.subs.len()..self.subs.len() + MAX_STALE_SLOTS {
+            if env.load(&sub_key(i)).is_some() {
+                self.effects.push(Effect::Store { key: sub_key(i), value: None });
             }
         }
         self.shards = Shards::restore(self.subs.len(), MAX_USERS_PER_SUBSCRIPTION, members);
@@ -398,6 +456,16 @@ impl Core {
 
     /// The periodic timer.
     pub fn tick(&mut self, env: &mut dyn Env) {
+        self.advance_restore(env);
+        self.advance_persist();
+        self.advance_mapping(env);
+        self.advance_shards();
+        if self.keys.release_pending && self.ready() {
+            self.release_waiting(env);
+        }
+        if !self.trash.shed(TRASH_STEP) {
+            self.effects.push(Effect::RequestTick);
+        }
         self.drive(env);
     }
 
@@ -421,8 +489,12 @@ impl Core {
         }
         self.drive_directory(&settings, now);
         self.drive_keys(&settings, now);
-        for slot in 0..self.subs.len() {
-            self.drive_slot(env, &settings, slot, now);
+        // While users are being assigned to shards, the shards are half updated: subscriptions
+        // wait (a few calls at most).
+        if self.sharding.is_none() {
+            for slot in 0..self.subs.len() {
+                self.drive_slot(env, &settings, slot, now);
+            }
         }
         self.drive_pushes(&settings, now);
     }
@@ -654,7 +726,7 @@ impl Core {
                         sub.problem = None;
                         sub.cleanup_tried = false;
                         sub.retry.succeed();
-                        self.persist_subs();
+                        self.persist_sub(slot);
                     }
                     Ok(r) if (r.status == 403 || r.status == 409) && !self.subs[slot].cleanup_tried => {
                         // One presence subscription per app per user: one left over from an
@@ -728,7 +800,7 @@ impl Core {
                         sub.reauthorize = false;
                         sub.problem = None;
                         sub.retry.succeed();
-                        self.persist_subs();
+                        self.persist_sub(slot);
                     }
                     Ok(r) if r.status == 404 => {
                         // Gone (expired or deleted): create a new one, never retry the PATCH.
@@ -736,7 +808,7 @@ impl Core {
                         let sub = &mut self.subs[slot];
                         sub.active = None;
                         sub.reauthorize = false;
-                        self.persist_subs();
+                        self.persist_sub(slot);
                     }
                     other => {
                         let (p, ra) = graph_failure(&other, "PATCH /subscriptions");
@@ -751,7 +823,7 @@ impl Core {
                         self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
                         self.count("subscriptions.lost");
                         self.subs[slot].active = None;
-                        self.persist_subs();
+                        self.persist_sub(slot);
                     }
                     Ok(r) if r.status == 200 => self.subs[slot].needs_snapshot = true,
                     other => {
@@ -767,7 +839,7 @@ impl Core {
                 // Whatever the answer, this subscription is no longer ours to use; a leftover
                 // is cleaned up when the next creation is refused.
                 self.subs[slot].active = None;
-                self.persist_subs();
+                self.persist_sub(slot);
             }
             Pending::Presences(slot) => {
                 self.subs[slot].busy = false;
@@ -818,19 +890,73 @@ impl Core {
         self.drive(env);
     }
 
+    /// Starts matching the directory against the switchboard again. The current mapping stays
+    /// in effect until the new one is complete. A large directory is matched in steps of
+    /// [`MAPPING_STEP`] users' worth of work, one per call (`Effect::RequestTick` asks the host
+    /// for the next), so that no call runs long; a small one completes in this call.
     fn rebuild_mapping(&mut self, env: &mut dyn Env) {
-        let sb = env.switchboard_users();
+        if let Some(old) = self.building.take() {
+            old.discard(&mut self.trash);
+        }
+        // The switchboard's users first, a page per step.
+        self.loading_switchboard = Some((Vec::new(), BTreeSet::new()));
+        self.advance_mapping(env);
+    }
+
+    /// One step of a mapping build in progress; applies the mapping when it is complete.
+    fn advance_mapping(&mut self, env: &mut dyn Env) {
+        if let Some((users, ids)) = self.loading_switchboard.as_mut() {
+            let page = env.switchboard_users_page(users.len(), SWITCHBOARD_PAGE);
+            let last = page.len() < SWITCHBOARD_PAGE;
+            // A user that moves between pages while they are read shows up once.
+            users.extend(page.into_iter().filter(|u| ids.insert(u.id.clone())));
+            if !last {
+                self.effects.push(Effect::RequestTick);
+                return;
+            }
+            let (users, ids) = self.loading_switchboard.take().unwrap();
+            self.trash.placed(ids.into_iter().collect());
+            let several_pages = users.len() >= SWITCHBOARD_PAGE;
+            let settings = self.settings.as_ref().unwrap();
+            self.building = Some(mapping::MappingBuild::new(users, &settings.match_order, self.effective_overrides()));
+            if several_pages {
+                // The matching starts at the next step: this one had its share of work.
+                self.effects.push(Effect::RequestTick);
+                return;
+            }
+        }
+        let Some(build) = self.building.as_mut() else { return };
+        let Some(mapping) = build.step(self.dir.users.as_deref().unwrap_or_default(), MAPPING_STEP) else {
+            self.count("mapping.steps");
+            self.effects.push(Effect::RequestTick);
+            return;
+        };
+        let build = self.building.take().unwrap();
+        let sb = build.switchboard();
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.clone()).collect();
-        let settings = self.settings.as_ref().unwrap();
-        self.mapping = mapping::build_with(
-            self.dir.users.as_deref().unwrap_or_default(),
-            &sb,
-            &settings.match_order,
-            &self.effective_overrides(),
-        );
-        let mapped: BTreeSet<String> = self.mapping.by_microsoft.keys().cloned().collect();
-        let changed = self.shards.apply(&mapped);
+        build.discard(&mut self.trash);
+        self.mapping_built = true;
+        let old = std::mem::replace(&mut self.mapping, mapping);
+        self.trash.mapping(old);
+        self.effects.push(Effect::RequestTick);
+        // The mapped users go into the shards (one per integration user) in steps too.
+        if let Some(old) = self.sharding.replace(self.shards.start_apply()) {
+            self.trash.placed(old.placed);
+        }
+        self.advance_shards();
+    }
+
+    /// One step of assigning the mapped users to shards; when done, the shards whose members
+    /// changed get their subscription updated and their presence re-read.
+    fn advance_shards(&mut self) {
+        let Some(job) = self.sharding.as_mut() else { return };
+        let Some(changed) = self.shards.apply_step(job, &self.mapping.by_microsoft, SHARD_STEP) else {
+            self.effects.push(Effect::RequestTick);
+            return;
+        };
+        let job = self.sharding.take().unwrap();
+        self.trash.placed(job.placed);
         for (slot, changed) in changed.into_iter().enumerate() {
             if changed {
                 self.subs[slot].needs_snapshot = true;
@@ -859,20 +985,20 @@ impl Core {
         sub.retry.fail(now, retry_after, jitter);
     }
 
-    fn persist_subs(&mut self) {
+    /// Stores one integration user's subscription (schema 2: one small key per slot, so a
+    /// renewal never rewrites the other slots' member lists).
+    fn persist_sub(&mut self, slot: usize) {
         let s = self.settings.as_ref().unwrap();
-        let p = PersistedSubs {
-            tenant_id: s.tenant_id.clone(),
-            client_id: s.client_id.clone(),
-            slots: self
-                .subs
-                .iter()
-                .zip(&s.integration_users)
-                .map(|(sub, u)| sub.active.clone().map(|a| (u.username.clone(), a)))
-                .collect(),
-        };
-        self.effects
-            .push(Effect::Store { key: STATE_SUBSCRIPTIONS.into(), value: Some(serde_json::to_vec(&p).unwrap()) });
+        let value = self.subs[slot].active.clone().map(|active| {
+            serde_json::to_vec(&PersistedSub {
+                tenant_id: s.tenant_id.clone(),
+                client_id: s.client_id.clone(),
+                username: s.integration_users[slot].username.clone(),
+                active,
+            })
+            .unwrap()
+        });
+        self.effects.push(Effect::Store { key: sub_key(slot), value });
     }
 
     fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
@@ -937,9 +1063,22 @@ impl Core {
             self.count("rejected.oversized");
             return WebhookResponse::text(400, format!("body of {} bytes exceeds {MAX_WEBHOOK_BODY}", req.body.len()));
         }
+        if !self.ready() {
+            // The stored directory or its first mapping is still being restored (a large
+            // tenant takes a few calls): the host keeps the notification and offers it again.
+            self.count("notifications.deferred");
+            return WebhookResponse::text(503, "restoring state; retry shortly");
+        }
         let r = self.on_batch(env, &req.body, true);
         self.drive(env);
         r
+    }
+
+    /// Whether notifications can be processed: the stored directory is back and mapped (a
+    /// mapping rebuilt later keeps the previous one in effect meanwhile).
+    pub fn ready(&self) -> bool {
+        self.dir.restoring.is_none()
+            && ((self.building.is_none() && self.loading_switchboard.is_none()) || self.mapping_built)
     }
 
     /// A notification batch: tokens first (see `validation`), then each item.
@@ -1142,12 +1281,17 @@ fn null_as_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Brings state written under schema `from` to [`STATE_SCHEMA_VERSION`], before it is read.
-/// Schema 0 is state from before the schema was recorded: its layout is schema 1's (the `v1/`
-/// keys), so there is nothing to rewrite. A future schema adds its step here.
+/// - 0 -> 1: state from before the schema was recorded has schema 1's layout (the `v1/`
+///   keys): nothing to rewrite.
+/// - 1 -> 2: the directory in chunks behind a head (`v2/directory`), and one key per
+///   integration user's subscription (`v2/subscription/NNNN`). Converted as it is read: the
+///   restore reads the schema-1 values when the schema-2 ones are absent, rewrites them in the
+///   new layout and then deletes them (a large directory over several calls), so an upgrade
+///   never needs one long call and a crash halfway reads the old values again.
 fn upgrade_state(from: u32, _env: &mut dyn Env, _effects: &mut Vec<Effect>) {
     for step in from..STATE_SCHEMA_VERSION {
         match step {
-            0 => {} // 0 -> 1: the same layout, now versioned.
+            0 | 1 => {}
             _ => unreachable!("no upgrade from schema {step}"),
         }
     }

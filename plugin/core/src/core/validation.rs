@@ -44,6 +44,9 @@ pub(super) struct SigningKeys {
     verified: HashMap<String, u64>,
     /// Batches waiting for the keys (raw bodies).
     waiting: VecDeque<String>,
+    /// The keys came while the directory was still being restored: release the waiting
+    /// batches once it is back.
+    pub(super) release_pending: bool,
     /// Set while rich notifications arrive without tokens (a tenant misconfiguration the
     /// admin must fix); cleared by the next batch whose tokens verify.
     pub refused: Option<Problem>,
@@ -158,10 +161,16 @@ impl Core {
     }
 
     /// Processes (or finally refuses) the batches that waited for the keys.
-    fn release_waiting(&mut self, env: &mut dyn Env) {
+    pub(super) fn release_waiting(&mut self, env: &mut dyn Env) {
         if self.keys.waiting.is_empty() {
             return;
         }
+        if !self.ready() {
+            // Not before the directory is back: the core's tick releases them then.
+            self.keys.release_pending = true;
+            return;
+        }
+        self.keys.release_pending = false;
         let waiting = std::mem::take(&mut self.keys.waiting);
         self.effects.push(Effect::Store { key: STATE_WAITING.into(), value: None });
         for body in waiting {
