@@ -43,3 +43,37 @@ async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash()
     // The actor deletes an entry right after processing it, before it answers the status query.
     assert!(db.inbox("contoso").unwrap().is_empty(), "the inbox is drained");
 }
+
+/// A large directory comes back over several calls after a restart; notifications replayed
+/// from the inbox meanwhile are answered 503 by the plugin, kept by the host in order, and
+/// processed once the mapping is back: none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_that_arrive_while_a_large_directory_is_restored_wait_and_are_not_lost() {
+    let users = 6000;
+    let mut t = start(users, users.div_ceil(650), |_| {}).await;
+    assert!(t.wait_in_sync(users, EVENTUALLY).await.is_empty());
+    let subs = t.emulator.subscriptions();
+    t.stop_host().await;
+    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    let mut changed = Vec::new();
+    for i in [1usize, 2500, 5999] {
+        let user = t.ms_user(i);
+        let sub = subs.iter().find(|s| s.resource.contains(&user)).expect("a subscription covers the user").id.clone();
+        let item = t.emulator.notification_for(&sub, &user, "DoNotDisturb", "Presenting").unwrap();
+        let body = t.emulator.batch_body(&sub, vec![item]).to_string().into_bytes();
+        db.inbox_push("contoso", "notifications", &body, 0).unwrap();
+        changed.push(format!("sb-{i:05}"));
+    }
+    drop(db);
+    t.restart_host().await.unwrap();
+    let s = t.wait_status(EVENTUALLY, |s| s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 3).await;
+    assert_eq!(s.counters.get("notifications.accepted"), Some(&3), "{:?}", s.counters);
+    assert!(s.counters.get("inbox.deferred").copied().unwrap_or(0) >= 1, "they had to wait: {:?}", s.counters);
+    assert!(s.counters.get("directory.restore-steps").copied().unwrap_or(0) >= 1, "{:?}", s.counters);
+    for u in &changed {
+        assert!(t.switchboard.shown(u).is_some_and(|p| p.activity == "Presenting"), "{u}");
+    }
+    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    assert!(db.inbox("contoso").unwrap().is_empty(), "the inbox is drained");
+    assert_eq!(s.users as usize, users);
+}

@@ -18,8 +18,7 @@ fn counter(s: &StatusView, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
-    // Generous for CI machines under load: the oversized mode copies tens of MiB per call.
-    let deadline_ms = 400;
+    let deadline_ms = 150;
     let t = start(20, 1, |o| {
         o.limits = Limits { call_deadline_ms: deadline_ms, memory_bytes: 64 << 20 };
         o.extra_integrations = MODES.iter().map(|m| (format!("hostile-{m}"), HOSTILE.into())).collect();
@@ -47,7 +46,9 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let bound = Duration::from_millis(deadline_ms + 500);
+    // CPU time is what counts; on a loaded machine the wall time of a stopped call can be
+    // longer, but never past the wall-time backstop (10 times the bound, at least 1 s).
+    let bound = Duration::from_millis(2000);
 
     // A runaway loop is stopped at the deadline; the instance is replaced and reported.
     let s = &seen["infinite-loop"];
