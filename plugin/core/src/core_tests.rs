@@ -1080,6 +1080,18 @@ fn state_carries_its_schema_version_and_a_newer_schema_is_refused_untouched() {
     assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Store { .. } | Effect::Http { .. })));
 }
 
+/// Performs the core's stores and deletes on the fake state.
+fn store_all(env: &mut FakeEnv, effects: &[Effect]) {
+    for e in effects {
+        if let Effect::Store { key, value } = e {
+            match value {
+                Some(v) => env.stored.insert(key.clone(), v.clone()),
+                None => env.stored.remove(key),
+            };
+        }
+    }
+}
+
 /// Schema-1 state as release 0.1.0 wrote it: the directory in one value, every subscription
 /// in one value.
 fn schema_1_state(users: usize) -> HashMap<String, Vec<u8>> {
@@ -1128,28 +1140,14 @@ fn schema_1_state_is_upgraded_as_it_is_read_and_a_large_directory_comes_back_in_
     let mut calls = 1;
     let mut effects = core.take_effects();
     while !core.ready() || effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
-        for e in &effects {
-            if let Effect::Store { key, value } = e {
-                match value {
-                    Some(v) => env.stored.insert(key.clone(), v.clone()),
-                    None => env.stored.remove(key),
-                };
-            }
-        }
+        store_all(&mut env, &effects);
         assert!(effects.iter().any(|e| matches!(e, Effect::RequestTick)), "asks for the next step");
         core.tick(&mut env);
         effects = core.take_effects();
         calls += 1;
         assert!(calls < 200, "never finished");
     }
-    for e in &effects {
-        if let Effect::Store { key, value } = e {
-            match value {
-                Some(v) => env.stored.insert(key.clone(), v.clone()),
-                None => env.stored.remove(key),
-            };
-        }
-    }
+    store_all(&mut env, &effects);
     assert!(calls >= 4, "in steps: {calls}");
     assert_eq!(core.status(&env).mapped_users as usize, n);
     assert!(!env.stored.contains_key("v1/directory") && !env.stored.contains_key("v1/subscriptions"));
