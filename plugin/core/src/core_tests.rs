@@ -1155,9 +1155,11 @@ fn schema_1_state_is_upgraded_as_it_is_read_and_a_large_directory_comes_back_in_
     assert_eq!(head["users"].as_u64(), Some(n as u64));
     assert_eq!(head["chunks"].as_u64(), Some(n.div_ceil(crate::core::directory::DIR_CHUNK) as u64));
 
-    // And a restart reads the chunks back.
+    // And a restart reads the chunks back; meanwhile the status shows the last counts.
     let mut core = Core::new();
     core.configure(&mut env, settings(19)).unwrap();
+    assert!(!core.ready());
+    assert_eq!(core.status(&env).mapped_users as usize, n, "not 0 while restoring");
     let mut calls = 0;
     while !core.ready() {
         core.take_effects();

@@ -238,6 +238,17 @@ struct PersistedSub {
     active: ActiveSub,
 }
 
+/// The counts of the last complete mapping (`v2/mapping-summary`), shown while a restarted
+/// plugin restores a large directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MappingSummary {
+    mapped: u32,
+    microsoft: u32,
+    switchboard: u32,
+}
+
+const STATE_SUMMARY: &str = "v2/mapping-summary";
+
 fn sub_key(slot: usize) -> String {
     format!("v2/subscription/{slot:04}")
 }
@@ -265,6 +276,8 @@ pub struct Core {
     trash: mapping::Trash,
     /// A mapping was completed since `configure`.
     mapping_built: bool,
+    /// The counts of the last mapping, as stored.
+    summary: Option<MappingSummary>,
     /// Mapped users being assigned to shards (subscriptions wait until it is done).
     sharding: Option<crate::shards::ShardsApply>,
     switchboard_users: usize,
@@ -416,6 +429,7 @@ impl Core {
             .load(STATE_OVERRIDES)
             .and_then(|b| serde_json::from_slice::<Vec<MappingOverride>>(&b).ok())
             .unwrap_or_default();
+        self.summary = env.load(STATE_SUMMARY).and_then(|b| serde_json::from_slice(&b).ok());
         self.restore_directory(env);
         self.restore_keys(env);
         self.restore_calls(env);
@@ -939,6 +953,16 @@ impl Core {
         self.mapping_built = true;
         let old = std::mem::replace(&mut self.mapping, mapping);
         self.trash.mapping(old);
+        let summary = MappingSummary {
+            mapped: self.mapping.by_microsoft.len() as u32,
+            microsoft: self.dir.users.as_ref().map_or(0, |u| u.len()) as u32,
+            switchboard: self.switchboard_users as u32,
+        };
+        if self.summary.as_ref() != Some(&summary) {
+            self.effects
+                .push(Effect::Store { key: STATE_SUMMARY.into(), value: Some(serde_json::to_vec(&summary).unwrap()) });
+            self.summary = Some(summary);
+        }
         self.effects.push(Effect::RequestTick);
         // The mapped users go into the shards (one per integration user) in steps too.
         if let Some(old) = self.sharding.replace(self.shards.start_apply()) {
@@ -1167,6 +1191,16 @@ impl Core {
 
     /// The status as an admin sees it.
     pub fn status(&self, _env: &dyn Env) -> IntegrationStatus {
+        // Until the stored directory and its mapping are back after a restart (a few calls for
+        // a large tenant), the counts are the last ones stored: nothing was lost meanwhile.
+        let counts = match (&self.summary, self.mapping_built) {
+            (Some(stored), false) => stored.clone(),
+            _ => MappingSummary {
+                mapped: self.mapping.by_microsoft.len() as u32,
+                microsoft: self.dir.users.as_ref().map_or(0, |u| u.len()) as u32,
+                switchboard: self.switchboard_users as u32,
+            },
+        };
         let settings = self.settings.as_ref();
         let subscriptions = settings
             .map(|s| {
@@ -1227,9 +1261,9 @@ impl Core {
         };
         IntegrationStatus {
             health,
-            mapped_users: self.mapping.by_microsoft.len() as u32,
-            microsoft_users: self.dir.users.as_ref().map_or(0, |u| u.len()) as u32,
-            switchboard_users: self.switchboard_users as u32,
+            mapped_users: counts.mapped,
+            microsoft_users: counts.microsoft,
+            switchboard_users: counts.switchboard,
             uncovered_users: self.shards.uncovered() as u32,
             integration_users_needed: self.shards.integration_users_needed() as u32,
             subscriptions,
