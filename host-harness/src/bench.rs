@@ -8,7 +8,8 @@
 //!   bare HTTP server that only answers 202;
 //! - line event → setPresence latency;
 //! - plugin load: compile vs the compile cache;
-//! - hot-swap pause under a stream of notifications.
+//! - hot-swap pause under a stream of notifications;
+//! - Graph requests per 1,000 users per hour at steady state.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub struct BenchOptions {
     pub swap_rate: usize,
     /// Seconds of the hot-swap figure.
     pub swap_seconds: usize,
+    /// Tenant sizes for the steady-state request figure.
+    pub steady_sizes: Vec<usize>,
+    /// Notifications per cost-per-notification run.
+    pub cost_notifications: usize,
 }
 
 impl BenchOptions {
@@ -43,11 +48,22 @@ impl BenchOptions {
             calls: 300,
             swap_rate: 1000,
             swap_seconds: 6,
+            steady_sizes: vec![1_000, 10_000],
+            cost_notifications: 2_000,
         }
     }
     /// A tiny smoke run that only proves the suite still works (CI).
     pub fn smoke() -> Self {
-        BenchOptions { runs: 1, sync_sizes: vec![200], notifications: 100, calls: 10, swap_rate: 100, swap_seconds: 1 }
+        BenchOptions {
+            runs: 1,
+            sync_sizes: vec![200],
+            notifications: 100,
+            calls: 10,
+            swap_rate: 100,
+            swap_seconds: 1,
+            steady_sizes: vec![200],
+            cost_notifications: 50,
+        }
     }
 }
 
@@ -285,6 +301,206 @@ async fn swap_under_load(rate: usize, seconds: usize) -> anyhow::Result<(Vec<f64
     Ok((pauses, total, accepted))
 }
 
+/// Graph/Entra requests in one simulated hour of steady state after setup, with default
+/// settings: the clock moves 5 s per step and the integration ticks at each step (720 steps).
+/// Returns the requests by route.
+async fn steady_state(users: usize) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let dir = state_dir("steady");
+    let sc = Scenario::start(ScenarioOptions::new(users, users.div_ceil(650), dir.clone())).await?;
+    let left = sc.wait_in_sync(users, Duration::from_secs(600)).await;
+    anyhow::ensure!(left.is_empty(), "{} of {users} users never synced", left.len());
+    // Let the setup's last requests finish.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let before = sc.emulator.request_counts();
+    for _ in 0..720 {
+        sc.clock.advance(Duration::from_secs(5));
+        handle.tick();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = sc.emulator.request_counts();
+    let s = sc.status().await;
+    anyhow::ensure!(s.state == "ok", "not healthy after the hour: {:?} {:?}", s.code, s.detail);
+    stop(sc, dir).await;
+    Ok(after
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(&k).copied().unwrap_or(0);
+            (d > 0).then_some((k, d))
+        })
+        .collect())
+}
+
+/// The sync core natively, on the state a running integration stored: the other side of the
+/// per-notification comparison. RSA unwrap with the same host key and library.
+struct NativeEnv {
+    stored: std::collections::HashMap<String, Vec<u8>>,
+    key: crate::keys::NotificationKey,
+    switchboard: Arc<crate::switchboard::Switchboard>,
+    clock: Arc<crate::runtime::HostClock>,
+}
+
+impl presence_core::Env for NativeEnv {
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+    fn random_bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| rand::random::<u8>()).collect()
+    }
+    fn unwrap_key(&mut self, cert: &str, wrapped: &[u8]) -> Result<Vec<u8>, presence_core::UnwrapError> {
+        if cert != self.key.cert_id {
+            return Err(presence_core::UnwrapError::UnknownCertificate(cert.into()));
+        }
+        self.key.unwrap(wrapped).ok_or(presence_core::UnwrapError::DecryptFailed)
+    }
+    fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<presence_core::SwitchboardUser> {
+        self.switchboard
+            .users_page(start, count)
+            .into_iter()
+            .map(|u| presence_core::SwitchboardUser {
+                id: u.id,
+                display_name: u.name,
+                emails: u.emails,
+                line_number: u.line_number,
+                active: u.active,
+            })
+            .collect()
+    }
+    fn load(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.stored.get(key).cloned()
+    }
+}
+
+/// The plugin settings of the scenario's integration, as the core takes them.
+fn core_settings(s: crate::runtime::WitSettings) -> presence_core::Settings {
+    presence_core::Settings {
+        name: s.name,
+        tenant_id: s.tenant_id,
+        client_id: s.client_id,
+        client_secret: s.client_secret,
+        integration_users: s
+            .integration_users
+            .into_iter()
+            .map(|u| presence_core::IntegrationUser { username: u.username, password: u.password })
+            .collect(),
+        login_base_url: s.login_base_url,
+        graph_base_url: s.graph_base_url,
+        notification_url: s.notification_url,
+        lifecycle_notification_url: s.lifecycle_notification_url,
+        encryption_certificate: s.encryption_certificate,
+        encryption_certificate_id: s.encryption_certificate_id,
+        push_line_status: s.push_line_status,
+        min_call_length_ms: s.min_call_length_ms,
+        reconcile_interval_ms: s.reconcile_interval_ms,
+        directory_delta_interval_ms: s.directory_delta_interval_ms,
+        match_order: vec![],
+        overrides: vec![],
+    }
+}
+
+/// µs per notification (validation token, clientState, RSA unwrap, HMAC, AES, mapping,
+/// publish) in the component (the mean guest call, host imports included) and natively (the
+/// same core on the same stored state and the same bodies, effects performed the same way),
+/// and µs per RSA unwrap alone.
+async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let dir = state_dir("cost");
+    let sc = Scenario::start(ScenarioOptions::new(650, 1, dir.clone())).await?;
+    sc.wait_status(Duration::from_secs(60), |s| s.state == "ok").await;
+    let sub = sc.emulator.subscriptions()[0].id.clone();
+    const STATES: [(&str, &str); 3] = [("Available", "Available"), ("Busy", "InACall"), ("Away", "Away")];
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let (a, b) = STATES[i % 3];
+            let item = sc.emulator.notification_for(&sub, &sc.ms_user(i % 650), a, b).expect("notification");
+            sc.emulator.batch_body(&sub, vec![item]).to_string().into_bytes()
+        })
+        .collect();
+    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let accepted = |s: &crate::runtime::StatusView| s.counters.get("notifications.accepted").copied().unwrap_or(0);
+    let start = accepted(&sc.status().await);
+    // Straight to the plugin, one after the other (the inbox's SQLite write and delete are the
+    // host's, not the component's): the mean `webhook` guest call is the figure.
+    let calls_before = sc.status().await.counters.get("validation.answered").copied().unwrap_or(0);
+    for b in &bodies {
+        let req = crate::runtime::WebhookRequest {
+            method: "POST".into(),
+            path: "/notifications".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b.clone(),
+        };
+        let r = handle.webhook(req).await.ok_or_else(|| anyhow::anyhow!("actor gone"))?;
+        anyhow::ensure!(r.status == 202, "status {}", r.status);
+    }
+    let s = sc.status().await;
+    anyhow::ensure!(accepted(&s) == start + n as u64, "the component took {} of {n}", accepted(&s) - start);
+    // The handshakes at setup were webhook calls too: a few, against thousands.
+    anyhow::ensure!(calls_before < 10, "{calls_before} handshakes");
+    let component = s.mean_calls_us.get("webhook").copied().unwrap_or(f64::NAN);
+
+    // The same core, natively, configured on what the integration stored.
+    let name = sc.config.integrations[0].name.clone();
+    let db = crate::store::Db::open(&sc.config.host.state_dir)?;
+    let mut stored = std::collections::HashMap::new();
+    for k in db.keys(&name, "")? {
+        if let Some(v) = db.get(&name, &k)? {
+            stored.insert(k, v);
+        }
+    }
+    let key = crate::keys::NotificationKey::load_or_create(&db, &name)?;
+    let settings = core_settings(crate::host::settings_for(&sc.config, &sc.config.integrations[0], &key));
+    let mut env = NativeEnv { stored, key, switchboard: sc.switchboard.clone(), clock: sc.clock.clone() };
+    let mut core = presence_core::Core::new();
+    core.configure(&mut env, settings).map_err(|e| anyhow::anyhow!("native configure: {e:?}"))?;
+    while !core.ready() {
+        core.take_effects();
+        core.tick(&mut env);
+    }
+    core.take_effects();
+    let native_sb = crate::switchboard::Switchboard::new(sc.switchboard.users());
+    let count = |core: &presence_core::Core, env: &NativeEnv| {
+        core.status(env).counters.iter().find(|(k, _)| k == "notifications.accepted").map_or(0, |(_, v)| *v)
+    };
+    let before = count(&core, &env);
+    let t0 = Instant::now();
+    for b in &bodies {
+        let req = presence_core::WebhookRequest {
+            method: "POST".into(),
+            path: "/notifications".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b.clone(),
+        };
+        core.on_webhook(&mut env, req);
+        for e in core.take_effects() {
+            match e {
+                presence_core::Effect::Publish(u) => native_sb.publish(
+                    &u.user_id,
+                    crate::switchboard::Shown {
+                        availability: u.presence.availability,
+                        activity: u.presence.activity,
+                        origin: "teams".into(),
+                        microsoft_user_id: u.microsoft_user_id,
+                        observed_at_ms: u.observed_at_ms,
+                        updates: 0,
+                    },
+                ),
+                presence_core::Effect::Store { key, value: Some(v) } => {
+                    env.stored.insert(key, v);
+                }
+                _ => {}
+            }
+        }
+    }
+    let native = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let taken = count(&core, &env) - before;
+    anyhow::ensure!(taken == n as u64, "the native core accepted {taken} of {n}");
+    stop(sc, dir).await;
+    let rsa = 1e6 / rsa_decrypts_per_second(n.min(2000));
+    Ok((component, native, rsa))
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -423,9 +639,47 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
     writeln!(md, "| swaps | pause p50 ms | pause max ms | notifications sent | accepted (once each) |")?;
     writeln!(md, "|---:|---:|---:|---:|---:|")?;
     writeln!(md, "| {swaps} | {:.2} | {:.2} | {total} | {accepted} |", median(p50s), median(maxes))?;
+    eprintln!("bench: cost per notification");
+    writeln!(md, "\n## Cost per notification: component vs native\n")?;
     writeln!(
         md,
-        "\nFigures of the other benchmark classes (per-notification cost in the component vs native, latency at fixed rates, memory, steady-state Graph requests) are not measured yet."
+        "{} encrypted notifications (one per body) handed to the plugin one after the other; the component figure is the mean guest call (guest code plus the host imports it calls: RSA unwrap, publish). The native figure runs the same core, compiled natively, configured on the state the integration stored, over the same bodies, with the same RSA key and library and its effects performed alike. Goal: ratio at most 1.3.\n",
+        opts.cost_notifications
     )?;
+    let (mut comps, mut nats, mut rsas2) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let (c, n, r) = per_notification(opts.cost_notifications).await?;
+        comps.push(c);
+        nats.push(n);
+        rsas2.push(r);
+    }
+    let (c, n, r) = (median(comps), median(nats), median(rsas2));
+    writeln!(md, "| measure | µs per notification (median) |")?;
+    writeln!(md, "|---|---:|")?;
+    writeln!(md, "| component (guest call) | {c:.1} |")?;
+    writeln!(md, "| native core | {n:.1} |")?;
+    writeln!(md, "| ratio component / native | {:.2} |", c / n)?;
+    writeln!(md, "| one RSA-OAEP-2048 unwrap alone, same library (part of both) | {r:.1} |")?;
+
+    eprintln!("bench: steady state");
+    writeln!(md, "\n## Graph requests at steady state\n")?;
+    writeln!(
+        md,
+        "Requests the emulator counted in one simulated hour after setup, default settings (delta round every minute, presence re-read every 5 minutes, subscriptions renewed before their 60 minutes run out, tokens refreshed): the clock moves 5 s per step and the integration ticks at each step. Polling presence every 10 s instead would cost 3600 / 10 × 1000 / 650 ≈ 554 requests per 1,000 users per hour. Goal at 10,000 users: at most 30.\n"
+    )?;
+    writeln!(md, "| users | requests in the hour | per 1,000 users per hour | by route |")?;
+    writeln!(md, "|---:|---:|---:|---|")?;
+    for &n in &opts.steady_sizes {
+        let mut totals = Vec::new();
+        let mut routes = std::collections::BTreeMap::new();
+        for _ in 0..opts.runs {
+            routes = steady_state(n).await?;
+            totals.push(routes.values().sum::<u64>() as f64);
+        }
+        let total = median(totals);
+        let by_route = routes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        writeln!(md, "| {n} | {total:.0} | {:.1} | {by_route} |", total / (n as f64 / 1000.0))?;
+    }
+    writeln!(md, "\nFigures of the other benchmark classes (latency at fixed rates, memory) are not measured yet.")?;
     Ok(md)
 }

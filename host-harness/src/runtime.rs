@@ -750,6 +750,10 @@ impl IntegrationHandle {
     pub fn sync_now(&self) -> bool {
         self.tx.send(Command::SyncNow).is_ok()
     }
+    /// A tick now, besides the periodic one (benchmarks that move the clock forward).
+    pub fn tick(&self) {
+        let _ = self.tx.send(Command::Tick);
+    }
     /// Hot swap: switches this integration to `release` (see [`SwapReport`]). `None` if the
     /// actor is gone.
     pub async fn swap(&self, release: Arc<Release>) -> Option<SwapReport> {
@@ -852,6 +856,8 @@ struct Actor {
     config_error: Option<String>,
     plugin_version: String,
     interrupt_next: bool,
+    /// Guest calls per kind: how many, and their total time in µs.
+    call_totals: std::collections::BTreeMap<&'static str, (u64, u64)>,
     /// The longest guest call seen, per kind of call (ms).
     slowest: std::collections::BTreeMap<&'static str, u64>,
     /// The last hot swap.
@@ -929,6 +935,7 @@ impl Actor {
             plugin_version: String::new(),
             interrupt_next: false,
             slowest: Default::default(),
+            call_totals: Default::default(),
             last_swap: None,
             carried: Default::default(),
             deferred: Default::default(),
@@ -1189,6 +1196,9 @@ impl Actor {
             },
         };
         let ms = started.elapsed().as_millis() as u64;
+        let total = self.call_totals.entry(kind).or_default();
+        total.0 += 1;
+        total.1 += started.elapsed().as_micros() as u64;
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(ms);
         if let Err(e) = result {
@@ -1332,6 +1342,8 @@ pub struct StatusView {
     /// The longest guest call so far per kind of call, in ms (the CPU bound is
     /// `call_deadline_ms`).
     pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
+    /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
+    pub mean_calls_us: std::collections::BTreeMap<String, f64>,
 }
 
 /// The running release in [`StatusView`].
@@ -1418,6 +1430,11 @@ impl StatusView {
             last_trap: a.last_trap.clone(),
             refused_requests: a.ctx.refused_requests.load(Ordering::Relaxed),
             slowest_calls_ms: a.slowest.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            mean_calls_us: a
+                .call_totals
+                .iter()
+                .map(|(k, (n, us))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
+                .collect(),
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());
