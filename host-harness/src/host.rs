@@ -215,6 +215,9 @@ impl Host {
             let _ = tx.send(());
         }
         let _ = (&mut self.server).await;
+        for h in self.integrations.values() {
+            h.stopped().await;
+        }
     }
 }
 

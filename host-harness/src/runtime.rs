@@ -166,6 +166,9 @@ pub struct IntegrationCtx {
     pub counters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Outbound requests started and not yet answered to the plugin.
     in_flight: AtomicU64,
+    /// The host is stopping: the actor takes no further command (nothing is cleaned up on the
+    /// way out, as in a crash).
+    stopping: std::sync::atomic::AtomicBool,
     /// The plugin asked for a prompt `tick` (`scheduler.request-tick`).
     tick_requested: std::sync::atomic::AtomicBool,
     /// The plugin's log allowance.
@@ -699,6 +702,7 @@ pub struct IntegrationHandle {
     /// The customer's switchboard.
     pub switchboard: Arc<Switchboard>,
     ctx: Arc<IntegrationCtx>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl IntegrationHandle {
@@ -767,7 +771,15 @@ impl IntegrationHandle {
     }
     /// Stops the actor.
     pub fn shutdown(&self) {
+        self.ctx.stopping.store(true, Ordering::SeqCst);
         let _ = self.tx.send(Command::Shutdown);
+    }
+    /// Waits until the actor has stopped (after [`IntegrationHandle::shutdown`]).
+    pub async fn stopped(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -807,10 +819,16 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         counters: Default::default(),
         in_flight: AtomicU64::new(0),
         tick_requested: Default::default(),
+        stopping: Default::default(),
         log_budget: Default::default(),
     });
-    let handle =
-        IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), switchboard: s.switchboard, ctx: ctx.clone() };
+    let handle = IntegrationHandle {
+        name: ctx.name.clone(),
+        tx: tx.clone(),
+        switchboard: s.switchboard,
+        ctx: ctx.clone(),
+        task: Default::default(),
+    };
     let mut actor = Actor::start(rt, ctx.clone(), s.settings, s.release).await?;
     // Notifications acknowledged before a crash but never processed: replay them, oldest
     // first, before anything else reaches the new instance.
@@ -818,7 +836,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         ctx.count("inbox.replayed");
         let _ = tx.send(Command::Inbox(id, inbox_request(&kind, body)));
     }
-    tokio::spawn(async move { actor.run(rx).await });
+    *handle.task.lock().unwrap() = Some(tokio::spawn(async move { actor.run(rx).await }));
     let ticker = tx.clone();
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(Duration::from_secs(1));
@@ -986,6 +1004,9 @@ impl Actor {
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(cmd) = rx.recv().await {
+            if self.ctx.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             match cmd {
                 Command::Shutdown => return,
                 Command::Swap(release, reply) => {

@@ -1031,7 +1031,8 @@ impl Core {
                 // Strictly older only: the same sequence number is the same state (a snapshot
                 // read after a notification), harmless to show again.
                 Some(last) if seq.as_str() < last.as_str() => {
-                    self.count("rejected.stale");
+                    // A re-read that a newer notification overtook is not a rejected notification.
+                    self.count(if origin == PresenceOrigin::Snapshot { "snapshot.stale" } else { "rejected.stale" });
                     return false;
                 }
                 _ => {
