@@ -370,6 +370,11 @@ impl presence_core::Env for NativeEnv {
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         self.stored.get(key).cloned()
     }
+    fn keys(&mut self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.stored.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.sort();
+        keys
+    }
 }
 
 /// The plugin settings of the scenario's integration, as the core takes them.

@@ -48,7 +48,7 @@ use bindings::teams_presence::plugin::{
 pub const EPOCH_TICK_MS: u64 = 10;
 /// Default CPU bound of one guest call: a runaway call is stopped within this, plus at most one
 /// epoch tick (epoch interruption; see [`arm`]). The plugin splits long work into steps well
-/// below it: at 100,000 users no call needs more than about 70 ms (BENCHMARKS.md).
+/// below it: at 100,000 users no call reaches it (BENCHMARKS.md: 0 traps).
 pub const DEFAULT_CALL_DEADLINE_MS: u64 = 100;
 /// Default memory cap per instance.
 pub const MEMORY_LIMIT_BYTES: usize = 256 << 20;
@@ -1003,29 +1003,26 @@ impl Actor {
     }
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
+        // Commands a swap held back go first, in the order they came (a swap among them
+        // waits for the one before to finish).
+        let mut held = std::collections::VecDeque::new();
+        loop {
+            let cmd = match held.pop_front() {
+                Some(cmd) => cmd,
+                None => match rx.recv().await {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+            };
             if self.ctx.stopping.load(Ordering::SeqCst) {
                 return;
             }
             match cmd {
                 Command::Shutdown => return,
                 Command::Swap(release, reply) => {
-                    let (report, held) = self.swap(release, &mut rx).await;
+                    let (report, more) = self.swap(release, &mut rx).await;
                     let _ = reply.send(report);
-                    for cmd in held {
-                        match cmd {
-                            Command::Shutdown => return,
-                            // A swap asked for during a swap waits for this one to finish.
-                            Command::Swap(r, reply) => {
-                                let (report, more) = Box::pin(self.swap(r, &mut rx)).await;
-                                let _ = reply.send(report);
-                                for cmd in more {
-                                    self.call(cmd).await;
-                                }
-                            }
-                            cmd => self.call(cmd).await,
-                        }
-                    }
+                    held.extend(more);
                 }
                 cmd => self.call(cmd).await,
             }

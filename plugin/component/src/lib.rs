@@ -60,6 +60,9 @@ impl core::Env for HostEnv {
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         state::get(key)
     }
+    fn keys(&mut self, prefix: &str) -> Vec<String> {
+        state::list_keys(prefix)
+    }
 }
 
 /// Performs the core's effects; a request the host refuses to start is fed back at once.

@@ -37,6 +37,11 @@ impl Env for FakeEnv {
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         self.stored.get(key).cloned()
     }
+    fn keys(&mut self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.stored.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.sort();
+        keys
+    }
 }
 
 const T0: u64 = 1_800_000_000_000;
@@ -1225,4 +1230,21 @@ fn a_large_directory_is_matched_in_steps_and_the_old_mapping_holds_meanwhile() {
         assert!(ticks < 10, "the build never completed");
     }
     assert!(ticks >= 1, "it took more than the call that started it");
+}
+
+#[test]
+fn a_removed_integration_users_stored_subscription_is_deleted_at_restore() {
+    let (_, mut env, _) = synced(700, 2);
+    assert!(env.stored.contains_key("v2/subscription/0001"));
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let effects = core.take_effects();
+    let deleted: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store { key, value: None } if key.starts_with("v2/subscription/") => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, vec!["v2/subscription/0001"]);
 }

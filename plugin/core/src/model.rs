@@ -260,6 +260,8 @@ pub trait Env {
     fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<SwitchboardUser>;
     /// A durable value written earlier with [`Effect::Store`].
     fn load(&mut self, key: &str) -> Option<Vec<u8>>;
+    /// The stored keys that start with `prefix`, sorted.
+    fn keys(&mut self, prefix: &str) -> Vec<String>;
 }
 
 /// A problem an admin can act on.

@@ -249,13 +249,11 @@ struct MappingSummary {
 
 const STATE_SUMMARY: &str = "v2/mapping-summary";
 
-fn sub_key(slot: usize) -> String {
-    format!("v2/subscription/{slot:04}")
-}
+const SUB_KEY_PREFIX: &str = "v2/subscription/";
 
-/// Slots whose keys a restore looks at beyond the configured ones (integration users removed
-/// from the settings), to delete what is left of them.
-const MAX_STALE_SLOTS: usize = 64;
+fn sub_key(slot: usize) -> String {
+    format!("{SUB_KEY_PREFIX}{slot:04}")
+}
 
 /// One integration's sync state. See the module docs.
 #[derive(Default)]
@@ -419,9 +417,9 @@ impl Core {
             self.effects.push(Effect::Store { key: STATE_SUBSCRIPTIONS.into(), value: None });
         }
         // Slots of integration users no longer configured.
-        for i in self.subs.len()..self.subs.len() + MAX_STALE_SLOTS {
-            if env.load(&sub_key(i)).is_some() {
-                self.effects.push(Effect::Store { key: sub_key(i), value: None });
+        for key in env.keys(SUB_KEY_PREFIX) {
+            if key[SUB_KEY_PREFIX.len()..].parse::<usize>().is_ok_and(|i| i >= self.subs.len()) {
+                self.effects.push(Effect::Store { key, value: None });
             }
         }
         self.shards = Shards::restore(self.subs.len(), MAX_USERS_PER_SUBSCRIPTION, members);
