@@ -14,7 +14,12 @@ pub const KV_QUOTA_BYTES: u64 = 256 << 20;
 /// The state database.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Dropping it stops the checkpoint thread.
+    _checkpoints: std::sync::mpsc::Sender<()>,
 }
+
+/// How often the background thread checkpoints the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A stored key: PKCS#8 private key and DER certificate.
 pub struct StoredKey {
@@ -34,6 +39,11 @@ impl Db {
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints (copying the WAL into the file, with an fsync) run on a thread of their
+        // own, not inside whichever commit crosses the WAL's size threshold: that commit would
+        // hold the connection (the webhook's inbox write, an actor's state write) for
+        // milliseconds.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
@@ -41,7 +51,17 @@ impl Db {
              CREATE TABLE IF NOT EXISTS swapped_release (integration TEXT PRIMARY KEY, configured_sha256 TEXT NOT NULL, wasm BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
         )?;
-        Ok(Db { conn: Mutex::new(conn) })
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        std::thread::Builder::new().name("state-checkpoint".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
+                // PASSIVE: copies what it can without waiting for, or blocking, the writer.
+                if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "state checkpoint failed; retrying");
+                }
+            }
+        })?;
+        Ok(Db { conn: Mutex::new(conn), _checkpoints: tx })
     }
 
     /// A value.
@@ -149,17 +169,15 @@ impl Db {
     /// Persists a webhook body before it is acknowledged; returns its inbox id.
     pub fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> anyhow::Result<i64> {
         let c = self.conn.lock().unwrap();
-        c.execute(
-            "INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![integration, kind, body, received_ms as i64],
-        )?;
+        c.prepare_cached("INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![integration, kind, body, received_ms as i64])?;
         Ok(c.last_insert_rowid())
     }
 
     /// Removes a processed inbox entry.
     pub fn inbox_delete(&self, id: i64) -> anyhow::Result<()> {
         let c = self.conn.lock().unwrap();
-        c.execute("DELETE FROM inbox WHERE id = ?1", params![id])?;
+        c.prepare_cached("DELETE FROM inbox WHERE id = ?1")?.execute(params![id])?;
         Ok(())
     }
 
