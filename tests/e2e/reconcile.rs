@@ -30,3 +30,44 @@ async fn lost_notifications_are_repaired_by_the_periodic_reconcile() {
     assert!(s.last_reconcile_ms.unwrap() > first);
     assert_eq!(s.state, "ok");
 }
+
+/// A subscription deleted at Microsoft (no lifecycle event tells the app): the next reconcile
+/// shows the change it missed, finds the subscription gone from the list and creates a new
+/// one, which delivers the changes after it. A reconcile that finds nothing missed does not
+/// check the subscription (the renewal's PATCH would answer 404 anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_deleted_at_microsoft_is_found_by_the_reconcile_and_recreated() {
+    let t = start(40, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty());
+    // A reconcile with nothing missed: presence is re-read, the subscription is not checked.
+    let (reads, lists) = (
+        t.emulator.count("POST /v1.0/communications/getPresencesByUserId"),
+        t.emulator.count("GET /v1.0/subscriptions"),
+    );
+    t.clock.advance(Duration::from_secs(5 * 60 + 1));
+    assert!(
+        t.wait_until(EVENTUALLY, || t.emulator.count("POST /v1.0/communications/getPresencesByUserId") > reads).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.emulator.count("GET /v1.0/subscriptions"), lists);
+
+    let old = t.emulator.subscriptions()[0].id.clone();
+    assert!(t.emulator.delete_subscription(&old));
+    assert!(t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(7), "DoNotDisturb", "Presenting", false));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(t.mismatches(40).len(), 1, "nothing could deliver it");
+    t.clock.advance(Duration::from_secs(5 * 60 + 1));
+    assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty(), "the re-read shows it");
+    assert!(
+        t.wait_until(EVENTUALLY, || t.emulator.subscriptions().iter().any(|s| s.id != old)).await,
+        "a new subscription"
+    );
+    assert_eq!(t.emulator.count("GET /v1.0/subscriptions"), lists + 1, "one list request found it gone");
+    let s = t.wait_status(EVENTUALLY, |s| s.counters.get("subscriptions.lost") == Some(&1)).await;
+    assert_eq!(s.counters.get("subscriptions.lost"), Some(&1), "{:?}", s.counters);
+    // Live again: a change arrives without any clock movement.
+    assert!(t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(8), "Away", "Away", false));
+    assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty());
+    assert_eq!(t.emulator.subscriptions().len(), 1);
+}

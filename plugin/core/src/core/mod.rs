@@ -216,6 +216,14 @@ struct Sub {
     /// When this subscription last delivered an accepted notification.
     last_notification_ms: Option<u64>,
     reauthorize: bool,
+    /// A periodic re-read is under way (not the first read after a creation or restart).
+    reconciling: bool,
+    /// That re-read found a user whose presence changed without a notification.
+    missed_change: bool,
+    /// Check the subscription still exists (`GET /subscriptions`): a re-read found a missed
+    /// change, the one symptom of a subscription deleted at Microsoft (Graph sends no
+    /// lifecycle event for that).
+    verify_due: bool,
     cleanup_tried: bool,
     cleanup_outstanding: usize,
     problem: Option<Problem>,
@@ -516,8 +524,9 @@ impl Core {
         enum Next {
             Delete(String),
             Renew(String),
-            Verify(String),
+            Verify,
             Snapshot(Vec<String>),
+            Reconcile(Vec<String>),
             Create,
         }
         let members = self.shards.members(slot);
@@ -546,17 +555,22 @@ impl Core {
         let next = match &sub.active {
             Some(a) if sub.members_dirty && &a.members != members => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
+            Some(_) if sub.verify_due => Next::Verify,
             Some(a) if sub.needs_snapshot => {
                 Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
             }
-            // The periodic reconcile first checks the subscription still exists (Graph sends
-            // no lifecycle event when one is deleted), then re-reads presence.
-            Some(a) if sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => Next::Verify(a.id.clone()),
+            // The periodic reconcile re-reads presence (Graph sends no `missed` lifecycle event
+            // for presence); a change it finds that no notification brought makes it check the
+            // subscription still exists.
+            Some(a) if sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => {
+                Next::Reconcile(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
+            }
             Some(_) => return,
             None if !members.is_empty() => Next::Create,
             None => return,
         };
-        let scope = if matches!(next, Next::Snapshot(_)) { Scope::Presence } else { Scope::Subscriptions };
+        let scope =
+            if matches!(next, Next::Snapshot(_) | Next::Reconcile(_)) { Scope::Presence } else { Scope::Subscriptions };
         if !self.scope_ready(scope, now) {
             return;
         }
@@ -568,9 +582,13 @@ impl Core {
         }
         let graph = &settings.graph_base_url;
         self.subs[slot].busy = true;
+        let reconcile = matches!(next, Next::Reconcile(_));
         match next {
-            Next::Verify(id) => {
-                let req = get(&format!("{graph}/v1.0/subscriptions/{id}"), &access);
+            Next::Verify => {
+                // The list, not `GET /subscriptions/{id}`: the list is among the operations
+                // Graph's OpenAPI description (reference/graph-openapi-subset.json) gives us.
+                // Delegated, it holds the app's subscriptions of this integration user.
+                let req = get(&format!("{graph}/v1.0/subscriptions"), &access);
                 self.start(Pending::VerifySub(slot), req);
             }
             Next::Delete(id) => {
@@ -582,7 +600,13 @@ impl Core {
                 let req = request("PATCH", &format!("{graph}/v1.0/subscriptions/{id}"), &access, Some(body));
                 self.start(Pending::RenewSub(slot), req);
             }
-            Next::Snapshot(ids) => {
+            Next::Snapshot(ids) | Next::Reconcile(ids) => {
+                if reconcile {
+                    let sub = &mut self.subs[slot];
+                    sub.needs_snapshot = true;
+                    sub.reconciling = true;
+                    sub.missed_change = false;
+                }
                 let body = serde_json::json!({ "ids": ids });
                 let req =
                     request("POST", &format!("{graph}/v1.0/communications/getPresencesByUserId"), &access, Some(body));
@@ -830,19 +854,65 @@ impl Core {
             }
             Pending::VerifySub(slot) => {
                 self.subs[slot].busy = false;
+                #[derive(serde::Deserialize)]
+                struct Listed {
+                    id: String,
+                }
+                #[derive(serde::Deserialize)]
+                struct Page {
+                    value: Vec<Listed>,
+                    #[serde(rename = "@odata.nextLink")]
+                    next_link: Option<String>,
+                }
+                let ours = self.subs[slot].active.as_ref().map(|a| a.id.clone());
                 match outcome {
-                    Ok(r) if r.status == 404 => {
-                        self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
-                        self.count("subscriptions.lost");
-                        self.subs[slot].active = None;
-                        self.persist_sub(slot);
+                    Ok(r) if r.status == 200 => match serde_json::from_slice::<Page>(&r.body) {
+                        Ok(page) if ours.as_ref().is_some_and(|id| page.value.iter().any(|s| &s.id == id)) => {
+                            self.subs[slot].verify_due = false;
+                        }
+                        Ok(page) => {
+                            let next = page.next_link.filter(|n| n.starts_with(&settings.graph_base_url));
+                            match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
+                                (Some(next), Some(token)) => {
+                                    self.subs[slot].busy = true;
+                                    self.start(Pending::VerifySub(slot), get(&next, &token));
+                                }
+                                _ => {
+                                    self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
+                                    self.count("subscriptions.lost");
+                                    let sub = &mut self.subs[slot];
+                                    sub.verify_due = false;
+                                    sub.active = None;
+                                    self.persist_sub(slot);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Not known either way; the renewal's PATCH answers 404 if it is gone.
+                            self.subs[slot].verify_due = false;
+                            self.count("subscriptions.verify-failed");
+                            self.log(
+                                Level::Warn,
+                                "GET /subscriptions answered 200 without a subscription list; not checked",
+                                vec![("error".into(), e.to_string())],
+                            );
+                        }
+                    },
+                    Ok(r) if r.status != 429 && r.status < 500 => {
+                        // Refused (4xx): not known either way, and asking again will not help;
+                        // the renewal's PATCH answers 404 if the subscription is gone.
+                        self.subs[slot].verify_due = false;
+                        self.count("subscriptions.verify-failed");
+                        self.log(
+                            Level::Warn,
+                            "GET /subscriptions refused; the subscription is not checked",
+                            vec![("status".into(), r.status.to_string())],
+                        );
                     }
-                    Ok(r) if r.status == 200 => self.subs[slot].needs_snapshot = true,
                     other => {
-                        // Not known either way: re-read presence now, check again next time.
-                        let (p, ra) = graph_failure(&other, "GET /subscriptions/{id}");
+                        // Throttled, unavailable or unreachable: check again after the backoff.
+                        let (p, ra) = graph_failure(&other, "GET /subscriptions");
                         self.sub_failed(slot, p, now, ra, jitter);
-                        self.subs[slot].needs_snapshot = true;
                     }
                 }
             }
@@ -868,7 +938,17 @@ impl Core {
                         match serde_json::from_slice::<Page>(&r.body) {
                             Ok(page) => {
                                 for p in page.value {
-                                    self.apply_presence(p, PresenceOrigin::Snapshot, now);
+                                    // A change no notification brought (our own call state
+                                    // aside): a notification was lost, or the subscription.
+                                    let differs = self.subs[slot].reconciling
+                                        && !self.own_session(&p.id)
+                                        && self.presence.get(&p.id).is_some_and(|known| {
+                                            known.availability != p.availability || known.activity != p.activity
+                                        });
+                                    if self.apply_presence(p, PresenceOrigin::Snapshot, now) && differs {
+                                        self.subs[slot].missed_change = true;
+                                        self.count("reconcile.corrected");
+                                    }
                                 }
                                 let next = page.next_link.filter(|n| n.starts_with(&settings.graph_base_url));
                                 match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
@@ -877,9 +957,13 @@ impl Core {
                                         self.start(Pending::Presences(slot), get(&next, &token));
                                     }
                                     _ => {
-                                        self.subs[slot].needs_snapshot = false;
-                                        self.subs[slot].last_snapshot_ms = Some(now);
-                                        self.subs[slot].retry.succeed();
+                                        let sub = &mut self.subs[slot];
+                                        sub.needs_snapshot = false;
+                                        sub.last_snapshot_ms = Some(now);
+                                        sub.retry.succeed();
+                                        sub.verify_due |= sub.reconciling && sub.missed_change;
+                                        sub.reconciling = false;
+                                        sub.missed_change = false;
                                     }
                                 }
                             }
