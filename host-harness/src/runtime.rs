@@ -14,13 +14,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::keys::NotificationKey;
@@ -209,10 +209,50 @@ impl IntegrationCtx {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryMeter,
     ctx: Arc<IntegrationCtx>,
     stderr: GuestStderr,
     call: Option<CallClock>,
+}
+
+/// The store's limits ([`StoreLimits`]), and how much linear memory the instance holds: the
+/// status reports it, since the limiter is the one place that sees every memory grow.
+struct MemoryMeter {
+    limits: StoreLimits,
+    /// Linear memory in bytes, all memories of the instance.
+    bytes: usize,
+    /// The last grow allowed, taken back if it then failed.
+    pending: usize,
+}
+
+impl ResourceLimiter for MemoryMeter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allow = self.limits.memory_growing(current, desired, maximum)?;
+        if allow {
+            self.pending = desired.saturating_sub(current);
+            self.bytes += self.pending;
+        }
+        Ok(allow)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.bytes -= std::mem::take(&mut self.pending);
+        self.limits.memory_grow_failed(error)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for HostState {
@@ -530,16 +570,20 @@ impl Runtime {
             // a panicking guest writes its message) is kept, its tail only, for trap reports.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .table_elements(1 << 20)
-                .instances(8)
-                .tables(16)
-                .memories(4)
-                // A failed memory.grow traps with a message that names memory, instead of an
-                // allocation failure that ends in an anonymous `unreachable`.
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryMeter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .table_elements(1 << 20)
+                    .instances(8)
+                    .tables(16)
+                    .memories(4)
+                    // A failed memory.grow traps with a message that names memory, instead of an
+                    // allocation failure that ends in an anonymous `unreachable`.
+                    .trap_on_grow_failure(true)
+                    .build(),
+                bytes: 0,
+                pending: 0,
+            },
             ctx,
             stderr,
             call: None,
@@ -885,6 +929,8 @@ struct Actor {
     /// Inbox notifications the plugin answered 503 (restoring its state), oldest first, with
     /// those that came after them: offered again after each tick.
     deferred: std::collections::VecDeque<(i64, sync::WebhookRequest)>,
+    /// How long the running instance took to instantiate (ms).
+    instantiate_ms: f64,
 }
 
 /// What `configure` made of an instance.
@@ -939,7 +985,9 @@ impl Actor {
         release: Arc<Release>,
     ) -> anyhow::Result<Actor> {
         let mut store = rt.new_store(ctx.clone());
+        let t0 = Instant::now();
         let bindings = wt(release.pre.instantiate_async(&mut store).await).context("instantiating the plugin")?;
+        let instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let mut actor = Actor {
             rt,
             ctx,
@@ -957,6 +1005,7 @@ impl Actor {
             last_swap: None,
             carried: Default::default(),
             deferred: Default::default(),
+            instantiate_ms,
         };
         actor.configure().await;
         Ok(actor)
@@ -992,8 +1041,10 @@ impl Actor {
     /// After a trap the Store is poisoned: build a new one and configure again.
     async fn recover(&mut self) {
         let mut store = self.rt.new_store(self.ctx.clone());
+        let t0 = Instant::now();
         match self.release.pre.instantiate_async(&mut store).await {
             Ok(b) => {
+                self.instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 self.store = store;
                 self.bindings = b;
                 Box::pin(self.configure()).await;
@@ -1076,7 +1127,10 @@ impl Actor {
         }
         // 3. The new release, configured on that state.
         let mut store = self.rt.new_store(self.ctx.clone());
-        let outcome = match release.pre.instantiate_async(&mut store).await {
+        let t0 = Instant::now();
+        let instantiated = release.pre.instantiate_async(&mut store).await;
+        let instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match instantiated {
             Ok(bindings) => match configure_instance(&mut store, &bindings, &self.settings).await {
                 Configured::Ok(version) => Ok((bindings, version)),
                 Configured::Refused(msg) => Err(format!("the new release refused the settings: {msg}")),
@@ -1098,6 +1152,7 @@ impl Actor {
                 self.store = store;
                 self.bindings = bindings;
                 self.release = release;
+                self.instantiate_ms = instantiate_ms;
                 self.plugin_version = version;
                 self.config_error = None;
                 self.ctx.count("plugin.swaps");
@@ -1362,6 +1417,8 @@ pub struct StatusView {
     pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
     /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
     pub mean_calls_us: std::collections::BTreeMap<String, f64>,
+    /// The instance's linear memory, in bytes (what the sandbox's memory limit counts).
+    pub linear_memory_bytes: u64,
 }
 
 /// The running release in [`StatusView`].
@@ -1377,6 +1434,8 @@ pub struct PluginView {
     pub from_cache: bool,
     /// Time to load it (compile or deserialize, plus prepare), in ms.
     pub load_ms: f64,
+    /// Time to instantiate the running instance from the loaded release, in ms.
+    pub instantiate_ms: f64,
 }
 
 /// One subscription in [`StatusView`].
@@ -1441,6 +1500,7 @@ impl StatusView {
                 bytes: a.release.bytes,
                 from_cache: a.release.from_cache,
                 load_ms: a.release.load_ms,
+                instantiate_ms: a.instantiate_ms,
             },
             last_swap: a.last_swap.clone(),
             wit_version: WIT_VERSION.into(),
@@ -1453,6 +1513,7 @@ impl StatusView {
                 .iter()
                 .map(|(k, (n, us))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
                 .collect(),
+            linear_memory_bytes: a.store.data().limits.bytes as u64,
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());

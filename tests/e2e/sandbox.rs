@@ -60,6 +60,9 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
     let s = &seen["memory-bomb"];
     assert!(s.traps >= 2, "{s:?}");
     assert!(s.last_trap.as_deref().unwrap_or("").contains("memory"), "{:?}", s.last_trap);
+    // The status counts the instance's linear memory, within the cap (the instance now is
+    // the one started after the last trap).
+    assert!(s.linear_memory_bytes <= 64 << 20, "{s:?}");
 
     // A panic traps; its message (from the guest's stderr) is in the report.
     let s = &seen["panic"];
@@ -104,6 +107,10 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
     assert_eq!(real.traps, 0, "{real:?}");
     assert_eq!(real.state, "ok");
     assert_eq!(real.users, 20);
+    // Its linear memory and instantiation time are reported: a real instance holds some
+    // memory, far under the cap, and took some time to instantiate.
+    assert!(real.linear_memory_bytes > 64 << 10 && real.linear_memory_bytes < 64 << 20, "{real:?}");
+    assert!(real.plugin.instantiate_ms > 0.0, "{real:?}");
     let u = t.ms_user(3);
     t.emulator.set_presence(&t.seed.tenant_id, &u, "DoNotDisturb", "Presenting", false);
     assert!(
