@@ -73,6 +73,10 @@ enum Cmd {
         /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
         #[arg(long)]
         smoke: bool,
+        /// Only these sections (comma-separated): sync, latency, ingest, line, load, swap,
+        /// cost, steady, memory. The report then holds only them.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Runs the Graph/Entra emulator alone, for manual testing.
     Emulator {
@@ -149,17 +153,29 @@ async fn main() -> anyhow::Result<()> {
             println!("{text}");
             anyhow::ensure!(status.is_success(), "swap failed: {status}");
         }
-        Cmd::Bench { out, smoke } => {
-            let opts = if smoke {
+        Cmd::Bench { out, smoke, only } => {
+            if let Some(bad) = only.iter().find(|s| !host_harness::bench::SECTIONS.contains(&s.as_str())) {
+                anyhow::bail!(
+                    "--only: no section {bad:?}; the sections are {}",
+                    host_harness::bench::SECTIONS.join(", ")
+                );
+            }
+            let mut opts = if smoke {
                 host_harness::bench::BenchOptions::smoke()
             } else {
                 host_harness::bench::BenchOptions::full()
             };
-            let command = if smoke {
-                format!("cargo run --release -p host-harness -- bench --smoke --out {}", out.display())
-            } else {
-                "cargo run --release -p host-harness -- bench".to_string()
-            };
+            opts.only = only.clone();
+            let mut command = "cargo run --release -p host-harness -- bench".to_string();
+            if smoke {
+                command += " --smoke";
+            }
+            if !only.is_empty() {
+                command += &format!(" --only {}", only.join(","));
+            }
+            if smoke || !only.is_empty() {
+                command += &format!(" --out {}", out.display());
+            }
             let md = host_harness::bench::run(&opts, &command).await?;
             std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
             println!("{md}");

@@ -53,7 +53,12 @@ pub struct Switchboard {
     changed: tokio::sync::Notify,
     /// (user id, origin) → updates received.
     by_origin: std::sync::Mutex<HashMap<(String, String), u64>>,
+    /// While on (benchmarks): every publish with the moment it arrived.
+    recording: std::sync::Mutex<Option<Vec<Published>>>,
 }
+
+/// One recorded publish: user, availability, activity, when it arrived.
+pub type Published = (String, String, String, std::time::Instant);
 
 impl Switchboard {
     /// A switchboard with these users.
@@ -135,12 +140,26 @@ impl Switchboard {
 
     /// Shows a presence (called through the plugin's `presence.publish`).
     pub fn publish(&self, user_id: &str, mut shown: Shown) {
+        if let Some(log) = self.recording.lock().unwrap().as_mut() {
+            let at = std::time::Instant::now();
+            log.push((user_id.to_string(), shown.availability.clone(), shown.activity.clone(), at));
+        }
         *self.by_origin.lock().unwrap().entry((user_id.to_string(), shown.origin.clone())).or_default() += 1;
         let mut p = self.presence.write().unwrap();
         shown.updates = p.get(user_id).map_or(0, |s| s.updates) + 1;
         p.insert(user_id.to_string(), shown);
         drop(p);
         self.changed.notify_waiters();
+    }
+
+    /// Starts recording every publish with its arrival time (benchmarks).
+    pub fn start_recording(&self) {
+        *self.recording.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub fn take_recording(&self) -> Vec<Published> {
+        self.recording.lock().unwrap().take().unwrap_or_default()
     }
 
     /// How many updates of this origin (`teams`, `snapshot`, `own-line-status`) the user got.
