@@ -1,15 +1,18 @@
 //! The benchmark suite (`host-harness bench`): measures, side by side in one run, what the
 //! product does against the limits of the machine, and writes BENCHMARKS.md.
 //!
-//! Figures (each the median of several runs):
+//! Figures (each the median of several runs), after a table of the goals each one meets:
 //! - time from start to "every user synced" against the emulator, by tenant size;
+//! - processing latency (webhook POST → switchboard) at fixed rates, open loop;
 //! - webhook ingest through the full harness (HTTP → component → switchboard) next to the
 //!   machine's native RSA-OAEP-2048 decrypt rate (the ceiling: one per notification) and a
-//!   bare HTTP server that only answers 202;
+//!   bare server that only answers 202;
 //! - line event → setPresence latency;
-//! - plugin load: compile vs the compile cache;
+//! - plugin load: compile vs the compile cache vs instantiate;
 //! - hot-swap pause under a stream of notifications;
-//! - Graph requests per 1,000 users per hour at steady state.
+//! - cost per notification, component vs the same core compiled natively;
+//! - Graph requests per 1,000 users per hour at steady state;
+//! - memory: the host process's RSS and each instance's linear memory.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -837,7 +840,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "\n## Processing latency at fixed rates\n")?;
         writeln!(
             md,
-            "650 users, one subscription. For {} s per rate, notifications are POSTed to the webhook on a fixed schedule (open loop: each is sent on time whether or not earlier ones are done, so queueing shows), one encrypted notification per POST as the emulator delivers them; each user cycles through three states, so every notification is a change. Latency: from sending the POST until the switchboard simulator receives the publish (HTTP, durable inbox, actor, component, switchboard). The first half second of each run is warm-up and not counted. Goal: p99 under 5 ms at 1,000 a second.\n",
+            "650 users, one subscription. For {} s per rate, notifications are POSTed to the webhook on a fixed schedule (open loop: each is sent on time whether or not earlier ones are done, so queueing shows), each POST one encrypted notification that the emulator built as it delivers them (the bench sends them, so that the schedule is exact and the send time known); each user cycles through three states, so every notification is a change. Latency: from sending the POST until the switchboard simulator receives the publish (HTTP, durable inbox, actor, component, switchboard). The first half second of each run is warm-up and not counted. Goal: p99 under 5 ms at 1,000 a second.\n",
             opts.latency_seconds
         )?;
         writeln!(md, "| notifications a second | counted | p50 ms | p99 ms | max ms |")?;
@@ -894,7 +897,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "|---|---:|")?;
         writeln!(md, "| native RSA-OAEP-2048 decrypts, one core (ceiling) | {rsa:.0} |")?;
         writeln!(md, "| notifications ingested through the harness | {rate:.0} ({:.2} of the ceiling) |", rate / rsa)?;
-        writeln!(md, "| bare HTTP server answering 202, same load generator | {bare:.0} |")?;
+        writeln!(md, "| bare axum (hyper) server answering 202, same load generator | {bare:.0} |")?;
     }
     if opts.wants("line") {
         eprintln!("bench: line event → setPresence");

@@ -637,6 +637,28 @@ impl Core {
         }
     }
 
+    /// Asks for the next page of a pageable answer of slot `slot`'s user (Graph's OpenAPI
+    /// description marks them pageable) if there is one on the Graph host and a token to send
+    /// it with; returns whether it did.
+    fn follow_next_link(
+        &mut self,
+        slot: usize,
+        next_link: Option<String>,
+        pending: Pending,
+        graph: &str,
+        now: u64,
+    ) -> bool {
+        let next = next_link.filter(|n| n.starts_with(graph));
+        match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
+            (Some(next), Some(token)) => {
+                self.subs[slot].busy = true;
+                self.start(pending, get(&next, &token));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a request of `scope` may go out now: no `Retry-After` pending, and none of its
     /// requests in flight (one at a time per service, so that after a 429 nothing else of that
     /// service is already on its way).
@@ -871,20 +893,14 @@ impl Core {
                             self.subs[slot].verify_due = false;
                         }
                         Ok(page) => {
-                            let next = page.next_link.filter(|n| n.starts_with(&settings.graph_base_url));
-                            match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
-                                (Some(next), Some(token)) => {
-                                    self.subs[slot].busy = true;
-                                    self.start(Pending::VerifySub(slot), get(&next, &token));
-                                }
-                                _ => {
-                                    self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
-                                    self.count("subscriptions.lost");
-                                    let sub = &mut self.subs[slot];
-                                    sub.verify_due = false;
-                                    sub.active = None;
-                                    self.persist_sub(slot);
-                                }
+                            let graph = &settings.graph_base_url;
+                            if !self.follow_next_link(slot, page.next_link, Pending::VerifySub(slot), graph, now) {
+                                self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
+                                self.count("subscriptions.lost");
+                                let sub = &mut self.subs[slot];
+                                sub.verify_due = false;
+                                sub.active = None;
+                                self.persist_sub(slot);
                             }
                         }
                         Err(e) => {
@@ -950,21 +966,15 @@ impl Core {
                                         self.count("reconcile.corrected");
                                     }
                                 }
-                                let next = page.next_link.filter(|n| n.starts_with(&settings.graph_base_url));
-                                match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
-                                    (Some(next), Some(token)) => {
-                                        self.subs[slot].busy = true;
-                                        self.start(Pending::Presences(slot), get(&next, &token));
-                                    }
-                                    _ => {
-                                        let sub = &mut self.subs[slot];
-                                        sub.needs_snapshot = false;
-                                        sub.last_snapshot_ms = Some(now);
-                                        sub.retry.succeed();
-                                        sub.verify_due |= sub.reconciling && sub.missed_change;
-                                        sub.reconciling = false;
-                                        sub.missed_change = false;
-                                    }
+                                let graph = &settings.graph_base_url;
+                                if !self.follow_next_link(slot, page.next_link, Pending::Presences(slot), graph, now) {
+                                    let sub = &mut self.subs[slot];
+                                    sub.needs_snapshot = false;
+                                    sub.last_snapshot_ms = Some(now);
+                                    sub.retry.succeed();
+                                    sub.verify_due |= sub.reconciling && sub.missed_change;
+                                    sub.reconciling = false;
+                                    sub.missed_change = false;
                                 }
                             }
                             Err(e) => self.sub_failed(
