@@ -209,7 +209,7 @@ impl IntegrationCtx {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: MemoryMeter,
+    limiter: MemoryMeter,
     ctx: Arc<IntegrationCtx>,
     stderr: GuestStderr,
     call: Option<CallClock>,
@@ -570,7 +570,7 @@ impl Runtime {
             // a panicking guest writes its message) is kept, its tail only, for trap reports.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
-            limits: MemoryMeter {
+            limiter: MemoryMeter {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
                     .table_elements(1 << 20)
@@ -589,7 +589,7 @@ impl Runtime {
             call: None,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         let cpu_bound = Duration::from_millis(self.limits.call_deadline_ms);
         let wall_bound = (cpu_bound * 10).max(Duration::from_secs(1));
         store.epoch_deadline_callback(move |ctx| {
@@ -1417,7 +1417,8 @@ pub struct StatusView {
     pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
     /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
     pub mean_calls_us: std::collections::BTreeMap<String, f64>,
-    /// The instance's linear memory, in bytes (what the sandbox's memory limit counts).
+    /// The instance's linear memory, in bytes, all its memories (the sandbox's memory cap
+    /// applies to each; the plugin has one).
     pub linear_memory_bytes: u64,
 }
 
@@ -1513,7 +1514,7 @@ impl StatusView {
                 .iter()
                 .map(|(k, (n, us))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
                 .collect(),
-            linear_memory_bytes: a.store.data().limits.bytes as u64,
+            linear_memory_bytes: a.store.data().limiter.bytes as u64,
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());

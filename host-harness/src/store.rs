@@ -54,10 +54,21 @@ impl Db {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         std::thread::Builder::new().name("state-checkpoint".into()).spawn(move || {
+            let mut failing = false;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
                 // PASSIVE: copies what it can without waiting for, or blocking, the writer.
-                if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "state checkpoint failed; retrying");
+                match checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    // Said once when it starts failing and once when it recovers, not twice a
+                    // second; meanwhile the WAL keeps every commit, so nothing is lost.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "state checkpoint failed; retrying every 500 ms");
+                    }
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("state checkpoint works again");
+                    }
+                    _ => {}
                 }
             }
         })?;

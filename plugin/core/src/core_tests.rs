@@ -1292,3 +1292,24 @@ fn a_removed_integration_users_stored_subscription_is_deleted_at_restore() {
         .collect();
     assert_eq!(deleted, vec!["v2/subscription/0001"]);
 }
+
+#[test]
+fn a_failed_re_read_shows_until_one_succeeds_then_clears() {
+    let (mut core, mut env, _) = synced(3, 1);
+    env.now += DEFAULT_RECONCILE_MS + 1_000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, _) = reqs.iter().find(|(_, r)| r.url.ends_with("getPresencesByUserId")).expect("reconcile read");
+    core.on_http_response(&mut env, *id, ok(503, serde_json::json!({"error": {"code": "ServiceUnavailable"}})));
+    let _ = core.take_effects();
+    assert!(core.status(&env).subscriptions[0].problem.is_some(), "the failure shows");
+    // After the backoff the read is tried again and succeeds: the problem is gone.
+    env.now += 5 * 60 * 1000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, r) = reqs.iter().find(|(_, r)| r.url.ends_with("getPresencesByUserId")).expect("read again");
+    answer_read(&mut core, &mut env, *id, r, &[]);
+    let s = core.status(&env);
+    assert_eq!(s.subscriptions[0].problem, None, "{s:?}");
+    assert_eq!(s.health, Health::Ok);
+}

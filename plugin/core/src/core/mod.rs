@@ -890,7 +890,10 @@ impl Core {
                 match outcome {
                     Ok(r) if r.status == 200 => match serde_json::from_slice::<Page>(&r.body) {
                         Ok(page) if ours.as_ref().is_some_and(|id| page.value.iter().any(|s| &s.id == id)) => {
-                            self.subs[slot].verify_due = false;
+                            let sub = &mut self.subs[slot];
+                            sub.verify_due = false;
+                            sub.problem = None;
+                            sub.retry.succeed();
                         }
                         Ok(page) => {
                             let graph = &settings.graph_base_url;
@@ -972,6 +975,8 @@ impl Core {
                                     sub.needs_snapshot = false;
                                     sub.last_snapshot_ms = Some(now);
                                     sub.retry.succeed();
+                                    // A failed earlier attempt's problem is over.
+                                    sub.problem = None;
                                     sub.verify_due |= sub.reconciling && sub.missed_change;
                                     sub.reconciling = false;
                                     sub.missed_change = false;
