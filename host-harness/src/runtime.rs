@@ -918,8 +918,8 @@ struct Actor {
     config_error: Option<String>,
     plugin_version: String,
     interrupt_next: bool,
-    /// Guest calls per kind: how many, and their total time in µs.
-    call_totals: std::collections::BTreeMap<&'static str, (u64, u64)>,
+    /// Guest calls per kind: how many, their total time and their total CPU time, in µs.
+    call_totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)>,
     /// The longest guest call seen, per kind of call (ms).
     slowest: std::collections::BTreeMap<&'static str, u64>,
     /// The last hot swap.
@@ -1204,6 +1204,7 @@ impl Actor {
         let force = std::mem::take(&mut self.interrupt_next);
         arm(&mut self.store, force);
         let started = std::time::Instant::now();
+        let started_cpu = thread_cpu();
         let kind = cmd.name();
         let sync = self.bindings.teams_presence_plugin_sync();
         let result: Result<(), wasmtime::Error> = match cmd {
@@ -1272,6 +1273,8 @@ impl Actor {
         let total = self.call_totals.entry(kind).or_default();
         total.0 += 1;
         total.1 += started.elapsed().as_micros() as u64;
+        // A call runs on this thread from start to end (nothing in it yields).
+        total.2 += thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(ms);
         if let Err(e) = result {
@@ -1417,6 +1420,10 @@ pub struct StatusView {
     pub slowest_calls_ms: std::collections::BTreeMap<String, u64>,
     /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
     pub mean_calls_us: std::collections::BTreeMap<String, f64>,
+    /// Guest calls per kind so far.
+    pub calls: std::collections::BTreeMap<String, u64>,
+    /// The CPU time those calls used, per kind, in µs.
+    pub total_calls_cpu_us: std::collections::BTreeMap<String, u64>,
     /// The instance's linear memory, in bytes, all its memories (the sandbox's memory cap
     /// applies to each; the plugin has one).
     pub linear_memory_bytes: u64,
@@ -1512,8 +1519,10 @@ impl StatusView {
             mean_calls_us: a
                 .call_totals
                 .iter()
-                .map(|(k, (n, us))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
+                .map(|(k, (n, us, _))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
                 .collect(),
+            calls: a.call_totals.iter().map(|(k, (n, _, _))| (k.to_string(), *n)).collect(),
+            total_calls_cpu_us: a.call_totals.iter().map(|(k, (_, _, cpu))| (k.to_string(), *cpu)).collect(),
             linear_memory_bytes: a.store.data().limiter.bytes as u64,
         };
         let Some(s) = s else {
