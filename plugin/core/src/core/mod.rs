@@ -582,7 +582,13 @@ impl Core {
         }
         let graph = &settings.graph_base_url;
         self.subs[slot].busy = true;
-        let reconcile = matches!(next, Next::Reconcile(_));
+        if matches!(next, Next::Reconcile(_)) {
+            // A retry after a failed page goes on as `Snapshot`, still counting as this reconcile.
+            let sub = &mut self.subs[slot];
+            sub.needs_snapshot = true;
+            sub.reconciling = true;
+            sub.missed_change = false;
+        }
         match next {
             Next::Verify => {
                 // The list, not `GET /subscriptions/{id}`: the list is among the operations
@@ -601,12 +607,6 @@ impl Core {
                 self.start(Pending::RenewSub(slot), req);
             }
             Next::Snapshot(ids) | Next::Reconcile(ids) => {
-                if reconcile {
-                    let sub = &mut self.subs[slot];
-                    sub.needs_snapshot = true;
-                    sub.reconciling = true;
-                    sub.missed_change = false;
-                }
                 let body = serde_json::json!({ "ids": ids });
                 let req =
                     request("POST", &format!("{graph}/v1.0/communications/getPresencesByUserId"), &access, Some(body));
