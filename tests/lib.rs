@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-pub use host_harness::demo::{Scenario, ScenarioOptions};
+pub use presence_demo::{Scenario, ScenarioOptions};
 
 /// Generous bound for "eventually": the tests assert behaviour, not speed.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -32,7 +32,7 @@ impl std::ops::DerefMut for TestScenario {
 /// Starts a scenario with `users` users and `integration_users` integration users; `tweak`
 /// adjusts the options first.
 pub async fn start(users: usize, integration_users: usize, tweak: impl FnOnce(&mut ScenarioOptions)) -> TestScenario {
-    // RUST_LOG=host_harness=debug shows the host's and the plugin's logs.
+    // RUST_LOG=presence_host=debug shows the host's and the plugin's logs.
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -50,26 +50,26 @@ pub async fn start(users: usize, integration_users: usize, tweak: impl FnOnce(&m
 /// for tests that run the host from a config file: (emulator, its clock, seed, base URL).
 pub async fn demo_emulator(
     users: usize,
-) -> (
-    host_harness::emulator::Emulator,
-    std::sync::Arc<host_harness::runtime::HostClock>,
-    host_harness::emulator::TenantSeed,
-    String,
-) {
-    use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
-    let clock = std::sync::Arc::new(host_harness::runtime::HostClock::default());
-    let emu = host_harness::emulator::Emulator::new(clock.clone());
-    let seed =
-        host_harness::emulator::TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 1);
+) -> (graph_emulator::Emulator, std::sync::Arc<presence_demo::TestClock>, graph_emulator::TenantSeed, String) {
+    use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+    let clock = std::sync::Arc::new(presence_demo::TestClock::default());
+    let emu = graph_emulator::Emulator::new(clock.clone());
+    let seed = graph_emulator::TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 1);
     emu.add_tenant(&seed);
     let base = emu.start().await.expect("emulator starts");
     (emu, clock, seed, base)
 }
 
 /// The host binary, built by `scripts/test` (`cargo build --release -p host-harness`) before
-/// the tests run; no test invokes cargo.
+/// the tests run; no test invokes cargo. It lies beside this test binary's folder (`deps/`),
+/// wherever the target directory is.
 pub fn host_binary() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/host-harness");
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let p = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lies in <target>/<profile>/deps")
+        .join("host-harness");
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --release -p host-harness` first (scripts/test does)",
@@ -89,7 +89,7 @@ pub fn write_host_config(
     users: &[(String, String)],
     extra: &str,
 ) -> std::path::PathBuf {
-    use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+    use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
     let users: Vec<String> =
         users.iter().map(|(u, p)| format!("{{ username = \"{u}\", password = \"{p}\" }}")).collect();
     let path = dir.join("host.toml");

@@ -15,7 +15,7 @@ async fn wrong_client_secret_reports_7000215_with_its_hint() {
     assert!(t.switchboard.all_shown().is_empty());
     // The status never shows the secret.
     let host = t.host.as_ref().unwrap();
-    let text = reqwest::get(format!("http://{}/status", host.addr)).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("http://{}/status", host.addr())).await.unwrap().text().await.unwrap();
     assert!(!text.contains("the-secret-id-not-the-value"));
     assert!(text.contains("AADSTS7000215"));
 }
@@ -39,7 +39,7 @@ async fn synced(users: usize) -> TestScenario {
     t
 }
 
-fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {
+fn counter(s: &presence_host::StatusView, name: &str) -> u64 {
     s.counters.get(name).copied().unwrap_or(0)
 }
 
@@ -126,7 +126,7 @@ async fn malformed_and_oversized_bodies_get_400_and_are_counted() {
     assert_eq!(counter(&s, "rejected.malformed"), 2, "{:?}", s.counters);
     assert_eq!(counter(&s, "rejected.oversized"), 1);
     let host = t.host.as_ref().unwrap();
-    let v = get_json(&format!("http://{}/status/contoso", host.addr)).await;
+    let v = get_json(&format!("http://{}/status/contoso", host.addr())).await;
     assert_eq!(v["counters"]["rejected.oversized"], 1);
     // Still healthy and in sync.
     assert_eq!(t.status().await.state, "ok");
@@ -164,7 +164,7 @@ users = [{ username = "sync@contoso.com", password = "pw-secret" }]
 "#,
     )
     .unwrap();
-    let e = host_harness::config::Config::load(&path).unwrap_err();
+    let e = presence_host::Config::load(&path).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("host.toml"), "{msg}");
     assert!(msg.contains("integration[0].tenant_id"), "{msg}");

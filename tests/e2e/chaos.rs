@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
-use host_harness::emulator::{Emulator, Fault, TenantSeed};
-use host_harness::runtime::HostClock;
-use host_harness::switchboard::Switchboard;
+use graph_emulator::{Emulator, Fault, TenantSeed};
+use presence_demo::TestClock;
+use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
 use rand::{Rng, SeedableRng};
+use switchboard_sim::Switchboard;
 
 use e2e_tests::{host_binary, spawn_host, write_host_config};
 
@@ -134,7 +134,7 @@ fn fault(path: &str, status: u16, retry_after: Option<u64>, remaining: u32, afte
 async fn chaos(plan: Plan) {
     let t_start = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(HostClock::default());
+    let clock = Arc::new(TestClock::default());
     let emu = Emulator::new(clock.clone());
     let seed =
         TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, plan.users, plan.integration_users);

@@ -1,12 +1,10 @@
 //! The `run` path: a TOML config file and a switchboard CSV, as an operator writes them.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use host_harness::config::Config;
-use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
-use host_harness::host::Host;
-use host_harness::switchboard::Switchboard;
+use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT, switchboard_users};
+use presence_host::Config;
+use switchboard_sim::Switchboard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_with_env_secrets_and_csv_users_syncs() {
@@ -14,7 +12,7 @@ async fn config_file_with_env_secrets_and_csv_users_syncs() {
     let (_emu, clock, seed, base) = e2e_tests::demo_emulator(120).await;
     let mut users = switchboard_users(&seed, 120);
     // A switchboard user without a Microsoft account, and two claiming one address.
-    users.push(host_harness::switchboard::User {
+    users.push(switchboard_sim::User {
         id: "reception".into(),
         name: "Reception".into(),
         emails: vec!["reception@elsewhere.example".into()],
@@ -55,7 +53,8 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     };
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = Config::parse(&text, &path.display().to_string(), dir.path(), &env).unwrap();
-    let host = Host::start(&cfg, host_harness::PLUGIN_WASM, clock, listener, BTreeMap::new()).await.unwrap();
+    let sims = switchboard_sim::from_config(&cfg).unwrap();
+    let host = presence_demo::start_host(&cfg, clock, listener, sims).await.unwrap();
     let h = host.integrations["contoso"].clone();
     let end = Instant::now() + Duration::from_secs(60);
     let s = loop {

@@ -8,12 +8,12 @@ use e2e_tests::*;
 async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_now_refreshes() {
     let t = start(20, 1, |_| {}).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let host = format!("http://{}", t.host.as_ref().unwrap().addr);
+    let host = format!("http://{}", t.host.as_ref().unwrap().addr());
     let sync_now = || async { post(&format!("{host}/integrations/contoso/sync-now"), "text/plain", vec![]).await };
 
     // Microsoft's user list fails (the product guide's FAQ: its version empties the table).
     t.emulator.with_world(|w| {
-        w.faults.push(host_harness::emulator::Fault {
+        w.faults.push(graph_emulator::Fault {
             method: Some("GET".into()),
             path_contains: "/v1.0/users".into(),
             status: 503,
@@ -47,7 +47,7 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     assert_eq!(early, 0, "{what:?}");
 }
 
-fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {
+fn counter(s: &presence_host::StatusView, name: &str) -> u64 {
     s.counters.get(name).copied().unwrap_or(0)
 }
 
@@ -97,7 +97,7 @@ async fn delta_rounds_keep_the_mapping_current_and_a_gone_delta_state_resyncs() 
 async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve() {
     let mut t = start(20, 1, |_| {}).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let url = |t: &TestScenario| format!("http://{}/integrations/contoso/overrides", t.host.as_ref().unwrap().addr);
+    let url = |t: &TestScenario| format!("http://{}/integrations/contoso/overrides", t.host.as_ref().unwrap().addr());
     let put = |url: String, body: serde_json::Value| async move {
         let r = reqwest::Client::new().put(url).body(body.to_string()).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())

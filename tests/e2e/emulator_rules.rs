@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use host_harness::demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
-use host_harness::emulator::{Emulator, TenantSeed};
-use host_harness::runtime::HostClock;
+use graph_emulator::{Emulator, TenantSeed};
+use presence_demo::TestClock;
+use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
 use serde_json::{Value, json};
 
 struct Emu {
@@ -16,7 +16,7 @@ struct Emu {
 }
 
 async fn emu(users: usize) -> Emu {
-    let emu = Emulator::new(Arc::new(HostClock::default()));
+    let emu = Emulator::new(Arc::new(TestClock::default()));
     let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 2);
     emu.add_tenant(&seed);
     let base = emu.start().await.unwrap();
@@ -199,7 +199,7 @@ async fn subscriptions_follow_the_presence_rules() {
         base64::engine::general_purpose::STANDARD.encode(c.der())
     };
     let exp =
-        |mins: u64| presence_core::core::rfc3339(host_harness::runtime::HostClock::default().now_ms() + mins * 60_000);
+        |mins: u64| graph_emulator::wire::graph_time(presence_demo::TestClock::default().now_ms() + mins * 60_000);
     let body = |ids: &[String], mins: u64, url: &str| {
         json!({
             "changeType": "updated", "notificationUrl": url,

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use e2e_tests::*;
-use host_harness::runtime::StatusView;
-use host_harness::test_components::{HOSTILE, OLD_WIT, PLUGIN_NEXT};
+use presence_host::{StatusView, SwapOutcome};
+use test_components::{HOSTILE, OLD_WIT, PLUGIN_NEXT};
 
 fn counter(s: &StatusView, name: &str) -> u64 {
     s.counters.get(name).copied().unwrap_or(0)
@@ -56,12 +56,12 @@ async fn swap_v1_v2_v1_under_1000_notifications_a_second_loses_and_duplicates_no
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let to_v2 = host.swap(&v2, None).await.expect("v2 loads");
     tokio::time::sleep(Duration::from_millis(1400)).await;
-    let back = host.swap(host_harness::PLUGIN_WASM, None).await.expect("v1 loads");
+    let back = host.swap(presence_demo::PLUGIN_WASM, None).await.expect("v1 loads");
     let changes = stream.await.unwrap();
     let total: u64 = changes.values().sum();
     assert_eq!(total, 4000);
     for r in to_v2.iter().chain(&back) {
-        assert_eq!(r.outcome, "switched", "{r:?}");
+        assert_eq!(r.outcome, SwapOutcome::Switched, "{r:?}");
         println!(
             "swap {} -> {}: pause {:.2} ms (drain {:.2} ms), {} events held",
             r.from, r.to, r.pause_ms, r.drain_ms, r.held_events
@@ -102,8 +102,8 @@ async fn swap_v1_v2_v1_under_1000_notifications_a_second_loses_and_duplicates_no
     assert_eq!(s.plugin_version, "0.1.0");
     assert_eq!(s.plugin.sha256, v1_sha);
     assert!(s.plugin.from_cache, "{:?}", s.plugin);
-    assert_eq!(s.plugin.wit_version, host_harness::runtime::WIT_VERSION);
-    assert_eq!(s.last_swap.as_ref().map(|r| r.outcome.as_str()), Some("switched"));
+    assert_eq!(s.plugin.wit_version, presence_host::WIT_VERSION);
+    assert_eq!(s.last_swap.as_ref().map(|r| r.outcome), Some(SwapOutcome::Switched));
     assert_eq!(t.emulator.subscriptions().len(), 1, "the subscription was handed over, not duplicated");
 }
 
@@ -117,7 +117,7 @@ async fn a_release_that_does_not_configure_is_rolled_back_and_the_status_says_wh
     // The hostile guest refuses settings without a mode in the integration name.
     let reports = host.swap(&std::fs::read(HOSTILE).unwrap(), None).await.expect("it loads");
     let r = &reports[0];
-    assert_eq!(r.outcome, "rolled-back", "{r:?}");
+    assert_eq!(r.outcome, SwapOutcome::RolledBack, "{r:?}");
     let why = r.reason.as_deref().unwrap_or("");
     assert!(why.contains("refused the settings") && why.contains("hostile-guest needs one of"), "{why}");
 
@@ -149,7 +149,7 @@ async fn an_incompatible_or_broken_component_is_refused_before_anything_switches
     let msg = format!("{e:#}");
     assert!(
         msg.contains("incompatible plugin: it speaks teams-presence:plugin@1.0.0")
-            && msg.contains(&format!("this host speaks teams-presence:plugin@{}", host_harness::runtime::WIT_VERSION)),
+            && msg.contains(&format!("this host speaks teams-presence:plugin@{}", presence_host::WIT_VERSION)),
         "{msg}"
     );
     for (bytes, expected) in [
@@ -160,7 +160,7 @@ async fn an_incompatible_or_broken_component_is_refused_before_anything_switches
         let msg = format!("{:#}", host.swap(&bytes, None).await.unwrap_err());
         assert!(msg.contains(expected), "{msg}");
     }
-    let e = host.swap(host_harness::PLUGIN_WASM, Some("nobody")).await.unwrap_err();
+    let e = host.swap(presence_demo::PLUGIN_WASM, Some("nobody")).await.unwrap_err();
     assert!(format!("{e:#}").contains("no integration named \"nobody\""));
 
     let s = t.status().await;
@@ -174,7 +174,7 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a
     let token = "a-long-enough-admin-token";
     let mut t = start(10, 1, |o| o.admin_token = Some(token.into())).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let addr = t.host.as_ref().unwrap().addr;
+    let addr = t.host.as_ref().unwrap().addr();
     let url = format!("http://{addr}/admin/plugin");
     let v2 = std::fs::read(PLUGIN_NEXT).unwrap();
     let client = reqwest::Client::new();
@@ -210,7 +210,7 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a
     assert!(s.plugin.from_cache, "{:?}", s.plugin);
 
     // And back over the API.
-    let r = client.put(&url).bearer_auth(token).body(host_harness::PLUGIN_WASM.to_vec()).send().await.unwrap();
+    let r = client.put(&url).bearer_auth(token).body(presence_demo::PLUGIN_WASM.to_vec()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(body["reports"][0]["outcome"], "switched", "{body}");

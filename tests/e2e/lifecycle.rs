@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e_tests::*;
 
-fn counter(s: &host_harness::runtime::StatusView, name: &str) -> u64 {
+fn counter(s: &presence_host::StatusView, name: &str) -> u64 {
     s.counters.get(name).copied().unwrap_or(0)
 }
 

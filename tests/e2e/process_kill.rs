@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use host_harness::demo::{DEMO_CLIENT, DEMO_TENANT, switchboard_users};
-use host_harness::switchboard::Switchboard;
+use presence_demo::{DEMO_CLIENT, DEMO_TENANT, switchboard_users};
+use switchboard_sim::Switchboard;
 
 use e2e_tests::spawn_host as spawn;
 

@@ -11,7 +11,7 @@ const CLEAR: &str = "POST /v1.0/users/{id}/presence/clearPresence";
 async fn line(t: &TestScenario, i: usize, state: &str) -> (u16, String) {
     let host = t.host.as_ref().unwrap();
     post(
-        &format!("http://{}/switchboard/contoso/users/sb-{i:05}/line-events", host.addr),
+        &format!("http://{}/switchboard/contoso/users/sb-{i:05}/line-events", host.addr()),
         "application/json",
         format!("{{\"state\": \"{state}\"}}").into_bytes(),
     )
@@ -105,7 +105,7 @@ async fn five_hundred_calls_in_ten_seconds_end_right_and_respect_retry_after() {
     // The switchboard's events, on a fixed schedule inside 10 s: user i's call connects at
     // i × 10 ms and ends at 5 s + i × 10 ms. Each is sent on its own task so a slow answer never
     // delays the schedule.
-    let host = format!("http://{}", t.host.as_ref().unwrap().addr);
+    let host = format!("http://{}", t.host.as_ref().unwrap().addr());
     let t0 = tokio::time::Instant::now();
     let mut sends = Vec::new();
     for i in 0..500u64 {
@@ -251,7 +251,7 @@ async fn passive_and_unknown_users_get_a_clear_error() {
     assert!(body.contains("passive"), "{body}");
     let host = t.host.as_ref().unwrap();
     let (status, body) = post(
-        &format!("http://{}/switchboard/contoso/users/sb-00000/line-events", host.addr),
+        &format!("http://{}/switchboard/contoso/users/sb-00000/line-events", host.addr()),
         "application/json",
         b"{\"state\": \"talking\"}".to_vec(),
     )
@@ -259,7 +259,7 @@ async fn passive_and_unknown_users_get_a_clear_error() {
     assert_eq!(status, 400);
     assert!(body.contains("talking"), "{body}");
     let (status, _) = post(
-        &format!("http://{}/switchboard/contoso/users/nobody/line-events", host.addr),
+        &format!("http://{}/switchboard/contoso/users/nobody/line-events", host.addr()),
         "application/json",
         b"{\"state\": \"connected\"}".to_vec(),
     )

@@ -1,6 +1,7 @@
 //! Durable state: a restarted host resumes its subscriptions instead of duplicating them.
 
 use e2e_tests::*;
+use presence_host::StateStore as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_subscriptions_without_duplicates() {
@@ -32,14 +33,14 @@ async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash()
     // The state a crash between "persisted and acknowledged" and "processed" leaves behind.
     let item = t.emulator.notification_for(&sub, &user, "DoNotDisturb", "Presenting").unwrap();
     let body = t.emulator.batch_body(&sub, vec![item]).to_string().into_bytes();
-    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     db.inbox_push("contoso", "notifications", &body, 0).unwrap();
     drop(db);
     t.restart_host().await.unwrap();
     let s = t.wait_status(EVENTUALLY, |s| s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 1).await;
     assert_eq!(s.counters.get("inbox.replayed"), Some(&1), "{:?}", s.counters);
     assert_eq!(s.counters.get("notifications.accepted"), Some(&1), "{:?}", s.counters);
-    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     // The actor deletes an entry right after processing it, before it answers the status query.
     assert!(db.inbox("contoso").unwrap().is_empty(), "the inbox is drained");
 }
@@ -54,7 +55,7 @@ async fn notifications_that_arrive_while_a_large_directory_is_restored_wait_and_
     assert!(t.wait_in_sync(users, EVENTUALLY).await.is_empty());
     let subs = t.emulator.subscriptions();
     t.stop_host().await;
-    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     let mut changed = Vec::new();
     for i in [1usize, 2500, 5999] {
         let user = t.ms_user(i);
@@ -73,7 +74,7 @@ async fn notifications_that_arrive_while_a_large_directory_is_restored_wait_and_
     for u in &changed {
         assert!(t.switchboard.shown(u).is_some_and(|p| p.activity == "Presenting"), "{u}");
     }
-    let db = host_harness::store::Db::open(&t.config.host.state_dir).unwrap();
+    let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     assert!(db.inbox("contoso").unwrap().is_empty(), "the inbox is drained");
     assert_eq!(s.users as usize, users);
 }

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e_tests::*;
-use host_harness::runtime::{Limits, StatusView};
-use host_harness::test_components::HOSTILE;
+use presence_host::StatusView;
+use presence_host::sandbox::Limits;
+use test_components::HOSTILE;
 
 const MODES: [&str; 7] =
     ["infinite-loop", "memory-bomb", "panic", "disallowed-host", "oversized", "log-flood", "escape"];
@@ -82,7 +83,7 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
     assert_eq!(s.traps, 0, "{s:?}");
     assert!(counter(s, "http.too-large") >= 1, "{:?}", s.counters);
     assert!(counter(s, "state.refused") >= 1 && counter(s, "state.refused-oversized") >= 1, "{:?}", s.counters);
-    let url = format!("http://{}/webhook/hostile-oversized/notifications?validationToken=abc", host.addr);
+    let url = format!("http://{}/webhook/hostile-oversized/notifications?validationToken=abc", host.addr());
     let r = reqwest::Client::new().post(&url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 500);
     let text = r.text().await.unwrap();

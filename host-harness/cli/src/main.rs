@@ -1,0 +1,198 @@
+//! `host-harness`: runs the host with a config (`run`, and `sync-now` and `swap` against a
+//! running one); for development, the demo, the emulator alone and the benchmarks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use graph_emulator::{Emulator, TenantSeed};
+use presence_host::{Backends, Config, Host};
+
+#[derive(Parser)]
+#[command(version, about = "teams-presence-sync reference host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the host with real networking, as configured in FILE.
+    Run {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Runs the demo on the embedded emulator: a seeded tenant, the switchboard simulator and
+    /// live presence changes.
+    Demo {
+        /// Microsoft users (each with a switchboard user).
+        #[arg(long, default_value_t = 1353)]
+        users: usize,
+        /// Integration users.
+        #[arg(long, default_value_t = 3)]
+        integration_users: usize,
+        /// Stop after this many seconds (runs until Ctrl-C otherwise).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// "Sync now": asks a running host to re-read an integration's directory at once.
+    SyncNow {
+        /// The host's base URL (its listen address).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        host: String,
+        /// The integration's name.
+        #[arg(long)]
+        integration: String,
+    },
+    /// Hot swap: sends a plugin component to a running host, which checks it and switches
+    /// every integration (or one) to it; prints each integration's report.
+    Swap {
+        /// The host's base URL (its listen address).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        host: String,
+        /// The component (`.wasm`).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Only this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// The environment variable holding the admin token (the host's `admin_token_env`).
+        #[arg(long, default_value = "TPS_ADMIN_TOKEN")]
+        token_env: String,
+    },
+    /// Runs the benchmark suite and writes BENCHMARKS.md.
+    Bench {
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these sections (comma-separated): sync, latency, ingest, line, load, swap,
+        /// cost, steady, memory. The report then holds only them.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Runs the Graph/Entra emulator alone, for manual testing.
+    Emulator {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Users in the seeded tenant.
+        #[arg(long, default_value_t = 1353)]
+        users: usize,
+        /// Integration users in the seeded tenant.
+        #[arg(long, default_value_t = 3)]
+        integration_users: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and the benchmarks print their own account; the host logs only problems there.
+    let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench { .. });
+    let default_filter = if quiet { "warn" } else { "warn,presence_host=info,host_harness=info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .init();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(&cfg.host.listen)
+                .await
+                .with_context(|| format!("listening on {}", cfg.host.listen))?;
+            // The switchboards are the simulator's, from each integration's `switchboard_csv`.
+            let sims = switchboard_sim::from_config(&cfg)?;
+            let seams =
+                sims.iter().map(|(k, v)| (k.clone(), v.clone() as Arc<dyn presence_host::Switchboard>)).collect();
+            let mut host =
+                Host::start(&cfg, presence_plugin_wasm::PLUGIN_WASM, Backends::defaults(&cfg, seams)?).await?;
+            let routes = switchboard_sim::routes(sims, host.integrations.clone());
+            let addr = host.serve(listener, routes)?;
+            tracing::info!(%addr, integrations = host.integrations.len(), "host running");
+            tokio::signal::ctrl_c().await?;
+            host.stop().await;
+        }
+        Cmd::Demo { users, integration_users, seconds } => {
+            presence_demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
+        }
+        Cmd::SyncNow { host, integration } => {
+            let url = format!("{}/integrations/{integration}/sync-now", host.trim_end_matches('/'));
+            let r = reqwest::Client::new().post(&url).send().await.with_context(|| format!("POST {url}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
+            println!("{integration}: {text}");
+        }
+        Cmd::Swap { host, plugin, integration, token_env } => {
+            let wasm = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+            let token =
+                std::env::var(&token_env).with_context(|| format!("${token_env} (the admin token) is not set"))?;
+            let mut url = url::Url::parse(&format!("{}/admin/plugin", host.trim_end_matches('/')))
+                .with_context(|| format!("--host {host}"))?;
+            if let Some(name) = &integration {
+                url.query_pairs_mut().append_pair("integration", name);
+            }
+            let r = reqwest::Client::new()
+                .put(url.clone())
+                .bearer_auth(token)
+                .body(wasm)
+                .send()
+                .await
+                .with_context(|| format!("PUT {url}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            println!("{text}");
+            anyhow::ensure!(status.is_success(), "swap failed: {status}");
+        }
+        Cmd::Bench { out, smoke, only } => {
+            if let Some(bad) = only.iter().find(|s| !presence_bench::SECTIONS.contains(&s.as_str())) {
+                anyhow::bail!("--only: no section {bad:?}; the sections are {}", presence_bench::SECTIONS.join(", "));
+            }
+            let mut opts =
+                if smoke { presence_bench::BenchOptions::smoke() } else { presence_bench::BenchOptions::full() };
+            opts.only = only.clone();
+            let mut command = "cargo run --release -p host-harness -- bench".to_string();
+            if smoke {
+                command += " --smoke";
+            }
+            if !only.is_empty() {
+                command += &format!(" --only {}", only.join(","));
+            }
+            if smoke || !only.is_empty() {
+                command += &format!(" --out {}", out.display());
+            }
+            let md = presence_bench::run(&opts, &command).await?;
+            std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+            println!("{md}");
+        }
+        Cmd::Emulator { listen, users, integration_users } => {
+            let emu = Emulator::new(Arc::new(graph_emulator::SystemClock));
+            let seed = TenantSeed::new(
+                presence_demo::DEMO_TENANT,
+                "contoso.example",
+                presence_demo::DEMO_CLIENT,
+                presence_demo::DEMO_SECRET,
+                users,
+                integration_users,
+            );
+            emu.add_tenant(&seed);
+            let base = emu.serve(tokio::net::TcpListener::bind(&listen).await?).await?;
+            println!("Graph/Entra emulator on {base}");
+            println!("  tenant {} client {} secret {}", seed.tenant_id, seed.client_id, seed.client_secret);
+            for n in 0..integration_users {
+                println!("  integration user {} password {}", seed.integration_user(n), seed.integration_password);
+            }
+            println!("  control API: {base}/_emulator/stats, {base}/_emulator/subscriptions");
+            tokio::signal::ctrl_c().await?;
+        }
+    }
+    Ok(())
+}

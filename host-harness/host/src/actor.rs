@@ -1,0 +1,341 @@
+//! [`Actor`]: one task per integration that owns the wasmtime `Store` and its instance and
+//! serves the integration's queue of [`Command`]s one at a time, so an instance is never
+//! re-entered.
+//!
+//! A trap poisons a `Store`; the actor then builds a new `Store` and instance from the
+//! release, configures it again (the plugin restores itself from durable state) and reports
+//! the trap in the status. Hot swap ([`crate::swap`]) happens between two commands.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use wasmtime::Store;
+
+use crate::bindings::{PresenceSync, status, sync};
+use crate::command::Command;
+use crate::context::IntegrationCtx;
+use crate::engine::{Runtime, wt};
+use crate::error::{LineEventError, OverrideError};
+use crate::inbox::{self, Deferred};
+use crate::instance::{HostState, arm};
+use crate::release::Release;
+use crate::sandbox::{cap, thread_cpu};
+use crate::status::{HostSide, PluginView, StatusView, SwapReport};
+
+/// The task that runs one integration's plugin.
+pub(crate) struct Actor {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) ctx: Arc<IntegrationCtx>,
+    /// The actor's own queue (for the ticks the plugin asks for).
+    tx: mpsc::UnboundedSender<Command>,
+    pub(crate) settings: sync::Settings,
+    pub(crate) release: Arc<Release>,
+    pub(crate) store: Store<HostState>,
+    pub(crate) bindings: PresenceSync,
+    traps: u64,
+    last_trap: Option<String>,
+    pub(crate) config_error: Option<String>,
+    pub(crate) plugin_version: String,
+    interrupt_next: bool,
+    /// Guest calls per kind: how many, their total time and their total CPU time, in µs.
+    call_totals: BTreeMap<&'static str, (u64, u64, u64)>,
+    /// The longest guest call seen, per kind of call (ms).
+    slowest: BTreeMap<&'static str, u64>,
+    /// The last hot swap.
+    pub(crate) last_swap: Option<SwapReport>,
+    /// Counters of the releases that ran before a swap, so that the status counts since start.
+    pub(crate) carried: BTreeMap<String, u64>,
+    /// Inbox notifications the plugin answered 503 (restoring its state), oldest first, with
+    /// those that came after them: offered again after each tick.
+    deferred: Deferred,
+    /// How long the running instance took to instantiate (ms).
+    pub(crate) instantiate_ms: f64,
+}
+
+/// What `configure` made of an instance.
+pub(crate) enum Configured {
+    /// Configured; the plugin's version.
+    Ok(String),
+    /// The plugin refused the settings.
+    Refused(String),
+    /// The call trapped.
+    Trapped(wasmtime::Error),
+}
+
+/// Configures a fresh instance.
+pub(crate) async fn configure_instance(
+    store: &mut Store<HostState>,
+    bindings: &PresenceSync,
+    settings: &sync::Settings,
+) -> Configured {
+    arm(store, false);
+    let sync = bindings.teams_presence_plugin_sync();
+    match sync.call_configure(&mut *store, settings).await {
+        Ok(Ok(())) => {}
+        Ok(Err(sync::ConfigError::Missing(f))) => return Configured::Refused(format!("missing {f}")),
+        Ok(Err(sync::ConfigError::Invalid(r))) => return Configured::Refused(format!("invalid {r}")),
+        Err(e) => return Configured::Trapped(e),
+    }
+    arm(store, false);
+    match sync.call_plugin_version(&mut *store).await {
+        Ok(v) => Configured::Ok(cap(v, 128)),
+        Err(e) => Configured::Trapped(e),
+    }
+}
+
+/// The host's typed error for the plugin's refusal of a line event.
+fn line_event_error(e: sync::LineEventError) -> LineEventError {
+    match e {
+        sync::LineEventError::UnmappedUser(u) => LineEventError::UnmappedUser(cap(u, 256)),
+        sync::LineEventError::PassiveUser(u) => LineEventError::PassiveUser(cap(u, 256)),
+        sync::LineEventError::PushDisabled => LineEventError::PushDisabled,
+    }
+}
+
+impl Actor {
+    /// Instantiates `release` for `ctx`'s integration and configures it.
+    pub(crate) async fn start(
+        rt: Arc<Runtime>,
+        ctx: Arc<IntegrationCtx>,
+        tx: mpsc::UnboundedSender<Command>,
+        settings: sync::Settings,
+        release: Arc<Release>,
+    ) -> anyhow::Result<Actor> {
+        let mut store = rt.new_store(ctx.clone());
+        let t0 = Instant::now();
+        let bindings = wt(release.pre.instantiate_async(&mut store).await).context("instantiating the plugin")?;
+        let instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let mut actor = Actor {
+            rt,
+            ctx,
+            tx,
+            settings,
+            release,
+            store,
+            bindings,
+            traps: 0,
+            last_trap: None,
+            config_error: None,
+            plugin_version: String::new(),
+            interrupt_next: false,
+            slowest: Default::default(),
+            call_totals: Default::default(),
+            last_swap: None,
+            carried: Default::default(),
+            deferred: Default::default(),
+            instantiate_ms,
+        };
+        actor.configure().await;
+        Ok(actor)
+    }
+
+    async fn configure(&mut self) {
+        match configure_instance(&mut self.store, &self.bindings, &self.settings).await {
+            Configured::Ok(v) => {
+                self.config_error = None;
+                self.plugin_version = v;
+            }
+            Configured::Refused(msg) => {
+                tracing::error!(integration = %self.ctx.name, "plugin refused settings: {msg}");
+                self.config_error = Some(msg);
+            }
+            Configured::Trapped(e) => self.record_trap(e),
+        }
+        self.wake_if_asked();
+    }
+
+    fn record_trap(&mut self, e: wasmtime::Error) {
+        self.traps += 1;
+        let mut msg = format!("{e:#}");
+        let stderr = self.store.data().stderr.take();
+        if !stderr.is_empty() {
+            msg = format!("{msg}; guest stderr: {}", cap(stderr, 512));
+        }
+        tracing::error!(integration = %self.ctx.name, error = %msg, "plugin trapped; restarting its instance");
+        self.ctx.count("plugin.traps");
+        self.last_trap = Some(msg);
+    }
+
+    /// After a trap the Store is poisoned: build a new one and configure again.
+    async fn recover(&mut self) {
+        let mut store = self.rt.new_store(self.ctx.clone());
+        let t0 = Instant::now();
+        match self.release.pre.instantiate_async(&mut store).await {
+            Ok(b) => {
+                self.instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                self.store = store;
+                self.bindings = b;
+                Box::pin(self.configure()).await;
+            }
+            Err(e) => self.record_trap(e),
+        }
+    }
+
+    /// Serves the queue until it closes, the host stops or a [`Command::Shutdown`] comes.
+    pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // Commands a swap held back go first, in the order they came (a swap among them
+        // waits for the one before to finish).
+        let mut held = std::collections::VecDeque::new();
+        loop {
+            let cmd = match held.pop_front() {
+                Some(cmd) => cmd,
+                None => match rx.recv().await {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+            };
+            if self.ctx.is_stopping() {
+                return;
+            }
+            match cmd {
+                Command::Shutdown => return,
+                Command::Swap(release, reply) => {
+                    let (report, more) = self.swap(release, &mut rx).await;
+                    let _ = reply.send(report);
+                    held.extend(more);
+                }
+                cmd => self.call(cmd).await,
+            }
+        }
+    }
+
+    /// One command, one guest call.
+    pub(crate) async fn call(&mut self, cmd: Command) {
+        tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
+        if matches!(cmd, Command::InterruptNextCall) {
+            self.interrupt_next = true;
+            return;
+        }
+        // Notifications wait, in order, behind those the plugin asked to be offered again.
+        let cmd = match cmd {
+            Command::Inbox(id, req) if !self.deferred.is_empty() => {
+                self.deferred.push_back((id, req));
+                return;
+            }
+            cmd => cmd,
+        };
+        let retry_deferred = matches!(cmd, Command::Tick);
+        let force = std::mem::take(&mut self.interrupt_next);
+        arm(&mut self.store, force);
+        let started = Instant::now();
+        let started_cpu = thread_cpu();
+        let kind = cmd.name();
+        let sync = self.bindings.teams_presence_plugin_sync();
+        let result: Result<(), wasmtime::Error> = match cmd {
+            Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall => Ok(()),
+            Command::Webhook(req, reply) => match sync.call_on_webhook(&mut self.store, &req).await {
+                Ok(r) => {
+                    let _ = reply.send(inbox::checked_response(&self.ctx, r));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = reply.send(sync::WebhookResponse {
+                        status: 500,
+                        content_type: "text/plain".into(),
+                        body: b"plugin failed; retry later".to_vec(),
+                    });
+                    Err(e)
+                }
+            },
+            Command::Inbox(id, req) => {
+                inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, req, false).await.map(|_| ())
+            }
+            Command::HttpDone(id, outcome) => {
+                self.ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
+                sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
+            }
+            Command::SetOverrides(o, reply) => sync.call_set_overrides(&mut self.store, &o).await.map(|r| {
+                let _ = reply.send(r.map_err(|e| OverrideError::Invalid(cap(e, 1024))));
+            }),
+            Command::GetOverrides(reply) => sync.call_get_overrides(&mut self.store).await.map(|r| {
+                let _ = reply.send(r);
+            }),
+            Command::Tick => sync.call_tick(&mut self.store).await,
+            Command::SyncNow => sync.call_sync_now(&mut self.store).await,
+            Command::Status(reply) => match sync.call_status(&mut self.store).await {
+                Ok(s) => {
+                    let _ = reply.send(self.view(Some(s)));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = reply.send(self.view(None));
+                    Err(e)
+                }
+            },
+            Command::Line(ev, reply) => sync.call_on_line_event(&mut self.store, &ev).await.map(|r| {
+                let _ = reply.send(r.map_err(line_event_error));
+            }),
+        };
+        let total = self.call_totals.entry(kind).or_default();
+        total.0 += 1;
+        total.1 += started.elapsed().as_micros() as u64;
+        // A call runs on this thread from start to end (nothing in it yields).
+        total.2 += thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
+        let slowest = self.slowest.entry(kind).or_default();
+        *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
+        if let Err(e) = result {
+            self.record_trap(e);
+            self.recover().await;
+        }
+        // After each step of the plugin's work, offer the deferred notifications again, oldest
+        // first, until it takes them or asks again to wait.
+        if retry_deferred {
+            while let Some((id, req)) = self.deferred.pop_front() {
+                arm(&mut self.store, false);
+                let sync = self.bindings.teams_presence_plugin_sync();
+                match inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, req, true).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.record_trap(e);
+                        self.recover().await;
+                        break;
+                    }
+                }
+            }
+        }
+        self.wake_if_asked();
+    }
+
+    /// The next step of the plugin's background work, after what is queued already.
+    pub(crate) fn wake_if_asked(&self) {
+        if self.ctx.tick_requested.swap(false, Ordering::SeqCst) {
+            let _ = self.tx.send(Command::Tick);
+        }
+    }
+
+    fn view(&self, s: Option<status::IntegrationStatus>) -> StatusView {
+        let mut counters = self.carried.clone();
+        for (k, n) in self.ctx.counters() {
+            *counters.entry(k).or_default() += n;
+        }
+        StatusView::new(
+            HostSide {
+                name: self.ctx.name.clone(),
+                plugin_version: self.plugin_version.clone(),
+                plugin: PluginView {
+                    sha256: self.release.sha256.clone(),
+                    wit_version: self.release.wit_version.clone(),
+                    bytes: self.release.bytes,
+                    from_cache: self.release.from_cache,
+                    load_ms: self.release.load_ms,
+                    instantiate_ms: self.instantiate_ms,
+                },
+                last_swap: self.last_swap.clone(),
+                traps: self.traps,
+                last_trap: self.last_trap.clone(),
+                config_error: self.config_error.clone(),
+                refused_requests: self.ctx.refused_requests.load(Ordering::Relaxed),
+                call_totals: self.call_totals.clone(),
+                slowest: self.slowest.clone(),
+                linear_memory_bytes: self.store.data().linear_memory_bytes() as u64,
+                counters,
+            },
+            s,
+        )
+    }
+}

@@ -1,0 +1,21 @@
+//! Bindings generated from `wit/`: the only `bindgen!` site of the host. Every other module
+//! takes the WIT types from here.
+
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "presence-sync",
+    exports: { default: async },
+});
+
+pub use exports::teams_presence::plugin::sync;
+pub use teams_presence::plugin::{
+    clock, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
+};
+
+/// The WIT package version this host implements.
+pub const WIT_VERSION: &str = "2.1.0";
+
+/// The WIT package the plugin's export belongs to.
+pub const WIT_PACKAGE: &str = "teams-presence:plugin";

@@ -1,0 +1,61 @@
+//! [`Command`]: what an integration's actor is asked to do, one guest call each (but for a
+//! swap, which is several).
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::bindings::{outbound_http, presence, sync};
+use crate::error::{LineEventError, OverrideError};
+use crate::release::Release;
+use crate::status::{StatusView, SwapReport};
+
+/// A command for an integration's actor.
+pub enum Command {
+    /// A webhook request answered by the plugin (the validation handshake), with where to send
+    /// the answer.
+    Webhook(sync::WebhookRequest, oneshot::Sender<sync::WebhookResponse>),
+    /// A notification already acknowledged and persisted in the inbox under this id.
+    Inbox(i64, sync::WebhookRequest),
+    /// An outbound request finished.
+    HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
+    /// The periodic timer, or a prompt tick the plugin asked for.
+    Tick,
+    /// "Sync now".
+    SyncNow,
+    /// A status query.
+    Status(oneshot::Sender<StatusView>),
+    /// Replace the API overrides.
+    SetOverrides(Vec<sync::MappingOverride>, oneshot::Sender<Result<(), OverrideError>>),
+    /// Read the API overrides.
+    GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
+    /// A line event.
+    Line(presence::LineEvent, oneshot::Sender<Result<(), LineEventError>>),
+    /// Switch to another plugin release (hot swap), with where to send the outcome.
+    Swap(Arc<Release>, oneshot::Sender<SwapReport>),
+    /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
+    /// how tests show that a trap restarts only this integration's instance.
+    InterruptNextCall,
+    /// Stop the actor.
+    Shutdown,
+}
+
+impl Command {
+    /// The kind of call, as the status names it (`slowest_calls_ms`, `calls`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Webhook(..) => "webhook",
+            Command::Inbox(..) => "inbox",
+            Command::HttpDone(..) => "http-done",
+            Command::Tick => "tick",
+            Command::SyncNow => "sync-now",
+            Command::Status(..) => "status",
+            Command::SetOverrides(..) => "set-overrides",
+            Command::GetOverrides(..) => "get-overrides",
+            Command::Line(..) => "line-event",
+            Command::Swap(..) => "swap",
+            Command::InterruptNextCall => "interrupt-next-call",
+            Command::Shutdown => "shutdown",
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The host's TOML configuration: a `[host]` section and `[[integration]]` entries.
+//!
+//! A bad config is refused at load with the file, the field and the reason. Secrets are held
+//! in [`Secret`], whose `Debug` and `Display` never show the value.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A secret value (client secret, password). Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(v: impl Into<String>) -> Self {
+        Secret(v.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `[host]` section.
+    pub host: HostConfig,
+    /// The integrations.
+    pub integrations: Vec<IntegrationConfig>,
+}
+
+/// The `[host]` section.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Listen address of the HTTP listener (webhooks, status and admin API).
+    pub listen: String,
+    /// Public base URL Graph reaches the listener at; webhook URLs are built from it.
+    pub public_base_url: String,
+    /// Directory for the SQLite state file.
+    pub state_dir: PathBuf,
+    /// Graph base URL (default `https://graph.microsoft.com`).
+    pub graph_base_url: String,
+    /// Login base URL (default `https://login.microsoftonline.com`).
+    pub login_base_url: String,
+    /// Sandbox limits of the plugin instances.
+    pub limits: crate::sandbox::Limits,
+    /// The plugin component every integration runs unless it names its own (`None`: the one
+    /// built into the host).
+    pub plugin: Option<PathBuf>,
+    /// Where compiled plugins are cached (default `<state_dir>/plugin-cache`).
+    pub plugin_cache_dir: PathBuf,
+    /// The bearer token of the admin API (`PUT /admin/plugin`); `None` disables that API.
+    pub admin_token: Option<Secret>,
+}
+
+/// One `[[integration]]`.
+#[derive(Debug, Clone)]
+pub struct IntegrationConfig {
+    /// Unique name; also the webhook path segment.
+    pub name: String,
+    /// Tenant id (GUID) or domain.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret (empty = missing credentials, shown in the status).
+    pub client_secret: Secret,
+    /// Integration users.
+    pub users: Vec<UserConfig>,
+    /// "Push line status to Teams".
+    pub push_line_status: bool,
+    /// Calls shorter than this are not pushed to Teams (ms; default 0).
+    pub min_call_length_ms: u64,
+    /// Presence re-read interval in seconds (default 300).
+    pub reconcile_interval_s: u64,
+    /// Interval between `/users/delta` rounds in seconds (default 60).
+    pub directory_delta_interval_s: u64,
+    /// Address sources for matching, in order (default mail, proxy_addresses, upn).
+    pub match_order: Vec<MatchSource>,
+    /// Explicit mappings: switchboard user id → Microsoft user id or address.
+    pub overrides: Vec<(String, String)>,
+    /// CSV of switchboard users for the workshop's switchboard simulator
+    /// (`id,name,email,line_number[,active]`); the host itself does not read it.
+    pub switchboard_csv: Option<PathBuf>,
+    /// This integration's own plugin component (a canary release), instead of the host's.
+    pub plugin: Option<PathBuf>,
+}
+
+/// An address source for matching (`match_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchSource {
+    /// `mail`.
+    Mail,
+    /// `smtp:` entries of `proxyAddresses`.
+    ProxyAddresses,
+    /// `userPrincipalName`.
+    Upn,
+}
+
+/// An integration user.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// User principal name.
+    pub username: String,
+    /// Password.
+    pub password: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: RawHost,
+    #[serde(default)]
+    integration: Vec<RawIntegration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    listen: Option<String>,
+    public_base_url: String,
+    state_dir: Option<PathBuf>,
+    graph_base_url: Option<String>,
+    login_base_url: Option<String>,
+    call_deadline_ms: Option<u64>,
+    memory_limit_mib: Option<u64>,
+    plugin: Option<PathBuf>,
+    plugin_cache_dir: Option<PathBuf>,
+    admin_token_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegration {
+    name: String,
+    tenant_id: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    push_line_status: bool,
+    #[serde(default)]
+    min_call_length_ms: u64,
+    #[serde(default = "default_reconcile_s")]
+    reconcile_interval_s: u64,
+    #[serde(default = "default_delta_s")]
+    directory_delta_interval_s: u64,
+    #[serde(default)]
+    match_order: Vec<MatchSource>,
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
+    switchboard_csv: Option<PathBuf>,
+    plugin: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    switchboard_user: String,
+    microsoft_user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+/// A refused configuration: where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// The field path, e.g. `integration[0].tenant_id`.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &file, base, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates config text. `env` resolves `*_env` variables; relative paths are
+    /// taken from `base`.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |field: &str, reason: String| ConfigError { file: file.into(), field: field.into(), reason };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message names the key and line; keep it, without echoing values.
+            err(
+                "(syntax)",
+                e.message().to_string() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+            )
+        })?;
+        let h = raw.host;
+        let graph_base_url = h.graph_base_url.unwrap_or_else(|| "https://graph.microsoft.com".into());
+        let login_base_url = h.login_base_url.unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        for (field, v) in [
+            ("host.graph_base_url", &graph_base_url),
+            ("host.login_base_url", &login_base_url),
+            ("host.public_base_url", &h.public_base_url),
+        ] {
+            check_base_url(v).map_err(|r| err(field, r))?;
+        }
+        let listen = h.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| err("host.listen", format!("'{listen}' is not an address:port ({e})")))?;
+        let defaults = crate::sandbox::Limits::default();
+        let call_deadline_ms = h.call_deadline_ms.unwrap_or(defaults.call_deadline_ms);
+        if !(20..=60_000).contains(&call_deadline_ms) {
+            return Err(err("host.call_deadline_ms", format!("{call_deadline_ms} must be between 20 and 60000")));
+        }
+        let memory_mib = h.memory_limit_mib.unwrap_or((defaults.memory_bytes >> 20) as u64);
+        if !(16..=4096).contains(&memory_mib) {
+            return Err(err("host.memory_limit_mib", format!("{memory_mib} must be between 16 and 4096")));
+        }
+        let limits = crate::sandbox::Limits { call_deadline_ms, memory_bytes: (memory_mib as usize) << 20 };
+        let admin_token = match h.admin_token_env {
+            None => None,
+            Some(var) => match env(&var) {
+                Some(v) if v.len() >= 16 => Some(Secret::new(v)),
+                Some(_) => {
+                    return Err(err(
+                        "host.admin_token_env",
+                        format!("the token in ${var} is too short: use at least 16 characters"),
+                    ));
+                }
+                None => return Err(err("host.admin_token_env", format!("${var} is not set"))),
+            },
+        };
+        let state_dir = base.join(h.state_dir.unwrap_or_else(|| "state".into()));
+        let host = HostConfig {
+            limits,
+            plugin: h.plugin.map(|p| base.join(p)),
+            plugin_cache_dir: h
+                .plugin_cache_dir
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| state_dir.join("plugin-cache")),
+            admin_token,
+            listen,
+            public_base_url: h.public_base_url.trim_end_matches('/').to_string(),
+            state_dir,
+            graph_base_url: graph_base_url.trim_end_matches('/').to_string(),
+            login_base_url: login_base_url.trim_end_matches('/').to_string(),
+        };
+        let mut integrations = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in raw.integration.into_iter().enumerate() {
+            let f = |name: &str| format!("integration[{i}].{name}");
+            if r.reconcile_interval_s < 30 {
+                return Err(err(
+                    &f("reconcile_interval_s"),
+                    format!(
+                        "{} s is too often: use at least 30 s (Graph's presence limit is shared)",
+                        r.reconcile_interval_s
+                    ),
+                ));
+            }
+            if r.directory_delta_interval_s < 10 {
+                return Err(err(
+                    &f("directory_delta_interval_s"),
+                    format!("{} s is too often: use at least 10 s", r.directory_delta_interval_s),
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for m in &r.match_order {
+                if !seen.insert(*m) {
+                    return Err(err(&f("match_order"), format!("{m:?} is listed twice")));
+                }
+            }
+            for (j, o) in r.overrides.iter().enumerate() {
+                if o.switchboard_user.trim().is_empty() || o.microsoft_user.trim().is_empty() {
+                    return Err(err(
+                        &f(&format!("overrides[{j}]")),
+                        "switchboard_user and microsoft_user must not be empty".into(),
+                    ));
+                }
+                if r.overrides[..j].iter().any(|p| p.switchboard_user == o.switchboard_user) {
+                    return Err(err(
+                        &f(&format!("overrides[{j}].switchboard_user")),
+                        format!("'{}' has two overrides", o.switchboard_user),
+                    ));
+                }
+            }
+            if r.name.is_empty()
+                || r.name.len() > 64
+                || !r.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(err(&f("name"), format!("'{}' must be 1-64 characters of a-z, 0-9 and '-'", r.name)));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(err(&f("name"), format!("'{}' is used by another integration", r.name)));
+            }
+            if !is_guid(&r.tenant_id) && !is_domain(&r.tenant_id) {
+                return Err(err(
+                    &f("tenant_id"),
+                    format!("'{}' is neither a GUID nor a domain name (use the Directory (tenant) ID)", r.tenant_id),
+                ));
+            }
+            if !is_guid(&r.client_id) {
+                return Err(err(
+                    &f("client_id"),
+                    format!("'{}' is not a GUID (use the Application (client) ID)", r.client_id),
+                ));
+            }
+            let client_secret =
+                secret(r.client_secret, r.client_secret_env, env).map_err(|e| err(&f("client_secret"), e))?;
+            let mut users = Vec::new();
+            for (j, u) in r.users.into_iter().enumerate() {
+                let uf = f(&format!("users[{j}]"));
+                if !u.username.contains('@') {
+                    return Err(err(
+                        &format!("{uf}.username"),
+                        format!("'{}' is not a user principal name (name@domain)", u.username),
+                    ));
+                }
+                if users.iter().any(|x: &UserConfig| x.username.eq_ignore_ascii_case(&u.username)) {
+                    return Err(err(
+                        &format!("{uf}.username"),
+                        format!("'{}' is listed twice; each integration user holds one subscription", u.username),
+                    ));
+                }
+                let password =
+                    secret(u.password, u.password_env, env).map_err(|e| err(&format!("{uf}.password"), e))?;
+                users.push(UserConfig { username: u.username, password });
+            }
+            integrations.push(IntegrationConfig {
+                name: r.name,
+                tenant_id: r.tenant_id,
+                client_id: r.client_id,
+                client_secret,
+                users,
+                push_line_status: r.push_line_status,
+                min_call_length_ms: r.min_call_length_ms,
+                reconcile_interval_s: r.reconcile_interval_s,
+                directory_delta_interval_s: r.directory_delta_interval_s,
+                match_order: r.match_order,
+                overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
+                switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
+                plugin: r.plugin.map(|p| base.join(p)),
+            });
+        }
+        Ok(Config { host, integrations })
+    }
+}
+
+fn default_reconcile_s() -> u64 {
+    300
+}
+
+fn default_delta_s() -> u64 {
+    60
+}
+
+fn secret(
+    value: Option<String>,
+    env_name: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, String> {
+    match (value, env_name) {
+        (Some(_), Some(_)) => Err("give the value or the *_env variable name, not both".into()),
+        (Some(v), None) => Ok(Secret::new(v)),
+        (None, Some(name)) => {
+            env(&name).map(Secret::new).ok_or_else(|| format!("environment variable {name} is not set"))
+        }
+        (None, None) => Ok(Secret::default()),
+    }
+}
+
+/// A GUID in its 8-4-4-4-12 hex form.
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_domain(s: &str) -> bool {
+    s.contains('.')
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+        })
+}
+
+/// Checks a base URL: https, or plain http only towards loopback.
+pub fn check_base_url(v: &str) -> Result<(), String> {
+    let u = url::Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if crate::allow_list::is_loopback(&u) => Ok(()),
+        "http" => Err(format!("'{v}': plain http is allowed only for loopback hosts")),
+        s => Err(format!("'{v}': scheme {s} is not http(s)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[host]
+listen = "127.0.0.1:0"
+public_base_url = "https://presence.example.com"
+
+[[integration]]
+name = "contoso"
+tenant_id = "5db68c59-bbeb-41d7-a5df-b316a4434048"
+client_id = "0ed2fcf1-b202-4699-afe4-cbc36ead3235"
+client_secret_env = "CONTOSO_SECRET"
+users = [{ username = "sync1@contoso.com", password = "pw" }]
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "CONTOSO_SECRET").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD, "c.toml", Path::new("/etc"), &env).unwrap();
+        assert_eq!(c.host.graph_base_url, "https://graph.microsoft.com");
+        assert_eq!(c.integrations[0].client_secret.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn match_order_and_overrides_load_and_bad_ones_name_the_field() {
+        let extra = "match_order = [\"upn\", \"mail\"]\ndirectory_delta_interval_s = 120\n\
+                     overrides = [{ switchboard_user = \"sb-1\", microsoft_user = \"anna@contoso.com\" }]\n";
+        let c = Config::parse(&format!("{GOOD}{extra}"), "c.toml", Path::new("."), &env).unwrap();
+        let i = &c.integrations[0];
+        assert_eq!(i.match_order, vec![MatchSource::Upn, MatchSource::Mail]);
+        assert_eq!(i.directory_delta_interval_s, 120);
+        assert_eq!(i.overrides, vec![("sb-1".to_string(), "anna@contoso.com".to_string())]);
+        for (bad, field) in [
+            ("match_order = [\"mail\", \"mail\"]\n", "integration[0].match_order"),
+            ("match_order = [\"email\"]\n", "(syntax)"),
+            ("directory_delta_interval_s = 1\n", "integration[0].directory_delta_interval_s"),
+            (
+                "overrides = [{ switchboard_user = \"a\", microsoft_user = \"x\" }, { switchboard_user = \"a\", microsoft_user = \"y\" }]\n",
+                "integration[0].overrides[1].switchboard_user",
+            ),
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}"), "c.toml", Path::new("."), &env).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sandbox_limits_load_and_out_of_range_ones_name_the_field() {
+        let c = Config::parse(GOOD, "c.toml", Path::new("."), &env).unwrap();
+        assert_eq!(c.host.limits.call_deadline_ms, crate::sandbox::DEFAULT_CALL_DEADLINE_MS);
+        let custom = GOOD.replace("[host]\n", "[host]\ncall_deadline_ms = 250\nmemory_limit_mib = 64\n");
+        let c = Config::parse(&custom, "c.toml", Path::new("."), &env).unwrap();
+        assert_eq!((c.host.limits.call_deadline_ms, c.host.limits.memory_bytes), (250, 64 << 20));
+        for (bad, field) in
+            [("call_deadline_ms = 5", "host.call_deadline_ms"), ("memory_limit_mib = 1", "host.memory_limit_mib")]
+        {
+            let e =
+                Config::parse(&GOOD.replace("[host]\n", &format!("[host]\n{bad}\n")), "c.toml", Path::new("."), &env)
+                    .unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn malformed_tenant_id_names_the_field() {
+        let bad = GOOD.replace("5db68c59-bbeb-41d7-a5df-b316a4434048", "not a tenant!");
+        let e = Config::parse(&bad, "c.toml", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "integration[0].tenant_id");
+        assert!(e.to_string().starts_with("c.toml: integration[0].tenant_id:"));
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        let bad = GOOD.replace("https://presence.example.com", "http://presence.example.com");
+        let e = Config::parse(&bad, "c.toml", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "host.public_base_url");
+        let ok = GOOD.replace("https://presence.example.com", "http://127.0.0.1:9");
+        assert!(Config::parse(&ok, "c.toml", Path::new("."), &env).is_ok());
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let e = Config::parse(GOOD, "c.toml", Path::new("."), &|_| None).unwrap_err();
+        assert_eq!(e.field, "integration[0].client_secret");
+        assert!(e.reason.contains("CONTOSO_SECRET"));
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let bad = GOOD.replace("push_line_status", "x").replace("[host]", "[host]\nbogus = 1");
+        assert!(Config::parse(&bad, "c.toml", Path::new("."), &env).is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Typed errors of the host's library boundary. Each says which integration and what failed;
+//! the binaries add context with `anyhow`.
+
+/// Why the state store could not do something (the host side of `state.state-error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The integration's key-value quota is used up; the payload is the quota in bytes.
+    #[error("the state quota of {0} bytes is used up")]
+    Quota(u64),
+    /// The storage failed; the payload says how. Nothing was written.
+    #[error("state storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why an integration did not take a line event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineEventError {
+    /// The switchboard user is not mapped to a Microsoft user.
+    #[error("switchboard user {0} is not mapped to a Microsoft user")]
+    UnmappedUser(String),
+    /// The switchboard user is passive (has no line).
+    #[error("switchboard user {0} is passive (no line); passive users get no pushes")]
+    PassiveUser(String),
+    /// "Push line status to Teams" is off.
+    #[error("\"Push line status to Teams\" is off for this integration")]
+    PushDisabled,
+    /// The integration is stopping.
+    #[error("the integration is stopping")]
+    Stopping,
+}
+
+/// Why overrides were not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    /// The plugin refused an entry; the payload names it and says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// The integration is stopping.
+    #[error("the integration is stopping")]
+    Stopping,
+}
+
+/// The integration's actor is gone (the host is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the integration is stopping")]
+pub struct Stopping;

@@ -1,0 +1,180 @@
+//! [`IntegrationHandle`]: how the rest of the host (and a platform) talks to one integration's
+//! actor; [`spawn`] starts one.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::Actor;
+use crate::bindings::{presence, sync};
+use crate::clock::Clock;
+use crate::command::Command;
+use crate::context::IntegrationCtx;
+use crate::engine::Runtime;
+use crate::error::{LineEventError, OverrideError, Stopping, StoreError};
+use crate::http::HttpClient;
+use crate::inbox;
+use crate::keys::NotificationKey;
+use crate::release::Release;
+use crate::status::{StatusView, SwapReport};
+use crate::store::StateStore;
+use crate::switchboard::Switchboard;
+
+/// How often the periodic `tick` comes.
+pub const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// The host's handle to an integration's actor. Cheap to clone.
+#[derive(Clone)]
+pub struct IntegrationHandle {
+    /// Name.
+    pub name: String,
+    tx: mpsc::UnboundedSender<Command>,
+    ctx: Arc<IntegrationCtx>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl IntegrationHandle {
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopping> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(cmd(tx)).map_err(|_| Stopping)?;
+        rx.await.map_err(|_| Stopping)
+    }
+
+    /// Sends a webhook request for the plugin to answer (Graph's validation handshake) and
+    /// waits for its answer.
+    pub async fn webhook(&self, req: sync::WebhookRequest) -> Result<sync::WebhookResponse, Stopping> {
+        self.ask(|tx| Command::Webhook(req, tx)).await
+    }
+
+    /// Takes a notification (or lifecycle notification) body: persists it in the durable
+    /// inbox, so that it survives a crash, and queues it for the plugin. When this returns
+    /// `Ok` the caller may acknowledge it to Graph.
+    pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let id = self.ctx.store.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
+        self.ctx.count("inbox.accepted");
+        // A stopping actor leaves the row in the inbox: it is replayed at the next start.
+        let _ = self.tx.send(Command::Inbox(id, inbox::request(kind, body)));
+        Ok(())
+    }
+
+    /// Adds one to a host counter of this integration.
+    pub fn count(&self, name: &str) {
+        self.ctx.count(name);
+    }
+
+    /// The integration's status.
+    pub async fn status(&self) -> Result<StatusView, Stopping> {
+        self.ask(Command::Status).await
+    }
+
+    /// Replaces the overrides set through the API.
+    pub async fn set_overrides(&self, o: Vec<sync::MappingOverride>) -> Result<(), OverrideError> {
+        self.ask(|tx| Command::SetOverrides(o, tx)).await.map_err(|_| OverrideError::Stopping)?
+    }
+
+    /// The overrides set through the API.
+    pub async fn overrides(&self) -> Result<Vec<sync::MappingOverride>, Stopping> {
+        self.ask(Command::GetOverrides).await
+    }
+
+    /// Hands the plugin a line event of the switchboard.
+    pub async fn line_event(&self, ev: presence::LineEvent) -> Result<(), LineEventError> {
+        self.ask(|tx| Command::Line(ev, tx)).await.map_err(|_| LineEventError::Stopping)?
+    }
+
+    /// "Sync now": re-read the directory at once.
+    pub fn sync_now(&self) -> Result<(), Stopping> {
+        self.tx.send(Command::SyncNow).map_err(|_| Stopping)
+    }
+
+    /// A tick now, besides the periodic one (benchmarks that move the clock forward).
+    pub fn tick(&self) {
+        let _ = self.tx.send(Command::Tick);
+    }
+
+    /// Hot swap: switches this integration to `release` (see [`SwapReport`]).
+    pub async fn swap(&self, release: Arc<Release>) -> Result<SwapReport, Stopping> {
+        self.ask(|tx| Command::Swap(release, tx)).await
+    }
+
+    /// Makes the instance's next guest call trap on its deadline (tests).
+    pub fn interrupt_next_call(&self) {
+        let _ = self.tx.send(Command::InterruptNextCall);
+    }
+
+    /// Stops the actor: it takes no further command (what is queued stays in the durable
+    /// inbox, as after a crash).
+    pub fn shutdown(&self) {
+        self.ctx.stopping.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Shutdown);
+    }
+
+    /// Waits until the actor has stopped (after [`IntegrationHandle::shutdown`]).
+    pub async fn stopped(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// What an integration runs on: its settings and backends.
+pub struct Spawn {
+    /// Settings (with secrets).
+    pub settings: sync::Settings,
+    /// Origins the plugin may call (`scheme://host:port`).
+    pub allowed_origins: Vec<String>,
+    /// Sends the plugin's requests.
+    pub http: Arc<dyn HttpClient>,
+    /// Durable state.
+    pub store: Arc<dyn StateStore>,
+    /// The customer's switchboard.
+    pub switchboard: Arc<dyn Switchboard>,
+    /// The notification key.
+    pub key: NotificationKey,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// The plugin release to run.
+    pub release: Arc<Release>,
+}
+
+/// Starts an integration's actor, configures its instance and replays its inbox.
+pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHandle> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let done = tx.clone();
+    let ctx = Arc::new(IntegrationCtx::new(
+        s.settings.name.clone(),
+        s.allowed_origins,
+        s.http,
+        s.store,
+        s.switchboard,
+        s.key,
+        s.clock,
+        Box::new(move |id, outcome| done.send(Command::HttpDone(id, outcome)).is_ok()),
+    ));
+    let handle =
+        IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };
+    let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.release).await?;
+    // Notifications acknowledged before a crash but never processed: replay them, oldest
+    // first, before anything else reaches the new instance.
+    for e in ctx.store.inbox(&ctx.name)? {
+        ctx.count("inbox.replayed");
+        let _ = tx.send(Command::Inbox(e.id, inbox::request(&e.kind, e.body)));
+    }
+    *handle.task.lock().unwrap() = Some(tokio::spawn(async move { actor.run(rx).await }));
+    let ticker = tx;
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(TICK_EVERY);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            iv.tick().await;
+            if ticker.send(Command::Tick).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(handle)
+}

@@ -1,0 +1,77 @@
+//! # presence-host
+//!
+//! The host a switchboard platform embeds to run the teams-presence-sync plugin: one sandboxed
+//! WebAssembly instance per integration (Microsoft tenant), the durable webhook inbox, the
+//! notification keys, hot swap, and an HTTP API in front of them. The platform plugs in its
+//! switchboard, and may plug in its own state store and HTTP client, through the backend
+//! traits of [`Backends`].
+//!
+//! ```no_run
+//! # async fn run(config: presence_host::Config, plugin: &[u8],
+//! #     switchboards: std::collections::BTreeMap<String, std::sync::Arc<dyn presence_host::Switchboard>>)
+//! #     -> anyhow::Result<()> {
+//! use presence_host::{Backends, Host};
+//! let backends = Backends::defaults(&config, switchboards)?;
+//! let mut host = Host::start(&config, plugin, backends).await?;
+//! host.serve(tokio::net::TcpListener::bind(&config.host.listen).await?, axum::Router::new())?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! The seams a platform implements (each has a default or a workshop implementation):
+//! - [`switchboard`]: the [`Switchboard`] trait: the platform's users and operator console.
+//! - [`store`]: the [`StateStore`] trait (plugin key-value state, durable inbox, keys,
+//!   swapped releases) and its default, [`SqliteStore`].
+//! - [`http`]: the [`HttpClient`] trait and its default, [`ReqwestClient`].
+//! - [`clock`]: the [`Clock`] trait and [`SystemClock`].
+//!
+//! Running the plugin, from the outside in:
+//! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes.
+//! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
+//! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
+//!   owns the instance and serves its queue; `swap.rs`: hot swap between two commands;
+//!   `inbox.rs`: the durable inbox's host side (envelope check, order, deferral).
+//! - [`engine`]: the wasmtime engine and linker; [`release`]: checked, compiled, cached
+//!   plugin releases; `instance.rs`: the per-instance store state; `context.rs`: what an
+//!   integration's instances share.
+//! - `imports/`: one file per WIT import, each delegating to a backend.
+//! - [`bindings`]: the only `bindgen!` of the host.
+//! - [`sandbox`]: every limit (CPU per call, memory, size caps, log allowance);
+//!   [`allow_list`]: where the plugin may send requests.
+//! - [`keys`]: the per-integration RSA key; [`status`]: what the admin sees;
+//!   [`config`]: the TOML configuration; [`error`]: typed errors.
+
+mod actor;
+pub mod allow_list;
+pub mod api;
+pub mod bindings;
+pub mod clock;
+mod command;
+pub mod config;
+mod context;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod http;
+mod imports;
+mod inbox;
+mod instance;
+pub mod integration;
+pub mod keys;
+pub mod release;
+pub mod sandbox;
+pub mod status;
+pub mod store;
+mod swap;
+pub mod switchboard;
+
+pub use bindings::WIT_VERSION;
+pub use clock::{Clock, SystemClock};
+pub use config::Config;
+pub use error::{LineEventError, OverrideError, Stopping, StoreError};
+pub use host::{Backends, Host};
+pub use http::{HttpClient, ReqwestClient};
+pub use integration::IntegrationHandle;
+pub use status::{StatusView, SwapOutcome, SwapReport};
+pub use store::{SqliteStore, StateStore};
+pub use switchboard::Switchboard;

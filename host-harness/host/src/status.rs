@@ -1,0 +1,290 @@
+//! What an administrator sees of an integration ([`StatusView`], the status API's JSON) and
+//! of a hot swap ([`SwapReport`]). Neither ever holds a secret.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::bindings::{WIT_VERSION, status};
+
+/// What the host knows of an integration, besides what its plugin reports.
+pub(crate) struct HostSide {
+    pub name: String,
+    pub plugin_version: String,
+    pub plugin: PluginView,
+    pub last_swap: Option<SwapReport>,
+    pub traps: u64,
+    pub last_trap: Option<String>,
+    pub config_error: Option<String>,
+    pub refused_requests: u64,
+    /// Guest calls per kind: how many, their total time and their total CPU time, in µs.
+    pub call_totals: BTreeMap<&'static str, (u64, u64, u64)>,
+    /// The longest guest call per kind, in ms.
+    pub slowest: BTreeMap<&'static str, u64>,
+    pub linear_memory_bytes: u64,
+    /// The host's counters and those carried over from releases before a swap.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// An integration's status as the status API returns it (JSON). Holds no secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Integration name.
+    pub name: String,
+    /// `ok`, `starting`, `missing-credentials` or `error`.
+    pub state: String,
+    /// For `error`: the code (AADSTS or Graph code, or one of ours).
+    pub code: Option<String>,
+    /// For `error`: what to do.
+    pub hint: Option<String>,
+    /// For `error`: what happened.
+    pub detail: Option<String>,
+    /// For `missing-credentials`: which fields.
+    pub missing: Vec<String>,
+    /// Mapped users (the "Users" column).
+    pub users: u32,
+    /// Microsoft users read.
+    pub microsoft_users: u32,
+    /// Switchboard users.
+    pub switchboard_users: u32,
+    /// Users no subscription covers.
+    pub uncovered_users: u32,
+    /// Integration users to add.
+    pub integration_users_needed: u32,
+    /// Per integration user.
+    pub subscriptions: Vec<SubscriptionView>,
+    /// Ambiguous addresses.
+    pub conflicts: Vec<ConflictView>,
+    /// Last good directory read (ms since epoch).
+    pub last_directory_refresh_ms: Option<u64>,
+    /// Last accepted notification (ms since epoch).
+    pub last_notification_ms: Option<u64>,
+    /// Oldest last full presence re-read (ms since epoch).
+    pub last_reconcile_ms: Option<u64>,
+    /// Counters from the plugin.
+    pub counters: BTreeMap<String, u64>,
+    /// The running plugin's version.
+    pub plugin_version: String,
+    /// The running release: SHA-256 of the component, its WIT version, how it was loaded.
+    pub plugin: PluginView,
+    /// The last hot swap, if any.
+    pub last_swap: Option<SwapReport>,
+    /// The WIT package version the host speaks (the plugin's is in `plugin`).
+    pub wit_version: String,
+    /// Traps of this integration's plugin since start.
+    pub traps: u64,
+    /// The last trap.
+    pub last_trap: Option<String>,
+    /// Outbound requests refused by the allow-list.
+    pub refused_requests: u64,
+    /// The longest guest call so far per kind of call, in ms (the CPU bound is
+    /// `call_deadline_ms`).
+    pub slowest_calls_ms: BTreeMap<String, u64>,
+    /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
+    pub mean_calls_us: BTreeMap<String, f64>,
+    /// Guest calls per kind so far.
+    pub calls: BTreeMap<String, u64>,
+    /// The CPU time those calls used, per kind, in µs.
+    pub total_calls_cpu_us: BTreeMap<String, u64>,
+    /// The instance's linear memory, in bytes, all its memories (the sandbox's memory cap
+    /// applies to each; the plugin has one).
+    pub linear_memory_bytes: u64,
+}
+
+/// The running release in [`StatusView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// The WIT package version the component speaks.
+    pub wit_version: String,
+    /// Component size in bytes.
+    pub bytes: usize,
+    /// Whether its compiled code came from the compile cache.
+    pub from_cache: bool,
+    /// Time to load it (compile or deserialize, plus prepare), in ms.
+    pub load_ms: f64,
+    /// Time to instantiate the running instance from the loaded release, in ms.
+    pub instantiate_ms: f64,
+}
+
+/// One subscription in [`StatusView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionView {
+    /// Integration user.
+    pub integration_user: String,
+    /// Graph subscription id.
+    pub subscription_id: Option<String>,
+    /// Users covered.
+    pub users_covered: u32,
+    /// Expiry (ms since epoch).
+    pub expires_at_ms: Option<u64>,
+    /// Last accepted notification (ms since epoch).
+    pub last_notification_ms: Option<u64>,
+    /// Last full presence re-read of its users (ms since epoch).
+    pub last_reconcile_ms: Option<u64>,
+    /// Problem code.
+    pub code: Option<String>,
+    /// Problem hint.
+    pub hint: Option<String>,
+}
+
+/// One conflict in [`StatusView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictView {
+    /// Address.
+    pub email: String,
+    /// `several-microsoft-users` or `several-switchboard-users`.
+    pub kind: String,
+    /// Candidates.
+    pub candidates: Vec<String>,
+}
+
+impl StatusView {
+    pub(crate) fn new(a: HostSide, s: Option<status::IntegrationStatus>) -> StatusView {
+        let mut v = StatusView {
+            name: a.name,
+            state: "error".into(),
+            code: None,
+            hint: None,
+            detail: None,
+            missing: vec![],
+            users: 0,
+            microsoft_users: 0,
+            switchboard_users: 0,
+            uncovered_users: 0,
+            integration_users_needed: 0,
+            subscriptions: vec![],
+            conflicts: vec![],
+            last_directory_refresh_ms: None,
+            last_notification_ms: None,
+            last_reconcile_ms: None,
+            counters: Default::default(),
+            plugin_version: a.plugin_version,
+            plugin: a.plugin,
+            last_swap: a.last_swap,
+            wit_version: WIT_VERSION.into(),
+            traps: a.traps,
+            last_trap: a.last_trap,
+            refused_requests: a.refused_requests,
+            slowest_calls_ms: a.slowest.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            mean_calls_us: a
+                .call_totals
+                .iter()
+                .map(|(k, (n, us, _))| (k.to_string(), *us as f64 / (*n).max(1) as f64))
+                .collect(),
+            calls: a.call_totals.iter().map(|(k, (n, _, _))| (k.to_string(), *n)).collect(),
+            total_calls_cpu_us: a.call_totals.iter().map(|(k, (_, _, cpu))| (k.to_string(), *cpu)).collect(),
+            linear_memory_bytes: a.linear_memory_bytes,
+        };
+        let Some(s) = s else {
+            v.code = Some("plugin-trap".into());
+            v.hint = Some(
+                "The plugin failed and is being restarted; if this persists, roll back the plugin release.".into(),
+            );
+            return v;
+        };
+        if let Some(e) = a.config_error {
+            v.code = Some("invalid-settings".into());
+            v.hint = Some("The plugin refused the settings; correct them in the integration.".into());
+            v.detail = Some(e);
+        }
+        match s.health {
+            status::Health::Ok => v.state = "ok".into(),
+            status::Health::Starting => v.state = "starting".into(),
+            status::Health::Degraded(p) => {
+                v.state = "degraded".into();
+                v.code = Some(p.code);
+                v.hint = Some(p.hint);
+                v.detail = Some(p.detail);
+            }
+            status::Health::MissingCredentials(f) => {
+                v.state = "missing-credentials".into();
+                v.missing = f;
+            }
+            status::Health::Error(p) => {
+                v.code = Some(p.code);
+                v.hint = Some(p.hint);
+                v.detail = Some(p.detail);
+            }
+        }
+        v.users = s.mapped_users;
+        v.microsoft_users = s.microsoft_users;
+        v.switchboard_users = s.switchboard_users;
+        v.uncovered_users = s.uncovered_users;
+        v.integration_users_needed = s.integration_users_needed;
+        v.subscriptions = s
+            .subscriptions
+            .into_iter()
+            .map(|x| SubscriptionView {
+                integration_user: x.integration_user,
+                subscription_id: x.subscription_id,
+                users_covered: x.users_covered,
+                expires_at_ms: x.expires_at_ms,
+                last_notification_ms: x.last_notification_ms,
+                last_reconcile_ms: x.last_reconcile_ms,
+                code: x.problem.as_ref().map(|p| p.code.clone()),
+                hint: x.problem.map(|p| p.hint),
+            })
+            .collect();
+        v.conflicts = s
+            .conflicts
+            .into_iter()
+            .map(|c| ConflictView {
+                email: c.email,
+                kind: match c.kind {
+                    status::ConflictKind::SeveralMicrosoftUsers => "several-microsoft-users",
+                    status::ConflictKind::SeveralSwitchboardUsers => "several-switchboard-users",
+                    status::ConflictKind::UnresolvedOverride => "unresolved-override",
+                }
+                .into(),
+                candidates: c.candidates,
+            })
+            .collect();
+        v.last_directory_refresh_ms = s.last_directory_refresh_ms;
+        v.last_notification_ms = s.last_notification_ms;
+        v.last_reconcile_ms = s.last_reconcile_ms;
+        v.counters = s.counters.into_iter().collect();
+        for (k, n) in a.counters {
+            *v.counters.entry(k).or_default() += n;
+        }
+        v
+    }
+}
+
+/// What came of a hot swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapOutcome {
+    /// The new release runs.
+    Switched,
+    /// The new release did not configure; the old one carries on, on the state as it was.
+    RolledBack,
+    /// Nothing was tried (the state could not be backed up first).
+    Refused,
+}
+
+/// The outcome of a hot swap, as the admin API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    /// The integration.
+    pub integration: String,
+    /// What came of it.
+    pub outcome: SwapOutcome,
+    /// The release that ran before (plugin version and SHA-256 prefix).
+    pub from: String,
+    /// The release asked for.
+    pub to: String,
+    /// Why it rolled back or was refused.
+    pub reason: Option<String>,
+    /// How long this integration's events waited: from the swap's start (events held) to the
+    /// moment the new instance was configured and took them, in ms.
+    pub pause_ms: f64,
+    /// Of the pause, the time spent waiting for outbound requests in flight to finish, in ms.
+    pub drain_ms: f64,
+    /// Events (webhooks, line events, ticks, answers) that waited during the swap and were
+    /// then processed by the release that runs after it.
+    pub held_events: usize,
+    /// When it happened (ms since the epoch).
+    pub at_ms: u64,
+}

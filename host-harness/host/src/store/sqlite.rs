@@ -1,0 +1,216 @@
+//! The default [`StateStore`]: SQLite in WAL mode, one file (`state.db`) per host.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{InboxEntry, KV_QUOTA_BYTES, StateStore, StoredKey};
+use crate::error::StoreError;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// The state database.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    /// Dropping it stops the checkpoint thread.
+    _checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the background thread checkpoints the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl SqliteStore {
+    /// Opens (creating) `state.db` in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints (copying the WAL into the file, with an fsync) run on a thread of their
+        // own, not inside whichever commit crosses the WAL's size threshold: that commit would
+        // hold the connection (the webhook's inbox write, an actor's state write) for
+        // milliseconds.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
+             CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS kv_backup (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
+             CREATE TABLE IF NOT EXISTS swapped_release (integration TEXT PRIMARY KEY, configured_sha256 TEXT NOT NULL, wasm BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
+        )?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        std::thread::Builder::new().name("state-checkpoint".into()).spawn(move || {
+            let mut failing = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
+                // PASSIVE: copies what it can without waiting for, or blocking, the writer.
+                match checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    // Said once when it starts failing and once when it recovers, not twice a
+                    // second; meanwhile the WAL keeps every commit, so nothing is lost.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "state checkpoint failed; retrying every 500 ms");
+                    }
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("state checkpoint works again");
+                    }
+                    _ => {}
+                }
+            }
+        })?;
+        Ok(SqliteStore { conn: Mutex::new(conn), _checkpoints: tx })
+    }
+
+    /// Replaces the integration's rows of table `to` with its rows of table `from`.
+    fn kv_copy(&self, integration: &str, from: &'static str, to: &'static str) -> Result<(), StoreError> {
+        let mut c = self.conn.lock().unwrap();
+        let t = c.transaction()?;
+        t.execute(&format!("DELETE FROM {to} WHERE integration = ?1"), params![integration])?;
+        t.execute(
+            &format!("INSERT INTO {to} SELECT integration, key, value FROM {from} WHERE integration = ?1"),
+            params![integration],
+        )?;
+        t.commit()?;
+        Ok(())
+    }
+}
+
+impl StateStore for SqliteStore {
+    /// A value.
+    fn get(&self, integration: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.query_row("SELECT value FROM kv WHERE integration = ?1 AND key = ?2", params![integration, key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+    }
+
+    /// Stores a value; refuses past the quota.
+    fn set(&self, integration: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        let used: i64 = c.query_row(
+            "SELECT COALESCE(SUM(LENGTH(value)), 0) FROM kv WHERE integration = ?1 AND key != ?2",
+            params![integration, key],
+            |r| r.get(0),
+        )?;
+        if used as u64 + value.len() as u64 > KV_QUOTA_BYTES {
+            return Err(StoreError::Quota(KV_QUOTA_BYTES));
+        }
+        c.execute(
+            "INSERT INTO kv (integration, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (integration, key) DO UPDATE SET value = excluded.value",
+            params![integration, key, value],
+        )
+        ?;
+        Ok(())
+    }
+
+    /// Deletes a value.
+    fn delete(&self, integration: &str, key: &str) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.execute("DELETE FROM kv WHERE integration = ?1 AND key = ?2", params![integration, key])?;
+        Ok(())
+    }
+
+    /// Keys with a prefix, sorted.
+    fn keys(&self, integration: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let mut st =
+            c.prepare("SELECT key FROM kv WHERE integration = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
+        let rows = st.query_map(params![integration, prefix], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Copies the integration's key-value state aside (before a hot swap), replacing any
+    /// earlier copy, in one transaction.
+    fn kv_backup(&self, integration: &str) -> Result<(), StoreError> {
+        self.kv_copy(integration, "kv", "kv_backup")
+    }
+
+    /// Puts the copy made by [`Db::kv_backup`] back (a rolled-back swap), in one transaction.
+    fn kv_restore(&self, integration: &str) -> Result<(), StoreError> {
+        self.kv_copy(integration, "kv_backup", "kv")
+    }
+
+    /// Records the release an integration was hot-swapped to, and the SHA-256 of the release
+    /// its configuration names (the swap holds while the configuration does not change).
+    fn put_swapped_release(&self, integration: &str, configured_sha256: &str, wasm: &[u8]) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO swapped_release (integration, configured_sha256, wasm) VALUES (?1, ?2, ?3)",
+            params![integration, configured_sha256, wasm],
+        )?;
+        Ok(())
+    }
+
+    /// The release an integration was swapped to, if its configuration still names the release
+    /// it named then; a record made under another configuration is dropped.
+    fn swapped_release(&self, integration: &str, configured_sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let row: Option<(String, Vec<u8>)> = c
+            .query_row(
+                "SELECT configured_sha256, wasm FROM swapped_release WHERE integration = ?1",
+                params![integration],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((sha, wasm)) if sha == configured_sha256 => Ok(Some(wasm)),
+            Some(_) => {
+                c.execute("DELETE FROM swapped_release WHERE integration = ?1", params![integration])?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Persists a webhook body before it is acknowledged; returns its inbox id.
+    fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.prepare_cached("INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![integration, kind, body, received_ms as i64])?;
+        Ok(c.last_insert_rowid())
+    }
+
+    /// Removes a processed inbox entry.
+    fn inbox_delete(&self, id: i64) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.prepare_cached("DELETE FROM inbox WHERE id = ?1")?.execute(params![id])?;
+        Ok(())
+    }
+
+    /// The integration's unprocessed inbox entries, oldest first: `(id, kind, body)`.
+    fn inbox(&self, integration: &str) -> Result<Vec<InboxEntry>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT id, kind, body FROM inbox WHERE integration = ?1 ORDER BY id")?;
+        let rows =
+            st.query_map(params![integration], |r| Ok(InboxEntry { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The integration's key, if one was stored.
+    fn key(&self, integration: &str) -> Result<Option<StoredKey>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.query_row("SELECT cert_id, pkcs8, cert_der FROM keys WHERE integration = ?1", params![integration], |r| {
+            Ok(StoredKey { cert_id: r.get(0)?, pkcs8: r.get(1)?, cert_der: r.get(2)? })
+        })
+        .optional()?)
+    }
+
+    /// Stores the integration's key.
+    fn put_key(&self, integration: &str, k: &StoredKey) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO keys (integration, cert_id, pkcs8, cert_der) VALUES (?1, ?2, ?3, ?4)",
+            params![integration, k.cert_id, k.pkcs8, k.cert_der],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! The switchboard seam: the platform's user directory and its operator console.
+//!
+//! The host reads the switchboard's users for the plugin (`directory` interface), shows the
+//! presence the plugin publishes (`presence.publish`) and, after a restart, replays the calls
+//! in progress so that the plugin knows which "In a call" sessions still hold. A platform
+//! implements [`Switchboard`] over its own directory and console; the workshop's simulator
+//! (`switchboard-sim`) is one implementation.
+
+pub use crate::bindings::directory::SwitchboardUser;
+pub use crate::bindings::presence::{LineEvent, LineState, PresenceUpdate};
+pub use crate::bindings::types::{PresenceOrigin, TeamsPresence};
+
+/// No switchboard user has this id (removed meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no switchboard user {0}")]
+pub struct UnknownUser(pub String);
+
+/// One customer's switchboard, as an integration sees it.
+pub trait Switchboard: Send + Sync + 'static {
+    /// Users from position `start`, at most `count` of them (fewer at the end), in a stable
+    /// order. The plugin reads the directory a page at a time.
+    fn users_page(&self, start: usize, count: usize) -> Vec<SwitchboardUser>;
+
+    /// Shows a user's Teams presence in the console. `update.origin` tells why (see
+    /// [`PresenceOrigin`]: an `own-line-status` update must never become a line-status change).
+    fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser>;
+
+    /// The users whose line is in a call now (`connected` or `on-hold`), with the state: the
+    /// host replays them to the plugin after a restart.
+    fn calls_in_progress(&self) -> Vec<(String, LineState)>;
+}
+
+/// The wire name of a presence origin (`teams`, `own-line-status`, `snapshot`).
+pub fn origin_name(o: PresenceOrigin) -> &'static str {
+    match o {
+        PresenceOrigin::Teams => "teams",
+        PresenceOrigin::OwnLineStatus => "own-line-status",
+        PresenceOrigin::Snapshot => "snapshot",
+    }
+}
+
+/// A line state from its wire name (`idle`, `ringing`, `connected`, `on-hold`, `ended`).
+pub fn line_state(s: &str) -> Option<LineState> {
+    Some(match s {
+        "idle" => LineState::Idle,
+        "ringing" => LineState::Ringing,
+        "connected" => LineState::Connected,
+        "on-hold" => LineState::OnHold,
+        "ended" => LineState::Ended,
+        _ => return None,
+    })
+}

@@ -1,0 +1,13 @@
+//! # test-components
+//!
+//! Components that only tests and benchmarks use, built by this crate's build script before
+//! any test runs (no test invokes cargo). The plugin itself comes from
+//! `presence-plugin-wasm`.
+
+/// The plugin's `next` build: the same sources with another version label ("v2" of the
+/// hot-swap tests).
+pub const PLUGIN_NEXT: &str = concat!(env!("OUT_DIR"), "/presence_plugin_next.wasm");
+/// `tests/guests/hostile`: a plugin of the real world that misbehaves on purpose.
+pub const HOSTILE: &str = concat!(env!("OUT_DIR"), "/hostile_guest.wasm");
+/// `tests/guests/old-wit`: a component of an incompatible WIT major version.
+pub const OLD_WIT: &str = concat!(env!("OUT_DIR"), "/old_wit_guest.wasm");
