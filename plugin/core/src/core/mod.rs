@@ -1470,7 +1470,11 @@ fn token_request(s: &Settings, user: Option<&IntegrationUser>) -> HttpRequest {
             form.append_pair("password", &u.password);
         }
     }
-    let tenant = percent_encoding::utf8_percent_encode(s.tenant_id.trim(), percent_encoding::NON_ALPHANUMERIC);
+    // A path segment: RFC 3986's unreserved characters stay as they are (a GUID or a domain
+    // name goes out verbatim), anything else is escaped.
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let tenant = percent_encoding::utf8_percent_encode(s.tenant_id.trim(), SEGMENT);
     HttpRequest {
         method: "POST".into(),
         url: format!("{}/{tenant}/oauth2/v2.0/token", s.login_base_url),

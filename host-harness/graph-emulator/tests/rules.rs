@@ -1,11 +1,15 @@
-//! The emulator enforces Graph's and Entra's documented rules (graph-facts.md), so the plugin
-//! is never tested against a shortcut. These tests talk to the emulator directly.
+//! The emulator enforces Graph's and Entra's documented rules, so the plugin is never tested
+//! against a shortcut. These tests talk to the emulator directly, as a client of Microsoft's
+//! would.
 
 use std::sync::Arc;
 
-use graph_emulator::{Emulator, TenantSeed};
-use presence_demo::TestClock;
-use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
+use graph_emulator::{Clock, Emulator, SystemClock, TenantSeed};
+
+/// A tenant, its app registration and the app's secret.
+const DEMO_TENANT: &str = "5db68c59-bbeb-41d7-a5df-b316a4434048";
+const DEMO_CLIENT: &str = "0ed2fcf1-b202-4699-afe4-cbc36ead3235";
+const DEMO_SECRET: &str = "emulator-secret-value";
 use serde_json::{Value, json};
 
 struct Emu {
@@ -16,7 +20,7 @@ struct Emu {
 }
 
 async fn emu(users: usize) -> Emu {
-    let emu = Emulator::new(Arc::new(TestClock::default()));
+    let emu = Emulator::new(Arc::new(SystemClock));
     let seed = TenantSeed::new(DEMO_TENANT, "contoso.example", DEMO_CLIENT, DEMO_SECRET, users, 2);
     emu.add_tenant(&seed);
     let base = emu.start().await.unwrap();
@@ -198,8 +202,7 @@ async fn subscriptions_follow_the_presence_rules() {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(c.der())
     };
-    let exp =
-        |mins: u64| graph_emulator::wire::graph_time(presence_demo::TestClock::default().now_ms() + mins * 60_000);
+    let exp = |mins: u64| graph_emulator::wire::graph_time(SystemClock.now_ms() + mins * 60_000);
     let body = |ids: &[String], mins: u64, url: &str| {
         json!({
             "changeType": "updated", "notificationUrl": url,

@@ -1,0 +1,318 @@
+//! The host's actor, inbox and hot swap, driven through the public API on fake backends: an
+//! in-memory state store, an HTTP client that records what the plugin sends and answers 503,
+//! and a switchboard of three users. The real plugin runs (compiled once: the tests share a
+//! compile cache).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use presence_host::error::StoreError;
+use presence_host::http::{HttpFuture, OutboundRequest, Response};
+use presence_host::store::{InboxEntry, StoredKey};
+use presence_host::switchboard::{LineState, PresenceUpdate, SwitchboardUser, UnknownUser};
+use presence_host::{
+    Backends, Config, Host, HttpClient, StateStore, StatusView, SwapOutcome, Switchboard, SystemClock,
+};
+
+/// An in-memory state store that counts backups and restores.
+#[derive(Default)]
+struct MemStore {
+    kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    backup: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    inbox: Mutex<BTreeMap<i64, (String, String, Vec<u8>)>>,
+    next_id: Mutex<i64>,
+    keys: Mutex<BTreeMap<String, (String, Vec<u8>, Vec<u8>)>>,
+    calls: Mutex<Vec<&'static str>>,
+}
+
+impl MemStore {
+    fn called(&self, what: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|c| **c == what).count()
+    }
+    fn inbox_len(&self) -> usize {
+        self.inbox.lock().unwrap().len()
+    }
+}
+
+impl StateStore for MemStore {
+    fn get(&self, i: &str, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.kv.lock().unwrap().get(&(i.into(), k.into())).cloned())
+    }
+    fn set(&self, i: &str, k: &str, v: &[u8]) -> Result<(), StoreError> {
+        self.kv.lock().unwrap().insert((i.into(), k.into()), v.to_vec());
+        Ok(())
+    }
+    fn delete(&self, i: &str, k: &str) -> Result<(), StoreError> {
+        self.kv.lock().unwrap().remove(&(i.to_string(), k.to_string()));
+        Ok(())
+    }
+    fn keys(&self, i: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .kv
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(n, k)| n == i && k.starts_with(prefix))
+            .map(|(_, k)| k.clone())
+            .collect())
+    }
+    fn kv_backup(&self, i: &str) -> Result<(), StoreError> {
+        self.calls.lock().unwrap().push("kv_backup");
+        let kv = self.kv.lock().unwrap();
+        let mut b = self.backup.lock().unwrap();
+        b.retain(|(n, _), _| n != i);
+        b.extend(kv.iter().filter(|((n, _), _)| n == i).map(|(k, v)| (k.clone(), v.clone())));
+        Ok(())
+    }
+    fn kv_restore(&self, i: &str) -> Result<(), StoreError> {
+        self.calls.lock().unwrap().push("kv_restore");
+        let b = self.backup.lock().unwrap();
+        let mut kv = self.kv.lock().unwrap();
+        kv.retain(|(n, _), _| n != i);
+        kv.extend(b.iter().filter(|((n, _), _)| n == i).map(|(k, v)| (k.clone(), v.clone())));
+        Ok(())
+    }
+    fn inbox_push(&self, i: &str, kind: &str, body: &[u8], _at: u64) -> Result<i64, StoreError> {
+        let mut id = self.next_id.lock().unwrap();
+        *id += 1;
+        self.inbox.lock().unwrap().insert(*id, (i.into(), kind.into(), body.to_vec()));
+        Ok(*id)
+    }
+    fn inbox_delete(&self, id: i64) -> Result<(), StoreError> {
+        self.calls.lock().unwrap().push("inbox_delete");
+        self.inbox.lock().unwrap().remove(&id);
+        Ok(())
+    }
+    fn inbox(&self, i: &str) -> Result<Vec<InboxEntry>, StoreError> {
+        Ok(self
+            .inbox
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (n, _, _))| n == i)
+            .map(|(id, (_, kind, body))| InboxEntry { id: *id, kind: kind.clone(), body: body.clone() })
+            .collect())
+    }
+    fn key(&self, i: &str) -> Result<Option<StoredKey>, StoreError> {
+        Ok(self.keys.lock().unwrap().get(i).map(|(id, p, c)| StoredKey {
+            cert_id: id.clone(),
+            pkcs8: p.clone(),
+            cert_der: c.clone(),
+        }))
+    }
+    fn put_key(&self, i: &str, k: &StoredKey) -> Result<(), StoreError> {
+        self.keys.lock().unwrap().insert(i.into(), (k.cert_id.clone(), k.pkcs8.clone(), k.cert_der.clone()));
+        Ok(())
+    }
+    fn put_swapped_release(&self, _: &str, _: &str, _: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn swapped_release(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Records every request the allow-list let through and answers 503 (Microsoft is down).
+#[derive(Default)]
+struct DownHttp(Mutex<Vec<String>>);
+
+impl HttpClient for DownHttp {
+    fn send(&self, req: OutboundRequest) -> HttpFuture {
+        self.0.lock().unwrap().push(format!("{} {}", req.method, req.url));
+        Box::pin(async {
+            Ok(Response { status: 503, headers: vec![("retry-after".into(), "1".into())], body: vec![] })
+        })
+    }
+}
+
+/// Three users; records what is published.
+#[derive(Default)]
+struct ThreeUsers(Mutex<Vec<PresenceUpdate>>);
+
+impl Switchboard for ThreeUsers {
+    fn users_page(&self, start: usize, count: usize) -> Vec<SwitchboardUser> {
+        (0..3)
+            .skip(start)
+            .take(count)
+            .map(|i| SwitchboardUser {
+                id: format!("u{i}"),
+                display_name: format!("User {i}"),
+                emails: vec![format!("user{i}@contoso.example")],
+                line_number: Some(format!("+4670000000{i}")),
+                active: true,
+            })
+            .collect()
+    }
+    fn publish(&self, u: PresenceUpdate) -> Result<(), UnknownUser> {
+        self.0.lock().unwrap().push(u);
+        Ok(())
+    }
+    fn calls_in_progress(&self) -> Vec<(String, LineState)> {
+        vec![]
+    }
+}
+
+struct Fixture {
+    host: Host,
+    store: Arc<MemStore>,
+    http: Arc<DownHttp>,
+    _dir: tempfile::TempDir,
+}
+
+/// The compile cache every test shares, so the plugin is compiled once.
+fn cache_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("presence-host-seams-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn start(store: Arc<MemStore>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[host]
+public_base_url = "http://127.0.0.1:9"
+state_dir = "state"
+plugin_cache_dir = "{}"
+graph_base_url = "http://127.0.0.1:9"
+login_base_url = "http://127.0.0.1:9"
+
+[[integration]]
+name = "contoso"
+tenant_id = "5db68c59-bbeb-41d7-a5df-b316a4434048"
+client_id = "0ed2fcf1-b202-4699-afe4-cbc36ead3235"
+client_secret = "not-a-real-secret"
+push_line_status = true
+users = [{{ username = "sync1@contoso.example", password = "pw" }}]
+"#,
+        cache_dir().display()
+    );
+    let config = Config::parse(&text, "host.toml", dir.path(), &|_| None).unwrap();
+    let http = Arc::new(DownHttp::default());
+    let backends = Backends {
+        store: store.clone(),
+        http: http.clone(),
+        clock: Arc::new(SystemClock),
+        switchboards: BTreeMap::from([(
+            "contoso".to_string(),
+            Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
+        )]),
+    };
+    let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
+    Fixture { host, store, http, _dir: dir }
+}
+
+impl Fixture {
+    async fn status(&self) -> StatusView {
+        self.host.integration("contoso").unwrap().status().await.unwrap()
+    }
+    /// Waits (on the status, polled) until `f` holds; panics after a minute.
+    async fn wait(&self, what: &str, f: impl Fn(&StatusView) -> bool) -> StatusView {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status().await;
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "never: {what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn counter(s: &StatusView, name: &str) -> u64 {
+    s.counters.get(name).copied().unwrap_or(0)
+}
+
+/// A notification body Graph could have sent (for a subscription the plugin does not know).
+fn body(n: usize) -> Vec<u8> {
+    format!(r#"{{"value":[{{"subscriptionId":"s-{n}","clientState":"x","changeType":"updated","resource":"communications/presences/m{n}"}}]}}"#)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_left_by_a_crash_is_replayed_in_order_then_emptied() {
+    let store = Arc::new(MemStore::default());
+    for n in 0..3 {
+        store.inbox_push("contoso", "notifications", &body(n), 0).unwrap();
+    }
+    let f = start(store).await;
+    let s = f.wait("the replayed rows are processed", |s| counter(s, "inbox.processed") == 3).await;
+    assert_eq!(counter(&s, "inbox.replayed"), 3);
+    assert_eq!(f.store.inbox_len(), 0);
+    // A new one is persisted before it is acknowledged, then processed and deleted.
+    let h = f.host.integration("contoso").unwrap();
+    h.accept("notifications", body(9)).unwrap();
+    let s = f.wait("the accepted row is processed", |s| counter(s, "inbox.processed") == 4).await;
+    assert_eq!(counter(&s, "inbox.accepted"), 1);
+    assert_eq!(f.store.inbox_len(), 0);
+    assert_eq!(f.store.called("inbox_delete"), 4);
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_http_backend_only_through_the_allow_list() {
+    let f = start(Arc::new(MemStore::default())).await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while f.http.0.lock().unwrap().is_empty() {
+        assert!(Instant::now() < end, "the plugin sent nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = f.http.0.lock().unwrap().clone();
+    assert!(sent.iter().all(|r| r.contains("http://127.0.0.1:9/")), "{sent:?}");
+    assert!(sent[0].starts_with("POST http://127.0.0.1:9/5db68c59-bbeb-41d7-a5df-b316a4434048/oauth2/"), "{sent:?}");
+    let s = f.status().await;
+    assert_eq!(s.refused_requests, 0);
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_restarts_only_the_instance_and_is_reported() {
+    let f = start(Arc::new(MemStore::default())).await;
+    let h = f.host.integration("contoso").unwrap();
+    h.interrupt_next_call();
+    let s = f.wait("the trap is reported", |s| s.traps == 1).await;
+    assert!(s.last_trap.as_deref().unwrap_or("").contains("interrupt"), "{:?}", s.last_trap);
+    // The new instance answers.
+    let s = f.status().await;
+    assert_eq!(s.traps, 1);
+    assert!(!s.plugin_version.is_empty());
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_backs_up_the_state_and_switches() {
+    let f = start(Arc::new(MemStore::default())).await;
+    let before = f.status().await.plugin_version;
+    let next = std::fs::read(test_components::PLUGIN_NEXT).unwrap();
+    let r = f.host.swap(&next, None).await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].outcome, SwapOutcome::Switched, "{:?}", r[0]);
+    assert_eq!(f.store.called("kv_backup"), 1);
+    assert_eq!(f.store.called("kv_restore"), 0);
+    let s = f.status().await;
+    assert_ne!(s.plugin_version, before);
+    assert_eq!(counter(&s, "plugin.swaps"), 1);
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_refuses_the_settings_is_rolled_back_on_the_state_as_it_was() {
+    let f = start(Arc::new(MemStore::default())).await;
+    let before = f.status().await.plugin_version;
+    let kv_before = f.store.kv.lock().unwrap().clone();
+    // The hostile guest, given no misbehaviour to show, refuses to configure.
+    let hostile = std::fs::read(test_components::HOSTILE).unwrap();
+    let r = f.host.swap(&hostile, None).await.unwrap();
+    assert_eq!(r[0].outcome, SwapOutcome::RolledBack, "{:?}", r[0]);
+    assert!(r[0].reason.as_deref().unwrap_or("").contains("refused the settings"), "{:?}", r[0].reason);
+    assert_eq!((f.store.called("kv_backup"), f.store.called("kv_restore")), (1, 1));
+    let s = f.status().await;
+    assert_eq!(s.plugin_version, before);
+    assert_eq!(counter(&s, "plugin.rollbacks"), 1);
+    // The old instance carries on, on its own state (it may have written more since).
+    let kv_after = f.store.kv.lock().unwrap().clone();
+    assert!(kv_before.keys().all(|k| kv_after.contains_key(k)));
+    f.host.stop().await;
+}
