@@ -15,14 +15,19 @@ use presence_host::{
     Backends, Config, Host, HttpClient, StateStore, StatusView, SwapOutcome, Switchboard, SystemClock,
 };
 
+/// An inbox row: integration, kind, body.
+type InboxRow = (String, String, Vec<u8>);
+/// A stored key: certificate id, PKCS#8, certificate DER.
+type KeyRow = (String, Vec<u8>, Vec<u8>);
+
 /// An in-memory state store that counts backups and restores.
 #[derive(Default)]
 struct MemStore {
     kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
     backup: Mutex<BTreeMap<(String, String), Vec<u8>>>,
-    inbox: Mutex<BTreeMap<i64, (String, String, Vec<u8>)>>,
+    inbox: Mutex<BTreeMap<i64, InboxRow>>,
     next_id: Mutex<i64>,
-    keys: Mutex<BTreeMap<String, (String, Vec<u8>, Vec<u8>)>>,
+    keys: Mutex<BTreeMap<String, KeyRow>>,
     calls: Mutex<Vec<&'static str>>,
 }
 
