@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::*;
 use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
-use presence_host::switchboard::{LineState, PresenceUpdate, SwitchboardUser, UnknownUser};
+use presence_host::switchboard::{LineEvent, PresenceUpdate, SwitchboardUser, UnknownUser};
 use presence_host::{Backends, Config, Host, Switchboard};
 
 /// A platform's console: a fixed list of users (one of each seed user's addresses) and the
@@ -28,7 +28,7 @@ impl Switchboard for Console {
         self.shown.lock().unwrap().insert(u.user_id, (u.presence.availability, u.presence.activity));
         Ok(())
     }
-    fn calls_in_progress(&self) -> Vec<(String, LineState)> {
+    fn calls_in_progress(&self) -> Vec<LineEvent> {
         vec![]
     }
 }

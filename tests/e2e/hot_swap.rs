@@ -148,7 +148,7 @@ async fn an_incompatible_or_broken_component_is_refused_before_anything_switches
     let e = host.swap(&std::fs::read(OLD_WIT).unwrap(), None).await.unwrap_err();
     let msg = format!("{e:#}");
     assert!(
-        msg.contains("incompatible plugin: it speaks teams-presence:plugin@1.0.0")
+        msg.contains("incompatible plugin: it speaks teams-presence:plugin@2.1.0")
             && msg.contains(&format!("this host speaks teams-presence:plugin@{}", presence_host::WIT_VERSION)),
         "{msg}"
     );

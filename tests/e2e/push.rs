@@ -155,8 +155,8 @@ async fn host_killed_mid_call_leaves_nothing_stuck() {
     // The host dies: nothing is cleaned up on its way out.
     t.stop_host().await;
     // Both calls end while it is down.
-    t.switchboard.set_line("sb-00000", "ended");
-    t.switchboard.set_line("sb-00010", "ended");
+    t.switchboard.set_line("sb-00000", "ended", 0);
+    t.switchboard.set_line("sb-00010", "ended", 0);
     // The sessions run out by themselves within their expiration (PT5M).
     t.clock.advance(Duration::from_secs(5 * 60 + 1));
     assert_eq!(wait_truth(&t, 0, ("Available", "Available")).await, ("Available".into(), "Available".into()));
@@ -180,7 +180,7 @@ async fn restart_clears_sessions_of_calls_that_ended_and_keeps_calls_that_go_on(
     assert_eq!(wait_truth(&t, 0, ("Busy", "InACall")).await.1, "InACall");
     assert_eq!(wait_truth(&t, 1, ("Busy", "InACall")).await.1, "InACall");
     t.stop_host().await;
-    t.switchboard.set_line("sb-00000", "ended");
+    t.switchboard.set_line("sb-00000", "ended", 0);
     // Restart well within the session's life: user 0's session is cleared at once, user 1's
     // call goes on and keeps "In a call".
     t.restart_host().await.unwrap();

@@ -572,43 +572,31 @@ async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)> {
         core.status(env).counters.iter().find(|(k, _)| k == "notifications.accepted").map_or(0, |(_, v)| *v)
     };
     let native_before = count(&core, &env);
-    // The webhook guest calls so far (setup's validation handshakes) and their CPU time.
+    // The notification guest calls so far and their CPU time (the guest call alone: the
+    // inbox's write and delete are the host's, outside it).
     let totals = |s: &presence_host::StatusView| {
-        let calls = s.calls.get("webhook").copied().unwrap_or(0);
-        (calls, s.total_calls_cpu_us.get("webhook").copied().unwrap_or(0) as f64)
+        let calls = s.calls.get("inbox").copied().unwrap_or(0);
+        (calls, s.total_calls_cpu_us.get("inbox").copied().unwrap_or(0) as f64)
     };
     let (mut components, mut natives) = (Vec::new(), Vec::new());
     for batch in bodies.chunks(COST_BATCH) {
-        // Straight to the plugin, one after the other (the inbox's SQLite write and delete are
-        // the host's, not the component's): the mean `webhook` guest call is the figure.
+        // Through the inbox, one batch after the other: the mean `inbox` guest call is the
+        // figure.
         let (calls0, us0) = totals(&sc.status().await);
         for b in batch {
-            let req = presence_host::bindings::sync::WebhookRequest {
-                method: "POST".into(),
-                path: "/notifications".into(),
-                query: String::new(),
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: b.clone(),
-            };
-            let r = handle.webhook(req).await.map_err(|_| anyhow::anyhow!("actor gone"))?;
-            anyhow::ensure!(r.status == 202, "status {}", r.status);
+            handle.accept("notifications", b.clone())?;
+            let (calls, _) = totals(&sc.status().await);
+            anyhow::ensure!(calls > calls0, "the batch was not offered");
         }
         let (calls1, us1) = totals(&sc.status().await);
-        anyhow::ensure!(calls1 - calls0 == batch.len() as u64, "{} webhook calls for {}", calls1 - calls0, batch.len());
+        anyhow::ensure!(calls1 - calls0 == batch.len() as u64, "{} inbox calls for {}", calls1 - calls0, batch.len());
         components.push((us1 - us0) / batch.len() as f64);
     }
     for batch in bodies.chunks(COST_BATCH) {
         // CPU time like the component's: this loop runs on this thread, without yielding.
         let t0 = cpu_time::ThreadTime::now();
         for b in batch {
-            let req = presence_core::WebhookRequest {
-                method: "POST".into(),
-                path: "/notifications".into(),
-                query: String::new(),
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: b.clone(),
-            };
-            core.on_webhook(&mut env, req);
+            core.on_notification(&mut env, b);
             for e in core.take_effects() {
                 match e {
                     presence_core::Effect::Publish(u) => native_sb.publish(

@@ -212,8 +212,8 @@ impl Actor {
         }
         // Notifications wait, in order, behind those the plugin asked to be offered again.
         let cmd = match cmd {
-            Command::Inbox(id, req) if !self.deferred.is_empty() => {
-                self.deferred.push_back((id, req));
+            Command::Inbox(id, body) if !self.deferred.is_empty() => {
+                self.deferred.push_back((id, body));
                 return;
             }
             cmd => cmd,
@@ -225,31 +225,23 @@ impl Actor {
         let started_cpu = thread_cpu();
         let kind = cmd.name();
         let sync = self.bindings.teams_presence_plugin_sync();
+        let mut offered = None;
         let result: Result<(), wasmtime::Error> = match cmd {
             Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall => Ok(()),
-            Command::Webhook(req, reply) => match sync.call_on_webhook(&mut self.store, &req).await {
-                Ok(r) => {
-                    let _ = reply.send(inbox::checked_response(&self.ctx, r));
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = reply.send(sync::WebhookResponse {
-                        status: 500,
-                        content_type: "text/plain".into(),
-                        body: b"plugin failed; retry later".to_vec(),
-                    });
-                    Err(e)
-                }
-            },
-            Command::Inbox(id, req) => {
-                inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, req, false).await.map(|_| ())
+            Command::Inbox(id, body) => {
+                let (o, r) = inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, body, false).await;
+                offered = Some(o);
+                r
             }
             Command::HttpDone(id, outcome) => {
                 self.ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
                 sync.call_on_http_response(&mut self.store, id, outcome.as_ref()).await
             }
             Command::SetOverrides(o, reply) => sync.call_set_overrides(&mut self.store, &o).await.map(|r| {
-                let _ = reply.send(r.map_err(|e| OverrideError::Invalid(cap(e, 1024))));
+                let _ = reply.send(r.map_err(|sync::OverrideError::InvalidEntry(p)| OverrideError::InvalidEntry {
+                    index: p.index,
+                    reason: cap(p.reason, 1024),
+                }));
             }),
             Command::GetOverrides(reply) => sync.call_get_overrides(&mut self.store).await.map(|r| {
                 let _ = reply.send(r);
@@ -277,6 +269,9 @@ impl Actor {
         total.2 += thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
+        if let Some(inbox::Offered::Taken(id)) = offered {
+            inbox::taken(&self.ctx, id);
+        }
         if let Err(e) = result {
             self.record_trap(e);
             self.recover().await;
@@ -284,13 +279,14 @@ impl Actor {
         // After each step of the plugin's work, offer the deferred notifications again, oldest
         // first, until it takes them or asks again to wait.
         if retry_deferred {
-            while let Some((id, req)) = self.deferred.pop_front() {
+            while let Some((id, body)) = self.deferred.pop_front() {
                 arm(&mut self.store, false);
                 let sync = self.bindings.teams_presence_plugin_sync();
-                match inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, req, true).await {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
+                match inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, body, true).await {
+                    (inbox::Offered::Deferred, _) => break,
+                    (inbox::Offered::Taken(id), Ok(())) => inbox::taken(&self.ctx, id),
+                    (inbox::Offered::Taken(id), Err(e)) => {
+                        inbox::taken(&self.ctx, id);
                         self.record_trap(e);
                         self.recover().await;
                         break;

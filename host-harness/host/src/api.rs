@@ -75,46 +75,32 @@ async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, S
             return (StatusCode::BAD_REQUEST, format!("body exceeds {MAX_WEBHOOK_BODY} bytes")).into_response();
         }
     };
-    let handshake = parts
-        .uri
-        .query()
-        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "validationToken"));
-    if parts.method == axum::http::Method::POST && !handshake {
-        // A notification: check the envelope, persist it, acknowledge at once (Graph wants 202
-        // within 3 s) and let the plugin process it from the inbox.
-        if let Err(e) = check_envelope(&body) {
-            h.count("rejected.malformed");
-            return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
-        }
-        return match h.accept(&kind, body.to_vec()) {
-            Ok(()) => StatusCode::ACCEPTED.into_response(),
-            Err(e) => {
-                tracing::error!(integration = %name, "inbox write failed: {e}");
-                h.count("rejected.inbox-unavailable");
-                // Not acknowledged: Graph retries.
-                (StatusCode::SERVICE_UNAVAILABLE, "inbox unavailable; retry later").into_response()
-            }
-        };
+    // Graph's validation handshake: echo the decoded token as plain text, at once (Graph waits
+    // 10 s, and the plugin may be busy). It never reaches the plugin.
+    if let Some(token) = parts.uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "validationToken").map(|(_, v)| v.into_owned())
+    }) {
+        h.count("validation.answered");
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response();
     }
-    let wreq = sync::WebhookRequest {
-        method: parts.method.to_string(),
-        path: format!("/{kind}"),
-        query: parts.uri.query().unwrap_or("").to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect(),
-        body: body.to_vec(),
-    };
-    match h.webhook(wreq).await {
-        Ok(r) => (
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            [(header::CONTENT_TYPE, r.content_type)],
-            r.body,
-        )
-            .into_response(),
-        Err(Stopping) => stopping(),
+    if parts.method != axum::http::Method::POST {
+        h.count("rejected.method");
+        return (StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted").into_response();
+    }
+    // A notification batch: check the envelope, persist it, acknowledge at once (Graph wants
+    // 202 within 3 s) and let the plugin process it from the inbox.
+    if let Err(e) = check_envelope(&body) {
+        h.count("rejected.malformed");
+        return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
+    }
+    match h.accept(&kind, body.to_vec()) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => {
+            tracing::error!(integration = %name, "inbox write failed: {e}");
+            h.count("rejected.inbox-unavailable");
+            // Not acknowledged: Graph retries.
+            (StatusCode::SERVICE_UNAVAILABLE, "inbox unavailable; retry later").into_response()
+        }
     }
 }
 
@@ -189,7 +175,7 @@ async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, bod
         .collect();
     match h.set_overrides(list).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e @ OverrideError::Invalid(_)) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e @ OverrideError::InvalidEntry { .. }) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Err(OverrideError::Stopping) => stopping(),
     }
 }

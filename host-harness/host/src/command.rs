@@ -12,11 +12,8 @@ use crate::status::{StatusView, SwapReport};
 
 /// A command for an integration's actor.
 pub enum Command {
-    /// A webhook request answered by the plugin (the validation handshake), with where to send
-    /// the answer.
-    Webhook(sync::WebhookRequest, oneshot::Sender<sync::WebhookResponse>),
-    /// A notification already acknowledged and persisted in the inbox under this id.
-    Inbox(i64, sync::WebhookRequest),
+    /// A notification batch already acknowledged and persisted in the inbox under this id.
+    Inbox(i64, Vec<u8>),
     /// An outbound request finished.
     HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
     /// The periodic timer, or a prompt tick the plugin asked for.
@@ -44,7 +41,6 @@ impl Command {
     /// The kind of call, as the status names it (`slowest_calls_ms`, `calls`).
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Webhook(..) => "webhook",
             Command::Inbox(..) => "inbox",
             Command::HttpDone(..) => "http-done",
             Command::Tick => "tick",

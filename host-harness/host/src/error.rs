@@ -32,9 +32,14 @@ pub enum LineEventError {
 /// Why overrides were not set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OverrideError {
-    /// The plugin refused an entry; the payload names it and says why.
-    #[error("{0}")]
-    Invalid(String),
+    /// The plugin refused entry `index` (from 0) of the list.
+    #[error("override {index}: {reason}")]
+    InvalidEntry {
+        /// Its position in the list.
+        index: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The integration is stopping.
     #[error("the integration is stopping")]
     Stopping,

@@ -22,7 +22,7 @@ use crate::keys::NotificationKey;
 use crate::release::Release;
 use crate::status::{SwapOutcome, SwapReport};
 use crate::store::{SqliteStore, StateStore};
-use crate::switchboard::{LineEvent, Switchboard};
+use crate::switchboard::Switchboard;
 
 /// What a host runs on: a state store, an HTTP client, a clock, and each integration's
 /// switchboard (by integration name).
@@ -169,8 +169,8 @@ impl Host {
             .with_context(|| format!("starting integration {}", ic.name))?;
             // After a restart the plugin must learn which calls are still going on: replay the
             // switchboard's calls in progress (it clears every other session it had).
-            for (user_id, state) in switchboard.calls_in_progress() {
-                let _ = handle.line_event(LineEvent { user_id, state, at_ms: backends.clock.now_ms() }).await;
+            for ev in switchboard.calls_in_progress() {
+                let _ = handle.line_event(ev).await;
             }
             tracing::info!(integration = %ic.name, "integration started");
             integrations.insert(ic.name.clone(), handle);

@@ -16,7 +16,6 @@ use crate::context::IntegrationCtx;
 use crate::engine::Runtime;
 use crate::error::{LineEventError, OverrideError, Stopping, StoreError};
 use crate::http::HttpClient;
-use crate::inbox;
 use crate::keys::NotificationKey;
 use crate::release::Release;
 use crate::status::{StatusView, SwapReport};
@@ -43,12 +42,6 @@ impl IntegrationHandle {
         rx.await.map_err(|_| Stopping)
     }
 
-    /// Sends a webhook request for the plugin to answer (Graph's validation handshake) and
-    /// waits for its answer.
-    pub async fn webhook(&self, req: sync::WebhookRequest) -> Result<sync::WebhookResponse, Stopping> {
-        self.ask(|tx| Command::Webhook(req, tx)).await
-    }
-
     /// Takes a notification (or lifecycle notification) body: persists it in the durable
     /// inbox, so that it survives a crash, and queues it for the plugin. When this returns
     /// `Ok` the caller may acknowledge it to Graph.
@@ -56,7 +49,7 @@ impl IntegrationHandle {
         let id = self.ctx.store.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
         self.ctx.count("inbox.accepted");
         // A stopping actor leaves the row in the inbox: it is replayed at the next start.
-        let _ = self.tx.send(Command::Inbox(id, inbox::request(kind, body)));
+        let _ = self.tx.send(Command::Inbox(id, body));
         Ok(())
     }
 
@@ -162,7 +155,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
     // first, before anything else reaches the new instance.
     for e in ctx.store.inbox(&ctx.name)? {
         ctx.count("inbox.replayed");
-        let _ = tx.send(Command::Inbox(e.id, inbox::request(&e.kind, e.body)));
+        let _ = tx.send(Command::Inbox(e.id, e.body));
     }
     *handle.task.lock().unwrap() = Some(tokio::spawn(async move { actor.run(rx).await }));
     let ticker = tx;

@@ -43,8 +43,6 @@ pub const MAX_RANDOM_BYTES: u32 = 4096;
 /// Largest webhook body the host reads; a larger request gets 400 without reaching the
 /// plugin. Graph's notification batches are far smaller.
 pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
-/// Largest webhook response the host forwards from the plugin.
-pub const MAX_WEBHOOK_RESPONSE: usize = 64 << 10;
 /// Log records a plugin may write at once.
 pub const LOG_BURST: f64 = 200.0;
 /// Log records a plugin may write per second, sustained.

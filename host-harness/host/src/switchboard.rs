@@ -25,9 +25,10 @@ pub trait Switchboard: Send + Sync + 'static {
     /// [`PresenceOrigin`]: an `own-line-status` update must never become a line-status change).
     fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser>;
 
-    /// The users whose line is in a call now (`connected` or `on-hold`), with the state: the
-    /// host replays them to the plugin after a restart.
-    fn calls_in_progress(&self) -> Vec<(String, LineState)>;
+    /// The lines in a call now (`connected` or `on-hold`), each as the event that put it in
+    /// that state (with its time, or 0 if unknown): the host replays them to the plugin after
+    /// a restart, so that it keeps the sessions of calls still going on and clears the rest.
+    fn calls_in_progress(&self) -> Vec<LineEvent>;
 }
 
 /// The wire name of a presence origin (`teams`, `own-line-status`, `snapshot`).

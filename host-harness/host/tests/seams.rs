@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use presence_host::error::StoreError;
 use presence_host::http::{HttpFuture, OutboundRequest, Response};
 use presence_host::store::{InboxEntry, StoredKey};
-use presence_host::switchboard::{LineState, PresenceUpdate, SwitchboardUser, UnknownUser};
+use presence_host::switchboard::{LineEvent, PresenceUpdate, SwitchboardUser, UnknownUser};
 use presence_host::{
     Backends, Config, Host, HttpClient, StateStore, StatusView, SwapOutcome, Switchboard, SystemClock,
 };
@@ -153,7 +153,7 @@ impl Switchboard for ThreeUsers {
         self.0.lock().unwrap().push(u);
         Ok(())
     }
-    fn calls_in_progress(&self) -> Vec<(String, LineState)> {
+    fn calls_in_progress(&self) -> Vec<LineEvent> {
         vec![]
     }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use anyhow::Context;
-use presence_host::switchboard::{self as seam, LineState, PresenceUpdate, SwitchboardUser, UnknownUser};
+use presence_host::switchboard::{self as seam, LineEvent, PresenceUpdate, SwitchboardUser, UnknownUser};
 use serde::Serialize;
 
 pub use routes::routes;
@@ -58,7 +58,8 @@ pub struct Switchboard {
     by_id: HashMap<String, usize>,
     by_email: HashMap<String, Vec<usize>>,
     presence: RwLock<HashMap<String, Shown>>,
-    lines: RwLock<HashMap<String, String>>,
+    /// User id → line state and when it began.
+    lines: RwLock<HashMap<String, (String, u64)>>,
     changed: tokio::sync::Notify,
     /// (user id, origin) → updates received.
     by_origin: std::sync::Mutex<HashMap<(String, String), u64>>,
@@ -181,9 +182,10 @@ impl Switchboard {
         self.by_origin.lock().unwrap().get(&(user_id.to_string(), origin.to_string())).copied().unwrap_or(0)
     }
 
-    /// Records a user's line state (`idle`, `ringing`, `connected`, `on-hold`, `ended`).
-    pub fn set_line(&self, user_id: &str, state: &str) {
-        self.lines.write().unwrap().insert(user_id.to_string(), state.to_string());
+    /// Records a user's line state (`idle`, `ringing`, `connected`, `on-hold`, `ended`), and
+    /// when it changed (ms since the epoch).
+    pub fn set_line(&self, user_id: &str, state: &str, at_ms: u64) {
+        self.lines.write().unwrap().insert(user_id.to_string(), (state.to_string(), at_ms));
     }
 
     /// What the console shows for a user.
@@ -235,13 +237,15 @@ impl seam::Switchboard for Switchboard {
         Ok(())
     }
 
-    fn calls_in_progress(&self) -> Vec<(String, LineState)> {
+    fn calls_in_progress(&self) -> Vec<LineEvent> {
         self.lines
             .read()
             .unwrap()
             .iter()
-            .filter(|(_, s)| *s == "connected" || *s == "on-hold")
-            .filter_map(|(u, s)| Some((u.clone(), seam::line_state(s)?)))
+            .filter(|(_, (s, _))| *s == "connected" || *s == "on-hold")
+            .filter_map(|(u, (s, at_ms))| {
+                Some(LineEvent { user_id: u.clone(), state: seam::line_state(s)?, at_ms: *at_ms })
+            })
             .collect()
     }
 }

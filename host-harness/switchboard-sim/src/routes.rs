@@ -88,9 +88,9 @@ async fn line_event(
     if !sb.has_user(&id) {
         return not_found("user");
     }
-    sb.set_line(&id, &b.state);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    match h.line_event(LineEvent { user_id: id, state, at_ms: now.as_millis() as u64 }).await {
+    let at_ms = presence_host::clock::system_now_ms();
+    sb.set_line(&id, &b.state, at_ms);
+    match h.line_event(LineEvent { user_id: id, state, at_ms }).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(LineEventError::Stopping) => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),

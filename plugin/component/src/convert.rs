@@ -124,15 +124,22 @@ impl From<core::Level> for log::Level {
     }
 }
 
-impl From<sync::WebhookRequest> for core::WebhookRequest {
-    fn from(r: sync::WebhookRequest) -> Self {
-        core::WebhookRequest { method: r.method, path: r.path, query: r.query, headers: r.headers, body: r.body }
+impl From<core::NotificationOutcome> for sync::NotificationOutcome {
+    fn from(o: core::NotificationOutcome) -> Self {
+        match o {
+            core::NotificationOutcome::Taken => sync::NotificationOutcome::Taken,
+            core::NotificationOutcome::RetryLater => sync::NotificationOutcome::RetryLater,
+        }
     }
 }
 
-impl From<core::WebhookResponse> for sync::WebhookResponse {
-    fn from(r: core::WebhookResponse) -> Self {
-        sync::WebhookResponse { status: r.status, content_type: r.content_type, body: r.body }
+impl From<core::OverrideError> for sync::OverrideError {
+    fn from(e: core::OverrideError) -> Self {
+        match e {
+            core::OverrideError::InvalidEntry { index, reason } => {
+                sync::OverrideError::InvalidEntry(sync::OverrideProblem { index, reason })
+            }
+        }
     }
 }
 

@@ -80,15 +80,24 @@ fn run_effects(core: &mut core::Core) {
                         core.on_http_response(&mut env, id, Err(e.into()));
                     }
                 }
-                core::Effect::Publish(update) => {
-                    if let Err(presence::PublishError::UnknownUser(u)) = presence::publish(&update.into()) {
+                core::Effect::Publish(update) => match presence::publish(&update.into()) {
+                    Ok(()) => {}
+                    Err(presence::PublishError::UnknownUser(u)) => {
                         log::emit(log::Level::Warn, "switchboard user vanished", &[("user".into(), u)]);
                     }
-                }
+                    Err(presence::PublishError::TooLong(field)) => {
+                        log::emit(
+                            log::Level::Warn,
+                            "presence not shown: a field is too long",
+                            &[("field".into(), field)],
+                        );
+                    }
+                },
                 core::Effect::Store { key, value: Some(v) } => {
                     if let Err(e) = state::set(&key, &v) {
                         let reason = match e {
                             state::StateError::QuotaExceeded(q) => format!("quota of {q} bytes exceeded"),
+                            state::StateError::TooLarge(max) => format!("larger than the host's {max} bytes per value"),
                             state::StateError::Unavailable(r) => r,
                         };
                         log::emit(
@@ -122,8 +131,8 @@ impl sync::Guest for Plugin {
         with_core(|core, env| core.configure(env, settings.into()).map_err(Into::into))
     }
 
-    fn on_webhook(req: sync::WebhookRequest) -> sync::WebhookResponse {
-        with_core(|core, env| core.on_webhook(env, req.into()).into())
+    fn on_notification(body: Vec<u8>) -> sync::NotificationOutcome {
+        with_core(|core, env| core.on_notification(env, &body).into())
     }
 
     fn on_http_response(id: u64, outcome: Result<outbound_http::Response, outbound_http::HttpError>) {
@@ -138,8 +147,10 @@ impl sync::Guest for Plugin {
         with_core(|core, env| core.tick(env))
     }
 
-    fn set_overrides(overrides: Vec<sync::MappingOverride>) -> Result<(), String> {
-        with_core(|core, env| core.set_overrides(env, overrides.into_iter().map(Into::into).collect()))
+    fn set_overrides(overrides: Vec<sync::MappingOverride>) -> Result<(), sync::OverrideError> {
+        with_core(|core, env| {
+            core.set_overrides(env, overrides.into_iter().map(Into::into).collect()).map_err(Into::into)
+        })
     }
 
     fn get_overrides() -> Vec<sync::MappingOverride> {

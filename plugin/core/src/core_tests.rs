@@ -317,18 +317,13 @@ fn notification(sub: &str, client_state: &str, user: &str, seq: &str, availabili
     })
 }
 
-fn webhook(items: Vec<serde_json::Value>) -> WebhookRequest {
+/// A notification batch as Graph posts it, with a good validation token.
+fn webhook(items: Vec<serde_json::Value>) -> Vec<u8> {
     webhook_with_tokens(items, vec![validation_token("test-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID)])
 }
 
-fn webhook_with_tokens(items: Vec<serde_json::Value>, tokens: Vec<String>) -> WebhookRequest {
-    WebhookRequest {
-        method: "POST".into(),
-        path: "/notifications".into(),
-        query: String::new(),
-        headers: vec![],
-        body: serde_json::json!({ "value": items, "validationTokens": tokens }).to_string().into_bytes(),
-    }
+fn webhook_with_tokens(items: Vec<serde_json::Value>, tokens: Vec<String>) -> Vec<u8> {
+    serde_json::json!({ "value": items, "validationTokens": tokens }).to_string().into_bytes()
 }
 
 const TEST_KEY: &str = include_str!("../testdata/jwt-test-key.pem");
@@ -375,16 +370,16 @@ fn notifications_are_checked_decrypted_ordered_and_published() {
     let (mut core, mut env, created) = synced(3, 1);
     let cs = created[0]["clientState"].as_str().unwrap().to_string();
     let u = ms_id(1);
-    let r = core.on_webhook(&mut env, webhook(vec![notification("sub-1", &cs, &u, "0005", "Busy")]));
-    assert_eq!(r.status, 202);
+    let r = core.on_notification(&mut env, &webhook(vec![notification("sub-1", &cs, &u, "0005", "Busy")]));
+    assert_eq!(r, NotificationOutcome::Taken);
     let p = publishes(&core.take_effects());
     assert_eq!(p.len(), 1);
     assert_eq!((p[0].user_id.as_str(), p[0].presence.availability.as_str()), ("sb1", "Busy"));
     assert_eq!(p[0].origin, PresenceOrigin::Teams);
     // An older update arriving late is dropped; forgeries are counted.
-    core.on_webhook(
+    core.on_notification(
         &mut env,
-        webhook(vec![
+        &webhook(vec![
             notification("sub-1", &cs, &u, "0004", "Away"),
             notification("sub-1", "wrong", &u, "0009", "Away"),
             notification("sub-9", &cs, &u, "0009", "Away"),
@@ -395,25 +390,6 @@ fn notifications_are_checked_decrypted_ordered_and_published() {
     assert_eq!(counters["rejected.stale"], 1);
     assert_eq!(counters["rejected.client-state"], 1);
     assert_eq!(counters["rejected.unknown-subscription"], 1);
-}
-
-#[test]
-fn validation_handshake_echoes_the_decoded_token() {
-    let mut core = Core::new();
-    let mut env = env(0);
-    let r = core.on_webhook(
-        &mut env,
-        WebhookRequest {
-            method: "POST".into(),
-            path: "/notifications".into(),
-            query: "validationToken=Validation%3A%20Testing%20%3Cclient%3E".into(),
-            headers: vec![],
-            body: vec![],
-        },
-    );
-    assert_eq!(r.status, 200);
-    assert!(r.content_type.starts_with("text/plain"));
-    assert_eq!(r.body, b"Validation: Testing <client>");
 }
 
 #[test]
@@ -607,6 +583,23 @@ fn calls_shorter_than_the_minimum_are_not_pushed() {
 }
 
 #[test]
+fn a_call_counts_from_when_the_switchboard_saw_it() {
+    let (mut core, mut env) = synced_pushing(3, 3_000);
+    // A call that began 5 s ago on the switchboard (replayed after a restart, say) is long
+    // enough already; one stamped ahead of our clock counts from now.
+    let at_ms = env.now - 5_000;
+    core.on_line_event(&mut env, LineEvent { user_id: "sb1".into(), state: LineState::Connected, at_ms }).unwrap();
+    let sent = requests(&core.take_effects());
+    assert_eq!(sent.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["set"]);
+    let at_ms = env.now + 60_000;
+    core.on_line_event(&mut env, LineEvent { user_id: "sb2".into(), state: LineState::Connected, at_ms }).unwrap();
+    assert!(requests(&core.take_effects()).is_empty());
+    env.now += 2_000;
+    core.tick(&mut env);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| !r.url.contains(&ms_id(2))));
+}
+
+#[test]
 fn our_own_in_a_call_is_marked_and_never_taken_as_the_users_state() {
     let (mut core, mut env) = synced_pushing(3, 0);
     let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
@@ -629,7 +622,7 @@ fn our_own_in_a_call_is_marked_and_never_taken_as_the_users_state() {
     let (data, sig) = crypto::encrypt_like_graph(&key, plain.to_string().as_bytes());
     n["encryptedContent"]["data"] = data.into();
     n["encryptedContent"]["dataSignature"] = sig.into();
-    core.on_webhook(&mut env, webhook(vec![n]));
+    core.on_notification(&mut env, &webhook(vec![n]));
     let effects = core.take_effects();
     let p = publishes(&effects);
     assert_eq!(p.len(), 1);
@@ -1023,8 +1016,8 @@ fn validation_tokens_are_required_and_checked_before_any_item() {
     let item = || notification("sub-1", &cs, &ms_id(1), "0005", "Busy");
     let _ = core.take_effects();
     // No tokens at all: refused, and the status tells the admin how to fix the tenant.
-    let r = core.on_webhook(&mut env, webhook_with_tokens(vec![item()], vec![]));
-    assert_eq!(r.status, 202);
+    let r = core.on_notification(&mut env, &webhook_with_tokens(vec![item()], vec![]));
+    assert_eq!(r, NotificationOutcome::Taken);
     assert!(publishes(&core.take_effects()).is_empty());
     let Health::Error(p) = core.status(&env).health else { panic!() };
     assert_eq!(p.code, "validation-tokens-missing");
@@ -1034,12 +1027,12 @@ fn validation_tokens_are_required_and_checked_before_any_item() {
         validation_token("test-kid", "another-app", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID),
         validation_token("test-kid", "client", "not-graph"),
     ] {
-        core.on_webhook(&mut env, webhook_with_tokens(vec![item()], vec![t]));
+        core.on_notification(&mut env, &webhook_with_tokens(vec![item()], vec![t]));
         assert!(publishes(&core.take_effects()).is_empty());
     }
     assert_eq!(counter(&core, &env, "rejected.validation-token"), 2);
     // A good one is accepted and clears the misconfiguration error.
-    core.on_webhook(&mut env, webhook(vec![item()]));
+    core.on_notification(&mut env, &webhook(vec![item()]));
     assert_eq!(publishes(&core.take_effects()).len(), 1);
     assert_eq!(core.status(&env).health, Health::Ok);
 }
@@ -1053,7 +1046,7 @@ fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
     let _ = core.take_effects();
     let token = validation_token("rotated-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
     let body = webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(2), "0005", "Away")], vec![token]);
-    core.on_webhook(&mut env, body);
+    core.on_notification(&mut env, &body);
     let effects = core.take_effects();
     assert!(publishes(&effects).is_empty(), "waits");
     assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key == "v1/waiting-batches")));
@@ -1094,7 +1087,7 @@ fn reauthorization_required_fetches_a_fresh_token_then_renews_then_re_reads() {
         "subscriptionId": "sub-1", "clientState": cs, "lifecycleEvent": "reauthorizationRequired",
         "subscriptionExpirationDateTime": rfc3339(env.now + 3_000_000),
     });
-    core.on_webhook(&mut env, webhook(vec![lifecycle]));
+    core.on_notification(&mut env, &webhook(vec![lifecycle]));
     let reqs = requests(&core.take_effects());
     assert_eq!(reqs.len(), 1, "{:?}", reqs.iter().map(|(_, r)| &r.url).collect::<Vec<_>>());
     let (id, r) = &reqs[0];
@@ -1184,8 +1177,8 @@ fn schema_1_state_is_upgraded_as_it_is_read_and_a_large_directory_comes_back_in_
     let mut core = Core::new();
     core.configure(&mut env, settings(19)).unwrap();
     assert!(!core.ready());
-    let r = core.on_webhook(&mut env, webhook(vec![]));
-    assert_eq!(r.status, 503);
+    let r = core.on_notification(&mut env, &webhook(vec![]));
+    assert_eq!(r, NotificationOutcome::RetryLater);
     let mut calls = 1;
     let mut effects = core.take_effects();
     while !core.ready() || effects.iter().any(|e| matches!(e, Effect::RequestTick)) {

@@ -370,36 +370,25 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A webhook request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WebhookRequest {
-    /// Method.
-    pub method: String,
-    /// `/notifications` or `/lifecycle`.
-    pub path: String,
-    /// Raw query.
-    pub query: String,
-    /// Headers.
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Vec<u8>,
+/// What the core made of a notification batch (WIT `notification-outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    /// Processed: accepted or refused (and counted).
+    Taken,
+    /// The state is still being restored: offer it again after the next tick.
+    RetryLater,
 }
 
-/// A webhook response.
+/// Why overrides were refused (WIT `override-error`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WebhookResponse {
-    /// Status.
-    pub status: u16,
-    /// Content type.
-    pub content_type: String,
-    /// Body.
-    pub body: Vec<u8>,
-}
-
-impl WebhookResponse {
-    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
-        WebhookResponse { status, content_type: "text/plain; charset=utf-8".into(), body: body.into().into_bytes() }
-    }
+pub enum OverrideError {
+    /// Entry `index` is malformed.
+    InvalidEntry {
+        /// Its position in the list.
+        index: u32,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A line state from the switchboard.

@@ -2,16 +2,19 @@
 
 use crate::bindings::presence;
 use crate::instance::HostState;
-use crate::sandbox::{MAX_PRESENCE_FIELD, cap};
+use crate::sandbox::MAX_PRESENCE_FIELD;
 
 impl presence::Host for HostState {
     fn publish(&mut self, u: presence::PresenceUpdate) -> Result<(), presence::PublishError> {
-        if [&u.user_id, &u.microsoft_user_id, &u.presence.availability, &u.presence.activity]
-            .iter()
-            .any(|f| f.len() > MAX_PRESENCE_FIELD)
-        {
+        let fields = [
+            ("user-id", &u.user_id),
+            ("microsoft-user-id", &u.microsoft_user_id),
+            ("availability", &u.presence.availability),
+            ("activity", &u.presence.activity),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, f)| f.len() > MAX_PRESENCE_FIELD) {
             self.ctx.count("publish.refused-oversized");
-            return Err(presence::PublishError::UnknownUser(cap(u.user_id, 64)));
+            return Err(presence::PublishError::TooLong(name.to_string()));
         }
         self.ctx.switchboard.publish(u).map_err(|e| presence::PublishError::UnknownUser(e.0))
     }

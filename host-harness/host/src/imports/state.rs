@@ -18,9 +18,7 @@ impl state::Host for HostState {
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), state::StateError> {
         if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
             self.ctx.count("state.refused-oversized");
-            return Err(state::StateError::Unavailable(format!(
-                "keys are limited to {MAX_STATE_KEY} bytes and values to {MAX_STATE_VALUE} bytes"
-            )));
+            return Err(state::StateError::TooLarge(MAX_STATE_VALUE as u64));
         }
         self.ctx.store.set(&self.ctx.name, &key, &value).map_err(|e| match e {
             StoreError::Quota(q) => state::StateError::QuotaExceeded(q),

@@ -443,10 +443,13 @@ impl Core {
 
     /// Overrides set through the API (kept across restarts; they come after, and win over,
     /// the configured ones). Takes effect at once.
-    pub fn set_overrides(&mut self, env: &mut dyn Env, overrides: Vec<MappingOverride>) -> Result<(), String> {
+    pub fn set_overrides(&mut self, env: &mut dyn Env, overrides: Vec<MappingOverride>) -> Result<(), OverrideError> {
         for (i, o) in overrides.iter().enumerate() {
             if o.switchboard_user_id.trim().is_empty() || o.microsoft_user.trim().is_empty() {
-                return Err(format!("override {i}: switchboard-user-id and microsoft-user must not be empty"));
+                return Err(OverrideError::InvalidEntry {
+                    index: i as u32,
+                    reason: format!("override {i}: switchboard-user-id and microsoft-user must not be empty"),
+                });
             }
         }
         self.effects
@@ -1170,30 +1173,22 @@ impl Core {
         self.effects.push(Effect::Log { level, message: message.into(), fields });
     }
 
-    /// Handles a webhook request (validation handshake, change or lifecycle notifications).
-    pub fn on_webhook(&mut self, env: &mut dyn Env, req: WebhookRequest) -> WebhookResponse {
-        if let Some((_, token)) = form_urlencoded::parse(req.query.as_bytes()).find(|(k, _)| k == "validationToken") {
-            // Echo the URL-decoded token as plain text (graph-facts.md §2.1).
-            self.count("validation.answered");
-            return WebhookResponse::text(200, token.into_owned());
-        }
-        if req.method != "POST" {
-            self.count("rejected.method");
-            return WebhookResponse::text(405, "only POST is accepted");
-        }
-        if req.body.len() > MAX_WEBHOOK_BODY {
+    /// A batch of change or lifecycle notifications (the body Graph posted). The host
+    /// answered Graph's validation handshake and checked the envelope before.
+    pub fn on_notification(&mut self, env: &mut dyn Env, body: &[u8]) -> NotificationOutcome {
+        if body.len() > MAX_WEBHOOK_BODY {
             self.count("rejected.oversized");
-            return WebhookResponse::text(400, format!("body of {} bytes exceeds {MAX_WEBHOOK_BODY}", req.body.len()));
+            return NotificationOutcome::Taken;
         }
         if !self.ready() {
             // The stored directory or its first mapping is still being restored (a large
             // tenant takes a few calls): the host keeps the notification and offers it again.
             self.count("notifications.deferred");
-            return WebhookResponse::text(503, "restoring state; retry shortly");
+            return NotificationOutcome::RetryLater;
         }
-        let r = self.on_batch(env, &req.body, true);
+        self.on_batch(env, body, true);
         self.drive(env);
-        r
+        NotificationOutcome::Taken
     }
 
     /// Whether notifications can be processed: the stored directory is back and mapped (a
@@ -1204,7 +1199,7 @@ impl Core {
     }
 
     /// A notification batch: tokens first (see `validation`), then each item.
-    fn on_batch(&mut self, env: &mut dyn Env, body: &[u8], may_wait: bool) -> WebhookResponse {
+    fn on_batch(&mut self, env: &mut dyn Env, body: &[u8], may_wait: bool) {
         #[derive(serde::Deserialize)]
         struct Batch {
             value: Vec<serde_json::Value>,
@@ -1215,25 +1210,25 @@ impl Core {
             Ok(b) => b,
             Err(e) => {
                 self.count("rejected.malformed");
-                return WebhookResponse::text(400, format!("malformed notification JSON: {e}"));
+                self.log(Level::Warn, "malformed notification batch", vec![("error".into(), e.to_string())]);
+                return;
             }
         };
         let now = env.now_ms();
         let rich = batch.value.iter().any(|v| v.get("encryptedContent").is_some());
         match self.verdict(body, batch.validation_tokens.as_deref(), rich, batch.value.len(), now, may_wait) {
             validation::Verdict::Trusted => {}
-            validation::Verdict::Wait | validation::Verdict::Refused => return WebhookResponse::text(202, ""),
+            validation::Verdict::Wait | validation::Verdict::Refused => return,
         }
         for item in batch.value {
             match serde_json::from_value::<Notification>(item) {
-                Ok(n) => self.on_notification(env, n, now),
+                Ok(n) => self.on_item(env, n, now),
                 Err(_) => self.count("rejected.malformed"),
             }
         }
-        WebhookResponse::text(202, "")
     }
 
-    fn on_notification(&mut self, env: &mut dyn Env, n: Notification, now: u64) {
+    fn on_item(&mut self, env: &mut dyn Env, n: Notification, now: u64) {
         let Some(slot) = self.subs.iter().position(|s| s.active.as_ref().is_some_and(|a| a.id == n.subscription_id))
         else {
             self.count("rejected.unknown-subscription");

@@ -81,11 +81,14 @@ impl Core {
             return Err(LineEventError::UnmappedUser(ev.user_id));
         };
         let now = env.now_ms();
+        // The call's length counts from when the switchboard saw the change (a call replayed
+        // after a restart keeps its age); unknown (0) or ahead of our clock counts as now.
+        let at = if ev.at_ms == 0 || ev.at_ms > now { now } else { ev.at_ms };
         let call = self.push.calls.entry(ms).or_default();
         let in_call = ev.state.in_call();
         if call.in_call != in_call {
             call.in_call = in_call;
-            call.since_ms = now;
+            call.since_ms = at;
         }
         self.count("line.events");
         self.drive(env);

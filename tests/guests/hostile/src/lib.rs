@@ -1,8 +1,8 @@
 //! # hostile-guest
 //!
 //! A component of the real `teams-presence:plugin` world that misbehaves on purpose, for the
-//! sandbox tests. It is built like the plugin (wasm32-wasip2, wit-bindgen) by the host's build
-//! script. What it does is chosen by the integration's name, which must contain one mode:
+//! sandbox tests. It is built like the plugin (wasm32-wasip2, wit-bindgen) by the
+//! `test-components` crate's build script. What it does is chosen by the integration's name, which must contain one mode:
 //!
 //! | mode | what it does on every `tick` |
 //! |---|---|
@@ -10,7 +10,7 @@
 //! | `memory-bomb` | allocates until memory runs out |
 //! | `panic` | panics |
 //! | `disallowed-host` | starts requests to origins off its allow-list and over plain http |
-//! | `oversized` | hands the host oversized values: a request body, a state value, a log message, and (on `on-webhook`) a response body |
+//! | `oversized` | hands the host oversized values, one per tick in turn: a log message, a state value, a request body, a presence field |
 //! | `log-flood` | emits log records as fast as it can |
 //! | `escape` | (on `configure`) tries the filesystem, environment, sockets and stdin |
 //!
@@ -28,7 +28,7 @@ use std::hint::black_box;
 wit_bindgen::generate!({ path: "../../../wit", world: "presence-sync" });
 
 use exports::teams_presence::plugin::sync;
-use teams_presence::plugin::{log, outbound_http, state, status};
+use teams_presence::plugin::{log, outbound_http, presence, state, status, types};
 
 const MODES: [&str; 7] =
     ["infinite-loop", "memory-bomb", "panic", "disallowed-host", "oversized", "log-flood", "escape"];
@@ -94,9 +94,9 @@ impl sync::Guest for Hostile {
         Ok(())
     }
 
-    fn on_webhook(req: sync::WebhookRequest) -> sync::WebhookResponse {
-        let body = if mode() == "oversized" { vec![b'x'; 32 << 20] } else { req.body };
-        sync::WebhookResponse { status: 200, content_type: "text/plain".into(), body }
+    fn on_notification(_body: Vec<u8>) -> sync::NotificationOutcome {
+        saw("notifications", 1);
+        sync::NotificationOutcome::Taken
     }
 
     fn on_http_response(_id: u64, _outcome: Result<outbound_http::Response, outbound_http::HttpError>) {}
@@ -129,14 +129,27 @@ impl sync::Guest for Hostile {
                 }
             }
             "oversized" => {
-                // One oversized value per tick, in turn: over the host's caps of 32 MiB per
-                // state value and 16 MiB per request body, and a 1 MiB log message.
+                // One oversized value per tick, in turn: a 1 MiB log message, and over the
+                // host's caps of 32 MiB per state value, 16 MiB per request body and 256 bytes
+                // per presence field.
                 let graph = GRAPH.with(|g| g.borrow().clone());
-                let turn = SEEN.with(|s| s.borrow().get("ticks").copied().unwrap_or(0)) % 3;
+                let turn = SEEN.with(|s| s.borrow().get("ticks").copied().unwrap_or(0)) % 4;
                 match turn {
                     1 => {
-                        let refused = state::set("hoard", &vec![b'x'; 33 << 20]).is_err();
-                        saw("state.refused", refused as u64);
+                        let too_large =
+                            matches!(state::set("hoard", &vec![b'x'; 33 << 20]), Err(state::StateError::TooLarge(_)));
+                        saw("state.too-large", too_large as u64);
+                    }
+                    3 => {
+                        let update = presence::PresenceUpdate {
+                            user_id: "u".repeat(1024),
+                            microsoft_user_id: "m".into(),
+                            presence: types::TeamsPresence { availability: "Busy".into(), activity: "InACall".into() },
+                            origin: types::PresenceOrigin::Teams,
+                            observed_at_ms: 0,
+                        };
+                        let too_long = matches!(presence::publish(&update), Err(presence::PublishError::TooLong(f)) if f == "user-id");
+                        saw("publish.too-long", too_long as u64);
                     }
                     2 => {
                         let r = outbound_http::start(2, &request(&format!("{graph}/v1.0/users"), vec![b'x'; 17 << 20]));
@@ -154,8 +167,11 @@ impl sync::Guest for Hostile {
         }
     }
 
-    fn set_overrides(_overrides: Vec<sync::MappingOverride>) -> Result<(), String> {
-        Err("hostile-guest keeps no overrides".into())
+    fn set_overrides(_overrides: Vec<sync::MappingOverride>) -> Result<(), sync::OverrideError> {
+        Err(sync::OverrideError::InvalidEntry(sync::OverrideProblem {
+            index: 0,
+            reason: "hostile-guest keeps no overrides".into(),
+        }))
     }
 
     fn get_overrides() -> Vec<sync::MappingOverride> {

@@ -1,4 +1,5 @@
-//! A component of `teams-presence:plugin@1.0.0`: the host must refuse it with a clear error.
+//! A component of `teams-presence:plugin@2.1.0`, the major version before this host's: the host
+//! must refuse it with a clear error.
 
 #![allow(missing_docs)] // generated bindings
 #![allow(unsafe_code)] // generated bindings
