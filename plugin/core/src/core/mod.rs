@@ -7,7 +7,11 @@
 //! most one request per concern is in flight, so responses can never interleave badly.
 
 pub(crate) mod directory;
+mod presence_reads;
 mod push;
+mod subscriptions;
+mod throttling;
+mod tokens;
 mod validation;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use directory::Directory;
 pub use directory::{DEFAULT_DELTA_INTERVAL_MS, FULL_RESYNC_MS};
 use push::{Push, PushOp};
+use throttling::retry_after;
+use tokens::token_request;
 
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
@@ -680,326 +686,33 @@ impl Core {
         self.effects.push(Effect::Http { id, request });
     }
 
-    /// The host reports that request `id` could not be started (it returned an error from
-    /// `outbound-http.start`) or finished with `outcome`.
+    /// The outcome of a request the core started: the throttling and token rules that hold
+    /// for every Graph and Entra answer first (`throttling.rs`), then the answer's own
+    /// concern: tokens (`tokens.rs`), the directory (`directory.rs`), the signing keys
+    /// (`validation.rs`), pushes (`push.rs`), subscriptions (`subscriptions.rs`) or presence
+    /// reads (`presence_reads.rs`).
     pub fn on_http_response(&mut self, env: &mut dyn Env, id: u64, outcome: Result<HttpResponse, HttpError>) {
         let Some(pending) = self.pending.remove(&id) else { return };
-        if let Some(scope) = Scope::of(&pending)
-            && let Some(n) = self.scope_busy.get_mut(&scope)
-        {
-            *n = n.saturating_sub(1);
-        }
         let now = env.now_ms();
         let jitter = env.random_bytes(1)[0];
         let settings = self.settings.clone().unwrap();
-        if let (Some(scope), Ok(r)) = (Scope::of(&pending), &outcome)
-            && matches!(r.status, 429 | 503 | 504)
-            && let Some(ra) = retry_after(r)
-        {
-            let until = self.throttled_until.entry(scope).or_default();
-            *until = (*until).max(now + ra);
-            self.count(&format!("throttled.{}", scope.name()));
-        }
-        // A 401 means Graph refused the token: forget it so the next drive fetches a new one.
-        if matches!(&outcome, Ok(r) if r.status == 401) {
-            match &pending {
-                Pending::UsersPage => self.app_token.state = TokenState::Empty,
-                Pending::CreateSub { slot, .. }
-                | Pending::RenewSub(slot)
-                | Pending::DeleteSub(slot)
-                | Pending::ListSubs(slot)
-                | Pending::CleanupDelete(slot)
-                | Pending::VerifySub(slot)
-                | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
-                Pending::Push(_) => self.app_token.state = TokenState::Empty,
-                Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => {}
-            }
-        }
+        self.note_answer(&pending, &outcome, now);
         match pending {
-            Pending::AppToken => {
-                let t = &mut self.app_token;
-                match parse_token(&outcome, now) {
-                    Ok(state) => {
-                        t.state = state;
-                        t.retry.succeed();
-                    }
-                    Err((p, retry_after)) => {
-                        self.log(Level::Error, "app token refused", vec![("code".into(), p.code.clone())]);
-                        let t = &mut self.app_token;
-                        t.state = TokenState::Failed(p);
-                        t.retry.fail(now, retry_after, jitter);
-                    }
-                }
-            }
-            Pending::UserToken(slot) => match parse_token(&outcome, now) {
-                Ok(state) => {
-                    self.user_tokens[slot].state = state;
-                    self.user_tokens[slot].retry.succeed();
-                }
-                Err((p, retry_after)) => {
-                    self.log(
-                        Level::Error,
-                        "integration user token refused",
-                        vec![
-                            ("user".into(), settings.integration_users[slot].username.clone()),
-                            ("code".into(), p.code.clone()),
-                        ],
-                    );
-                    self.user_tokens[slot].state = TokenState::Failed(p);
-                    self.user_tokens[slot].retry.fail(now, retry_after, jitter);
-                }
-            },
+            Pending::AppToken => self.on_app_token(outcome, now, jitter),
+            Pending::UserToken(slot) => self.on_user_token(&settings, slot, outcome, now, jitter),
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
             Pending::OpenIdConfig => self.on_openid_config(&settings, outcome, now, jitter),
             Pending::Jwks => self.on_jwks(env, outcome, now, jitter),
             Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
+            Pending::Presences(slot) => self.on_presences(&settings, slot, outcome, now, jitter),
             Pending::CreateSub { slot, client_state, members } => {
-                self.subs[slot].busy = false;
-                match outcome {
-                    Ok(r) if r.status == 201 => {
-                        let parsed: Option<(String, u64)> =
-                            serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| {
-                                let id = v.get("id")?.as_str()?.to_string();
-                                let exp = parse_rfc3339(v.get("expirationDateTime")?.as_str()?)?;
-                                Some((id, exp))
-                            });
-                        let Some((id, expires_at_ms)) = parsed else {
-                            self.sub_failed(
-                                slot,
-                                problem(
-                                    "malformed-response",
-                                    "POST /subscriptions answered 201 without id or expirationDateTime",
-                                ),
-                                now,
-                                None,
-                                jitter,
-                            );
-                            return self.drive(env);
-                        };
-                        self.log(
-                            Level::Info,
-                            "subscription created",
-                            vec![("subscription".into(), id.clone()), ("users".into(), members.len().to_string())],
-                        );
-                        let sub = &mut self.subs[slot];
-                        sub.active = Some(ActiveSub { id, client_state, expires_at_ms, members });
-                        sub.needs_snapshot = true;
-                        sub.problem = None;
-                        sub.cleanup_tried = false;
-                        sub.retry.succeed();
-                        self.persist_sub(slot);
-                    }
-                    Ok(r) if (r.status == 403 || r.status == 409) && !self.subs[slot].cleanup_tried => {
-                        // One presence subscription per app per user: one left over from an
-                        // earlier run (state lost) blocks us. List ours and remove them.
-                        self.subs[slot].cleanup_tried = true;
-                        if let Some(access) = self.user_tokens[slot].access(now).map(str::to_owned) {
-                            self.subs[slot].busy = true;
-                            let req = get(&format!("{}/v1.0/subscriptions", settings.graph_base_url), &access);
-                            self.start(Pending::ListSubs(slot), req);
-                        }
-                    }
-                    other => {
-                        let (p, ra) = graph_failure(&other, "POST /subscriptions");
-                        self.sub_failed(slot, p, now, ra, jitter);
-                    }
-                }
+                self.on_created(&settings, slot, client_state, members, outcome, now, jitter)
             }
-            Pending::ListSubs(slot) => {
-                self.subs[slot].busy = false;
-                let ours: Vec<String> = match &outcome {
-                    Ok(r) if r.status == 200 => serde_json::from_slice::<serde_json::Value>(&r.body)
-                        .ok()
-                        .and_then(|v| v.get("value").and_then(|v| v.as_array()).cloned())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter(|s| {
-                            s.get("notificationUrl").and_then(|u| u.as_str()) == Some(&settings.notification_url)
-                        })
-                        .filter_map(|s| s.get("id").and_then(|i| i.as_str()).map(str::to_owned))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                if ours.is_empty() {
-                    let p = problem(
-                        "subscription-quota",
-                        "POST /subscriptions refused and no subscription of ours was found to replace",
-                    );
-                    self.sub_failed(slot, p, now, None, jitter);
-                } else if let Some(access) = self.user_tokens[slot].access(now).map(str::to_owned) {
-                    self.subs[slot].busy = true;
-                    self.subs[slot].cleanup_outstanding = ours.len();
-                    for id in ours {
-                        let req = request(
-                            "DELETE",
-                            &format!("{}/v1.0/subscriptions/{id}", settings.graph_base_url),
-                            &access,
-                            None,
-                        );
-                        self.start(Pending::CleanupDelete(slot), req);
-                    }
-                }
-            }
-            Pending::CleanupDelete(slot) => {
-                let sub = &mut self.subs[slot];
-                sub.cleanup_outstanding = sub.cleanup_outstanding.saturating_sub(1);
-                if sub.cleanup_outstanding == 0 {
-                    sub.busy = false;
-                }
-            }
-            Pending::RenewSub(slot) => {
-                self.subs[slot].busy = false;
-                match outcome {
-                    Ok(r) if r.status == 200 => {
-                        let exp = serde_json::from_slice::<serde_json::Value>(&r.body)
-                            .ok()
-                            .and_then(|v| parse_rfc3339(v.get("expirationDateTime")?.as_str()?));
-                        let sub = &mut self.subs[slot];
-                        if let (Some(a), Some(exp)) = (sub.active.as_mut(), exp) {
-                            a.expires_at_ms = exp;
-                        }
-                        sub.reauthorize = false;
-                        sub.problem = None;
-                        sub.retry.succeed();
-                        self.persist_sub(slot);
-                    }
-                    Ok(r) if r.status == 404 => {
-                        // Gone (expired or deleted): create a new one, never retry the PATCH.
-                        self.log(Level::Warn, "subscription gone; recreating", vec![]);
-                        let sub = &mut self.subs[slot];
-                        sub.active = None;
-                        sub.reauthorize = false;
-                        self.persist_sub(slot);
-                    }
-                    other => {
-                        let (p, ra) = graph_failure(&other, "PATCH /subscriptions");
-                        self.sub_failed(slot, p, now, ra, jitter);
-                    }
-                }
-            }
-            Pending::VerifySub(slot) => {
-                self.subs[slot].busy = false;
-                #[derive(serde::Deserialize)]
-                struct Listed {
-                    id: String,
-                }
-                #[derive(serde::Deserialize)]
-                struct Page {
-                    value: Vec<Listed>,
-                    #[serde(rename = "@odata.nextLink")]
-                    next_link: Option<String>,
-                }
-                let ours = self.subs[slot].active.as_ref().map(|a| a.id.clone());
-                match outcome {
-                    Ok(r) if r.status == 200 => match serde_json::from_slice::<Page>(&r.body) {
-                        Ok(page) if ours.as_ref().is_some_and(|id| page.value.iter().any(|s| &s.id == id)) => {
-                            let sub = &mut self.subs[slot];
-                            sub.verify_due = false;
-                            sub.problem = None;
-                            sub.retry.succeed();
-                        }
-                        Ok(page) => {
-                            let graph = &settings.graph_base_url;
-                            if !self.follow_next_link(slot, page.next_link, Pending::VerifySub(slot), graph, now) {
-                                self.log(Level::Warn, "subscription was deleted at Microsoft; recreating", vec![]);
-                                self.count("subscriptions.lost");
-                                let sub = &mut self.subs[slot];
-                                sub.verify_due = false;
-                                sub.active = None;
-                                self.persist_sub(slot);
-                            }
-                        }
-                        Err(e) => {
-                            // Not known either way; the renewal's PATCH answers 404 if it is gone.
-                            self.subs[slot].verify_due = false;
-                            self.count("subscriptions.verify-failed");
-                            self.log(
-                                Level::Warn,
-                                "GET /subscriptions answered 200 without a subscription list; not checked",
-                                vec![("error".into(), e.to_string())],
-                            );
-                        }
-                    },
-                    Ok(r) if r.status != 429 && r.status < 500 => {
-                        // Refused (4xx): not known either way, and asking again will not help;
-                        // the renewal's PATCH answers 404 if the subscription is gone.
-                        self.subs[slot].verify_due = false;
-                        self.count("subscriptions.verify-failed");
-                        self.log(
-                            Level::Warn,
-                            "GET /subscriptions refused; the subscription is not checked",
-                            vec![("status".into(), r.status.to_string())],
-                        );
-                    }
-                    other => {
-                        // Throttled, unavailable or unreachable: check again after the backoff.
-                        let (p, ra) = graph_failure(&other, "GET /subscriptions");
-                        self.sub_failed(slot, p, now, ra, jitter);
-                    }
-                }
-            }
-            Pending::DeleteSub(slot) => {
-                self.subs[slot].busy = false;
-                // Whatever the answer, this subscription is no longer ours to use; a leftover
-                // is cleaned up when the next creation is refused.
-                self.subs[slot].active = None;
-                self.persist_sub(slot);
-            }
-            Pending::Presences(slot) => {
-                self.subs[slot].busy = false;
-                match outcome {
-                    Ok(r) if r.status == 200 => {
-                        // The operation is pageable in Graph's OpenAPI description: follow
-                        // `@odata.nextLink` when the service sends one.
-                        #[derive(serde::Deserialize)]
-                        struct Page {
-                            value: Vec<GraphPresence>,
-                            #[serde(rename = "@odata.nextLink")]
-                            next_link: Option<String>,
-                        }
-                        match serde_json::from_slice::<Page>(&r.body) {
-                            Ok(page) => {
-                                for p in page.value {
-                                    // A change no notification brought (our own call state
-                                    // aside): a notification was lost, or the subscription.
-                                    let differs = self.subs[slot].reconciling
-                                        && !self.own_session(&p.id)
-                                        && self.presence.get(&p.id).is_some_and(|known| {
-                                            known.availability != p.availability || known.activity != p.activity
-                                        });
-                                    if self.apply_presence(p, PresenceOrigin::Snapshot, now) && differs {
-                                        self.subs[slot].missed_change = true;
-                                        self.count("reconcile.corrected");
-                                    }
-                                }
-                                let graph = &settings.graph_base_url;
-                                if !self.follow_next_link(slot, page.next_link, Pending::Presences(slot), graph, now) {
-                                    let sub = &mut self.subs[slot];
-                                    sub.needs_snapshot = false;
-                                    sub.last_snapshot_ms = Some(now);
-                                    sub.retry.succeed();
-                                    // A failed earlier attempt's problem is over.
-                                    sub.problem = None;
-                                    sub.verify_due |= sub.reconciling && sub.missed_change;
-                                    sub.reconciling = false;
-                                    sub.missed_change = false;
-                                }
-                            }
-                            Err(e) => self.sub_failed(
-                                slot,
-                                problem("malformed-response", format!("getPresencesByUserId: {e}")),
-                                now,
-                                None,
-                                jitter,
-                            ),
-                        }
-                    }
-                    other => {
-                        let (p, ra) = graph_failure(&other, "POST /communications/getPresencesByUserId");
-                        self.sub_failed(slot, p, now, ra, jitter);
-                    }
-                }
-            }
+            Pending::ListSubs(slot) => self.on_listed(&settings, slot, outcome, now, jitter),
+            Pending::CleanupDelete(slot) => self.on_cleanup_deleted(slot),
+            Pending::RenewSub(slot) => self.on_renewed(slot, outcome, now, jitter),
+            Pending::VerifySub(slot) => self.on_verified(&settings, slot, outcome, now, jitter),
+            Pending::DeleteSub(slot) => self.on_deleted(slot),
         }
         self.drive(env);
     }
@@ -1096,33 +809,6 @@ impl Core {
                 ("uncovered".into(), self.shards.uncovered().to_string()),
             ],
         );
-    }
-
-    fn sub_failed(&mut self, slot: usize, p: Problem, now: u64, retry_after: Option<u64>, jitter: u8) {
-        self.log(
-            Level::Warn,
-            "subscription request failed",
-            vec![("code".into(), p.code.clone()), ("detail".into(), p.detail.clone())],
-        );
-        let sub = &mut self.subs[slot];
-        sub.problem = Some(p);
-        sub.retry.fail(now, retry_after, jitter);
-    }
-
-    /// Stores one integration user's subscription (schema 2: one small key per slot, so a
-    /// renewal never rewrites the other slots' member lists).
-    fn persist_sub(&mut self, slot: usize) {
-        let s = self.settings.as_ref().unwrap();
-        let value = self.subs[slot].active.clone().map(|active| {
-            serde_json::to_vec(&PersistedSub {
-                tenant_id: s.tenant_id.clone(),
-                client_id: s.client_id.clone(),
-                username: s.integration_users[slot].username.clone(),
-                active,
-            })
-            .unwrap()
-        });
-        self.effects.push(Effect::Store { key: sub_key(slot), value });
     }
 
     fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
@@ -1449,70 +1135,11 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn token_request(s: &Settings, user: Option<&IntegrationUser>) -> HttpRequest {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("client_id", &s.client_id);
-    form.append_pair("client_secret", &s.client_secret);
-    match user {
-        None => {
-            form.append_pair("grant_type", "client_credentials");
-            form.append_pair("scope", "https://graph.microsoft.com/.default");
-        }
-        Some(u) => {
-            form.append_pair("grant_type", "password");
-            form.append_pair("scope", "https://graph.microsoft.com/Presence.Read.All");
-            form.append_pair("username", &u.username);
-            form.append_pair("password", &u.password);
-        }
-    }
-    // A path segment: RFC 3986's unreserved characters stay as they are (a GUID or a domain
-    // name goes out verbatim), anything else is escaped.
-    const SEGMENT: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-    let tenant = percent_encoding::utf8_percent_encode(s.tenant_id.trim(), SEGMENT);
-    HttpRequest {
-        method: "POST".into(),
-        url: format!("{}/{tenant}/oauth2/v2.0/token", s.login_base_url),
-        headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
-        body: form.finish().into_bytes(),
-    }
-}
-
-fn parse_token(outcome: &Result<HttpResponse, HttpError>, now: u64) -> Result<TokenState, (Problem, Option<u64>)> {
-    #[derive(serde::Deserialize)]
-    struct Ok_ {
-        access_token: String,
-        expires_in: serde_json::Value,
-    }
-    match outcome {
-        Ok(r) if r.status == 200 => {
-            let t: Ok_ = serde_json::from_slice(&r.body)
-                .map_err(|e| (problem("malformed-response", format!("token endpoint: {e}")), None))?;
-            // `expires_in` varies (60-90 minutes, or hours with CAE) and is sometimes a string.
-            let secs = match &t.expires_in {
-                serde_json::Value::Number(n) => n.as_u64(),
-                serde_json::Value::String(s) => s.parse().ok(),
-                _ => None,
-            }
-            .unwrap_or(300);
-            // Refresh 5 minutes early, or at 80 % for short lifetimes.
-            let early = (secs / 5).min(300);
-            Ok(TokenState::Valid { access: t.access_token, refresh_at: now + (secs - early) * 1000 })
-        }
-        Ok(r) => Err((hints::from_token_error(r.status, &r.body, "token"), retry_after(r))),
-        Err(e) => Err((problem("network", format!("token endpoint: {e}")), None)),
-    }
-}
-
 fn graph_failure(outcome: &Result<HttpResponse, HttpError>, what: &str) -> (Problem, Option<u64>) {
     match outcome {
         Ok(r) => (hints::from_graph_error(r.status, &r.body, what), retry_after(r)),
         Err(e) => (problem("network", format!("{what}: {e}")), None),
     }
-}
-
-fn retry_after(r: &HttpResponse) -> Option<u64> {
-    r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s * 1000)
 }
 
 fn get(url: &str, token: &str) -> HttpRequest {
