@@ -1,0 +1,71 @@
+//! What every section uses: statistics, a scenario's state directory, the machine's RSA
+//! rate, and a load generator.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use presence_demo::Scenario;
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() { f64::NAN } else { v[((v.len() - 1) as f64 * p).round() as usize] }
+}
+
+pub(crate) fn state_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tps-bench-{}-{tag}-{}", std::process::id(), rand::random::<u32>()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub(crate) async fn stop(mut sc: Scenario, dir: std::path::PathBuf) {
+    sc.stop_host().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Native RSA-OAEP-2048 (SHA-1) private-key operations per second on one core, with the
+/// host's crypto library (aws-lc-rs).
+pub(crate) fn rsa_decrypts_per_second(n: usize) -> f64 {
+    use aws_lc_rs::rsa::{
+        KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
+    };
+    let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("RSA key");
+    let public = OaepPublicEncryptingKey::new(key.public_key()).expect("public key");
+    let private = OaepPrivateDecryptingKey::new(key).expect("private key");
+    let mut wrapped = vec![0u8; public.ciphertext_size()];
+    let len = public.encrypt(&OAEP_SHA1_MGF1SHA1, &[7u8; 32], &mut wrapped, None).expect("encrypt").len();
+    wrapped.truncate(len);
+    let mut out = vec![0u8; private.min_output_size()];
+    let t0 = Instant::now();
+    for _ in 0..n {
+        private.decrypt(&OAEP_SHA1_MGF1SHA1, &wrapped, &mut out, None).expect("decrypt");
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Posts `bodies` to `url` with `concurrency` clients; returns requests per second.
+pub(crate) async fn load(url: &str, bodies: Vec<String>, concurrency: usize) -> anyhow::Result<f64> {
+    let client = reqwest::Client::new();
+    let bodies = Arc::new(std::sync::Mutex::new(bodies));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let total = bodies.lock().unwrap().len();
+    for _ in 0..concurrency {
+        let (client, bodies, url) = (client.clone(), bodies.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(b) = bodies.lock().unwrap().pop() else { return Ok::<_, anyhow::Error>(()) };
+                let r = client.post(&url).header("content-type", "application/json").body(b).send().await?;
+                anyhow::ensure!(r.status().is_success(), "status {}", r.status());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / t0.elapsed().as_secs_f64())
+}
