@@ -132,6 +132,35 @@ pub fn spawn_host(config: &std::path::Path) -> std::process::Child {
         .expect("host starts")
 }
 
+/// Runs the host binary with `config` (which may say `listen = "127.0.0.1:0"`) as a child
+/// process, and returns it with the address it listens on, as it prints it: no port is
+/// chosen before the host binds it.
+pub async fn spawn_host_on_any_port(config: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(host_binary())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("host starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = tokio::time::timeout(EVENTUALLY, async {
+        while let Some(line) = lines.next_line().await.expect("the host's stdout") {
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                return a.parse().expect("an address");
+            }
+        }
+        panic!("the host ended before it listened");
+    })
+    .await
+    .expect("the host listens");
+    (child, addr)
+}
+
 /// POSTs `body` to `url` and returns status and body.
 pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r =

@@ -31,6 +31,7 @@ async fn swap_v1_v2_v1_under_1000_notifications_a_second_loses_and_duplicates_no
     let ids: Vec<String> = (0..users).map(|i| t.ms_user(i)).collect();
     let mut current: HashMap<String, (String, String)> = t.emulator.truth(&tenant);
     let emulator = t.emulator.clone();
+    let (queued_before, _) = t.emulator.deliveries();
     let stream = tokio::spawn(async move {
         let mut changes: HashMap<String, u64> = HashMap::new();
         let mut iv = tokio::time::interval(Duration::from_millis(10));
@@ -52,10 +53,11 @@ async fn swap_v1_v2_v1_under_1000_notifications_a_second_loses_and_duplicates_no
         changes
     });
 
-    // v1 -> v2 -> v1 while it runs.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // v1 -> v2 -> v1 while it runs: after about 1,200 and 2,600 of the 4,000 changes.
+    let emu = t.emulator.clone();
+    assert!(t.wait_until(EVENTUALLY, || emu.deliveries().0 >= queued_before + 1_200).await);
     let to_v2 = host.swap(&v2, None).await.expect("v2 loads");
-    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(t.wait_until(EVENTUALLY, || emu.deliveries().0 >= queued_before + 2_600).await);
     let back = host.swap(presence_demo::PLUGIN_WASM, None).await.expect("v1 loads");
     let changes = stream.await.unwrap();
     let total: u64 = changes.values().sum();
@@ -77,7 +79,7 @@ async fn swap_v1_v2_v1_under_1000_notifications_a_second_loses_and_duplicates_no
         tokio::time::sleep(Duration::from_millis(100)).await;
         s = t.status().await;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await; // anything extra would show now
+    t.settle(EVENTUALLY).await; // anything extra would show now
     let s = t.status().await;
     let stats = t.emulator.stats();
     use std::sync::atomic::Ordering::Relaxed;

@@ -15,6 +15,24 @@ async fn get(url: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&r.text().await.ok()?).ok()
 }
 
+/// Waits until the host process has nothing on its way: the emulator delivered every
+/// notification it queued, the host processed every one it took, and the plugin waits for
+/// no answer.
+async fn settle(emu: &graph_emulator::Emulator, base: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (queued, done) = emu.deliveries();
+        let s = get(&format!("{base}/status/contoso")).await.unwrap_or_default();
+        let c = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
+        let processed = c("inbox.processed") == c("inbox.accepted") + c("inbox.replayed");
+        if queued == done && processed && s["outbound_in_flight"] == 0 && emu.deliveries() == (queued, done) {
+            return;
+        }
+        assert!(Instant::now() < end, "the host never settled: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_ok(base: &str) {
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
@@ -73,7 +91,7 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
     let sets = emu.count("POST /v1.0/users/{id}/presence/setPresence");
     let mut host = spawn(&config);
     wait_ok(&base).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle(&emu, &base).await;
     assert_eq!(emu.count("POST /v1.0/users/{id}/presence/setPresence"), sets);
     assert_eq!(teams(), ("Available".into(), "Available".into()));
     assert!(!emu.sessions(DEMO_TENANT, &user0).contains_key(DEMO_CLIENT));

@@ -87,7 +87,7 @@ async fn do_not_disturb_and_preferred_away_are_left_alone() {
     assert_eq!(truth_of(&t, 10), ("Busy".into(), "Busy".into()));
     assert_eq!(line(&t, 10, "connected").await.0, 202);
     assert_eq!(wait_truth(&t, 10, ("Busy", "InACall")).await.1, "InACall");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(truth_of(&t, 3), ("DoNotDisturb".into(), "Presenting".into()));
     assert_eq!(truth_of(&t, 1), ("Away".into(), "Away".into()));
     assert_eq!(t.emulator.count(SET), 1, "only user 10 was pushed");
@@ -165,7 +165,7 @@ async fn host_killed_mid_call_leaves_nothing_stuck() {
     let sets = t.emulator.count(SET);
     t.restart_host().await.unwrap();
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.emulator.count(SET), sets);
     for i in [0, 10] {
         assert!(!t.emulator.sessions(&t.seed.tenant_id, &t.ms_user(i)).contains_key(&t.seed.client_id));
@@ -186,7 +186,7 @@ async fn restart_clears_sessions_of_calls_that_ended_and_keeps_calls_that_go_on(
     t.restart_host().await.unwrap();
     assert_eq!(wait_truth(&t, 0, ("Available", "Available")).await, ("Available".into(), "Available".into()));
     assert!(t.emulator.count(CLEAR) >= 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(truth_of(&t, 1), ("Busy".into(), "InACall".into()));
     // And the call that went on is still cleared when it ends.
     assert_eq!(line(&t, 1, "ended").await, (202, String::new()));
@@ -216,7 +216,7 @@ async fn a_thousand_pushes_make_exactly_a_thousand_graph_writes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Our own sessions' notifications came back (1,000 of them) and caused nothing more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.emulator.count(SET) + t.emulator.count(CLEAR), 1000);
     assert_eq!((t.emulator.count(SET), t.emulator.count(CLEAR)), (500, 500));
     let s = t.status().await;
@@ -235,7 +235,7 @@ async fn missing_presence_readwrite_all_is_reported_and_teams_to_switchboard_kee
     // Pushes stop: another call is not even tried.
     let sets = t.emulator.count(SET);
     assert_eq!(line(&t, 10, "connected").await.0, 202);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.emulator.count(SET), sets);
     // Teams → switchboard still works.
     t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(7), "DoNotDisturb", "Presenting", false);

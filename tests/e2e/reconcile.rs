@@ -20,7 +20,7 @@ async fn lost_notifications_are_repaired_by_the_periodic_reconcile() {
             "Presenting"
         ));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.mismatches(700).len(), 3, "nothing delivered them");
     // Five minutes later (emulated) the reconcile has read them.
     t.clock.advance(Duration::from_secs(5 * 60 + 1));
@@ -49,13 +49,13 @@ async fn a_subscription_deleted_at_microsoft_is_found_by_the_reconcile_and_recre
     assert!(
         t.wait_until(EVENTUALLY, || t.emulator.count("POST /v1.0/communications/getPresencesByUserId") > reads).await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.emulator.count("GET /v1.0/subscriptions"), lists);
 
     let old = t.emulator.subscriptions()[0].id.clone();
     assert!(t.emulator.delete_subscription(&old));
     assert!(t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(7), "DoNotDisturb", "Presenting", false));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    t.settle(EVENTUALLY).await;
     assert_eq!(t.mismatches(40).len(), 1, "nothing could deliver it");
     t.clock.advance(Duration::from_secs(5 * 60 + 1));
     assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty(), "the re-read shows it");

@@ -117,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
             let routes = switchboard_sim::routes(sims, host.integrations.clone());
             let addr = host.serve(listener, routes)?;
             tracing::info!(%addr, integrations = host.integrations.len(), "host running");
+            // For whoever started it with port 0: where it listens, on stdout.
+            println!("listening on http://{addr}");
             tokio::signal::ctrl_c().await?;
             host.stop().await;
         }

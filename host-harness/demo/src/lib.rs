@@ -349,6 +349,27 @@ impl Scenario {
         }
     }
 
+    /// Waits until nothing is on its way, then returns the status: every notification the
+    /// emulator queued was delivered (or given up), every one the host took was processed, the
+    /// plugin waits for no answer, and the emulator queued nothing new meanwhile. After it,
+    /// "nothing more happened" can be asserted. Panics after `timeout`.
+    pub async fn settle(&self, timeout: Duration) -> StatusView {
+        let end = Instant::now() + timeout;
+        loop {
+            let (queued, done) = self.emulator.deliveries();
+            // The status is answered after every command queued before it.
+            let s = self.status().await;
+            let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+            let processed = c("inbox.processed") == c("inbox.accepted") + c("inbox.replayed");
+            if queued == done && processed && s.outbound_in_flight == 0 && self.emulator.deliveries() == (queued, done)
+            {
+                return s;
+            }
+            assert!(Instant::now() < end, "never settled: {:?} {s:?}", self.emulator.deliveries());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `f` holds (polled every 50 ms), or `timeout`; returns whether it held.
     pub async fn wait_until(&self, timeout: Duration, f: impl Fn() -> bool) -> bool {
         let end = Instant::now() + timeout;

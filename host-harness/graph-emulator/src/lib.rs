@@ -92,6 +92,8 @@ impl Delivery {
 /// Delivery counters.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct DeliveryStats {
+    /// Notifications put in the delivery queue.
+    pub queued: AtomicU64,
     /// Notifications acknowledged with 2xx.
     pub delivered: AtomicU64,
     /// Delivery attempts that failed (non-2xx or no answer).
@@ -331,8 +333,17 @@ impl Emulator {
 
     pub(crate) fn send(&self, deliveries: Vec<Delivery>) {
         for d in deliveries {
+            self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
             let _ = self.inner.deliveries.send(d);
         }
+    }
+
+    /// Notifications queued so far, and how many of them are done with (delivered or given
+    /// up). Equal: nothing of Microsoft's is on its way to the host.
+    pub fn deliveries(&self) -> (u64, u64) {
+        let s = &self.inner.stats;
+        let done = s.delivered.load(Ordering::SeqCst) + s.dropped.load(Ordering::SeqCst);
+        (s.queued.load(Ordering::SeqCst), done)
     }
 
     /// Every user's current aggregated presence in `tenant`: id → (availability, activity).
@@ -500,6 +511,7 @@ async fn expire_sessions(inner: std::sync::Weak<Inner>) {
         }
         drop(w);
         for d in deliveries {
+            inner.stats.queued.fetch_add(1, Ordering::Relaxed);
             let _ = inner.deliveries.send(d);
         }
     }
@@ -598,6 +610,7 @@ async fn deliver_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRece
         for (url, ds) in by_url {
             let items: Vec<serde_json::Value> = ds.iter().filter_map(|d| notification_item(d).ok()).collect();
             let count = items.len() as u64;
+            inner.stats.dropped.fetch_add(ds.len() as u64 - count, Ordering::Relaxed);
             // One validation token per app and tenant in the batch (Microsoft's rich-notification docs: one token per app and tenant).
             let pairs: std::collections::BTreeSet<(String, String)> =
                 ds.iter().filter(|d| d.rich).map(|d| (d.tenant.clone(), d.client_id.clone())).collect();

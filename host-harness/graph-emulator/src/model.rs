@@ -1,5 +1,6 @@
 //! The emulator's world: tenants, app registrations, users with presence sessions, issued
-//! tokens and subscriptions. Presence aggregation follows graph-facts.md §4.7: a
+//! tokens and subscriptions. Presence aggregation follows
+//! <https://learn.microsoft.com/en-us/graph/cloud-communications-manage-presence-state>: a
 //! user-preferred presence wins over sessions; among sessions DoNotDisturb > Busy > Available
 //! > Away; with no live session the user is Offline.
 
@@ -35,7 +36,7 @@ pub struct Session {
     /// When it expires (ms), if ever.
     pub expires_at_ms: Option<u64>,
     /// When it was last set (ms): among sessions of equal availability the latest one's
-    /// activity shows (graph-facts.md documents only the availability precedence).
+    /// activity shows (Microsoft documents only the availability precedence).
     pub set_at_ms: u64,
 }
 
@@ -283,7 +284,7 @@ pub struct World {
     /// Global sequence for presence changes.
     pub sequence: u64,
     /// Presence rate limit per app per tenant: (requests, window in ms). Graph documents
-    /// 1,500 per 30 s (graph-facts.md §4.2); tests lower it to provoke throttling.
+    /// 1,500 per 30 s (<https://learn.microsoft.com/en-us/graph/api/presence-get>); tests lower it to provoke throttling.
     pub presence_limit: (usize, u64),
     /// Recent presence requests per (tenant, client id).
     pub presence_calls: HashMap<(String, String), std::collections::VecDeque<u64>>,

@@ -46,7 +46,8 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/v1.0/$batch", post(batch))
         .route("/v1.0/subscriptions", post(create_subscription).get(list_subscriptions))
         // No GET of one subscription: Graph has it, but the operations we were given
-        // (reference/graph-openapi-subset.json) do not, so the plugin must not need it.
+        // (the OpenAPI description of the operations the plugin calls) do not, so the
+        // plugin must not need it.
         .route("/v1.0/subscriptions/{id}", patch(update_subscription).delete(delete_subscription))
         .route("/_emulator/tenants/{tenant}/users", get(control_users))
         .route("/_emulator/tenants/{tenant}/users/{id}/presence", post(control_presence))
@@ -472,7 +473,7 @@ fn user_json(u: &super::model::User, select: Option<&BTreeSet<String>>) -> Value
 
 /// Users per `/users/delta` page.
 const DELTA_PAGE: usize = 200;
-/// Directory delta tokens last 7 days (graph-facts.md §5).
+/// Directory delta tokens last 7 days (<https://learn.microsoft.com/en-us/graph/delta-query-overview>).
 const DELTA_TOKEN_LIFETIME_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// What a delta or skip token carries (opaque to clients).
@@ -817,7 +818,7 @@ async fn clear_presence(
 }
 
 /// JSON batching: at most 20 requests, unique ids; each inner request is served (and
-/// throttled) on its own, and the outer status is 200 (graph-facts.md §8).
+/// throttled) on its own, and the outer status is 200 (<https://learn.microsoft.com/en-us/graph/json-batching>).
 async fn batch(State(emu): State<Emulator>, headers: HeaderMap, body: Bytes) -> Response {
     use tower::ServiceExt;
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {

@@ -326,6 +326,7 @@ impl Actor {
                 last_trap: self.last_trap.clone(),
                 config_error: self.config_error.clone(),
                 refused_requests: self.ctx.refused_requests.load(Ordering::Relaxed),
+                outbound_in_flight: self.ctx.in_flight.load(Ordering::SeqCst),
                 call_totals: self.call_totals.clone(),
                 slowest: self.slowest.clone(),
                 linear_memory_bytes: self.store.data().linear_memory_bytes() as u64,

@@ -17,6 +17,7 @@ pub(crate) struct HostSide {
     pub last_trap: Option<String>,
     pub config_error: Option<String>,
     pub refused_requests: u64,
+    pub outbound_in_flight: u64,
     /// Guest calls per kind: how many, their total time and their total CPU time, in µs.
     pub call_totals: BTreeMap<&'static str, (u64, u64, u64)>,
     /// The longest guest call per kind, in ms.
@@ -77,6 +78,9 @@ pub struct StatusView {
     pub last_trap: Option<String>,
     /// Outbound requests refused by the allow-list.
     pub refused_requests: u64,
+    /// Outbound requests the plugin started whose answer it has not been given yet (0: the
+    /// plugin waits for nothing).
+    pub outbound_in_flight: u64,
     /// The longest guest call so far per kind of call, in ms (the CPU bound is
     /// `call_deadline_ms`).
     pub slowest_calls_ms: BTreeMap<String, u64>,
@@ -167,6 +171,7 @@ impl StatusView {
             traps: a.traps,
             last_trap: a.last_trap,
             refused_requests: a.refused_requests,
+            outbound_in_flight: a.outbound_in_flight,
             slowest_calls_ms: a.slowest.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             mean_calls_us: a
                 .call_totals

@@ -1,5 +1,5 @@
 //! Decryption of Graph's rich-notification `encryptedContent`, exactly as Graph documents it
-//! (graph-facts.md §2.5): the host unwraps the RSA-OAEP-SHA1 `dataKey`; then HMAC-SHA256 over
+//! (<https://learn.microsoft.com/en-us/graph/change-notifications-with-resource-data#decrypting-resource-data-from-change-notifications>): the host unwraps the RSA-OAEP-SHA1 `dataKey`; then HMAC-SHA256 over
 //! the base64-decoded `data` must equal `dataSignature` (checked in constant time) before
 //! anything is decrypted; then AES-CBC with PKCS7 padding and IV = the first 16 key bytes.
 

@@ -1,6 +1,7 @@
 //! Error codes from Entra (AADSTS) and Graph mapped to a one-line hint an admin can act on.
-//! The wording follows the switchboard vendor's FAQ (reference/product-guide.md) and
-//! graph-facts.md §7.
+//! The wording follows the switchboard vendor's FAQ for this integration and Microsoft's error
+//! references (<https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes>,
+//! <https://learn.microsoft.com/en-us/graph/errors>).
 
 use crate::model::Problem;
 
@@ -109,7 +110,7 @@ pub fn hint(code: &str) -> &'static str {
     }
 }
 
-/// Every code the service can meet and has a specific hint for (graph-facts.md §7, §8, and our
+/// Every code the service can meet and has a specific hint for (Entra's and Graph's error references, and our
 /// own codes). The tests check each has one.
 pub const KNOWN_CODES: &[&str] = &[
     "AADSTS7000215",

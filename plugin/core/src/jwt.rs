@@ -1,4 +1,4 @@
-//! Rich notifications' `validationTokens` (graph-facts.md §2.3): JWTs that Microsoft's login
+//! Rich notifications' `validationTokens` (<https://learn.microsoft.com/en-us/graph/change-notifications-with-resource-data#validation-tokens-in-the-change-notification>): JWTs that Microsoft's login
 //! service signs, one per app and tenant in a batch. A token is good when
 //! 1. its signature verifies (RS256) with a key the login service publishes (the keys of
 //!    `{login}/common/.well-known/openid-configuration` → `jwks_uri`; they rotate daily),

@@ -1,7 +1,7 @@
 //! Assignment of mapped Microsoft users to integration users' subscriptions.
 //!
 //! Graph allows one presence subscription per app per delegated user, for at most 650 user
-//! ids (graph-facts.md §1.1), so each integration user holds one shard of at most 650 users.
+//! ids (<https://learn.microsoft.com/en-us/graph/changenotifications-for-presence>), so each integration user holds one shard of at most 650 users.
 //! The assignment is stable: users keep their shard across refreshes, a new user fills the
 //! first shard with room, and only shards whose members changed need a new subscription.
 

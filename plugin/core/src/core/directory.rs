@@ -1,4 +1,5 @@
-//! The Microsoft directory: a full read, then `/users/delta` rounds (graph-facts.md §5).
+//! The Microsoft directory: a full read, then `/users/delta` rounds
+//! (<https://learn.microsoft.com/en-us/graph/api/user-delta>, <https://learn.microsoft.com/en-us/graph/delta-query-overview>).
 //!
 //! - A full resync first takes a "from now" anchor (`/users/delta?$deltatoken=latest`), then
 //!   pages through `/users?$top=999`. Changes made while it pages come back in the next delta

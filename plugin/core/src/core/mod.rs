@@ -37,11 +37,11 @@ pub const SUBSCRIPTION_LIFETIME_MS: u64 = 59 * 60 * 1000;
 /// Renew this long before expiry (several retries fit before it lapses).
 pub const RENEW_BEFORE_MS: u64 = 15 * 60 * 1000;
 /// Default interval of the presence reconcile: Graph sends no `missed` lifecycle event for
-/// presence (graph-facts.md §3), so every covered user's presence is re-read this often.
+/// presence (<https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>), so every covered user's presence is re-read this often.
 pub const DEFAULT_RECONCILE_MS: u64 = 5 * 60 * 1000;
 /// Largest webhook body the plugin accepts (a Graph batch of rich notifications is far smaller).
 pub const MAX_WEBHOOK_BODY: usize = 4 << 20;
-/// `getPresencesByUserId` takes at most 650 ids per call (graph-facts.md §4.2).
+/// `getPresencesByUserId` takes at most 650 ids per call (<https://learn.microsoft.com/en-us/graph/api/cloudcommunications-getpresencesbyuserid>).
 pub const MAX_IDS_PER_PRESENCE_READ: usize = 650;
 const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;
 const FIRST_BACKOFF_MS: u64 = 2_000;
@@ -114,7 +114,7 @@ impl Scope {
 
 /// Presence requests per window that we allow ourselves, all kinds together (reads,
 /// snapshots, setPresence, clearPresence; each request inside a `$batch` counts): Graph allows
-/// 1,500 per 30 s per app per tenant (graph-facts.md §4.2).
+/// 1,500 per 30 s per app per tenant (<https://learn.microsoft.com/en-us/graph/api/cloudcommunications-getpresencesbyuserid>).
 pub const PRESENCE_BUDGET: usize = 1_400;
 /// The budget's window.
 pub const PRESENCE_WINDOW_MS: u64 = 30_000;
@@ -601,7 +601,8 @@ impl Core {
         match next {
             Next::Verify => {
                 // The list, not `GET /subscriptions/{id}`: the list is among the operations
-                // Graph's OpenAPI description (reference/graph-openapi-subset.json) gives us.
+                // Graph's OpenAPI description of the operations we call gives us
+                // (<https://learn.microsoft.com/en-us/graph/api/subscription-list>).
                 // Delegated, it holds the app's subscriptions of this integration user.
                 let req = get(&format!("{graph}/v1.0/subscriptions"), &access);
                 self.start(Pending::VerifySub(slot), req);

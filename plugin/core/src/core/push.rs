@@ -1,5 +1,6 @@
 //! Switchboard → Teams: a mobile-line call shows as `Busy`/`InACall` in Teams through an app
-//! presence session (graph-facts.md §4.3–4.7).
+//! presence session (<https://learn.microsoft.com/en-us/graph/api/presence-setpresence>,
+//! <https://learn.microsoft.com/en-us/graph/cloud-communications-manage-presence-state>).
 //!
 //! Rules this module encodes:
 //! - The session id is the app's client id; the session lives `PT5M` and is re-asserted a
