@@ -206,10 +206,21 @@ async fn chaos(plan: Plan) {
         }
         n
     };
-    // Between phases: until every notification queued so far was delivered (or given up).
+    // Between phases, until the host has recovered from the phase's fault: every
+    // subscription is in place and delivering, the status says ok, and every notification
+    // queued so far was delivered (the bound only keeps a broken run from hanging).
+    let needed = plan.users.div_ceil(650);
     let pause = || async {
-        let end = Instant::now() + EVENTUALLY;
-        while emu.deliveries().0 != emu.deliveries().1 && Instant::now() < end {
+        let end = Instant::now() + 3 * EVENTUALLY;
+        loop {
+            let (queued, done) = emu.deliveries();
+            let live = emu.subscriptions();
+            let subscribed = live.len() == needed && live.iter().all(|s| !s.reauthorization_required);
+            let ok = get(&format!("{base}/status/contoso")).await.is_some_and(|s| s["state"] == "ok");
+            if queued == done && subscribed && ok {
+                break;
+            }
+            assert!(Instant::now() < end, "never recovered: {} subscriptions, status ok {ok}", live.len());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let st = emu.stats();
@@ -339,7 +350,6 @@ async fn chaos(plan: Plan) {
         &last[..last.len().min(10)]
     );
     // One subscription per integration user, none left over.
-    let needed = plan.users.div_ceil(650);
     let mut creators: Vec<&str> = live.iter().map(|s| s.creator_id.as_str()).collect();
     creators.sort();
     creators.dedup();

@@ -21,7 +21,7 @@ async fn a_trap_restarts_only_that_integration_from_its_persisted_state() {
     let full_reads = t.emulator.count("GET /v1.0/users");
 
     // A real trap: the next guest call of contoso's instance runs into its epoch deadline.
-    contoso.interrupt_next_call();
+    contoso.interrupt_next_call().await;
     let s = t.wait_status(EVENTUALLY, |s| s.traps == 1 && s.state == "ok").await;
     assert_eq!(s.traps, 1, "{s:?}");
     assert!(s.last_trap.as_deref().unwrap_or("").contains("interrupt"), "{:?}", s.last_trap);

@@ -21,7 +21,7 @@ pub(crate) async fn steady_state(users: usize) -> anyhow::Result<std::collection
     let total = || sc.emulator.request_counts().values().sum::<u64>();
     for _ in 0..720 {
         sc.clock.advance(Duration::from_secs(5));
-        handle.tick();
+        handle.tick().await;
         // Let what the step started finish (the simulated 5 s are long enough for any
         // exchange): until no request has come for 15 ms.
         let mut seen = total();

@@ -1,6 +1,8 @@
 //! [`Actor`]: one task per integration that owns the wasmtime `Store` and its instance and
-//! serves the integration's queue of [`Command`]s one at a time, so an instance is never
-//! re-entered.
+//! serves the integration's bounded queue of [`Command`]s one at a time, so an instance is
+//! never re-entered. After every command it takes what waits in the durable inbox, in order
+//! and a step at a time, so that a flood of notifications never crowds out the other
+//! commands (and never grows the queue: notifications wait on disk).
 //!
 //! A trap poisons a `Store`; the actor then builds a new `Store` and instance from the
 //! release, configures it again (the plugin restores itself from durable state) and reports
@@ -20,7 +22,7 @@ use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::engine::{Runtime, wt};
 use crate::error::{LineEventError, OverrideError};
-use crate::inbox::{self, Deferred};
+use crate::inbox;
 use crate::instance::{HostState, arm};
 use crate::release::Release;
 use crate::sandbox::{cap, thread_cpu};
@@ -30,8 +32,8 @@ use crate::status::{HostSide, PluginView, StatusView, SwapReport};
 pub(crate) struct Actor {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) ctx: Arc<IntegrationCtx>,
-    /// The actor's own queue (for the ticks the plugin asks for).
-    tx: mpsc::UnboundedSender<Command>,
+    /// The actor's own queue (for the ticks the plugin asks for, and to yield during a flood).
+    tx: mpsc::Sender<Command>,
     pub(crate) settings: sync::Settings,
     pub(crate) release: Arc<Release>,
     pub(crate) store: Store<HostState>,
@@ -49,9 +51,11 @@ pub(crate) struct Actor {
     pub(crate) last_swap: Option<SwapReport>,
     /// Counters of the releases that ran before a swap, so that the status counts since start.
     pub(crate) carried: BTreeMap<String, u64>,
-    /// Inbox notifications the plugin answered 503 (restoring its state), oldest first, with
-    /// those that came after them: offered again after each tick.
-    deferred: Deferred,
+    /// The id of the last inbox row the plugin took: the next one is after it.
+    inbox_cursor: i64,
+    /// The plugin answered `retry-later` (it is restoring its state): the inbox waits until
+    /// after its next tick.
+    inbox_blocked: bool,
     /// How long the running instance took to instantiate (ms).
     pub(crate) instantiate_ms: f64,
 }
@@ -101,7 +105,7 @@ impl Actor {
     pub(crate) async fn start(
         rt: Arc<Runtime>,
         ctx: Arc<IntegrationCtx>,
-        tx: mpsc::UnboundedSender<Command>,
+        tx: mpsc::Sender<Command>,
         settings: sync::Settings,
         release: Arc<Release>,
     ) -> anyhow::Result<Actor> {
@@ -126,7 +130,8 @@ impl Actor {
             call_totals: Default::default(),
             last_swap: None,
             carried: Default::default(),
-            deferred: Default::default(),
+            inbox_cursor: 0,
+            inbox_blocked: false,
             instantiate_ms,
         };
         actor.configure().await;
@@ -175,12 +180,14 @@ impl Actor {
         }
     }
 
-    /// Serves the queue until it closes, the host stops or a [`Command::Shutdown`] comes.
-    pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    /// Serves the queue until it closes, the host stops or a [`Command::Shutdown`] comes;
+    /// after every command, takes what waits in the inbox.
+    pub(crate) async fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         // Commands a swap held back go first, in the order they came (a swap among them
         // waits for the one before to finish).
         let mut held = std::collections::VecDeque::new();
         loop {
+            self.take_inbox().await;
             let cmd = match held.pop_front() {
                 Some(cmd) => cmd,
                 None => match rx.recv().await {
@@ -193,6 +200,7 @@ impl Actor {
             }
             match cmd {
                 Command::Shutdown => return,
+                Command::InboxWake => {}
                 Command::Swap(release, reply) => {
                     let (report, more) = self.swap(release, &mut rx).await;
                     let _ = reply.send(report);
@@ -203,22 +211,47 @@ impl Actor {
         }
     }
 
+    /// Offers the plugin the inbox's rows after the cursor, in order, [`inbox::STEP`] at a
+    /// time: more waiting go back in line behind the commands queued meanwhile. Stops at a
+    /// `retry-later` until the plugin's next tick.
+    async fn take_inbox(&mut self) {
+        if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, inbox::STEP) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(integration = %self.ctx.name, "inbox read failed: {e}; retried after the next command");
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let full = rows.len() == inbox::STEP;
+        for row in rows {
+            self.call(Command::Inbox(row.id, row.body)).await;
+            if self.inbox_blocked {
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+            self.inbox_cursor = row.id;
+        }
+        if full && !self.ctx.inbox_waiting.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.try_send(Command::InboxWake);
+        }
+    }
+
     /// One command, one guest call.
     pub(crate) async fn call(&mut self, cmd: Command) {
         tracing::trace!(integration = %self.ctx.name, command = cmd.name(), "guest call");
-        if matches!(cmd, Command::InterruptNextCall) {
-            self.interrupt_next = true;
-            return;
-        }
-        // Notifications wait, in order, behind those the plugin asked to be offered again.
-        let cmd = match cmd {
-            Command::Inbox(id, body) if !self.deferred.is_empty() => {
-                self.deferred.push_back((id, body));
+        match cmd {
+            Command::InterruptNextCall => {
+                self.interrupt_next = true;
                 return;
             }
-            cmd => cmd,
-        };
-        let retry_deferred = matches!(cmd, Command::Tick);
+            Command::InboxWake => return,
+            _ => {}
+        }
+        let is_tick = matches!(cmd, Command::Tick);
         let force = std::mem::take(&mut self.interrupt_next);
         arm(&mut self.store, force);
         let started = Instant::now();
@@ -227,9 +260,9 @@ impl Actor {
         let sync = self.bindings.teams_presence_plugin_sync();
         let mut offered = None;
         let result: Result<(), wasmtime::Error> = match cmd {
-            Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall => Ok(()),
+            Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall | Command::InboxWake => Ok(()),
             Command::Inbox(id, body) => {
-                let (o, r) = inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, body, false).await;
+                let (o, r) = inbox::offer(&mut self.store, sync, &self.ctx, id, body).await;
                 offered = Some(o);
                 r
             }
@@ -269,38 +302,27 @@ impl Actor {
         total.2 += thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
-        if let Some(inbox::Offered::Taken(id)) = offered {
-            inbox::taken(&self.ctx, id);
+        match offered {
+            Some(inbox::Offered::Taken(id)) => inbox::taken(&self.ctx, id),
+            Some(inbox::Offered::Deferred) => self.inbox_blocked = true,
+            None => {}
         }
         if let Err(e) = result {
             self.record_trap(e);
             self.recover().await;
         }
-        // After each step of the plugin's work, offer the deferred notifications again, oldest
-        // first, until it takes them or asks again to wait.
-        if retry_deferred {
-            while let Some((id, body)) = self.deferred.pop_front() {
-                arm(&mut self.store, false);
-                let sync = self.bindings.teams_presence_plugin_sync();
-                match inbox::offer(&mut self.store, sync, &self.ctx, &mut self.deferred, id, body, true).await {
-                    (inbox::Offered::Deferred, _) => break,
-                    (inbox::Offered::Taken(id), Ok(())) => inbox::taken(&self.ctx, id),
-                    (inbox::Offered::Taken(id), Err(e)) => {
-                        inbox::taken(&self.ctx, id);
-                        self.record_trap(e);
-                        self.recover().await;
-                        break;
-                    }
-                }
-            }
+        // After each step of the plugin's work, a batch it asked to see again is offered again.
+        if is_tick && self.inbox_blocked {
+            self.inbox_blocked = false;
         }
         self.wake_if_asked();
     }
 
     /// The next step of the plugin's background work, after what is queued already.
     pub(crate) fn wake_if_asked(&self) {
-        if self.ctx.tick_requested.swap(false, Ordering::SeqCst) {
-            let _ = self.tx.send(Command::Tick);
+        if self.ctx.tick_requested.swap(false, Ordering::SeqCst) && self.tx.try_send(Command::Tick).is_err() {
+            // The queue is full: asked again after the next command.
+            self.ctx.tick_requested.store(true, Ordering::SeqCst);
         }
     }
 

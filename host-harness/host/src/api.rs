@@ -127,10 +127,10 @@ async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Res
 }
 
 async fn sync_now(State(st): State<AppState>, Path(name): Path<String>) -> Response {
-    match st.integrations.get(&name).map(|h| h.sync_now()) {
-        Some(Ok(())) => (StatusCode::ACCEPTED, "directory refresh started").into_response(),
-        Some(Err(Stopping)) => stopping(),
-        None => not_found("integration"),
+    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    match h.sync_now().await {
+        Ok(()) => (StatusCode::ACCEPTED, "directory refresh started").into_response(),
+        Err(Stopping) => stopping(),
     }
 }
 

@@ -12,7 +12,10 @@ use crate::status::{StatusView, SwapReport};
 
 /// A command for an integration's actor.
 pub enum Command {
-    /// A notification batch already acknowledged and persisted in the inbox under this id.
+    /// Notification batches wait in the durable inbox: take them, in order. Several wakes
+    /// count as one (the actor pulls the rows itself).
+    InboxWake,
+    /// One batch from the inbox, offered to the plugin (the actor's own; never queued).
     Inbox(i64, Vec<u8>),
     /// An outbound request finished.
     HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
@@ -41,6 +44,7 @@ impl Command {
     /// The kind of call, as the status names it (`slowest_calls_ms`, `calls`).
     pub fn name(&self) -> &'static str {
         match self {
+            Command::InboxWake => "inbox-wake",
             Command::Inbox(..) => "inbox",
             Command::HttpDone(..) => "http-done",
             Command::Tick => "tick",

@@ -14,8 +14,12 @@ use crate::sandbox::LogBudget;
 use crate::store::StateStore;
 use crate::switchboard::Switchboard;
 
-/// Where the outcome of an outbound request goes: the integration's actor queue.
-pub type HttpDone = Box<dyn Fn(u64, Result<Response, HttpError>) -> bool + Send + Sync>;
+/// Where the outcome of an outbound request goes: the integration's actor queue (waiting for
+/// room in it); resolves to false once the actor is gone.
+pub type HttpDone = Box<dyn Fn(u64, Result<Response, HttpError>) -> BoxFuture<bool> + Send + Sync>;
+
+/// A boxed future, as the seams return them.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Everything the host gives one integration's instance. Survives instance replacement.
 pub struct IntegrationCtx {
@@ -46,6 +50,8 @@ pub struct IntegrationCtx {
     pub(crate) stopping: AtomicBool,
     /// The plugin asked for a prompt `tick` (`scheduler.request-tick`).
     pub(crate) tick_requested: AtomicBool,
+    /// Rows wait in the inbox that the actor has not pulled yet.
+    pub(crate) inbox_waiting: AtomicBool,
     /// The plugin's log allowance.
     pub(crate) log_budget: Mutex<LogBudget>,
 }
@@ -77,13 +83,19 @@ impl IntegrationCtx {
             in_flight: AtomicU64::new(0),
             stopping: Default::default(),
             tick_requested: Default::default(),
+            inbox_waiting: Default::default(),
             log_budget: Default::default(),
         }
     }
 
     /// Adds one to a host counter.
     pub fn count(&self, name: &str) {
-        *self.counters.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        self.count_by(name, 1);
+    }
+
+    /// Adds `n` to a host counter.
+    pub fn count_by(&self, name: &str, n: u64) {
+        *self.counters.lock().unwrap().entry(name.to_string()).or_default() += n;
     }
 
     /// The host counters so far.

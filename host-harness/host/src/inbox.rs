@@ -1,10 +1,9 @@
 //! The durable webhook inbox, host side: Graph's notification batches are checked for their
-//! envelope, written to the state store and acknowledged at once; the actor then offers each
-//! to the plugin (`sync.on-notification`) in order. A plugin that answers `retry-later` (it
-//! is restoring its state) gets the batch again, in order, after its next step
-//! ([`Deferred`]); no later batch passes it.
-
-use std::collections::VecDeque;
+//! envelope, written to the state store and acknowledged at once, and the actor is woken. The
+//! inbox is the queue of notifications: the actor pulls its rows, in order, [`STEP`] at a
+//! time (so other commands get their turn during a flood), and offers each to the plugin
+//! (`sync.on-notification`). A plugin that answers `retry-later` (it is restoring its state)
+//! gets the same batch again after its next step; no later batch passes it.
 
 use wasmtime::Store;
 
@@ -12,8 +11,8 @@ use crate::bindings::sync;
 use crate::context::IntegrationCtx;
 use crate::instance::HostState;
 
-/// Batches the plugin asked to see again, oldest first, with those that came after them.
-pub(crate) type Deferred = VecDeque<(i64, Vec<u8>)>;
+/// Rows the actor pulls from the inbox before it serves its queue again.
+pub const STEP: usize = 64;
 
 /// The shape every notification body has: `{"value": [ ... ]}`.
 pub fn check_envelope(body: &[u8]) -> Result<(), serde_json::Error> {
@@ -30,8 +29,7 @@ pub(crate) enum Offered {
     /// The plugin took it (or trapped on it: it would again, and one poisonous body must not
     /// loop): remove it from the inbox with [`taken`].
     Taken(i64),
-    /// The plugin is restoring its state: the batch went back in line (`front`: at the head,
-    /// where it came from) and stays in the inbox.
+    /// The plugin is restoring its state: the batch stays in the inbox, first in line.
     Deferred,
 }
 
@@ -41,19 +39,12 @@ pub(crate) async fn offer(
     store: &mut Store<HostState>,
     sync: &sync::Guest,
     ctx: &IntegrationCtx,
-    deferred: &mut Deferred,
     id: i64,
     body: Vec<u8>,
-    front: bool,
 ) -> (Offered, Result<(), wasmtime::Error>) {
     match sync.call_on_notification(&mut *store, &body).await {
         Ok(sync::NotificationOutcome::RetryLater) => {
             ctx.count("inbox.deferred");
-            if front {
-                deferred.push_front((id, body));
-            } else {
-                deferred.push_back((id, body));
-            }
             (Offered::Deferred, Ok(()))
         }
         Ok(sync::NotificationOutcome::Taken) => (Offered::Taken(id), Ok(())),

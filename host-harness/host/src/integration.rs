@@ -24,13 +24,17 @@ use crate::switchboard::Switchboard;
 
 /// How often the periodic `tick` comes.
 pub const TICK_EVERY: Duration = Duration::from_secs(1);
+/// Commands an integration's queue holds; a caller that finds it full waits (the API, outbound
+/// answers) or lets the next one do (ticks, inbox wakes). Notifications do not pass through it:
+/// they wait in the durable inbox.
+pub const QUEUE_CAPACITY: usize = 256;
 
 /// The host's handle to an integration's actor. Cheap to clone.
 #[derive(Clone)]
 pub struct IntegrationHandle {
     /// Name.
     pub name: String,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     ctx: Arc<IntegrationCtx>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -38,18 +42,17 @@ pub struct IntegrationHandle {
 impl IntegrationHandle {
     async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopping> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(cmd(tx)).map_err(|_| Stopping)?;
+        self.tx.send(cmd(tx)).await.map_err(|_| Stopping)?;
         rx.await.map_err(|_| Stopping)
     }
 
     /// Takes a notification (or lifecycle notification) body: persists it in the durable
-    /// inbox, so that it survives a crash, and queues it for the plugin. When this returns
-    /// `Ok` the caller may acknowledge it to Graph.
+    /// inbox, so that it survives a crash, and wakes the actor, which takes the inbox's rows in
+    /// order. When this returns `Ok` the caller may acknowledge it to Graph.
     pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        let id = self.ctx.store.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
+        self.ctx.store.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
         self.ctx.count("inbox.accepted");
-        // A stopping actor leaves the row in the inbox: it is replayed at the next start.
-        let _ = self.tx.send(Command::Inbox(id, body));
+        wake_for_inbox(&self.ctx, &self.tx);
         Ok(())
     }
 
@@ -79,13 +82,13 @@ impl IntegrationHandle {
     }
 
     /// "Sync now": re-read the directory at once.
-    pub fn sync_now(&self) -> Result<(), Stopping> {
-        self.tx.send(Command::SyncNow).map_err(|_| Stopping)
+    pub async fn sync_now(&self) -> Result<(), Stopping> {
+        self.tx.send(Command::SyncNow).await.map_err(|_| Stopping)
     }
 
     /// A tick now, besides the periodic one (benchmarks that move the clock forward).
-    pub fn tick(&self) {
-        let _ = self.tx.send(Command::Tick);
+    pub async fn tick(&self) {
+        let _ = self.tx.send(Command::Tick).await;
     }
 
     /// Hot swap: switches this integration to `release` (see [`SwapReport`]).
@@ -94,15 +97,16 @@ impl IntegrationHandle {
     }
 
     /// Makes the instance's next guest call trap on its deadline (tests).
-    pub fn interrupt_next_call(&self) {
-        let _ = self.tx.send(Command::InterruptNextCall);
+    pub async fn interrupt_next_call(&self) {
+        let _ = self.tx.send(Command::InterruptNextCall).await;
     }
 
     /// Stops the actor: it takes no further command (what is queued stays in the durable
     /// inbox, as after a crash).
     pub fn shutdown(&self) {
         self.ctx.stopping.store(true, Ordering::SeqCst);
-        let _ = self.tx.send(Command::Shutdown);
+        // A full queue means a busy actor, which sees the flag after its current command.
+        let _ = self.tx.try_send(Command::Shutdown);
     }
 
     /// Waits until the actor has stopped (after [`IntegrationHandle::shutdown`]).
@@ -134,9 +138,17 @@ pub struct Spawn {
     pub release: Arc<Release>,
 }
 
+/// Rows wait in the inbox: the actor takes them after its current command (woken if idle).
+fn wake_for_inbox(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
+    if !ctx.inbox_waiting.swap(true, Ordering::SeqCst) {
+        // A full queue means a busy actor, which looks at the flag after every command.
+        let _ = tx.try_send(Command::InboxWake);
+    }
+}
+
 /// Starts an integration's actor, configures its instance and replays its inbox.
 pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHandle> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let done = tx.clone();
     let ctx = Arc::new(IntegrationCtx::new(
         s.settings.name.clone(),
@@ -146,16 +158,20 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         s.switchboard,
         s.key,
         s.clock,
-        Box::new(move |id, outcome| done.send(Command::HttpDone(id, outcome)).is_ok()),
+        Box::new(move |id, outcome| {
+            let done = done.clone();
+            Box::pin(async move { done.send(Command::HttpDone(id, outcome)).await.is_ok() })
+        }),
     ));
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };
     let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.release).await?;
-    // Notifications acknowledged before a crash but never processed: replay them, oldest
-    // first, before anything else reaches the new instance.
-    for e in ctx.store.inbox(&ctx.name)? {
-        ctx.count("inbox.replayed");
-        let _ = tx.send(Command::Inbox(e.id, e.body));
+    // Notifications acknowledged before a crash but never processed: the actor takes them,
+    // oldest first, before anything else reaches the new instance.
+    let waiting = ctx.store.inbox_after(&ctx.name, 0, usize::MAX)?.len();
+    ctx.count_by("inbox.replayed", waiting as u64);
+    if waiting > 0 {
+        ctx.inbox_waiting.store(true, Ordering::SeqCst);
     }
     *handle.task.lock().unwrap() = Some(tokio::spawn(async move { actor.run(rx).await }));
     let ticker = tx;
@@ -164,7 +180,8 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             iv.tick().await;
-            if ticker.send(Command::Tick).is_err() {
+            // A full queue means a busy actor: this tick is skipped, the next one comes.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = ticker.try_send(Command::Tick) {
                 return;
             }
         }

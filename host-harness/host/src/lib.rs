@@ -29,8 +29,9 @@
 //! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
 //! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
-//!   owns the instance and serves its queue; `swap.rs`: hot swap between two commands;
-//!   `inbox.rs`: the durable inbox's host side (envelope check, order, deferral).
+//!   owns the instance, serves its bounded queue and takes the inbox's rows in order;
+//!   `swap.rs`: hot swap between two commands; `inbox.rs`: the durable inbox's host side
+//!   (envelope check, offering a batch, `retry-later`).
 //! - [`engine`]: the wasmtime engine and linker; [`release`]: checked, compiled, cached
 //!   plugin releases; `instance.rs`: the per-instance store state; `context.rs`: what an
 //!   integration's instances share.

@@ -25,7 +25,7 @@ impl Actor {
     pub(crate) async fn swap(
         &mut self,
         release: Arc<Release>,
-        rx: &mut mpsc::UnboundedReceiver<Command>,
+        rx: &mut mpsc::Receiver<Command>,
     ) -> (SwapReport, Vec<Command>) {
         let started = Instant::now();
         let label = |version: &str, r: &Release| format!("{version} ({})", &r.sha256[..12]);

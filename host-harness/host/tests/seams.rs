@@ -29,6 +29,8 @@ struct MemStore {
     next_id: Mutex<i64>,
     keys: Mutex<BTreeMap<String, KeyRow>>,
     calls: Mutex<Vec<&'static str>>,
+    /// Inbox rows deleted, in order.
+    deleted: Mutex<Vec<i64>>,
 }
 
 impl MemStore {
@@ -86,16 +88,18 @@ impl StateStore for MemStore {
     }
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError> {
         self.calls.lock().unwrap().push("inbox_delete");
+        self.deleted.lock().unwrap().push(id);
         self.inbox.lock().unwrap().remove(&id);
         Ok(())
     }
-    fn inbox(&self, i: &str) -> Result<Vec<InboxEntry>, StoreError> {
+    fn inbox_after(&self, i: &str, after: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         Ok(self
             .inbox
             .lock()
             .unwrap()
-            .iter()
+            .range(after + 1..)
             .filter(|(_, (n, _, _))| n == i)
+            .take(limit)
             .map(|(id, (_, kind, body))| InboxEntry { id: *id, kind: kind.clone(), body: body.clone() })
             .collect())
     }
@@ -257,6 +261,26 @@ async fn the_inbox_left_by_a_crash_is_replayed_in_order_then_emptied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_taken_from_the_inbox_in_order_a_step_at_a_time() {
+    // More rows than one step takes, some left by a crash, more accepted while it works.
+    let store = Arc::new(MemStore::default());
+    for n in 0..150 {
+        store.inbox_push("contoso", "notifications", &body(n), 0).unwrap();
+    }
+    let f = start(store).await;
+    let h = f.host.integration("contoso").unwrap();
+    for n in 150..300 {
+        h.accept("notifications", body(n)).unwrap();
+    }
+    let s = f.wait("every row is processed", |s| counter(s, "inbox.processed") == 300).await;
+    assert_eq!((counter(&s, "inbox.replayed"), counter(&s, "inbox.accepted")), (150, 150));
+    assert_eq!(f.store.inbox_len(), 0);
+    let deleted = f.store.deleted.lock().unwrap().clone();
+    assert_eq!(deleted, (1..=300).collect::<Vec<i64>>(), "in the order they came, each once");
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_the_http_backend_only_through_the_allow_list() {
     let f = start(Arc::new(MemStore::default())).await;
     let end = Instant::now() + Duration::from_secs(60);
@@ -276,7 +300,7 @@ async fn requests_reach_the_http_backend_only_through_the_allow_list() {
 async fn a_trap_restarts_only_the_instance_and_is_reported() {
     let f = start(Arc::new(MemStore::default())).await;
     let h = f.host.integration("contoso").unwrap();
-    h.interrupt_next_call();
+    h.interrupt_next_call().await;
     let s = f.wait("the trap is reported", |s| s.traps == 1).await;
     assert!(s.last_trap.as_deref().unwrap_or("").contains("interrupt"), "{:?}", s.last_trap);
     // The new instance answers.

@@ -137,7 +137,18 @@ fn run_graph(
     core: &mut Core,
     env: &mut FakeEnv,
     users: usize,
+    effects: Vec<Effect>,
+) -> (Vec<PresenceUpdate>, Vec<serde_json::Value>) {
+    run_graph_observed(core, env, users, effects, &mut |_, _| {})
+}
+
+/// [`run_graph`], calling `observe` after every step (a tick, or a batch of answers).
+fn run_graph_observed(
+    core: &mut Core,
+    env: &mut FakeEnv,
+    users: usize,
     mut effects: Vec<Effect>,
+    observe: &mut dyn FnMut(&Core, &FakeEnv),
 ) -> (Vec<PresenceUpdate>, Vec<serde_json::Value>) {
     let mut published = vec![];
     let mut created = vec![];
@@ -154,6 +165,7 @@ fn run_graph(
             // The host calls `tick` when the core asks for the next step of its work.
             if effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
                 core.tick(env);
+                observe(core, env);
                 effects = core.take_effects();
                 continue;
             }
@@ -192,6 +204,7 @@ fn run_graph(
                 panic!("unexpected request {} {}", r.method, r.url)
             };
             core.on_http_response(env, id, resp);
+            observe(core, env);
         }
         effects = core.take_effects();
     }
@@ -224,6 +237,28 @@ fn full_setup_reads_directory_subscribes_and_snapshots() {
     assert_eq!(s.health, Health::Ok);
     assert_eq!(s.mapped_users, 700);
     assert_eq!(s.subscriptions.iter().map(|x| x.users_covered).collect::<Vec<_>>(), vec![650, 50]);
+}
+
+#[test]
+fn the_status_says_starting_until_the_first_mapping_is_built() {
+    // The switchboard is read and matched in steps after the directory read: in between, a
+    // status must not say "ok" with no user mapped.
+    let users = 9_000;
+    let mut env = env(users);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(14)).unwrap();
+    let effects = core.take_effects();
+    let mut seen = Vec::new();
+    run_graph_observed(&mut core, &mut env, users, effects, &mut |core, env| {
+        let s = core.status(env);
+        let subscribed = s.subscriptions.iter().filter(|x| x.subscription_id.is_some()).count();
+        seen.push((s.health.clone(), s.mapped_users, subscribed));
+    });
+    assert!(seen.iter().any(|(h, ..)| *h == Health::Starting));
+    let early_ok: Vec<_> =
+        seen.iter().filter(|(h, n, subs)| *h == Health::Ok && (*n < users as u32 || *subs < 14)).collect();
+    assert!(early_ok.is_empty(), "ok before every user was mapped and subscribed: {early_ok:?}");
+    assert_eq!(seen.last().unwrap(), &(Health::Ok, users as u32, 14));
 }
 
 #[test]

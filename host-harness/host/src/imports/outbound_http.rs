@@ -57,7 +57,7 @@ impl outbound_http::Host for HostState {
         let sent = ctx.http.send(req);
         tokio::spawn(async move {
             let outcome = sent.await;
-            if !(ctx.http_done)(id, outcome) {
+            if !(ctx.http_done)(id, outcome).await {
                 ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
         });

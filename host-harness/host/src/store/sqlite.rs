@@ -187,11 +187,15 @@ impl StateStore for SqliteStore {
     }
 
     /// The integration's unprocessed inbox entries, oldest first: `(id, kind, body)`.
-    fn inbox(&self, integration: &str) -> Result<Vec<InboxEntry>, StoreError> {
+    fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         let c = self.conn.lock().unwrap();
-        let mut st = c.prepare("SELECT id, kind, body FROM inbox WHERE integration = ?1 ORDER BY id")?;
-        let rows =
-            st.query_map(params![integration], |r| Ok(InboxEntry { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)? }))?;
+        let mut st = c.prepare_cached(
+            "SELECT id, kind, body FROM inbox WHERE integration = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![integration, after_id, limit], |r| {
+            Ok(InboxEntry { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -1029,6 +1029,8 @@ impl Core {
                 ),
             ))
         } else if self.dir.last_ok_ms.is_none()
+            // The first mapping (switchboard read and matching, in steps) is not built yet.
+            || !self.ready()
             || self
                 .subs
                 .iter()
