@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::*;
-use presence_demo::{DEMO_CLIENT, DEMO_SECRET, DEMO_TENANT};
 use presence_host::switchboard::{LineEvent, PresenceUpdate, SwitchboardUser, UnknownUser};
 use presence_host::{Backends, Config, Host, Switchboard};
 
@@ -51,25 +50,10 @@ async fn a_switchboard_that_is_not_the_simulator_gets_every_presence() {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let text = format!(
-        r#"
-[host]
-public_base_url = "http://{addr}"
-state_dir = "state"
-graph_base_url = "{base}"
-login_base_url = "{base}"
-
-[[integration]]
-name = "contoso"
-tenant_id = "{DEMO_TENANT}"
-client_id = "{DEMO_CLIENT}"
-client_secret = "{DEMO_SECRET}"
-users = [{{ username = "{}", password = "{}" }}]
-"#,
-        seed.integration_user(0),
-        seed.integration_password
-    );
-    let config = Config::parse(&text, "host.toml", dir.path(), &|_| None).unwrap();
+    // The workshop's config writer; the host never reads its `switchboard_csv`.
+    let users = [(seed.integration_user(0), seed.integration_password.clone())];
+    let path = write_host_config(dir.path(), addr.port(), &format!("http://{addr}"), &base, &users, "");
+    let config = Config::load(&path).unwrap();
     let mut backends =
         Backends::defaults(&config, BTreeMap::from([("contoso".to_string(), console.clone() as Arc<dyn Switchboard>)]))
             .unwrap();

@@ -168,8 +168,8 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
     let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.release).await?;
     // Notifications acknowledged before a crash but never processed: the actor takes them,
     // oldest first, before anything else reaches the new instance.
-    let waiting = ctx.store.inbox_after(&ctx.name, 0, usize::MAX)?.len();
-    ctx.count_by("inbox.replayed", waiting as u64);
+    let waiting = ctx.store.inbox_len(&ctx.name)?;
+    ctx.count_by("inbox.replayed", waiting);
     if waiting > 0 {
         ctx.inbox_waiting.store(true, Ordering::SeqCst);
     }

@@ -92,6 +92,9 @@ impl StateStore for MemStore {
         self.inbox.lock().unwrap().remove(&id);
         Ok(())
     }
+    fn inbox_len(&self, i: &str) -> Result<u64, StoreError> {
+        Ok(self.inbox.lock().unwrap().values().filter(|(n, _, _)| n == i).count() as u64)
+    }
     fn inbox_after(&self, i: &str, after: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         Ok(self
             .inbox

@@ -56,6 +56,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError>;
     /// Removes a processed inbox entry.
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError>;
+    /// How many inbox entries of the integration wait.
+    fn inbox_len(&self, integration: &str) -> Result<u64, StoreError>;
     /// The integration's unprocessed inbox entries after `after_id`, oldest first, at most
     /// `limit` of them.
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;

@@ -187,6 +187,13 @@ impl StateStore for SqliteStore {
     }
 
     /// The integration's unprocessed inbox entries, oldest first: `(id, kind, body)`.
+    fn inbox_len(&self, integration: &str) -> Result<u64, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let n: i64 =
+            c.query_row("SELECT COUNT(*) FROM inbox WHERE integration = ?1", params![integration], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         let c = self.conn.lock().unwrap();
         let mut st = c.prepare_cached(
