@@ -49,3 +49,15 @@ pub enum OverrideError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the integration is stopping")]
 pub struct Stopping;
+
+/// What came of a hot swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapOutcome {
+    /// The new release runs.
+    Switched,
+    /// The new release did not configure; the old one carries on, on the state as it was.
+    RolledBack,
+    /// Nothing was tried (the state could not be backed up first).
+    Refused,
+}

@@ -1,14 +1,21 @@
-//! The durable webhook inbox, host side: Graph's notification batches are checked for their
-//! envelope, written to the state store and acknowledged at once, and the actor is woken. The
-//! inbox is the queue of notifications: the actor pulls its rows, in order, [`STEP`] at a
-//! time (so other commands get their turn during a flood), and offers each to the plugin
-//! (`sync.on-notification`). A plugin that answers `retry-later` (it is restoring its state)
-//! gets the same batch again after its next step; no later batch passes it.
+//! The durable webhook inbox, host side, all of it: Graph's notification batches are checked
+//! for their envelope, written to the state store and acknowledged at once, and the actor is
+//! woken ([`accept`]). The inbox is the queue of notifications: after every command the actor
+//! pulls its rows, in order, [`STEP`] at a time (so other commands get their turn during a
+//! flood), and offers each to the plugin (`sync.on-notification`). Rows a crash left are
+//! taken first. A plugin that answers `retry-later` (it is restoring its state) gets the same
+//! batch again after its next tick; no later batch passes it.
 
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
 use wasmtime::Store;
 
+use crate::actor::Actor;
 use crate::bindings::sync;
+use crate::command::Command;
 use crate::context::IntegrationCtx;
+use crate::error::StoreError;
 use crate::instance::HostState;
 
 /// Rows the actor pulls from the inbox before it serves its queue again.
@@ -22,6 +29,69 @@ pub fn check_envelope(body: &[u8]) -> Result<(), serde_json::Error> {
         value: Vec<serde::de::IgnoredAny>,
     }
     serde_json::from_slice::<Envelope>(body).map(|_| ())
+}
+
+/// Persists a notification body (it survives a crash from here on) and wakes the actor. When
+/// this returns `Ok` the caller may acknowledge it to Graph.
+pub(crate) fn accept(
+    ctx: &IntegrationCtx,
+    tx: &mpsc::Sender<Command>,
+    kind: &str,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    ctx.store.inbox_push(&ctx.name, kind, body, ctx.clock.now_ms())?;
+    ctx.count("inbox.accepted");
+    wake(ctx, tx);
+    Ok(())
+}
+
+/// Rows wait in the inbox: the actor takes them after its current command (woken if idle).
+pub(crate) fn wake(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
+    if !ctx.inbox_waiting.swap(true, Ordering::SeqCst) {
+        // A full queue means a busy actor, which looks at the flag after every command.
+        let _ = tx.try_send(Command::InboxWake);
+    }
+}
+
+/// At an integration's start: the rows a crash left wait, and are taken first.
+pub(crate) fn replay(ctx: &IntegrationCtx) -> Result<(), StoreError> {
+    let waiting = ctx.store.inbox_len(&ctx.name)?;
+    ctx.count_by("inbox.replayed", waiting);
+    if waiting > 0 {
+        ctx.inbox_waiting.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+impl Actor {
+    /// Offers the plugin the inbox's rows after the cursor, in order, [`STEP`] at a
+    /// time: more waiting go back in line behind the commands queued meanwhile. Stops at a
+    /// `retry-later` until the plugin's next tick.
+    pub(crate) async fn take_inbox(&mut self) {
+        if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, STEP) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(integration = %self.ctx.name, "inbox read failed: {e}; retried after the next command");
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let full = rows.len() == STEP;
+        for row in rows {
+            self.call(Command::Inbox(row.id, row.body)).await;
+            if self.inbox_blocked {
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+            self.inbox_cursor = row.id;
+        }
+        if full {
+            wake(&self.ctx, &self.tx);
+        }
+    }
 }
 
 /// What came of offering a batch.

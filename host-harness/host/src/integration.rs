@@ -16,6 +16,7 @@ use crate::context::IntegrationCtx;
 use crate::engine::Runtime;
 use crate::error::{LineEventError, OverrideError, Stopping, StoreError};
 use crate::http::HttpClient;
+use crate::inbox;
 use crate::keys::NotificationKey;
 use crate::release::Release;
 use crate::status::{StatusView, SwapReport};
@@ -50,10 +51,7 @@ impl IntegrationHandle {
     /// inbox, so that it survives a crash, and wakes the actor, which takes the inbox's rows in
     /// order. When this returns `Ok` the caller may acknowledge it to Graph.
     pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        self.ctx.store.inbox_push(&self.name, kind, &body, self.ctx.clock.now_ms())?;
-        self.ctx.count("inbox.accepted");
-        wake_for_inbox(&self.ctx, &self.tx);
-        Ok(())
+        inbox::accept(&self.ctx, &self.tx, kind, &body)
     }
 
     /// Adds one to a host counter of this integration.
@@ -138,14 +136,6 @@ pub struct Spawn {
     pub release: Arc<Release>,
 }
 
-/// Rows wait in the inbox: the actor takes them after its current command (woken if idle).
-fn wake_for_inbox(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
-    if !ctx.inbox_waiting.swap(true, Ordering::SeqCst) {
-        // A full queue means a busy actor, which looks at the flag after every command.
-        let _ = tx.try_send(Command::InboxWake);
-    }
-}
-
 /// Starts an integration's actor, configures its instance and replays its inbox.
 pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHandle> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -168,11 +158,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
     let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.release).await?;
     // Notifications acknowledged before a crash but never processed: the actor takes them,
     // oldest first, before anything else reaches the new instance.
-    let waiting = ctx.store.inbox_len(&ctx.name)?;
-    ctx.count_by("inbox.replayed", waiting);
-    if waiting > 0 {
-        ctx.inbox_waiting.store(true, Ordering::SeqCst);
-    }
+    inbox::replay(&ctx)?;
     *handle.task.lock().unwrap() = Some(tokio::spawn(async move { actor.run(rx).await }));
     let ticker = tx;
     tokio::spawn(async move {

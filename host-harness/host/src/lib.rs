@@ -31,7 +31,7 @@
 //! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
 //!   owns the instance, serves its bounded queue and takes the inbox's rows in order;
 //!   `swap.rs`: hot swap between two commands; `inbox.rs`: the durable inbox's host side
-//!   (envelope check, offering a batch, `retry-later`).
+//!   (envelope check, accept, replay, taking the rows in order, `retry-later`).
 //! - [`engine`]: the wasmtime engine and linker; [`release`]: checked, compiled, cached
 //!   plugin releases; `instance.rs`: the per-instance store state; `context.rs`: what an
 //!   integration's instances share.
@@ -40,7 +40,7 @@
 //! - [`sandbox`]: every limit (CPU per call, memory, size caps, log allowance);
 //!   [`allow_list`]: where the plugin may send requests.
 //! - [`keys`]: the per-integration RSA key; [`status`]: what the admin sees;
-//!   [`config`]: the TOML configuration; [`error`]: typed errors.
+//!   [`config`]: the TOML configuration; [`error`]: typed errors and [`SwapOutcome`].
 
 mod actor;
 pub mod allow_list;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::bindings::{WIT_VERSION, status};
+pub use crate::error::SwapOutcome;
 
 /// What the host knows of an integration, besides what its plugin reports.
 pub(crate) struct HostSide {
@@ -255,18 +256,6 @@ impl StatusView {
         }
         v
     }
-}
-
-/// What came of a hot swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SwapOutcome {
-    /// The new release runs.
-    Switched,
-    /// The new release did not configure; the old one carries on, on the state as it was.
-    RolledBack,
-    /// Nothing was tried (the state could not be backed up first).
-    Refused,
 }
 
 /// The outcome of a hot swap, as the admin API returns it.
