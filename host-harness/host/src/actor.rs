@@ -33,7 +33,7 @@ pub(crate) struct Actor {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) ctx: Arc<IntegrationCtx>,
     /// The actor's own queue (for the ticks the plugin asks for, and to yield during a flood).
-    pub(crate) tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Command>,
     pub(crate) settings: sync::Settings,
     pub(crate) release: Arc<Release>,
     pub(crate) store: Store<HostState>,
@@ -52,10 +52,10 @@ pub(crate) struct Actor {
     /// Counters of the releases that ran before a swap, so that the status counts since start.
     pub(crate) carried: BTreeMap<String, u64>,
     /// The id of the last inbox row the plugin took: the next one is after it.
-    pub(crate) inbox_cursor: i64,
+    inbox_cursor: i64,
     /// The plugin answered `retry-later` (it is restoring its state): the inbox waits until
     /// after its next tick.
-    pub(crate) inbox_blocked: bool,
+    inbox_blocked: bool,
     /// How long the running instance took to instantiate (ms).
     pub(crate) instantiate_ms: f64,
 }
@@ -208,6 +208,35 @@ impl Actor {
                 }
                 cmd => self.call(cmd).await,
             }
+        }
+    }
+
+    /// Offers the plugin the inbox's rows after the cursor, in order, [`inbox::STEP`] at a
+    /// time: more waiting go back in line behind the commands queued meanwhile. Stops at a
+    /// `retry-later` until the plugin's next tick.
+    async fn take_inbox(&mut self) {
+        if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, inbox::STEP) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(integration = %self.ctx.name, "inbox read failed: {e}; retried after the next command");
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let full = rows.len() == inbox::STEP;
+        for row in rows {
+            self.call(Command::Inbox(row.id, row.body)).await;
+            if self.inbox_blocked {
+                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
+                return;
+            }
+            self.inbox_cursor = row.id;
+        }
+        if full {
+            inbox::wake(&self.ctx, &self.tx);
         }
     }
 

@@ -2,16 +2,16 @@
 //! for their envelope, written to the state store and acknowledged at once, and the actor is
 //! woken ([`accept`]). The inbox is the queue of notifications: after every command the actor
 //! pulls its rows, in order, [`STEP`] at a time (so other commands get their turn during a
-//! flood), and offers each to the plugin (`sync.on-notification`). Rows a crash left are
-//! taken first. A plugin that answers `retry-later` (it is restoring its state) gets the same
-//! batch again after its next tick; no later batch passes it.
+//! flood; `Actor::take_inbox`), and [`offer`]s each to the plugin (`sync.on-notification`).
+//! Rows a crash left are taken first ([`replay`]). A plugin that answers `retry-later` (it is
+//! restoring its state) gets the same batch again after its next tick; no later batch passes
+//! it.
 
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use wasmtime::Store;
 
-use crate::actor::Actor;
 use crate::bindings::sync;
 use crate::command::Command;
 use crate::context::IntegrationCtx;
@@ -61,37 +61,6 @@ pub(crate) fn replay(ctx: &IntegrationCtx) -> Result<(), StoreError> {
         ctx.inbox_waiting.store(true, Ordering::SeqCst);
     }
     Ok(())
-}
-
-impl Actor {
-    /// Offers the plugin the inbox's rows after the cursor, in order, [`STEP`] at a
-    /// time: more waiting go back in line behind the commands queued meanwhile. Stops at a
-    /// `retry-later` until the plugin's next tick.
-    pub(crate) async fn take_inbox(&mut self) {
-        if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, STEP) {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(integration = %self.ctx.name, "inbox read failed: {e}; retried after the next command");
-                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
-                return;
-            }
-        };
-        let full = rows.len() == STEP;
-        for row in rows {
-            self.call(Command::Inbox(row.id, row.body)).await;
-            if self.inbox_blocked {
-                self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
-                return;
-            }
-            self.inbox_cursor = row.id;
-        }
-        if full {
-            wake(&self.ctx, &self.tx);
-        }
-    }
 }
 
 /// What came of offering a batch.

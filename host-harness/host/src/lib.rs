@@ -31,7 +31,7 @@
 //! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
 //!   owns the instance, serves its bounded queue and takes the inbox's rows in order;
 //!   `swap.rs`: hot swap between two commands; `inbox.rs`: the durable inbox's host side
-//!   (envelope check, accept, replay, taking the rows in order, `retry-later`).
+//!   (envelope check, accept, replay, offering a batch; the actor takes the rows in order).
 //! - [`engine`]: the wasmtime engine and linker; [`release`]: checked, compiled, cached
 //!   plugin releases; `instance.rs`: the per-instance store state; `context.rs`: what an
 //!   integration's instances share.
