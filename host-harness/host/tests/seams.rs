@@ -179,16 +179,16 @@ fn cache_dir() -> std::path::PathBuf {
     d
 }
 
-async fn start(store: Arc<MemStore>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+/// The fixture's configuration: Microsoft at `base` (login and Graph), state in `dir`.
+fn config(base: &str, dir: &std::path::Path) -> Config {
     let text = format!(
         r#"
 [host]
 public_base_url = "http://127.0.0.1:9"
 state_dir = "state"
 plugin_cache_dir = "{}"
-graph_base_url = "http://127.0.0.1:9"
-login_base_url = "http://127.0.0.1:9"
+graph_base_url = "{base}"
+login_base_url = "{base}"
 
 [[integration]]
 name = "contoso"
@@ -200,7 +200,12 @@ users = [{{ username = "sync1@contoso.example", password = "pw" }}]
 "#,
         cache_dir().display()
     );
-    let config = Config::parse(&text, "host.toml", dir.path(), &|_| None).unwrap();
+    Config::parse(&text, "host.toml", dir, &|_| None).unwrap()
+}
+
+async fn start(store: Arc<MemStore>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("http://127.0.0.1:9", dir.path());
     let http = Arc::new(DownHttp::default());
     let backends = Backends {
         store: store.clone(),
@@ -346,5 +351,55 @@ async fn a_release_that_refuses_the_settings_is_rolled_back_on_the_state_as_it_w
     // The old instance carries on, on its own state (it may have written more since).
     let kv_after = f.store.kv.lock().unwrap().clone();
     assert!(kv_before.keys().all(|k| kv_after.contains_key(k)));
+    f.host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_so_nothing_leaves_the_allow_list() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let serve = |app: axum::Router| async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        addr
+    };
+    // Another origin, which counts what reaches it (a client secret would, on a redirect).
+    let stolen = Arc::new(AtomicUsize::new(0));
+    let thief = stolen.clone();
+    let elsewhere = serve(axum::Router::new().fallback(move || {
+        thief.fetch_add(1, Ordering::SeqCst);
+        async { "thanks" }
+    }))
+    .await;
+    // The configured login and Graph origin answers every request with a 307 to it.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let microsoft =
+        serve(
+            axum::Router::new().fallback(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", format!("http://{elsewhere}/steal"))])
+                }
+            }),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&format!("http://{microsoft}"), dir.path());
+    let store = Arc::new(MemStore::default());
+    let backends = Backends {
+        store: store.clone(),
+        http: Arc::new(presence_host::ReqwestClient::new().unwrap()),
+        clock: Arc::new(SystemClock),
+        switchboards: BTreeMap::from([(
+            "contoso".to_string(),
+            Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
+        )]),
+    };
+    let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
+    let f = Fixture { host, store, http: Arc::new(DownHttp::default()), _dir: dir };
+    // The token request was answered with the redirect, and the plugin has that answer.
+    f.wait("the plugin had its answers", |s| asked.load(Ordering::SeqCst) > 0 && s.outbound_in_flight == 0).await;
+    assert_eq!(stolen.load(Ordering::SeqCst), 0, "a redirect was followed to another origin");
     f.host.stop().await;
 }

@@ -880,6 +880,38 @@ fn answer_directory(core: &mut Core, env: &mut FakeEnv, resp: Result<HttpRespons
 }
 
 #[test]
+fn links_are_followed_only_on_the_exact_origin_of_the_base_url() {
+    use crate::core::on_origin;
+    assert!(on_origin("https://graph.test", "https://graph.test/v1.0/users?$skiptoken=x"));
+    assert!(on_origin("https://graph.test", "https://graph.test"));
+    for evil in [
+        "https://graph.test.evil.example/v1.0/users",
+        "https://graph.test@evil.example/v1.0/users",
+        "https://graph.test:8443/v1.0/users",
+        "http://graph.test/v1.0/users",
+        "https://evil.example/https://graph.test/",
+    ] {
+        assert!(!on_origin("https://graph.test", evil), "{evil}");
+    }
+    // A delta round whose next page lies on another host: not followed, the round fails and the
+    // mapping stays.
+    let (mut core, mut env, _) = synced(3, 1);
+    env.now += 61_000;
+    core.tick(&mut env);
+    let evil = "https://graph.test.evil.example/v1.0/users/delta?$skiptoken=p2";
+    let r = answer_directory(
+        &mut core,
+        &mut env,
+        ok(200, serde_json::json!({"value": [{"id": ms_id(1), "mail": "x@x.com"}], "@odata.nextLink": evil})),
+    );
+    assert!(r.url.starts_with("https://graph.test/v1.0/users/delta"), "{}", r.url);
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| !r.url.contains("evil")));
+    let s = core.status(&env);
+    assert!(matches!(s.health, Health::Degraded(_)), "{:?}", s.health);
+    assert_eq!(s.mapped_users, 3);
+}
+
+#[test]
 fn delta_rounds_follow_the_stored_delta_link_and_apply_changes_whole() {
     let (mut core, mut env, _) = synced(3, 1);
     assert_eq!(core.status(&env).mapped_users, 3);

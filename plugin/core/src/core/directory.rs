@@ -500,7 +500,7 @@ fn legacy_users_step(bytes: &[u8], offset: &mut usize, users: &mut Vec<GraphUser
 }
 
 fn check_link(settings: &Settings, link: &str) -> Result<(), String> {
-    if link.starts_with(&settings.graph_base_url) {
+    if super::on_origin(&settings.graph_base_url, link) {
         Ok(())
     } else {
         Err("a paging link points outside the Graph base URL".into())

@@ -658,7 +658,7 @@ impl Core {
         graph: &str,
         now: u64,
     ) -> bool {
-        let next = next_link.filter(|n| n.starts_with(graph));
+        let next = next_link.filter(|n| on_origin(graph, n));
         match (next, self.user_tokens[slot].access(now).map(str::to_owned)) {
             (Some(next), Some(token)) => {
                 self.subs[slot].busy = true;
@@ -1166,6 +1166,15 @@ pub fn rfc3339(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Whether `link` (a URL Graph or the login service handed back: a paging or delta link, a
+/// `jwks_uri`) lies on `base`'s origin: `base` (`scheme://host[:port]`, no path) followed by
+/// nothing, a path or a query. A prefix alone is not enough:
+/// `https://graph.microsoft.com.evil.example/` and `https://graph.microsoft.com@evil.example/`
+/// both start with the Graph base URL.
+pub(crate) fn on_origin(base: &str, link: &str) -> bool {
+    link.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
 }
 
 /// Parses an RFC 3339 date-time (any number of fraction digits) into milliseconds.

@@ -113,7 +113,7 @@ impl Core {
             Err(e) => Err(format!("openid-configuration: {e}")),
         };
         match uri {
-            Ok(u) if u.starts_with(&settings.login_base_url) => self.start(Pending::Jwks, plain_get(&u)),
+            Ok(u) if super::on_origin(&settings.login_base_url, &u) => self.start(Pending::Jwks, plain_get(&u)),
             Ok(u) => self.keys_failed(format!("jwks_uri {u} is not on the login service"), now, jitter),
             Err(e) => self.keys_failed(e, now, jitter),
         }
