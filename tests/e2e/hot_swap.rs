@@ -184,6 +184,21 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a
     // Without the token, or with a wrong one: refused.
     let r = client.put(&url).body(v2.clone()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // Refused before the body is read: a request that announces 64 MiB and sends 1 KiB gets
+    // its 401 at once (the host does not wait for, or buffer, the rest).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("PUT /admin/plugin HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n\r\n", 64 << 20);
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&[0u8; 1024]).await.unwrap();
+        let mut answer = vec![0u8; 12];
+        tokio::time::timeout(EVENTUALLY, tcp.read_exact(&mut answer))
+            .await
+            .expect("an answer before the body is complete")
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 401");
+    }
     let r = client.put(&url).bearer_auth("wrong-token-of-some-length").body(v2.clone()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // An incompatible component: 422 and why.

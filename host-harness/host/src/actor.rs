@@ -25,7 +25,7 @@ use crate::error::{LineEventError, OverrideError};
 use crate::inbox;
 use crate::instance::{HostState, arm};
 use crate::release::Release;
-use crate::sandbox::{cap, thread_cpu};
+use crate::sandbox::{cap, printable, thread_cpu};
 use crate::status::{HostSide, PluginView, StatusView, SwapReport};
 
 /// The task that runs one integration's plugin.
@@ -80,13 +80,18 @@ pub(crate) async fn configure_instance(
     let sync = bindings.teams_presence_plugin_sync();
     match sync.call_configure(&mut *store, settings).await {
         Ok(Ok(())) => {}
-        Ok(Err(sync::ConfigError::Missing(f))) => return Configured::Refused(format!("missing {f}")),
-        Ok(Err(sync::ConfigError::Invalid(r))) => return Configured::Refused(format!("invalid {r}")),
+        // The guest's words are escaped and cut wherever they go (log, status, swap report).
+        Ok(Err(sync::ConfigError::Missing(f))) => {
+            return Configured::Refused(format!("missing {}", printable(&cap(f, 512))));
+        }
+        Ok(Err(sync::ConfigError::Invalid(r))) => {
+            return Configured::Refused(format!("invalid {}", printable(&cap(r, 512))));
+        }
         Err(e) => return Configured::Trapped(e),
     }
     arm(store, false);
     match sync.call_plugin_version(&mut *store).await {
-        Ok(v) => Configured::Ok(cap(v, 128)),
+        Ok(v) => Configured::Ok(printable(&cap(v, 128))),
         Err(e) => Configured::Trapped(e),
     }
 }
@@ -158,7 +163,7 @@ impl Actor {
         let mut msg = format!("{e:#}");
         let stderr = self.store.data().stderr.take();
         if !stderr.is_empty() {
-            msg = format!("{msg}; guest stderr: {}", cap(stderr, 512));
+            msg = format!("{msg}; guest stderr: {}", printable(&cap(stderr, 512)));
         }
         tracing::error!(integration = %self.ctx.name, error = %msg, "plugin trapped; restarting its instance");
         self.ctx.count("plugin.traps");

@@ -193,7 +193,7 @@ async fn put_plugin(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<SwapQuery>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
     let Some(token) = &st.admin_token else {
         return (StatusCode::FORBIDDEN, "the admin API is disabled: set [host] admin_token_env").into_response();
@@ -206,6 +206,14 @@ async fn put_plugin(
     if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)").into_response();
     }
+    // The body (up to 64 MiB) is read only now, after the token was checked.
+    let body = match axum::body::to_bytes(body, MAX_PLUGIN_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, format!("the plugin may be at most {MAX_PLUGIN_BYTES} bytes"))
+                .into_response();
+        }
+    };
     match st.swaps.swap(&st.integrations, &body, q.integration.as_deref()).await {
         Ok(reports) => {
             let switched = reports.iter().all(|r| r.outcome == SwapOutcome::Switched);

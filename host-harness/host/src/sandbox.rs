@@ -252,6 +252,21 @@ impl tokio::io::AsyncWrite for GuestStderr {
     }
 }
 
+/// `s` with every control character (a newline, an escape sequence, a Unicode line or
+/// paragraph separator) written as an escape, so that a guest's string can never forge a log
+/// line or drive a terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `s`, cut to at most `max` bytes (on a character boundary).
 pub fn cap(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -279,6 +294,13 @@ mod tests {
         assert_eq!(b.take(), LogVerdict::Drop);
         b.at -= Duration::from_secs(1);
         assert_eq!(b.take(), LogVerdict::Write { dropped_before: 2 });
+    }
+
+    #[test]
+    fn guest_strings_are_logged_printable() {
+        assert_eq!(printable("alg\n2026-11-27T00:00:00Z ERROR forged"), "alg\\n2026-11-27T00:00:00Z ERROR forged");
+        assert_eq!(printable("\u{1b}[31mred\r\u{2028}"), "\\u{1b}[31mred\\r\\u{2028}");
+        assert_eq!(printable("Ünïcode stays, tabs do not\t"), "Ünïcode stays, tabs do not\\t");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::bindings::log;
 use crate::instance::HostState;
-use crate::sandbox::{LogVerdict, MAX_LOG_FIELDS, MAX_LOG_MESSAGE, cap};
+use crate::sandbox::{LogVerdict, MAX_LOG_FIELDS, MAX_LOG_MESSAGE, cap, printable};
 
 impl log::Host for HostState {
     fn emit(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
@@ -19,11 +19,12 @@ impl log::Host for HostState {
             }
             LogVerdict::Write { .. } => {}
         }
-        let message = cap(message, MAX_LOG_MESSAGE);
+        // Cut, then escaped: a guest's strings never forge a log line.
+        let message = printable(&cap(message, MAX_LOG_MESSAGE));
         let fields = fields
             .into_iter()
             .take(MAX_LOG_FIELDS)
-            .map(|(k, v)| format!("{}={}", cap(k, 64), cap(v, 512)))
+            .map(|(k, v)| format!("{}={}", printable(&cap(k, 64)), printable(&cap(v, 512))))
             .collect::<Vec<_>>()
             .join(" ");
         match level {
