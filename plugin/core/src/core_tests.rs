@@ -1105,6 +1105,33 @@ fn validation_tokens_are_required_and_checked_before_any_item() {
 }
 
 #[test]
+fn a_forged_batch_without_our_client_state_changes_no_health_and_is_never_kept() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let _ = core.take_effects();
+    let forged = || notification("sub-1", "not-the-client-state", &ms_id(1), "0005", "Busy");
+    // Rich data without tokens, but not ours: counted, the health stays ok.
+    core.on_notification(&mut env, &webhook_with_tokens(vec![forged()], vec![]));
+    assert_eq!(core.status(&env).health, Health::Ok);
+    assert_eq!(counter(&core, &env, "rejected.validation-token-missing"), 1);
+    // Signed with a key nobody published, and not ours: refused at once, never kept aside.
+    let token = validation_token("unknown-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
+    core.on_notification(&mut env, &webhook_with_tokens(vec![forged()], vec![token]));
+    let effects = core.take_effects();
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Store { key, .. } if key == "v1/waiting-batches")));
+    assert_eq!(counter(&core, &env, "notifications.waiting-for-keys"), 0);
+    assert_eq!(counter(&core, &env, "rejected.validation-token"), 1);
+    assert_eq!(core.status(&env).health, Health::Ok);
+    // The same without tokens and with our clientState: the tenant's setting is missing.
+    core.on_notification(
+        &mut env,
+        &webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(1), "0005", "Busy")], vec![]),
+    );
+    let Health::Error(p) = core.status(&env).health else { panic!() };
+    assert_eq!(p.code, "validation-tokens-missing");
+}
+
+#[test]
 fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
     use base64::Engine as _;
     use rsa::traits::PublicKeyParts;

@@ -885,6 +885,21 @@ impl Core {
             && ((self.building.is_none() && self.loading_switchboard.is_none()) || self.mapping_built)
     }
 
+    /// Whether an item of the batch names one of our subscriptions with its `clientState`: a
+    /// secret Graph alone was given, so such a batch did come from Graph (or from someone who
+    /// has the secret). Only such a batch may change what the status says or be kept aside;
+    /// anything else is counted and dropped.
+    fn carries_our_client_state(&self, items: &[serde_json::Value]) -> bool {
+        items.iter().any(|item| {
+            let field = |k: &str| item.get(k).and_then(serde_json::Value::as_str);
+            let (Some(id), Some(given)) = (field("subscriptionId"), field("clientState")) else { return false };
+            self.subs
+                .iter()
+                .filter_map(|s| s.active.as_ref())
+                .any(|a| a.id == id && bool::from(a.client_state.as_bytes().ct_eq(given.as_bytes())))
+        })
+    }
+
     /// A notification batch: tokens first (see `validation`), then each item.
     fn on_batch(&mut self, env: &mut dyn Env, body: &[u8], may_wait: bool) {
         #[derive(serde::Deserialize)]
@@ -903,7 +918,8 @@ impl Core {
         };
         let now = env.now_ms();
         let rich = batch.value.iter().any(|v| v.get("encryptedContent").is_some());
-        match self.verdict(body, batch.validation_tokens.as_deref(), rich, batch.value.len(), now, may_wait) {
+        let ours = self.carries_our_client_state(&batch.value);
+        match self.verdict(body, batch.validation_tokens.as_deref(), rich, ours, batch.value.len(), now, may_wait) {
             validation::Verdict::Trusted => {}
             validation::Verdict::Wait | validation::Verdict::Refused => return,
         }

@@ -178,12 +178,16 @@ impl Core {
         }
     }
 
-    /// Checks a batch's validation tokens. `may_wait`: an unknown key parks the batch.
+    /// Checks a batch's validation tokens. `ours`: an item carries one of our subscriptions'
+    /// `clientState` (see `carries_our_client_state`); only then may missing tokens show in
+    /// the status, and a batch signed with a key not yet known wait for the keys (`may_wait`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn verdict(
         &mut self,
         body: &[u8],
         tokens: Option<&[String]>,
         rich: bool,
+        ours: bool,
         items: usize,
         now: u64,
         may_wait: bool,
@@ -194,10 +198,14 @@ impl Core {
                 return Verdict::Trusted;
             }
             self.count_n("rejected.validation-token-missing", items);
-            self.keys.refused = Some(problem(
-                "validation-tokens-missing",
-                "a batch of rich notifications came without validationTokens",
-            ));
+            // Graph sent rich data without tokens: the tenant needs a setting (the hint says
+            // which). A batch without our clientState proves nothing and is only counted.
+            if ours {
+                self.keys.refused = Some(problem(
+                    "validation-tokens-missing",
+                    "a batch of rich notifications came without validationTokens",
+                ));
+            }
             return Verdict::Refused;
         }
         let client_id = self.settings.as_ref().map(|s| s.client_id.clone()).unwrap_or_default();
@@ -215,7 +223,7 @@ impl Core {
                     }
                     self.keys.verified.insert(t.clone(), exp);
                 }
-                Err(TokenError::UnknownKey(_)) if may_wait => {
+                Err(TokenError::UnknownKey(_)) if may_wait && ours => {
                     self.keys.refresh_wanted = true;
                     self.count("notifications.waiting-for-keys");
                     if self.keys.waiting.len() >= MAX_WAITING_BATCHES {
