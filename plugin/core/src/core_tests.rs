@@ -370,12 +370,21 @@ fn test_key() -> rsa::RsaPrivateKey {
 
 /// A validationTokens JWT as the login service signs it (with the test key, as `kid`).
 fn validation_token(kid: &str, aud: &str, caller: &str) -> String {
+    validation_token_for(kid, aud, caller, "5db68c59-bbeb-41d7-a5df-b316a4434048")
+}
+
+/// A validationTokens JWT issued for tenant `tid`.
+fn validation_token_for(kid: &str, aud: &str, caller: &str, tid: &str) -> String {
     use base64::Engine as _;
     use rsa::signature::{SignatureEncoding, Signer};
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let h = b64.encode(serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid}).to_string());
     let exp = (T0 / 1000) + 10 * 24 * 3600;
-    let c = b64.encode(serde_json::json!({"aud": aud, "exp": exp, "nbf": T0 / 1000 - 60, "appid": caller}).to_string());
+    let c = b64.encode(
+        serde_json::json!({"aud": aud, "exp": exp, "nbf": T0 / 1000 - 60, "appid": caller, "tid": tid,
+            "iss": format!("https://sts.windows.net/{tid}/")})
+        .to_string(),
+    );
     let input = format!("{h}.{c}");
     let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(test_key()).sign(input.as_bytes());
     format!("{input}.{}", b64.encode(sig.to_bytes()))
@@ -483,6 +492,64 @@ fn restart_restores_mapping_and_subscriptions_from_state() {
         }
     }
     assert!(saw_patch);
+}
+
+/// The webhook URL changed (the host's public URL or its secret path): the subscription made
+/// for the old one is deleted and a new one made for the new one; the counters come back.
+#[test]
+fn a_subscription_for_another_webhook_url_is_replaced_and_counters_survive_a_new_instance() {
+    let (mut core, mut env, _) = synced(3, 1);
+    core.on_notification(&mut env, b"{\"value\": [{\"subscriptionId\": \"forged\"}]}");
+    let before = core.status(&env).counters;
+    assert!(!before.is_empty());
+    core.tick(&mut env);
+    for e in core.take_effects() {
+        if let Effect::Store { key, value } = e {
+            match value {
+                Some(v) => env.stored.insert(key, v),
+                None => env.stored.remove(&key),
+            };
+        }
+    }
+    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
+    let mut core = Core::new();
+    let mut s = settings(1);
+    s.notification_url = "https://hook.test/other-path/n".into();
+    core.configure(&mut env2, s).unwrap();
+    for (k, n) in &before {
+        assert_eq!(core.status(&env2).counters.iter().find(|(x, _)| x == k).map(|(_, v)| *v), Some(*n), "{k}");
+    }
+    let (mut deleted, mut created) = (false, None);
+    let mut effects = core.take_effects();
+    for _ in 0..10 {
+        for (id, r) in requests(&effects) {
+            let resp = if let Some(resp) = login_documents(&r) {
+                resp
+            } else if r.url.contains("/token") {
+                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+                directory_answer(&r, value)
+            } else if r.method == "DELETE" {
+                assert!(r.url.ends_with("/v1.0/subscriptions/sub-1"), "{}", r.url);
+                deleted = true;
+                ok(204, serde_json::json!(null))
+            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
+                assert!(deleted, "the old one goes first (one subscription per user)");
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                created = Some(body["notificationUrl"].as_str().unwrap().to_string());
+                ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
+            } else {
+                ok(200, serde_json::json!({ "value": [] }))
+            };
+            core.on_http_response(&mut env2, id, resp);
+        }
+        core.tick(&mut env2);
+        effects = core.take_effects();
+    }
+    assert!(deleted);
+    assert_eq!(created.as_deref(), Some("https://hook.test/other-path/n"));
 }
 
 #[test]
@@ -1118,7 +1185,7 @@ fn a_forged_batch_without_our_client_state_changes_no_health_and_is_never_kept()
     let token = validation_token("unknown-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
     core.on_notification(&mut env, &webhook_with_tokens(vec![forged()], vec![token]));
     let effects = core.take_effects();
-    assert!(!effects.iter().any(|e| matches!(e, Effect::Store { key, .. } if key == "v1/waiting-batches")));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Store { key, .. } if key.starts_with("v2/waiting/"))));
     assert_eq!(counter(&core, &env, "notifications.waiting-for-keys"), 0);
     assert_eq!(counter(&core, &env, "rejected.validation-token"), 1);
     assert_eq!(core.status(&env).health, Health::Ok);
@@ -1143,8 +1210,25 @@ fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
     core.on_notification(&mut env, &body);
     let effects = core.take_effects();
     assert!(publishes(&effects).is_empty(), "waits");
-    assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key == "v1/waiting-batches")));
-    assert_eq!(counter(&core, &env, "notifications.waiting-for-keys"), 1);
+    let parked = |effects: &[Effect]| -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Store { key, value: Some(_) } if key.starts_with("v2/waiting/") => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = parked(&effects);
+    assert_eq!(first.len(), 1, "stored under a key of its own");
+    // A second waiting batch writes only itself: the first is not rewritten.
+    let token2 = validation_token("rotated-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
+    let body2 = webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(1), "0006", "Away")], vec![token2]);
+    core.on_notification(&mut env, &body2);
+    let second = parked(&core.take_effects());
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    assert_eq!(counter(&core, &env, "notifications.waiting-for-keys"), 2);
     // The keys were read moments ago: re-read only after 5 minutes.
     core.tick(&mut env);
     assert!(requests(&core.take_effects()).iter().all(|(_, r)| !r.url.contains("/common/")));
@@ -1167,9 +1251,69 @@ fn a_token_signed_with_a_rotated_key_waits_for_the_keys_then_counts() {
     core.on_http_response(&mut env, *id, ok(200, jwks));
     let effects = core.take_effects();
     let p = publishes(&effects);
-    assert_eq!(p.len(), 1, "the waiting batch is processed once the keys are known");
+    assert_eq!(p.len(), 2, "the waiting batches are processed once the keys are known");
     assert_eq!(p[0].presence.availability, "Away");
-    assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: None } if key == "v1/waiting-batches")));
+    for k in first.iter().chain(&second) {
+        assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: None } if key == k)), "{k} removed");
+    }
+}
+
+#[test]
+fn waiting_batches_are_bounded_in_bytes() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let _ = core.take_effects();
+    // Batches of 1 MiB each (padding in an extra field) signed with a key not yet known: at
+    // most MAX_WAITING_BYTES of them wait, the oldest go first.
+    let token = validation_token("rotated-kid", "client", crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID);
+    let mut item = notification("sub-1", &cs, &ms_id(2), "0005", "Away");
+    item["padding"] = "x".repeat(1 << 20).into();
+    let body = webhook_with_tokens(vec![item], vec![token]);
+    let n = super::core::MAX_WAITING_BYTES / body.len() + 4;
+    for _ in 0..n {
+        core.on_notification(&mut env, &body);
+    }
+    let effects = core.take_effects();
+    let stored: usize = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store { key, value: Some(v) } if key.starts_with("v2/waiting/") => Some(v.len()),
+            _ => None,
+        })
+        .sum();
+    let removed = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Store { key, value: None } if key.starts_with("v2/waiting/")))
+        .count();
+    assert!(removed >= 4, "the oldest were dropped: {removed}");
+    assert!(stored - removed * body.len() <= super::core::MAX_WAITING_BYTES);
+    assert!(counter(&core, &env, "rejected.waiting-overflow") >= 4);
+}
+
+#[test]
+fn validation_tokens_are_pinned_to_the_first_tenant_and_another_tenants_are_refused() {
+    let (mut core, mut env, created) = synced(3, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let _ = core.take_effects();
+    let caller = crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID;
+    // The configured tenant id ("tenant") is not a GUID: the first good token pins its tenant.
+    let ours = validation_token("test-kid", "client", caller);
+    core.on_notification(
+        &mut env,
+        &webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(1), "0005", "Away")], vec![ours]),
+    );
+    let effects = core.take_effects();
+    assert_eq!(publishes(&effects).len(), 1);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key == "v2/token-tenant")));
+    // A token Microsoft signed for another tenant (a multi-tenant app's other customer).
+    let theirs = validation_token_for("test-kid", "client", caller, "8c1d5e2a-3f4b-4c6d-9e8f-0a1b2c3d4e5f");
+    core.on_notification(
+        &mut env,
+        &webhook_with_tokens(vec![notification("sub-1", &cs, &ms_id(2), "0006", "Busy")], vec![theirs]),
+    );
+    assert!(publishes(&core.take_effects()).is_empty());
+    assert_eq!(counter(&core, &env, "rejected.validation-token"), 1);
+    assert_eq!(core.status(&env).health, Health::Ok, "counted, not shown as the integration's health");
 }
 
 #[test]

@@ -5,7 +5,10 @@
 //! 2. it has not expired (and is already valid),
 //! 3. `aud` is our app's client id, and
 //! 4. the caller is Graph change tracking: `appid` (v1.0 token) or `azp` (v2.0 token) is
-//!    [`GRAPH_CHANGE_TRACKING_APP_ID`].
+//!    [`GRAPH_CHANGE_TRACKING_APP_ID`], and
+//! 5. it was issued for the integration's tenant: `tid` is the tenant's id and `iss` names it
+//!    (`https://sts.windows.net/{tid}/` for v1.0 tokens, `https://login.microsoftonline.com/{tid}/v2.0`
+//!    for v2.0). A multi-tenant app's token for another customer's tenant is refused.
 
 use std::collections::HashMap;
 
@@ -48,6 +51,8 @@ pub enum TokenError {
     Audience(String),
     /// The caller is not Graph change tracking.
     Caller(String),
+    /// `tid` or `iss` names another tenant (or is missing).
+    Tenant(String),
 }
 
 impl std::fmt::Display for TokenError {
@@ -60,6 +65,7 @@ impl std::fmt::Display for TokenError {
             TokenError::Expired => f.write_str("token expired or not yet valid"),
             TokenError::Audience(a) => write!(f, "audience {a} is not this app"),
             TokenError::Caller(c) => write!(f, "caller {c} is not Graph change tracking"),
+            TokenError::Tenant(t) => write!(f, "issued for tenant {t}, not this integration's"),
         }
     }
 }
@@ -113,8 +119,16 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// Verifies `token` for app `client_id` at `now_ms`; returns its expiry (ms).
-    pub fn verify(&self, token: &str, client_id: &str, now_ms: u64) -> Result<u64, TokenError> {
+    /// Verifies `token` for app `client_id` of tenant `tenant` (its GUID; `None`: any tenant,
+    /// whose id the caller then pins) at `now_ms`; returns its expiry (ms) and its tenant id
+    /// (lowercase).
+    pub fn verify(
+        &self,
+        token: &str,
+        client_id: &str,
+        tenant: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(u64, String), TokenError> {
         #[derive(serde::Deserialize)]
         struct Header {
             alg: String,
@@ -133,6 +147,10 @@ impl KeySet {
             appid: Option<String>,
             #[serde(default)]
             azp: Option<String>,
+            #[serde(default)]
+            tid: Option<String>,
+            #[serde(default)]
+            iss: Option<String>,
         }
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut parts = token.split('.');
@@ -168,7 +186,20 @@ impl KeySet {
         if caller != GRAPH_CHANGE_TRACKING_APP_ID {
             return Err(TokenError::Caller(caller));
         }
-        Ok(exp_ms)
+        let tid = claims.tid.unwrap_or_default().to_ascii_lowercase();
+        if tid.is_empty() || tenant.is_some_and(|t| !t.eq_ignore_ascii_case(&tid)) {
+            return Err(TokenError::Tenant(if tid.is_empty() { "(no tid)".into() } else { tid }));
+        }
+        // The issuer names the same tenant: `https://{authority}/{tid}/` or `.../{tid}/v2.0`.
+        let iss = claims.iss.unwrap_or_default().to_ascii_lowercase();
+        let names_tid = iss
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(_, path)| path == format!("{tid}/") || path == format!("{tid}/v2.0"));
+        if !names_tid {
+            return Err(TokenError::Tenant(format!("{tid} (issuer {iss})")));
+        }
+        Ok((exp_ms, tid))
     }
 }
 
@@ -202,28 +233,68 @@ mod tests {
     }
 
     fn good_claims() -> serde_json::Value {
-        serde_json::json!({"aud": "client", "exp": 2_000, "nbf": 1_000, "appid": GRAPH_CHANGE_TRACKING_APP_ID})
+        serde_json::json!({"aud": "client", "exp": 2_000, "nbf": 1_000, "appid": GRAPH_CHANGE_TRACKING_APP_ID,
+            "tid": TID, "iss": format!("https://sts.windows.net/{TID}/")})
+    }
+
+    const TID: &str = "5db68c59-bbeb-41d7-a5df-b316a4434048";
+
+    #[test]
+    fn a_token_of_another_tenant_is_refused() {
+        let set = KeySet::new(vec![jwk("k1", &key())]);
+        let now = 1_500_000;
+        let other = "8c1d5e2a-3f4b-4c6d-9e8f-0a1b2c3d4e5f";
+        assert_eq!(set.verify(&token("k1", good_claims()), "client", Some(TID), now), Ok((2_000_000, TID.into())));
+        assert_eq!(
+            set.verify(&token("k1", good_claims()), "client", Some(&TID.to_uppercase()), now).map(|v| v.0),
+            Ok(2_000_000)
+        );
+        assert_eq!(
+            set.verify(&token("k1", good_claims()), "client", Some(other), now),
+            Err(TokenError::Tenant(TID.into()))
+        );
+        // The tid says ours but the issuer names another tenant.
+        let mut c = good_claims();
+        c["iss"] = format!("https://sts.windows.net/{other}/").into();
+        assert!(matches!(set.verify(&token("k1", c), "client", Some(TID), now), Err(TokenError::Tenant(_))));
+        // v2.0 issuer form.
+        let mut c = good_claims();
+        c["iss"] = format!("https://login.microsoftonline.com/{TID}/v2.0").into();
+        assert!(set.verify(&token("k1", c), "client", Some(TID), now).is_ok());
+        // No tid at all.
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("tid");
+        assert!(matches!(set.verify(&token("k1", c), "client", None, now), Err(TokenError::Tenant(_))));
     }
 
     #[test]
     fn a_good_token_verifies_and_every_rule_is_enforced() {
         let set = KeySet::new(vec![jwk("k1", &key())]);
         let now = 1_500_000;
-        assert_eq!(set.verify(&token("k1", good_claims()), "client", now), Ok(2_000_000));
+        assert_eq!(set.verify(&token("k1", good_claims()), "client", None, now), Ok((2_000_000, TID.into())));
         // v2.0 tokens name the caller in azp.
         let mut v2 = good_claims();
         v2.as_object_mut().unwrap().remove("appid");
         v2["azp"] = GRAPH_CHANGE_TRACKING_APP_ID.into();
-        assert!(set.verify(&token("k1", v2), "client", now).is_ok());
+        assert!(set.verify(&token("k1", v2), "client", None, now).is_ok());
         assert_eq!(
-            set.verify(&token("k1", good_claims()), "other-app", now),
+            set.verify(&token("k1", good_claims()), "other-app", None, now),
             Err(TokenError::Audience("\"client\"".into()))
         );
-        assert_eq!(set.verify(&token("k1", good_claims()), "client", 2_000_000 + SKEW_MS), Err(TokenError::Expired));
+        assert_eq!(
+            set.verify(&token("k1", good_claims()), "client", None, 2_000_000 + SKEW_MS),
+            Err(TokenError::Expired)
+        );
         let mut caller = good_claims();
         caller["appid"] = "someone-else".into();
-        assert_eq!(set.verify(&token("k1", caller), "client", now), Err(TokenError::Caller("someone-else".into())));
-        assert_eq!(set.verify(&token("k2", good_claims()), "client", now), Err(TokenError::UnknownKey("k2".into())));
+        assert_eq!(
+            set.verify(&token("k1", caller), "client", None, now),
+            Err(TokenError::Caller("someone-else".into()))
+        );
+        assert_eq!(
+            set.verify(&token("k2", good_claims()), "client", None, now),
+            Err(TokenError::UnknownKey("k2".into()))
+        );
         // Claims altered after signing.
         let t = token("k1", good_claims());
         let parts: Vec<&str> = t.split('.').collect();
@@ -232,11 +303,11 @@ mod tests {
         forged["aud"] = "client".into();
         forged["exp"] = 9_999_999.into();
         let forged = format!("{}.{}.{}", parts[0], b64.encode(forged.to_string()), parts[2]);
-        assert_eq!(set.verify(&forged, "client", now), Err(TokenError::Signature));
+        assert_eq!(set.verify(&forged, "client", None, now), Err(TokenError::Signature));
         // alg none / HS256 never pass.
         let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1]);
-        assert_eq!(set.verify(&none, "client", now), Err(TokenError::Algorithm("none".into())));
-        assert!(matches!(set.verify("abc", "client", now), Err(TokenError::Malformed(_))));
+        assert_eq!(set.verify(&none, "client", None, now), Err(TokenError::Algorithm("none".into())));
+        assert!(matches!(set.verify("abc", "client", None, now), Err(TokenError::Malformed(_))));
     }
 
     #[test]

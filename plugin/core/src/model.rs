@@ -434,3 +434,10 @@ pub enum LineEventError {
     /// Push is off.
     PushDisabled,
 }
+
+/// A GUID in its 8-4-4-4-12 hex form (a tenant id, rather than a domain).
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}

@@ -14,6 +14,8 @@ mod throttling;
 mod tokens;
 mod validation;
 
+pub use validation::{MAX_WAITING_BATCHES, MAX_WAITING_BYTES};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use directory::Directory;
@@ -207,11 +209,18 @@ struct ActiveSub {
     client_state: String,
     expires_at_ms: u64,
     members: BTreeSet<String>,
+    /// The `notificationUrl` it was created with (absent: created by a release that did not
+    /// record it). A subscription whose URL is no longer the configured one is replaced.
+    #[serde(default)]
+    notification_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Sub {
     active: Option<ActiveSub>,
+    /// Created with another `notificationUrl` than the configured one (the host's public URL
+    /// or webhook path changed): delete it and create a new one.
+    stale_url: bool,
     /// The shard's members may differ from the subscription's: compare them at the next
     /// drive (comparing every shard after every event would cost O(users) per event).
     members_dirty: bool,
@@ -262,6 +271,8 @@ struct MappingSummary {
 }
 
 const STATE_SUMMARY: &str = "v2/mapping-summary";
+/// The counters, written at a tick when they changed: they survive a trap (and a restart).
+const STATE_COUNTERS: &str = "v2/counters";
 
 const SUB_KEY_PREFIX: &str = "v2/subscription/";
 
@@ -290,6 +301,8 @@ pub struct Core {
     mapping_built: bool,
     /// The counts of the last mapping, as stored.
     summary: Option<MappingSummary>,
+    /// The counters as last stored.
+    stored_counters: BTreeMap<String, u64>,
     /// Mapped users being assigned to shards (subscriptions wait until it is done).
     sharding: Option<crate::shards::ShardsApply>,
     switchboard_users: usize,
@@ -416,6 +429,7 @@ impl Core {
                 *slot_members = p.active.members.clone();
                 if p.active.expires_at_ms > now {
                     // Verify it still exists (a PATCH answers 404 if not) and re-read presence.
+                    self.subs[i].stale_url = p.active.notification_url.as_deref() != Some(&settings.notification_url);
                     self.subs[i].active = Some(p.active);
                     self.subs[i].members_dirty = true;
                     self.subs[i].reauthorize = true;
@@ -442,6 +456,14 @@ impl Core {
             .and_then(|b| serde_json::from_slice::<Vec<MappingOverride>>(&b).ok())
             .unwrap_or_default();
         self.summary = env.load(STATE_SUMMARY).and_then(|b| serde_json::from_slice(&b).ok());
+        if self.counters.is_empty() {
+            // A new instance (after a trap, a swap or a restart): the evidence so far stays.
+            self.counters = env
+                .load(STATE_COUNTERS)
+                .and_then(|b| serde_json::from_slice::<BTreeMap<String, u64>>(&b).ok())
+                .unwrap_or_default();
+            self.stored_counters = self.counters.clone();
+        }
         self.restore_directory(env);
         self.restore_keys(env);
         self.restore_calls(env);
@@ -485,6 +507,13 @@ impl Core {
 
     /// The periodic timer.
     pub fn tick(&mut self, env: &mut dyn Env) {
+        if self.counters != self.stored_counters {
+            self.stored_counters = self.counters.clone();
+            self.effects.push(Effect::Store {
+                key: STATE_COUNTERS.into(),
+                value: Some(serde_json::to_vec(&self.counters).unwrap()),
+            });
+        }
         self.advance_restore(env);
         self.advance_persist();
         self.advance_mapping(env);
@@ -562,7 +591,7 @@ impl Core {
             ms => ms,
         };
         let next = match &sub.active {
-            Some(a) if sub.members_dirty && &a.members != members => Next::Delete(a.id.clone()),
+            Some(a) if sub.stale_url || (sub.members_dirty && &a.members != members) => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
             Some(_) if sub.verify_due => Next::Verify,
             Some(a) if sub.needs_snapshot => {

@@ -47,7 +47,13 @@ impl Core {
                     vec![("subscription".into(), id.clone()), ("users".into(), members.len().to_string())],
                 );
                 let sub = &mut self.subs[slot];
-                sub.active = Some(ActiveSub { id, client_state, expires_at_ms, members });
+                sub.active = Some(ActiveSub {
+                    id,
+                    client_state,
+                    expires_at_ms,
+                    members,
+                    notification_url: Some(settings.notification_url.clone()),
+                });
                 sub.needs_snapshot = true;
                 sub.problem = None;
                 sub.cleanup_tried = false;
@@ -226,6 +232,7 @@ impl Core {
         // Whatever the answer, this subscription is no longer ours to use; a leftover
         // is cleaned up when the next creation is refused.
         self.subs[slot].active = None;
+        self.subs[slot].stale_url = false;
         self.persist_sub(slot);
     }
 

@@ -5,8 +5,13 @@
 //! - Keys come from `{login}/common/.well-known/openid-configuration` → `jwks_uri`, are kept in
 //!   state, and are re-read daily (Microsoft rotates them) and when a token names an unknown
 //!   `kid` (at most every 5 minutes).
-//! - A batch whose token names a key we do not know yet waits (persisted, bounded) until the
-//!   keys are re-read, then is processed or rejected.
+//! - A batch whose token names a key we do not know yet waits until the keys are re-read, then
+//!   is processed or rejected; only a batch that carries one of our subscriptions' clientState
+//!   waits. Each waiting batch is stored under a key of its own (never the whole queue
+//!   rewritten), at most [`MAX_WAITING_BATCHES`] and [`MAX_WAITING_BYTES`] of them; the oldest
+//!   go first beyond.
+//! - A token must be issued for the integration's tenant (`tid`, `iss`): the configured tenant
+//!   id when it is a GUID, else the tenant of the first token that verified (pinned).
 //! - Verified tokens are cached until they expire: Graph reuses a token across many batches,
 //!   so the RSA verification runs about once per token, not once per batch.
 
@@ -22,9 +27,16 @@ pub const KEYS_MIN_REFETCH_MS: u64 = 5 * 60 * 1000;
 /// Batches held while the keys are re-read; the oldest are dropped beyond (the reconcile
 /// repairs what they carried).
 pub const MAX_WAITING_BATCHES: usize = 500;
+/// Bytes of batches held while the keys are re-read.
+pub const MAX_WAITING_BYTES: usize = 8 << 20;
 const MAX_CACHED_TOKENS: usize = 256;
 const STATE_KEYS: &str = "v1/signing-keys";
-const STATE_WAITING: &str = "v1/waiting-batches";
+/// Schema 1 kept every waiting batch in one value; read once, then dropped.
+const STATE_WAITING_V1: &str = "v1/waiting-batches";
+/// One waiting batch per key: `v2/waiting/{seq:016x}`.
+const WAITING_PREFIX: &str = "v2/waiting/";
+/// The tenant the validation tokens are pinned to when the tenant id is a domain.
+const STATE_TOKEN_TENANT: &str = "v2/token-tenant";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PersistedKeys {
@@ -42,8 +54,15 @@ pub(super) struct SigningKeys {
     pub problem: Option<Problem>,
     /// Verified tokens and their expiry.
     verified: HashMap<String, u64>,
-    /// Batches waiting for the keys (raw bodies).
-    waiting: VecDeque<String>,
+    /// Batches waiting for the keys: their sequence number (their key) and raw body.
+    waiting: VecDeque<(u64, String)>,
+    /// Bytes of the waiting batches.
+    waiting_bytes: usize,
+    /// The next waiting batch's sequence number.
+    next_waiting: u64,
+    /// The tenant tokens must be issued for, pinned from the first verified token when the
+    /// configured tenant id is a domain.
+    tenant_pin: Option<String>,
     /// The keys came while the directory was still being restored: release the waiting
     /// batches once it is back.
     pub(super) release_pending: bool,
@@ -75,9 +94,50 @@ impl Core {
             self.keys.set = KeySet::new(p.keys);
             self.keys.fetched_at_ms = Some(p.fetched_at_ms);
         }
-        if let Some(w) = env.load(STATE_WAITING).and_then(|b| serde_json::from_slice::<VecDeque<String>>(&b).ok()) {
-            self.keys.waiting = w;
+        self.keys.tenant_pin = env.load(STATE_TOKEN_TENANT).and_then(|b| String::from_utf8(b).ok());
+        self.keys.waiting.clear();
+        self.keys.waiting_bytes = 0;
+        for key in env.keys(WAITING_PREFIX) {
+            let seq = u64::from_str_radix(&key[WAITING_PREFIX.len()..], 16).ok();
+            match (seq, env.load(&key).and_then(|b| String::from_utf8(b).ok())) {
+                (Some(seq), Some(body)) => {
+                    self.keys.waiting_bytes += body.len();
+                    self.keys.next_waiting = self.keys.next_waiting.max(seq + 1);
+                    self.keys.waiting.push_back((seq, body));
+                }
+                _ => self.effects.push(Effect::Store { key, value: None }),
+            }
         }
+        if let Some(w) = env.load(STATE_WAITING_V1).and_then(|b| serde_json::from_slice::<VecDeque<String>>(&b).ok()) {
+            for body in w {
+                self.park(body);
+            }
+            self.effects.push(Effect::Store { key: STATE_WAITING_V1.into(), value: None });
+        }
+    }
+
+    /// Keeps a batch until the keys are re-read: stored under a key of its own; the oldest
+    /// go beyond the bounds.
+    fn park(&mut self, body: String) {
+        let k = &mut self.keys;
+        while !k.waiting.is_empty()
+            && (k.waiting.len() >= MAX_WAITING_BATCHES || k.waiting_bytes + body.len() > MAX_WAITING_BYTES)
+        {
+            let (seq, old) = k.waiting.pop_front().unwrap();
+            k.waiting_bytes -= old.len();
+            self.effects.push(Effect::Store { key: waiting_key(seq), value: None });
+            *self.counters.entry("rejected.waiting-overflow".into()).or_default() += 1;
+        }
+        let k = &mut self.keys;
+        if body.len() > MAX_WAITING_BYTES {
+            *self.counters.entry("rejected.waiting-overflow".into()).or_default() += 1;
+            return;
+        }
+        let seq = k.next_waiting;
+        k.next_waiting += 1;
+        k.waiting_bytes += body.len();
+        self.effects.push(Effect::Store { key: waiting_key(seq), value: Some(body.clone().into_bytes()) });
+        self.keys.waiting.push_back((seq, body));
     }
 
     pub(super) fn drive_keys(&mut self, settings: &Settings, now: u64) {
@@ -172,8 +232,9 @@ impl Core {
         }
         self.keys.release_pending = false;
         let waiting = std::mem::take(&mut self.keys.waiting);
-        self.effects.push(Effect::Store { key: STATE_WAITING.into(), value: None });
-        for body in waiting {
+        self.keys.waiting_bytes = 0;
+        for (seq, body) in waiting {
+            self.effects.push(Effect::Store { key: waiting_key(seq), value: None });
             self.on_batch(env, body.as_bytes(), false);
         }
     }
@@ -209,12 +270,26 @@ impl Core {
             return Verdict::Refused;
         }
         let client_id = self.settings.as_ref().map(|s| s.client_id.clone()).unwrap_or_default();
+        let configured = self.settings.as_ref().map(|s| s.tenant_id.to_ascii_lowercase()).unwrap_or_default();
+        let tenant = if crate::model::is_guid(&configured) { Some(configured) } else { self.keys.tenant_pin.clone() };
         for t in tokens {
             if self.keys.verified.get(t).is_some_and(|&exp| exp + crate::jwt::SKEW_MS > now) {
                 continue;
             }
-            match self.keys.set.verify(t, &client_id, now) {
-                Ok(exp) => {
+            match self.keys.set.verify(t, &client_id, tenant.as_deref(), now) {
+                Ok((exp, tid)) => {
+                    if tenant.is_none() {
+                        self.log(
+                            Level::Info,
+                            "validation tokens pinned to a tenant",
+                            vec![("tenant".into(), tid.clone())],
+                        );
+                        self.effects.push(Effect::Store {
+                            key: STATE_TOKEN_TENANT.into(),
+                            value: Some(tid.clone().into_bytes()),
+                        });
+                        self.keys.tenant_pin = Some(tid);
+                    }
                     if self.keys.verified.len() >= MAX_CACHED_TOKENS {
                         self.keys.verified.retain(|_, e| *e + crate::jwt::SKEW_MS > now);
                         if self.keys.verified.len() >= MAX_CACHED_TOKENS {
@@ -226,13 +301,7 @@ impl Core {
                 Err(TokenError::UnknownKey(_)) if may_wait && ours => {
                     self.keys.refresh_wanted = true;
                     self.count("notifications.waiting-for-keys");
-                    if self.keys.waiting.len() >= MAX_WAITING_BATCHES {
-                        self.keys.waiting.pop_front();
-                        self.count("rejected.waiting-overflow");
-                    }
-                    self.keys.waiting.push_back(String::from_utf8_lossy(body).into_owned());
-                    let v = serde_json::to_vec(&self.keys.waiting).unwrap();
-                    self.effects.push(Effect::Store { key: STATE_WAITING.into(), value: Some(v) });
+                    self.park(String::from_utf8_lossy(body).into_owned());
                     return Verdict::Wait;
                 }
                 Err(e) => {
@@ -255,4 +324,8 @@ impl Core {
 /// A GET without credentials (the login service's public documents).
 fn plain_get(url: &str) -> HttpRequest {
     HttpRequest { method: "GET".into(), url: url.into(), headers: vec![], body: Vec::new() }
+}
+
+fn waiting_key(seq: u64) -> String {
+    format!("{WAITING_PREFIX}{seq:016x}")
 }
