@@ -40,7 +40,8 @@ pub async fn start(users: usize, integration_users: usize, tweak: impl FnOnce(&m
             .try_init();
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut opts = ScenarioOptions::new(users, integration_users, dir.path().to_path_buf());
+    // The host creates its state directory (0700) itself.
+    let mut opts = ScenarioOptions::new(users, integration_users, dir.path().join("state"));
     tweak(&mut opts);
     let sc = Scenario::start(opts).await.expect("scenario starts");
     TestScenario { sc, dir }
@@ -78,9 +79,14 @@ pub fn host_binary() -> std::path::PathBuf {
     p
 }
 
-/// Writes `dir/host.toml` for a host process on `port` against the emulator at `emu_url`, with
-/// one integration `contoso` of the demo tenant whose switchboard is `dir/users.csv`, its
-/// integration users `users` (username, password) and `extra` TOML lines; returns its path.
+/// The admin token of the hosts [`write_host_config`] configures (in `admin-token` beside the
+/// config).
+pub const E2E_ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// Writes `dir/host.toml` for a host process on `port` (its admin listener on any loopback
+/// port, its admin token in `dir/admin-token`, its KEK in `dir/kek`) against the emulator at `emu_url`, with one integration
+/// `contoso` of the demo tenant whose switchboard is `dir/users.csv`, its integration users
+/// `users` (username, password) and `extra` TOML lines; returns its path.
 pub fn write_host_config(
     dir: &std::path::Path,
     port: u16,
@@ -93,12 +99,27 @@ pub fn write_host_config(
     let users: Vec<String> =
         users.iter().map(|(u, p)| format!("{{ username = \"{u}\", password = \"{p}\" }}")).collect();
     let path = dir.join("host.toml");
+    let token = dir.join("admin-token");
+    if !token.exists() {
+        presence_host::store::create_private_file(&token).expect("admin token file");
+        std::fs::write(&token, E2E_ADMIN_TOKEN).expect("admin token written");
+    }
+    let kek = dir.join("kek");
+    if !kek.exists() {
+        presence_host::store::create_private_file(&kek).expect("kek file");
+        let mut bytes = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut bytes);
+        std::fs::write(&kek, presence_host::seal::Kek::encode(&bytes)).expect("kek written");
+    }
     std::fs::write(
         &path,
         format!(
             r#"
 [host]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:0"
+admin_token_file = "admin-token"
+kek_file = "kek"
 public_base_url = "{public_base_url}"
 state_dir = "state"
 graph_base_url = "{emu_url}"
@@ -120,22 +141,26 @@ users = [{}]
     path
 }
 
-/// Runs the host binary with `config` as a child process (killable with SIGKILL).
-pub fn spawn_host(config: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(host_binary())
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("host starts")
+/// Where a host process listens, as it prints it.
+#[derive(Debug, Clone, Copy)]
+pub struct HostAddrs {
+    /// The public listener (Graph's webhooks).
+    pub public: std::net::SocketAddr,
+    /// The admin listener.
+    pub admin: std::net::SocketAddr,
 }
 
-/// Runs the host binary with `config` (which may say `listen = "127.0.0.1:0"`) as a child
-/// process, and returns it with the address it listens on, as it prints it: no port is
-/// chosen before the host binds it.
-pub async fn spawn_host_on_any_port(config: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
+impl HostAddrs {
+    /// `http://<admin address>`.
+    pub fn admin_base(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+}
+
+/// Runs the host binary with `config` (which may say port 0) as a child process (killable
+/// with SIGKILL), and returns it with the addresses it listens on, as it prints them: no port
+/// is chosen before the host binds it.
+pub async fn spawn_host_on_any_port(config: &std::path::Path) -> (tokio::process::Child, HostAddrs) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(host_binary())
         .arg("run")
@@ -148,23 +173,56 @@ pub async fn spawn_host_on_any_port(config: &std::path::Path) -> (tokio::process
         .spawn()
         .expect("host starts");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(EVENTUALLY, async {
+    let addrs = tokio::time::timeout(EVENTUALLY, async {
+        let mut admin = None;
         while let Some(line) = lines.next_line().await.expect("the host's stdout") {
+            if let Some(a) = line.strip_prefix("admin on http://") {
+                admin = Some(a.parse().expect("an address"));
+            }
             if let Some(a) = line.strip_prefix("listening on http://") {
-                return a.parse().expect("an address");
+                return HostAddrs {
+                    public: a.parse().expect("an address"),
+                    admin: admin.expect("the admin address comes first"),
+                };
             }
         }
         panic!("the host ended before it listened");
     })
     .await
     .expect("the host listens");
-    (child, addr)
+    (child, addrs)
+}
+
+/// An HTTP client that sends [`E2E_ADMIN_TOKEN`].
+pub fn admin_client() -> reqwest::Client {
+    presence_demo::admin_client(E2E_ADMIN_TOKEN)
+}
+
+/// GETs JSON from a host process's admin listener (`None` if it does not answer).
+pub async fn admin_get(url: &str) -> Option<serde_json::Value> {
+    let r = admin_client().get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
+    serde_json::from_str(&r.text().await.ok()?).ok()
 }
 
 /// POSTs `body` to `url` and returns status and body.
 pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r =
         reqwest::Client::new().post(url).header("content-type", content_type).body(body).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// POSTs `body` to `path` on a scenario's admin listener, with its token; returns status and
+/// body.
+pub async fn admin_post(sc: &Scenario, path: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let r = sc
+        .admin_client()
+        .post(sc.admin_url(path))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }

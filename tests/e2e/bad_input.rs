@@ -14,8 +14,7 @@ async fn wrong_client_secret_reports_7000215_with_its_hint() {
     assert!(t.emulator.subscriptions().is_empty());
     assert!(t.switchboard.all_shown().is_empty());
     // The status never shows the secret.
-    let host = t.host.as_ref().unwrap();
-    let text = reqwest::get(format!("http://{}/status", host.addr())).await.unwrap().text().await.unwrap();
+    let text = t.admin_json("/status").await.to_string();
     assert!(!text.contains("the-secret-id-not-the-value"));
     assert!(text.contains("AADSTS7000215"));
 }
@@ -120,13 +119,12 @@ async fn malformed_and_oversized_bodies_get_400_and_are_counted() {
     assert!(body.contains("malformed") && body.contains("sequence"), "{body}");
     let huge = vec![b' '; 5 << 20];
     let (status, body) = post(&url, "application/json", huge).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 413);
     assert!(body.contains("exceeds"), "{body}");
     let s = t.status().await;
     assert_eq!(counter(&s, "rejected.malformed"), 2, "{:?}", s.counters);
     assert_eq!(counter(&s, "rejected.oversized"), 1);
-    let host = t.host.as_ref().unwrap();
-    let v = get_json(&format!("http://{}/status/contoso", host.addr())).await;
+    let v = t.admin_json("/status/contoso").await;
     assert_eq!(v["counters"]["rejected.oversized"], 1);
     // Still healthy and in sync.
     assert_eq!(t.status().await.state, "ok");
@@ -154,6 +152,8 @@ fn config_with_a_malformed_tenant_id_is_refused_at_load_naming_the_field() {
         r#"
 [host]
 public_base_url = "https://presence.example.com"
+admin_token_file = "admin-token"
+kek_file = "kek"
 
 [[integration]]
 name = "contoso"
@@ -164,6 +164,8 @@ users = [{ username = "sync@contoso.com", password = "pw-secret" }]
 "#,
     )
     .unwrap();
+    std::fs::write(dir.path().join("admin-token"), "an-admin-token-of-some-length").unwrap();
+    std::fs::write(dir.path().join("kek"), presence_host::seal::Kek::encode(&[1; 32])).unwrap();
     let e = presence_host::Config::load(&path).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("host.toml"), "{msg}");

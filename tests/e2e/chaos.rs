@@ -92,10 +92,7 @@ impl Front {
     }
 }
 
-async fn get(url: &str) -> Option<serde_json::Value> {
-    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
-    serde_json::from_str(&r.text().await.ok()?).ok()
-}
+use e2e_tests::admin_get as get;
 
 /// Switchboard users whose shown presence differs from the emulator's truth.
 async fn mismatches(base: &str, emu: &Emulator, ids: &[String]) -> Option<Vec<String>> {
@@ -159,8 +156,9 @@ async fn chaos(plan: Plan) {
         "reconcile_interval_s = 30\ndirectory_delta_interval_s = 10",
     );
     let (mut host, addr) = spawn_host_on_any_port(&config).await;
-    front.target.store(addr.port(), Ordering::SeqCst);
-    let base = format!("http://{addr}");
+    front.target.store(addr.public.port(), Ordering::SeqCst);
+    let admin_port = Arc::new(std::sync::atomic::AtomicU16::new(addr.admin.port()));
+    let base = addr.admin_base();
 
     // Synced before the chaos starts.
     let t0 = Instant::now();
@@ -181,7 +179,7 @@ async fn chaos(plan: Plan) {
     let min_users = Arc::new(AtomicU32::new(u32::MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (min_users, stop, port) = (min_users.clone(), stop.clone(), front.target.clone());
+        let (min_users, stop, port) = (min_users.clone(), stop.clone(), admin_port.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let url = format!("http://127.0.0.1:{}/status/contoso", port.load(Ordering::SeqCst));
@@ -299,8 +297,9 @@ async fn chaos(plan: Plan) {
     failed_since(failed).await;
     let (restarted, addr) = spawn_host_on_any_port(&config).await;
     host = restarted;
-    front.target.store(addr.port(), Ordering::SeqCst);
-    let base = format!("http://{addr}");
+    front.target.store(addr.public.port(), Ordering::SeqCst);
+    admin_port.store(addr.admin.port(), Ordering::SeqCst);
+    let base = addr.admin_base();
     changed += change(plan.changes - changed, &mut rng);
     let faults_stopped = Instant::now();
 

@@ -22,11 +22,16 @@ async fn config_file_with_env_secrets_and_csv_users_syncs() {
     users[1].emails = users[0].emails.clone();
     Switchboard::write_csv(&dir.path().join("users.csv"), &users).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_addr = admin.local_addr().unwrap();
     let toml = format!(
         r#"
 [host]
 listen = "{addr}"
+admin_listen = "{admin_addr}"
+admin_token_env = "E2E_ADMIN_TOKEN"
+kek_env = "E2E_KEK"
 public_base_url = "http://{addr}"
 state_dir = "state"
 graph_base_url = "{base}"
@@ -49,12 +54,14 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     let env = |k: &str| match k {
         "E2E_CONTOSO_SECRET" => Some(DEMO_SECRET.to_string()),
         "E2E_CONTOSO_PW" => Some(seed.integration_password.clone()),
+        "E2E_ADMIN_TOKEN" => Some(e2e_tests::E2E_ADMIN_TOKEN.to_string()),
+        "E2E_KEK" => Some(presence_host::seal::Kek::encode(&[7; 32])),
         _ => None,
     };
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = Config::parse(&text, &path.display().to_string(), dir.path(), &env).unwrap();
     let sims = switchboard_sim::from_config(&cfg).unwrap();
-    let host = presence_demo::start_host(&cfg, clock, listener, sims).await.unwrap();
+    let host = presence_demo::start_host(&cfg, clock, listener, admin, sims).await.unwrap();
     let h = host.integrations["contoso"].clone();
     let end = Instant::now() + Duration::from_secs(60);
     let s = loop {
@@ -72,12 +79,21 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     assert_eq!(s.conflicts[0].candidates, vec!["sb-00000", "sb-00001"]);
     // The switchboard API shows presence for a mapped user, none for the unmapped ones.
     let v: serde_json::Value = serde_json::from_str(
-        &reqwest::get(format!("http://{addr}/switchboard/contoso/users/sb-00002")).await.unwrap().text().await.unwrap(),
+        &e2e_tests::admin_client()
+            .get(format!("http://{admin_addr}/switchboard/contoso/users/sb-00002"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
     )
     .unwrap();
     assert!(v["teams_presence"]["availability"].is_string(), "{v}");
     let v: serde_json::Value = serde_json::from_str(
-        &reqwest::get(format!("http://{addr}/switchboard/contoso/users/reception"))
+        &e2e_tests::admin_client()
+            .get(format!("http://{admin_addr}/switchboard/contoso/users/reception"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -87,7 +103,14 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     .unwrap();
     assert!(v["teams_presence"].is_null());
     // The status API never shows a secret.
-    let text = reqwest::get(format!("http://{addr}/status")).await.unwrap().text().await.unwrap();
+    let text = e2e_tests::admin_client()
+        .get(format!("http://{admin_addr}/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!text.contains(DEMO_SECRET) && !text.contains(&seed.integration_password));
     host.stop().await;
 }

@@ -59,7 +59,8 @@ async fn a_switchboard_that_is_not_the_simulator_gets_every_presence() {
             .unwrap();
     backends.clock = clock;
     let mut host = Host::start(&config, presence_demo::PLUGIN_WASM, backends).await.unwrap();
-    host.serve(listener, axum::Router::new()).unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    host.serve(listener, admin, axum::Router::new()).unwrap();
 
     // Every user shows the emulator's truth, through the platform's console alone.
     let truth = |emu: &graph_emulator::Emulator| emu.truth(&seed.tenant_id);

@@ -8,8 +8,7 @@ use e2e_tests::*;
 async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_now_refreshes() {
     let t = start(20, 1, |_| {}).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let host = format!("http://{}", t.host.as_ref().unwrap().addr());
-    let sync_now = || async { post(&format!("{host}/integrations/contoso/sync-now"), "text/plain", vec![]).await };
+    let sync_now = || async { admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await };
 
     // Microsoft's user list fails (the product guide's FAQ: its version empties the table).
     t.emulator.with_world(|w| {
@@ -41,7 +40,7 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     assert_eq!((s.state.as_str(), s.users), ("ok", 19), "{s:?}");
     let sub = &t.emulator.subscriptions()[0];
     assert_eq!(sub.users, 19, "the subscription follows the mapping");
-    assert_eq!(post(&format!("{host}/integrations/nobody/sync-now"), "text/plain", vec![]).await.0, 404);
+    assert_eq!(admin_post(&t, "/integrations/nobody/sync-now", "text/plain", vec![]).await.0, 404);
     // "Sync now" right after the 503 still waited for its Retry-After.
     let (early, what) = t.emulator.early_requests();
     assert_eq!(early, 0, "{what:?}");
@@ -97,10 +96,14 @@ async fn delta_rounds_keep_the_mapping_current_and_a_gone_delta_state_resyncs() 
 async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve() {
     let mut t = start(20, 1, |_| {}).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let url = |t: &TestScenario| format!("http://{}/integrations/contoso/overrides", t.host.as_ref().unwrap().addr());
-    let put = |url: String, body: serde_json::Value| async move {
-        let r = reqwest::Client::new().put(url).body(body.to_string()).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+    let url = |t: &TestScenario| t.admin_url("/integrations/contoso/overrides");
+    let client = t.admin_client();
+    let put = |url: String, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let r = client.put(url).body(body.to_string()).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
     };
     // Bad input names the problem and changes nothing.
     let (code, text) = put(url(&t), serde_json::json!([{"switchboard_user": "sb-00007"}])).await;
@@ -129,7 +132,7 @@ async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve(
     assert!(t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00007").is_some_and(|p| p.activity == "Away")).await);
 
     t.restart_host().await.unwrap();
-    let v = get_json(&url(&t)).await;
+    let v = t.admin_json("/integrations/contoso/overrides").await;
     assert_eq!(v[0]["switchboard_user"], "sb-00007");
     assert_eq!(v[0]["microsoft_user"], u8);
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;

@@ -174,9 +174,9 @@ async fn an_incompatible_or_broken_component_is_refused_before_anything_switches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a_restart() {
     let token = "a-long-enough-admin-token";
-    let mut t = start(10, 1, |o| o.admin_token = Some(token.into())).await;
+    let mut t = start(10, 1, |o| o.admin_token = token.into()).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    let addr = t.host.as_ref().unwrap().addr();
+    let addr = t.host.as_ref().unwrap().admin_addr();
     let url = format!("http://{addr}/admin/plugin");
     let v2 = std::fs::read(PLUGIN_NEXT).unwrap();
     let client = reqwest::Client::new();
@@ -237,6 +237,6 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
     assert_eq!(s.plugin_version, "0.1.0");
     assert!(s.plugin.from_cache, "{:?}", s.plugin);
-    let cached = std::fs::read_dir(t.dir.path().join("plugin-cache")).unwrap().count();
+    let cached = std::fs::read_dir(t.config.host.plugin_cache_dir.clone()).unwrap().count();
     assert_eq!(cached, 2, "one entry per release (v1, v2)");
 }

@@ -15,4 +15,5 @@ mod push;
 mod reconcile;
 mod restart;
 mod sandbox;
+mod security;
 mod trap;

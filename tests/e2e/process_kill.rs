@@ -8,12 +8,7 @@ use std::time::{Duration, Instant};
 use presence_demo::{DEMO_CLIENT, DEMO_TENANT, switchboard_users};
 use switchboard_sim::Switchboard;
 
-use e2e_tests::spawn_host as spawn;
-
-async fn get(url: &str) -> Option<serde_json::Value> {
-    let r = reqwest::get(url).await.ok()?;
-    serde_json::from_str(&r.text().await.ok()?).ok()
-}
+use e2e_tests::{admin_client, admin_get as get, spawn_host_on_any_port as spawn};
 
 /// Waits until the host process has nothing on its way: the emulator delivered every
 /// notification it queued, the host processed every one it took, and the plugin waits for
@@ -53,15 +48,16 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let base = format!("http://127.0.0.1:{port}");
+    let public = format!("http://127.0.0.1:{port}");
     let users = [(seed.integration_user(0), seed.integration_password.clone())];
-    let config = e2e_tests::write_host_config(dir.path(), port, &base, &emu_url, &users, "push_line_status = true");
-    let mut host = spawn(&config);
+    let config = e2e_tests::write_host_config(dir.path(), port, &public, &emu_url, &users, "push_line_status = true");
+    let (mut host, addrs) = spawn(&config).await;
+    let base = addrs.admin_base();
     wait_ok(&base).await;
     let user0 = emu.with_world(|w| w.tenants.values().next().unwrap().users[0].id.clone());
     let teams = || emu.truth(DEMO_TENANT)[&user0].clone();
     assert_eq!(teams(), ("Available".into(), "Available".into()));
-    let r = reqwest::Client::new()
+    let r = admin_client()
         .post(format!("{base}/switchboard/contoso/users/sb-00000/line-events"))
         .header("content-type", "application/json")
         .body(r#"{"state": "connected"}"#)
@@ -76,8 +72,7 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
     assert_eq!(teams(), ("Busy".into(), "InACall".into()));
 
     // SIGKILL: nothing of the host runs any more, nothing is cleaned up.
-    host.kill().unwrap();
-    host.wait().unwrap();
+    host.kill().await.unwrap();
     // Within the session's expiration (PT5M; the emulator's clock moves on) Teams is right again.
     clock.advance(Duration::from_secs(5 * 60 + 1));
     let end = Instant::now() + Duration::from_secs(10);
@@ -89,12 +84,12 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
     // Restarted (its line states died with it, so the call counts as over): nothing is
     // re-asserted, nothing is stuck.
     let sets = emu.count("POST /v1.0/users/{id}/presence/setPresence");
-    let mut host = spawn(&config);
+    let (mut host, addrs) = spawn(&config).await;
+    let base = addrs.admin_base();
     wait_ok(&base).await;
     settle(&emu, &base).await;
     assert_eq!(emu.count("POST /v1.0/users/{id}/presence/setPresence"), sets);
     assert_eq!(teams(), ("Available".into(), "Available".into()));
     assert!(!emu.sessions(DEMO_TENANT, &user0).contains_key(DEMO_CLIENT));
-    host.kill().unwrap();
-    host.wait().unwrap();
+    host.kill().await.unwrap();
 }

@@ -9,9 +9,9 @@ const SET: &str = "POST /v1.0/users/{id}/presence/setPresence";
 const CLEAR: &str = "POST /v1.0/users/{id}/presence/clearPresence";
 
 async fn line(t: &TestScenario, i: usize, state: &str) -> (u16, String) {
-    let host = t.host.as_ref().unwrap();
-    post(
-        &format!("http://{}/switchboard/contoso/users/sb-{i:05}/line-events", host.addr()),
+    admin_post(
+        t,
+        &format!("/switchboard/contoso/users/sb-{i:05}/line-events"),
         "application/json",
         format!("{{\"state\": \"{state}\"}}").into_bytes(),
     )
@@ -105,15 +105,23 @@ async fn five_hundred_calls_in_ten_seconds_end_right_and_respect_retry_after() {
     // The switchboard's events, on a fixed schedule inside 10 s: user i's call connects at
     // i × 10 ms and ends at 5 s + i × 10 ms. Each is sent on its own task so a slow answer never
     // delays the schedule.
-    let host = format!("http://{}", t.host.as_ref().unwrap().addr());
+    let client = t.admin_client();
     let t0 = tokio::time::Instant::now();
     let mut sends = Vec::new();
     for i in 0..500u64 {
         for (offset_ms, state) in [(i * 10, "connected"), (5_000 + i * 10, "ended")] {
-            let url = format!("{host}/switchboard/contoso/users/sb-{i:05}/line-events");
+            let url = t.admin_url(&format!("/switchboard/contoso/users/sb-{i:05}/line-events"));
+            let client = client.clone();
             sends.push(tokio::spawn(async move {
                 tokio::time::sleep_until(t0 + Duration::from_millis(offset_ms)).await;
-                post(&url, "application/json", format!("{{\"state\": \"{state}\"}}").into_bytes()).await.0
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"state\": \"{state}\"}}"))
+                    .send()
+                    .await
+                    .expect("request");
+                r.status().as_u16()
             }));
         }
     }
@@ -249,17 +257,18 @@ async fn passive_and_unknown_users_get_a_clear_error() {
     let (status, body) = line(&t, 9, "connected").await;
     assert_eq!(status, 422);
     assert!(body.contains("passive"), "{body}");
-    let host = t.host.as_ref().unwrap();
-    let (status, body) = post(
-        &format!("http://{}/switchboard/contoso/users/sb-00000/line-events", host.addr()),
+    let (status, body) = admin_post(
+        &t,
+        "/switchboard/contoso/users/sb-00000/line-events",
         "application/json",
         b"{\"state\": \"talking\"}".to_vec(),
     )
     .await;
     assert_eq!(status, 400);
     assert!(body.contains("talking"), "{body}");
-    let (status, _) = post(
-        &format!("http://{}/switchboard/contoso/users/nobody/line-events", host.addr()),
+    let (status, _) = admin_post(
+        &t,
+        "/switchboard/contoso/users/nobody/line-events",
         "application/json",
         b"{\"state\": \"connected\"}".to_vec(),
     )

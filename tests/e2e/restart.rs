@@ -42,7 +42,7 @@ async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash()
     assert_eq!(s.counters.get("notifications.accepted"), Some(&1), "{:?}", s.counters);
     let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     // The actor deletes an entry right after processing it, before it answers the status query.
-    assert!(db.inbox_len("contoso").unwrap() == 0, "the inbox is drained");
+    assert!(db.inbox_size("contoso").unwrap().0 == 0, "the inbox is drained");
 }
 
 /// A large directory comes back over several calls after a restart; notifications replayed
@@ -75,6 +75,6 @@ async fn notifications_that_arrive_while_a_large_directory_is_restored_wait_and_
         assert!(t.switchboard.shown(u).is_some_and(|p| p.activity == "Presenting"), "{u}");
     }
     let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
-    assert!(db.inbox_len("contoso").unwrap() == 0, "the inbox is drained");
+    assert!(db.inbox_size("contoso").unwrap().0 == 0, "the inbox is drained");
     assert_eq!(s.users as usize, users);
 }

@@ -111,8 +111,14 @@ pub(crate) async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)
             stored.insert(k, v);
         }
     }
-    let key = presence_host::keys::NotificationKey::load_or_create(&db, &name)?;
-    let settings = core_settings(presence_host::host::settings_for(&sc.config, &sc.config.integrations[0], &key));
+    let kek = &sc.config.host.kek;
+    for (k, v) in stored.iter_mut() {
+        *v = kek.open(&format!("kv/{name}/{k}"), v)?;
+    }
+    let key = presence_host::keys::NotificationKey::load_or_create(&db, &name, kek)?;
+    let token = presence_host::integration::webhook_token(kek, &name);
+    let settings =
+        core_settings(presence_host::host::settings_for(&sc.config, &sc.config.integrations[0], &key, &token));
     let mut env = NativeEnv { stored, key, switchboard: sc.switchboard.clone(), clock: sc.clock.clone() };
     let mut core = presence_core::Core::new();
     core.configure(&mut env, settings).map_err(|e| anyhow::anyhow!("native configure: {e:?}"))?;

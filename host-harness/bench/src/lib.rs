@@ -12,15 +12,17 @@
 //! - hot-swap pause under a stream of notifications;
 //! - cost per notification, component vs the same core compiled natively;
 //! - Graph requests per 1,000 users per hour at steady state;
-//! - memory: the host process's RSS and each instance's linear memory.
+//! - memory: the host process's RSS and each instance's linear memory;
+//! - a forged flood: handshake, status and a genuine change under it; the inbox commit's cost.
 //!
 //! ## Layout
-//! One module per section (`sync`, `latency`, `ingest`, `line`, `swap` (plugin load and the
+//! One module per section (`sync`, `latency`, `flood`, `ingest`, `line`, `swap` (plugin load and the
 //! swap pause), `cost`, `steady`, `memory`), what they share in `common`, and `report`, which
 //! runs the chosen sections and writes the report with its goals table.
 
 mod common;
 mod cost;
+mod flood;
 mod ingest;
 mod latency;
 mod line;
@@ -59,13 +61,20 @@ pub struct BenchOptions {
     pub memory_sizes: Vec<usize>,
     /// The many-integrations memory figure: integrations, users each.
     pub memory_fleet: (usize, usize),
+    /// Forging clients of the flood figure.
+    pub flood_clients: usize,
+    /// Samples of the flood figure (each: a handshake, a status, a genuine change).
+    pub flood_samples: usize,
+    /// Commits per mode of the inbox commit figure.
+    pub commits: usize,
     /// Only these sections (all when empty): sync, latency, ingest, line, load, swap, cost,
     /// steady, memory.
     pub only: Vec<String>,
 }
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 9] = ["sync", "latency", "ingest", "line", "load", "swap", "cost", "steady", "memory"];
+pub const SECTIONS: [&str; 10] =
+    ["sync", "latency", "flood", "ingest", "line", "load", "swap", "cost", "steady", "memory"];
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {
@@ -86,6 +95,9 @@ impl BenchOptions {
             latency_seconds: 4,
             memory_sizes: vec![10_000, 100_000],
             memory_fleet: (100, 1000),
+            flood_clients: 8,
+            flood_samples: 5,
+            commits: 2000,
             only: vec![],
         }
     }
@@ -104,6 +116,9 @@ impl BenchOptions {
             latency_seconds: 1,
             memory_sizes: vec![200],
             memory_fleet: (2, 100),
+            flood_clients: 2,
+            flood_samples: 1,
+            commits: 50,
             only: vec![],
         }
     }

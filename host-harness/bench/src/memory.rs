@@ -39,6 +39,8 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
     let emulator = Emulator::new(Arc::new(graph_emulator::SystemClock));
     let mut config = String::new();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let token = presence_demo::random_token();
     let seeds: Vec<TenantSeed> = (0..integrations)
         .map(|k| {
             TenantSeed::new(
@@ -57,7 +59,8 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
     let url = emulator.start().await?;
     writeln!(
         config,
-        "[host]\nlisten = \"{addr}\"\npublic_base_url = \"http://{addr}\"\nstate_dir = \"{}\"\n\
+        "[host]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nadmin_token_env = \"TPS_BENCH_ADMIN_TOKEN\"\n\
+         kek_env = \"TPS_BENCH_KEK\"\npublic_base_url = \"http://{addr}\"\nstate_dir = \"{}\"\n\
          graph_base_url = \"{url}\"\nlogin_base_url = \"{url}\"\nplugin_cache_dir = \"{}\"\n",
         dir.join("state").display(),
         dir.join("cache").display()
@@ -83,6 +86,7 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
     }
     // A host restarts with its releases in the compile cache: warm it, so that the figures
     // are the running host's, not Cranelift's.
+    presence_host::store::secure_dir(&dir.join("cache"))?;
     presence_host::engine::Runtime::new(Default::default(), Some(dir.join("cache")))?
         .load(presence_demo::PLUGIN_WASM)?;
     let config_path = dir.join("host.toml");
@@ -95,13 +99,15 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
         .arg(&config_path)
         .env("TPS_BENCH_SECRET", presence_demo::DEMO_SECRET)
         .env("TPS_BENCH_PASSWORD", &seeds[0].integration_password)
+        .env("TPS_BENCH_ADMIN_TOKEN", &token)
+        .env("TPS_BENCH_KEK", presence_host::seal::Kek::encode(&[5; 32]))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("the host process ended at once"))?;
-    let client = reqwest::Client::new();
+    let client = presence_demo::admin_client(&token);
     let synced = |v: &serde_json::Value| -> bool {
         let all = v["integrations"].as_array().cloned().unwrap_or_default();
         all.len() == integrations
@@ -119,7 +125,7 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
             let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
             anyhow::bail!("the host process ended ({exit}): {}", log.lines().last().unwrap_or(""));
         }
-        let got = client.get(format!("http://{addr}/status")).send().await;
+        let got = client.get(format!("http://{admin}/status")).send().await;
         if let Ok(r) = got
             && let Ok(text) = r.text().await
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)

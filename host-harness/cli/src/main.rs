@@ -41,18 +41,21 @@ enum Cmd {
     },
     /// "Sync now": asks a running host to re-read an integration's directory at once.
     SyncNow {
-        /// The host's base URL (its listen address).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// The host's admin base URL (its `admin_listen` address).
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
         host: String,
         /// The integration's name.
         #[arg(long)]
         integration: String,
+        /// The environment variable holding the admin token (the host's `admin_token_env`).
+        #[arg(long, default_value = "TPS_ADMIN_TOKEN")]
+        token_env: String,
     },
     /// Hot swap: sends a plugin component to a running host, which checks it and switches
     /// every integration (or one) to it; prints each integration's report.
     Swap {
-        /// The host's base URL (its listen address).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// The host's admin base URL (its `admin_listen` address).
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
         host: String,
         /// The component (`.wasm`).
         #[arg(long)]
@@ -72,7 +75,7 @@ enum Cmd {
         /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
         #[arg(long)]
         smoke: bool,
-        /// Only these sections (comma-separated): sync, latency, ingest, line, load, swap,
+        /// Only these sections (comma-separated): sync, latency, flood, ingest, line, load, swap,
         /// cost, steady, memory. The report then holds only them.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -108,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&cfg.host.listen)
                 .await
                 .with_context(|| format!("listening on {}", cfg.host.listen))?;
+            let admin = tokio::net::TcpListener::bind(&cfg.host.admin_listen)
+                .await
+                .with_context(|| format!("listening on {} (admin)", cfg.host.admin_listen))?;
             // The switchboards are the simulator's, from each integration's `switchboard_csv`.
             let sims = switchboard_sim::from_config(&cfg)?;
             let seams =
@@ -115,9 +121,12 @@ async fn main() -> anyhow::Result<()> {
             let mut host =
                 Host::start(&cfg, presence_plugin_wasm::PLUGIN_WASM, Backends::defaults(&cfg, seams)?).await?;
             let routes = switchboard_sim::routes(sims, host.integrations.clone());
-            let addr = host.serve(listener, routes)?;
-            tracing::info!(%addr, integrations = host.integrations.len(), "host running");
-            // For whoever started it with port 0: where it listens, on stdout.
+            host.serve(listener, admin, routes)?;
+            let (addr, admin) = (host.addr(), host.admin_addr());
+            tracing::info!(%addr, %admin, integrations = host.integrations.len(), "host running");
+            // For whoever started it with port 0: where it listens, on stdout (the admin
+            // listener first).
+            println!("admin on http://{admin}");
             println!("listening on http://{addr}");
             tokio::signal::ctrl_c().await?;
             host.stop().await;
@@ -125,9 +134,16 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Demo { users, integration_users, seconds } => {
             presence_demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
         }
-        Cmd::SyncNow { host, integration } => {
+        Cmd::SyncNow { host, integration, token_env } => {
+            let token =
+                std::env::var(&token_env).with_context(|| format!("${token_env} (the admin token) is not set"))?;
             let url = format!("{}/integrations/{integration}/sync-now", host.trim_end_matches('/'));
-            let r = reqwest::Client::new().post(&url).send().await.with_context(|| format!("POST {url}"))?;
+            let r = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .with_context(|| format!("POST {url}"))?;
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
             anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");

@@ -88,8 +88,12 @@ pub struct ScenarioOptions {
     /// of the `.wasm`); they get the first integration's settings under their own name and an
     /// empty switchboard. The sandbox tests run hostile components this way.
     pub extra_integrations: Vec<(String, PathBuf)>,
-    /// The admin API's bearer token (`None`: the admin API is off).
-    pub admin_token: Option<String>,
+    /// The admin listener's bearer token (default: a random one).
+    pub admin_token: String,
+    /// Bounds of the public listener.
+    pub public_limits: presence_host::listener::ListenerLimits,
+    /// Bounds of the inbox.
+    pub inbox_limits: presence_host::context::InboxLimits,
 }
 
 impl ScenarioOptions {
@@ -108,9 +112,18 @@ impl ScenarioOptions {
             second_integration: None,
             limits: Limits::default(),
             extra_integrations: vec![],
-            admin_token: None,
+            admin_token: random_token(),
+            public_limits: presence_host::listener::ListenerLimits::PUBLIC,
+            inbox_limits: Default::default(),
         }
     }
+}
+
+/// A fresh random token of 32 hex digits (an admin token).
+pub fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..16).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
 }
 
 /// A running scenario.
@@ -186,10 +199,16 @@ impl Scenario {
         let emulator_url = emulator.start().await?;
         let switchboard = Arc::new(Switchboard::new(switchboard_users(&seed, opts.users)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut config = Config {
             host: HostConfig {
                 listen: addr.to_string(),
+                admin_listen: admin.local_addr()?.to_string(),
+                tls: None,
+                public_limits: opts.public_limits,
+                inbox_limits: opts.inbox_limits,
+                kek: presence_host::seal::Kek::random(),
                 public_base_url: format!("http://{addr}"),
                 state_dir: opts.state_dir.clone(),
                 graph_base_url: emulator_url.clone(),
@@ -197,7 +216,7 @@ impl Scenario {
                 limits: opts.limits,
                 plugin: None,
                 plugin_cache_dir: opts.state_dir.join("plugin-cache"),
-                admin_token: opts.admin_token.clone().map(Secret::new),
+                admin_token: Secret::new(opts.admin_token.clone()),
             },
             integrations: vec![IntegrationConfig {
                 name: opts.name.clone(),
@@ -249,7 +268,7 @@ impl Scenario {
         if let (Some(name), Some(sb)) = (&opts.second_integration, &second_switchboard) {
             switchboards.insert(name.clone(), sb.clone());
         }
-        let host = start_host(&config, clock.clone(), listener, switchboards).await?;
+        let host = start_host(&config, clock.clone(), listener, admin, switchboards).await?;
         Ok(Scenario {
             emulator,
             host: Some(host),
@@ -275,18 +294,39 @@ impl Scenario {
     pub async fn restart_host(&mut self) -> anyhow::Result<()> {
         self.stop_host().await;
         let listener = tokio::net::TcpListener::bind(&self.config.host.listen).await?;
+        let admin = tokio::net::TcpListener::bind(&self.config.host.admin_listen).await?;
         let mut switchboards = BTreeMap::from([(self.config.integrations[0].name.clone(), self.switchboard.clone())]);
         if let (Some(ic), Some(sb)) = (self.config.integrations.get(1), &self.second_switchboard) {
             switchboards.insert(ic.name.clone(), sb.clone());
         }
-        let host = start_host(&self.config, self.clock.clone(), listener, switchboards).await?;
+        let host = start_host(&self.config, self.clock.clone(), listener, admin, switchboards).await?;
         self.host = Some(host);
         Ok(())
     }
 
-    /// The webhook URL of the integration.
+    /// The webhook URL of the integration (with its secret path segment).
     pub fn notification_url(&self) -> String {
-        format!("{}/webhook/{}/notifications", self.config.host.public_base_url, self.config.integrations[0].name)
+        let h = self.host().integrations.values().next().expect("an integration");
+        format!("{}{}", self.config.host.public_base_url, h.webhook_path("notifications"))
+    }
+
+    /// The URL of `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.config.host.admin_listen)
+    }
+
+    /// An HTTP client that sends the admin token with every request.
+    pub fn admin_client(&self) -> reqwest::Client {
+        admin_client(self.config.host.admin_token.expose())
+    }
+
+    /// GETs `path` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = self.admin_client().get(self.admin_url(path)).send().await.expect("admin request");
+        let status = r.status();
+        let text = r.text().await.expect("admin body");
+        assert!(status.is_success(), "GET {path}: {status}: {text}");
+        serde_json::from_str(&text).expect("admin JSON")
     }
 
     /// The integration's status.
@@ -393,12 +433,22 @@ impl Scenario {
     }
 }
 
+/// An HTTP client that sends `token` as the admin bearer token with every request.
+pub fn admin_client(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+    v.set_sensitive(true);
+    h.insert(reqwest::header::AUTHORIZATION, v);
+    reqwest::Client::builder().default_headers(h).build().expect("an HTTP client")
+}
+
 /// Starts a host on `config` with the scenario's clock and switchboards (others get an empty
-/// one), and serves it with the simulator's routes on `listener`.
+/// one), and serves it on `listener` (public) and `admin` (with the simulator's routes).
 pub async fn start_host(
     config: &Config,
     clock: Arc<TestClock>,
     listener: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
     mut switchboards: BTreeMap<String, Arc<Switchboard>>,
 ) -> anyhow::Result<Host> {
     for ic in &config.integrations {
@@ -410,7 +460,7 @@ pub async fn start_host(
         switchboards.iter().map(|(k, v)| (k.clone(), v.clone() as Arc<dyn presence_host::Switchboard>)).collect();
     let mut host = Host::start(config, PLUGIN_WASM, backends).await?;
     let routes = switchboard_sim::routes(switchboards, host.integrations.clone());
-    host.serve(listener, routes)?;
+    host.serve(listener, admin, routes)?;
     Ok(host)
 }
 
@@ -423,10 +473,18 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
     let host = sc.host.as_ref().unwrap();
     println!("teams-presence-sync demo");
     println!("  Graph/Entra emulator : {}", sc.emulator_url);
-    println!("  host (webhooks, API) : http://{}", host.addr());
+    println!("  host, public (Graph) : http://{}", host.addr());
+    let token_file = dir.join("admin-token");
+    presence_host::store::create_private_file(&token_file)?;
+    std::fs::write(&token_file, sc.config.host.admin_token.expose())?;
+    println!(
+        "  host, admin          : http://{} (Authorization: Bearer $(cat {}))",
+        host.admin_addr(),
+        token_file.display()
+    );
     println!("  tenant {} with {users} users and {integration_users} integration users", DEMO_TENANT);
-    println!("  switchboard          : http://{}/switchboard/contoso/users", host.addr());
-    println!("  status               : http://{}/status/contoso", host.addr());
+    println!("  switchboard          : http://{}/switchboard/contoso/users", host.admin_addr());
+    println!("  status               : http://{}/status/contoso", host.admin_addr());
     println!();
     let s = sc.wait_status(Duration::from_secs(60), |s| s.state != "starting").await;
     let remaining = sc.wait_in_sync(users, Duration::from_secs(60)).await;

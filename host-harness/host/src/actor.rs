@@ -233,7 +233,12 @@ impl Actor {
         };
         let full = rows.len() == inbox::STEP;
         for row in rows {
-            self.call(Command::Inbox(row.id, row.body)).await;
+            let stored = row.body.len() as u64;
+            let Some(body) = inbox::open(&self.ctx, &row) else {
+                self.inbox_cursor = row.id;
+                continue;
+            };
+            self.call(Command::Inbox(row.id, body, stored)).await;
             if self.inbox_blocked {
                 self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
                 return;
@@ -257,6 +262,9 @@ impl Actor {
             _ => {}
         }
         let is_tick = matches!(cmd, Command::Tick);
+        if is_tick {
+            self.ctx.retry_writes();
+        }
         let force = std::mem::take(&mut self.interrupt_next);
         arm(&mut self.store, force);
         let started = Instant::now();
@@ -266,8 +274,8 @@ impl Actor {
         let mut offered = None;
         let result: Result<(), wasmtime::Error> = match cmd {
             Command::Shutdown | Command::Swap(..) | Command::InterruptNextCall | Command::InboxWake => Ok(()),
-            Command::Inbox(id, body) => {
-                let (o, r) = inbox::offer(&mut self.store, sync, &self.ctx, id, body).await;
+            Command::Inbox(id, body, stored) => {
+                let (o, r) = inbox::offer(&mut self.store, sync, &self.ctx, id, body, stored).await;
                 offered = Some(o);
                 r
             }
@@ -308,7 +316,7 @@ impl Actor {
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
         match offered {
-            Some(inbox::Offered::Taken(id)) => inbox::taken(&self.ctx, id),
+            Some(inbox::Offered::Taken(id, stored)) => inbox::taken(&self.ctx, id, stored),
             Some(inbox::Offered::Deferred) => self.inbox_blocked = true,
             None => {}
         }
@@ -358,6 +366,9 @@ impl Actor {
                 slowest: self.slowest.clone(),
                 linear_memory_bytes: self.store.data().linear_memory_bytes() as u64,
                 counters,
+                inbox: (self.ctx.inbox_rows.load(Ordering::SeqCst), self.ctx.inbox_bytes.load(Ordering::SeqCst)),
+                state_writes_pending: self.ctx.pending_writes.lock().unwrap().len() as u64,
+                state_error: self.ctx.state_error.lock().unwrap().clone(),
             },
             s,
         )

@@ -1,16 +1,22 @@
-//! The host's HTTP API:
-//! - `/webhook/{integration}/notifications` and `/webhook/{integration}/lifecycle` (Graph),
-//! - `/status` and `/status/{integration}` (the admin's view),
-//! - `/integrations/{integration}/sync-now` and `/integrations/{integration}/overrides`,
-//! - `PUT /admin/plugin` (hot swap, with the admin token).
+//! The host's HTTP API, on two listeners:
+//! - the **public** one, which Graph must reach: `/webhook/{integration}/{secret}/notifications`
+//!   and `.../lifecycle` (the secret segment is derived from the KEK: see
+//!   [`crate::integration::webhook_token`]), and `GET /healthz` (liveness);
+//! - the **admin** one (loopback by default), every route behind `Authorization: Bearer
+//!   <admin token>`, checked in constant time before any body is read: `/status` and
+//!   `/status/{integration}`, `/integrations/{integration}/sync-now`,
+//!   `/integrations/{integration}/overrides`, `PUT /admin/plugin` (hot swap), `/healthz`, and
+//!   whatever routes the platform adds (the workshop's switchboard simulator).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
@@ -19,38 +25,87 @@ use crate::bindings::sync;
 use crate::config::Secret;
 use crate::error::{OverrideError, Stopping};
 use crate::host::{Host, Swaps};
-use crate::inbox::check_envelope;
+use crate::inbox::{AcceptError, check_envelope};
 use crate::integration::IntegrationHandle;
 use crate::release::MAX_PLUGIN_BYTES;
 use crate::sandbox::MAX_WEBHOOK_BODY;
 use crate::status::SwapOutcome;
 
+/// Time a client has to send a webhook or overrides body once its head arrived.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a plugin (up to 64 MiB) once its head arrived.
+pub const PLUGIN_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest overrides list body.
+pub const MAX_OVERRIDES_BODY: usize = 1 << 20;
+
 #[derive(Clone)]
 struct AppState {
     integrations: Arc<BTreeMap<String, IntegrationHandle>>,
     swaps: Arc<Swaps>,
-    admin_token: Option<Secret>,
 }
 
 impl Host {
-    /// The host's routes, for a platform that serves them itself (else [`Host::serve`]).
-    pub fn router(&self) -> Router {
-        let state = AppState {
-            integrations: Arc::new(self.integrations.clone()),
-            swaps: self.swaps.clone(),
-            admin_token: self.admin_token.clone(),
-        };
+    fn app_state(&self) -> AppState {
+        AppState { integrations: Arc::new(self.integrations.clone()), swaps: self.swaps.clone() }
+    }
+
+    /// The public routes (what Graph calls, and `GET /healthz`), for a platform that serves
+    /// them itself (else [`Host::serve`]).
+    pub fn public_router(&self) -> Router {
         Router::new()
-            .route("/webhook/{name}/{kind}", any(webhook))
+            .route("/webhook/{name}/{token}/{kind}", any(webhook))
+            .route("/healthz", get(healthz))
+            .with_state(self.app_state())
+    }
+
+    /// The admin routes, merged with `extra` (a platform's own, or the switchboard
+    /// simulator's), all behind the admin token; for a platform that serves them itself.
+    pub fn admin_router(&self, extra: Router) -> Router {
+        Router::new()
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
             .route("/integrations/{name}/sync-now", post(sync_now))
             .route("/integrations/{name}/overrides", get(get_overrides).put(put_overrides))
-            .route(
-                "/admin/plugin",
-                axum::routing::put(put_plugin).layer(axum::extract::DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
-            )
-            .with_state(state)
+            .route("/admin/plugin", axum::routing::put(put_plugin))
+            .route("/healthz", get(healthz))
+            .with_state(self.app_state())
+            .merge(extra)
+            .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token))
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Lets a request through only with `Authorization: Bearer <admin token>`, compared in
+/// constant time, before its body is read (by anyone).
+async fn require_admin_token(State(token): State<Secret>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong admin token (Authorization: Bearer ...)",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Reads a body of at most `limit` bytes within `deadline`.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes")).into_response()),
+        Err(_) => {
+            Err((StatusCode::REQUEST_TIMEOUT, format!("the body took over {} s", deadline.as_secs())).into_response())
+        }
     }
 }
 
@@ -62,17 +117,30 @@ fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("no such {what}")).into_response()
 }
 
-async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, String)>, req: Request) -> Response {
-    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+async fn webhook(
+    State(st): State<AppState>,
+    Path((name, token, kind)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    let Some(h) = st.integrations.get(&name) else { return not_found("webhook") };
+    // The secret path segment, before anything is read: a forged request costs a compare.
+    if !h.webhook_token_matches(&token) {
+        h.count("rejected.webhook-path");
+        return not_found("webhook");
+    }
     if kind != "notifications" && kind != "lifecycle" {
         return not_found("webhook");
     }
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BODY).await {
+    let body = match read_body(body, MAX_WEBHOOK_BODY, BODY_READ_TIMEOUT).await {
         Ok(b) => b,
-        Err(_) => {
-            h.count("rejected.oversized");
-            return (StatusCode::BAD_REQUEST, format!("body exceeds {MAX_WEBHOOK_BODY} bytes")).into_response();
+        Err(r) => {
+            h.count(if r.status() == StatusCode::REQUEST_TIMEOUT {
+                "rejected.slow-body"
+            } else {
+                "rejected.oversized"
+            });
+            return r;
         }
     };
     // Graph's validation handshake: echo the decoded token as plain text, at once (Graph waits
@@ -95,11 +163,17 @@ async fn webhook(State(st): State<AppState>, Path((name, kind)): Path<(String, S
     }
     match h.accept(&kind, body.to_vec()) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e @ AcceptError::Full { .. }) => {
+            // Graph retries a 503, for up to 4 hours.
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "10")], format!("{e}; retry later"))
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(integration = %name, "inbox write failed: {e}");
             h.count("rejected.inbox-unavailable");
             // Not acknowledged: Graph retries.
-            (StatusCode::SERVICE_UNAVAILABLE, "inbox unavailable; retry later").into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "inbox unavailable; retry later")
+                .into_response()
         }
     }
 }
@@ -157,8 +231,12 @@ async fn get_overrides(State(st): State<AppState>, Path(name): Path<String>) -> 
 
 /// Replaces the API overrides with the JSON list in the body:
 /// `[{"switchboard_user": "...", "microsoft_user": "<id or address>"}]`.
-async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
     let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let body = match read_body(body, MAX_OVERRIDES_BODY, BODY_READ_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let list = match serde_json::from_slice::<Vec<OverrideBody>>(&body) {
         Ok(l) => l,
         Err(e) => {
@@ -185,34 +263,18 @@ struct SwapQuery {
     integration: Option<String>,
 }
 
-/// Hot swap: `PUT /admin/plugin[?integration=NAME]` with the component as the body and
-/// `Authorization: Bearer <admin token>`. 200 with the reports when every integration
-/// switched, 409 with the reports when one rolled back, 422 when the component was refused
-/// (nothing switched), 401/403 without a valid token or with the admin API disabled.
+/// Hot swap: `PUT /admin/plugin[?integration=NAME]` with the component as the body (on the
+/// admin listener, with its token). 200 with the reports when every integration switched,
+/// 409 with the reports when one rolled back, 422 when the component was refused (nothing
+/// switched).
 async fn put_plugin(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<SwapQuery>,
-    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(token) = &st.admin_token else {
-        return (StatusCode::FORBIDDEN, "the admin API is disabled: set [host] admin_token_env").into_response();
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes())) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)").into_response();
-    }
-    // The body (up to 64 MiB) is read only now, after the token was checked.
-    let body = match axum::body::to_bytes(body, MAX_PLUGIN_BYTES).await {
+    let body = match read_body(body, MAX_PLUGIN_BYTES, PLUGIN_READ_TIMEOUT).await {
         Ok(b) => b,
-        Err(_) => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, format!("the plugin may be at most {MAX_PLUGIN_BYTES} bytes"))
-                .into_response();
-        }
+        Err(r) => return r,
     };
     match st.swaps.swap(&st.integrations, &body, q.integration.as_deref()).await {
         Ok(reports) => {

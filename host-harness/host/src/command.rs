@@ -16,7 +16,7 @@ pub enum Command {
     /// count as one (the actor pulls the rows itself).
     InboxWake,
     /// One batch from the inbox, offered to the plugin (the actor's own; never queued).
-    Inbox(i64, Vec<u8>),
+    Inbox(i64, Vec<u8>, u64),
     /// An outbound request finished.
     HttpDone(u64, Result<outbound_http::Response, outbound_http::HttpError>),
     /// The periodic timer, or a prompt tick the plugin asked for.

@@ -40,8 +40,19 @@ pub struct Config {
 /// The `[host]` section.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Listen address of the HTTP listener (webhooks, status and admin API).
+    /// Listen address of the public listener: only Graph's webhook paths and `/healthz`.
     pub listen: String,
+    /// Listen address of the admin listener (status, overrides, sync-now, plugin swap);
+    /// default `127.0.0.1:8081`.
+    pub admin_listen: String,
+    /// TLS certificate chain and private key (PEM files) of the public listener; `None`:
+    /// plain HTTP (behind a reverse proxy that terminates TLS).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds of the public listener: `max_connections` (default 512) and
+    /// `header_read_timeout_ms` (default 10000).
+    pub public_limits: crate::listener::ListenerLimits,
+    /// Bounds of each integration's inbox (`inbox_max_rows`, `inbox_max_mib`).
+    pub inbox_limits: crate::context::InboxLimits,
     /// Public base URL Graph reaches the listener at; webhook URLs are built from it.
     pub public_base_url: String,
     /// Directory for the SQLite state file.
@@ -57,8 +68,10 @@ pub struct HostConfig {
     pub plugin: Option<PathBuf>,
     /// Where compiled plugins are cached (default `<state_dir>/plugin-cache`).
     pub plugin_cache_dir: PathBuf,
-    /// The bearer token of the admin API (`PUT /admin/plugin`); `None` disables that API.
-    pub admin_token: Option<Secret>,
+    /// The bearer token of every admin route.
+    pub admin_token: Secret,
+    /// The key-encryption key that seals private keys and client states at rest.
+    pub kek: crate::seal::Kek,
 }
 
 /// One `[[integration]]`.
@@ -126,6 +139,15 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     listen: Option<String>,
+    admin_listen: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    inbox_max_rows: Option<u64>,
+    inbox_max_mib: Option<u64>,
+    kek_env: Option<String>,
+    kek_file: Option<PathBuf>,
     public_base_url: String,
     state_dir: Option<PathBuf>,
     graph_base_url: Option<String>,
@@ -135,6 +157,7 @@ struct RawHost {
     plugin: Option<PathBuf>,
     plugin_cache_dir: Option<PathBuf>,
     admin_token_env: Option<String>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -230,9 +253,65 @@ impl Config {
             check_base_url(v).map_err(|r| err(field, r))?;
         }
         let listen = h.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-        listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| err("host.listen", format!("'{listen}' is not an address:port ({e})")))?;
+        let admin_listen = h.admin_listen.unwrap_or_else(|| "127.0.0.1:8081".into());
+        for (field, v) in [("host.listen", &listen), ("host.admin_listen", &admin_listen)] {
+            v.parse::<std::net::SocketAddr>().map_err(|e| err(field, format!("'{v}' is not an address:port ({e})")))?;
+        }
+        if listen == admin_listen && !listen.ends_with(":0") {
+            return Err(err(
+                "host.admin_listen",
+                format!("'{admin_listen}' is also host.listen: the admin routes need a listener of their own"),
+            ));
+        }
+        let tls = match (h.tls_cert_file, h.tls_key_file) {
+            (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("host.tls_key_file", "tls_cert_file is set, so set this too".into())),
+            (None, Some(_)) => return Err(err("host.tls_cert_file", "tls_key_file is set, so set this too".into())),
+        };
+        let dp = crate::listener::ListenerLimits::PUBLIC;
+        let max_connections = h.max_connections.unwrap_or(dp.max_connections);
+        if !(8..=65_536).contains(&max_connections) {
+            return Err(err("host.max_connections", format!("{max_connections} must be between 8 and 65536")));
+        }
+        let header_ms = h.header_read_timeout_ms.unwrap_or(dp.header_read_timeout.as_millis() as u64);
+        if !(100..=120_000).contains(&header_ms) {
+            return Err(err("host.header_read_timeout_ms", format!("{header_ms} must be between 100 and 120000")));
+        }
+        let public_limits = crate::listener::ListenerLimits {
+            max_connections,
+            header_read_timeout: std::time::Duration::from_millis(header_ms),
+        };
+        let dl = crate::context::InboxLimits::default();
+        let inbox_limits = crate::context::InboxLimits {
+            rows: h.inbox_max_rows.unwrap_or(dl.rows),
+            bytes: h.inbox_max_mib.map(|m| m << 20).unwrap_or(dl.bytes),
+        };
+        if !(100..=10_000_000).contains(&inbox_limits.rows) {
+            return Err(err("host.inbox_max_rows", format!("{} must be between 100 and 10000000", inbox_limits.rows)));
+        }
+        if !((1 << 20)..=(64u64 << 30)).contains(&inbox_limits.bytes) {
+            return Err(err("host.inbox_max_mib", "must be between 1 and 65536".into()));
+        }
+        let kek_text = match (h.kek_env, h.kek_file) {
+            (Some(var), None) => env(&var).ok_or_else(|| err("host.kek_env", format!("${var} is not set")))?,
+            (None, Some(f)) => {
+                let f = base.join(f);
+                std::fs::read_to_string(&f)
+                    .map_err(|e| err("host.kek_file", format!("cannot read {}: {e}", f.display())))?
+            }
+            (Some(_), Some(_)) => return Err(err("host.kek_env", "give kek_env or kek_file, not both".into())),
+            (None, None) => {
+                return Err(err(
+                    "host.kek_env",
+                    "required (or host.kek_file): the key that encrypts private keys and client states at rest; \
+                     make one with `openssl rand -base64 32`"
+                        .into(),
+                ));
+            }
+        };
+        let kek = crate::seal::Kek::from_base64(kek_text.trim())
+            .map_err(|r| err(if kek_text.is_empty() { "host.kek_file" } else { "host.kek_env" }, r))?;
         let defaults = crate::sandbox::Limits::default();
         let call_deadline_ms = h.call_deadline_ms.unwrap_or(defaults.call_deadline_ms);
         if !(20..=60_000).contains(&call_deadline_ms) {
@@ -243,19 +322,34 @@ impl Config {
             return Err(err("host.memory_limit_mib", format!("{memory_mib} must be between 16 and 4096")));
         }
         let limits = crate::sandbox::Limits { call_deadline_ms, memory_bytes: (memory_mib as usize) << 20 };
-        let admin_token = match h.admin_token_env {
-            None => None,
-            Some(var) => match env(&var) {
-                Some(v) if v.len() >= 16 => Some(Secret::new(v)),
-                Some(_) => {
-                    return Err(err(
-                        "host.admin_token_env",
-                        format!("the token in ${var} is too short: use at least 16 characters"),
-                    ));
-                }
-                None => return Err(err("host.admin_token_env", format!("${var} is not set"))),
-            },
+        let (token, source) = match (h.admin_token_env, h.admin_token_file) {
+            (Some(var), None) => {
+                (env(&var).ok_or_else(|| err("host.admin_token_env", format!("${var} is not set")))?, format!("${var}"))
+            }
+            (None, Some(f)) => {
+                let f = base.join(f);
+                let t = std::fs::read_to_string(&f)
+                    .map_err(|e| err("host.admin_token_file", format!("cannot read {}: {e}", f.display())))?;
+                (t.trim().to_string(), f.display().to_string())
+            }
+            (Some(_), Some(_)) => {
+                return Err(err("host.admin_token_env", "give admin_token_env or admin_token_file, not both".into()));
+            }
+            (None, None) => {
+                return Err(err(
+                    "host.admin_token_env",
+                    "required (or host.admin_token_file): the admin listener's bearer token (16 characters or more)"
+                        .into(),
+                ));
+            }
         };
+        if token.len() < 16 {
+            return Err(err(
+                "host.admin_token_env",
+                format!("the token in {source} is too short: use at least 16 characters"),
+            ));
+        }
+        let admin_token = Secret::new(token);
         let state_dir = base.join(h.state_dir.unwrap_or_else(|| "state".into()));
         let host = HostConfig {
             limits,
@@ -265,7 +359,12 @@ impl Config {
                 .map(|p| base.join(p))
                 .unwrap_or_else(|| state_dir.join("plugin-cache")),
             admin_token,
+            kek,
             listen,
+            admin_listen,
+            tls,
+            public_limits,
+            inbox_limits,
             public_base_url: h.public_base_url.trim_end_matches('/').to_string(),
             state_dir,
             graph_base_url: graph_base_url.trim_end_matches('/').to_string(),
@@ -432,6 +531,8 @@ mod tests {
 [host]
 listen = "127.0.0.1:0"
 public_base_url = "https://presence.example.com"
+admin_token_env = "ADMIN_TOKEN"
+kek_env = "KEK"
 
 [[integration]]
 name = "contoso"
@@ -442,7 +543,12 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
 "#;
 
     fn env(k: &str) -> Option<String> {
-        (k == "CONTOSO_SECRET").then(|| "s3cret".to_string())
+        match k {
+            "CONTOSO_SECRET" => Some("s3cret".into()),
+            "ADMIN_TOKEN" => Some("an-admin-token-of-32-characters!".into()),
+            "KEK" => Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+            _ => None,
+        }
     }
 
     #[test]
@@ -513,9 +619,30 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
 
     #[test]
     fn missing_env_var_is_named() {
-        let e = Config::parse(GOOD, "c.toml", Path::new("."), &|_| None).unwrap_err();
+        let e = Config::parse(GOOD, "c.toml", Path::new("."), &|k| (k != "CONTOSO_SECRET").then(|| env(k)).flatten())
+            .unwrap_err();
         assert_eq!(e.field, "integration[0].client_secret");
         assert!(e.reason.contains("CONTOSO_SECRET"));
+    }
+
+    #[test]
+    fn admin_token_and_kek_are_required_and_checked() {
+        let c = Config::parse(GOOD, "c.toml", Path::new("."), &env).unwrap();
+        assert_eq!(c.host.admin_listen, "127.0.0.1:8081");
+        assert!(!format!("{c:?}").contains("an-admin-token"));
+        assert!(!format!("{c:?}").contains("AAECAwQF"));
+        for (edit, field) in [
+            (GOOD.replace("admin_token_env = \"ADMIN_TOKEN\"\n", ""), "host.admin_token_env"),
+            (GOOD.replace("kek_env = \"KEK\"\n", ""), "host.kek_env"),
+            (GOOD.replace("\"KEK\"", "\"CONTOSO_SECRET\""), "host.kek_env"),
+            (GOOD.replace("\"ADMIN_TOKEN\"", "\"CONTOSO_SECRET\""), "host.admin_token_env"),
+            (GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:8081\""), "host.admin_listen"),
+            (GOOD.replace("[host]\n", "[host]\ntls_cert_file = \"c.pem\"\n"), "host.tls_key_file"),
+        ] {
+            let e = Config::parse(&edit, "c.toml", Path::new("."), &env).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

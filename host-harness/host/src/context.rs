@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::bindings::outbound_http::{HttpError, Response};
 use crate::clock::Clock;
+use crate::error::StoreError;
 use crate::http::HttpClient;
 use crate::keys::NotificationKey;
 use crate::sandbox::LogBudget;
+use crate::seal::Kek;
 use crate::store::StateStore;
 use crate::switchboard::Switchboard;
 
@@ -54,6 +56,44 @@ pub struct IntegrationCtx {
     pub(crate) inbox_waiting: AtomicBool,
     /// The plugin's log allowance.
     pub(crate) log_budget: Mutex<LogBudget>,
+    /// Seals what the plugin stores, the key and the inbox rows.
+    pub(crate) kek: Kek,
+    /// The secret path segment of this integration's webhook URLs.
+    pub(crate) webhook_token: String,
+    /// Bounds of the inbox.
+    pub(crate) inbox_limits: InboxLimits,
+    /// Rows in the inbox now.
+    pub(crate) inbox_rows: AtomicU64,
+    /// Bytes in the inbox now (as stored).
+    pub(crate) inbox_bytes: AtomicU64,
+    /// Plugin state writes the store refused (sealed values; `None`: a delete), retried on
+    /// every tick until they succeed; a later write of the key replaces its entry.
+    pub(crate) pending_writes: Mutex<BTreeMap<String, Option<Vec<u8>>>>,
+    /// Why the last state write failed, while writes are pending.
+    pub(crate) state_error: Mutex<Option<String>>,
+}
+
+/// How much the inbox of one integration may hold; beyond it a notification is answered 503
+/// with `Retry-After` (Graph retries).
+#[derive(Debug, Clone, Copy)]
+pub struct InboxLimits {
+    /// Rows.
+    pub rows: u64,
+    /// Bytes of bodies.
+    pub bytes: u64,
+}
+
+impl Default for InboxLimits {
+    fn default() -> Self {
+        InboxLimits { rows: 20_000, bytes: 256 << 20 }
+    }
+}
+
+/// What [`IntegrationCtx`] needs besides its backends.
+pub(crate) struct CtxSecrets {
+    pub kek: Kek,
+    pub webhook_token: String,
+    pub inbox_limits: InboxLimits,
 }
 
 impl IntegrationCtx {
@@ -68,6 +108,7 @@ impl IntegrationCtx {
         key: NotificationKey,
         clock: Arc<dyn Clock>,
         http_done: HttpDone,
+        secrets: CtxSecrets,
     ) -> IntegrationCtx {
         IntegrationCtx {
             name,
@@ -85,7 +126,77 @@ impl IntegrationCtx {
             tick_requested: Default::default(),
             inbox_waiting: Default::default(),
             log_budget: Default::default(),
+            kek: secrets.kek,
+            webhook_token: secrets.webhook_token,
+            inbox_limits: secrets.inbox_limits,
+            inbox_rows: AtomicU64::new(0),
+            inbox_bytes: AtomicU64::new(0),
+            pending_writes: Default::default(),
+            state_error: Default::default(),
         }
+    }
+
+    /// Where a plugin value is sealed: binds it to its integration and key.
+    pub(crate) fn kv_place(&self, key: &str) -> String {
+        format!("kv/{}/{key}", self.name)
+    }
+
+    /// Writes a plugin value (sealed; `None` deletes it). A write the store refuses as
+    /// unavailable is kept and retried by [`IntegrationCtx::retry_writes`].
+    pub(crate) fn write_state(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let sealed = value.map(|v| self.kek.seal(&self.kv_place(key), v));
+        let r = match &sealed {
+            Some(v) => self.store.set(&self.name, key, v),
+            None => self.store.delete(&self.name, key),
+        };
+        let mut pending = self.pending_writes.lock().unwrap();
+        match r {
+            Ok(()) => {
+                pending.remove(key);
+                Ok(())
+            }
+            Err(StoreError::Unavailable(why)) => {
+                tracing::error!(integration = %self.name, %key, error = %why, "state write failed; retried every tick");
+                self.count("state.write-failed");
+                pending.insert(key.to_string(), sealed);
+                *self.state_error.lock().unwrap() = Some(why.clone());
+                Err(StoreError::Unavailable(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A plugin value: a pending write of it first, else the store's (opened).
+    pub(crate) fn read_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = match self.pending_writes.lock().unwrap().get(key) {
+            Some(v) => v.clone(),
+            None => self.store.get(&self.name, key)?,
+        };
+        stored
+            .map(|v| self.kek.open(&self.kv_place(key), &v).map_err(|e| StoreError::Unavailable(e.to_string())))
+            .transpose()
+    }
+
+    /// Retries the writes the store refused, oldest key first; stops at the first that fails.
+    pub(crate) fn retry_writes(&self) {
+        let mut pending = self.pending_writes.lock().unwrap();
+        while let Some((key, value)) = pending.first_key_value().map(|(k, v)| (k.clone(), v.clone())) {
+            let r = match &value {
+                Some(v) => self.store.set(&self.name, &key, v),
+                None => self.store.delete(&self.name, &key),
+            };
+            match r {
+                Ok(()) => {
+                    pending.remove(&key);
+                    self.count("state.write-retried");
+                }
+                Err(e) => {
+                    *self.state_error.lock().unwrap() = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        *self.state_error.lock().unwrap() = None;
     }
 
     /// Adds one to a host counter.

@@ -19,9 +19,10 @@ use crate::engine::Runtime;
 use crate::http::{HttpClient, ReqwestClient};
 use crate::integration::{self, IntegrationHandle, Spawn};
 use crate::keys::NotificationKey;
+use crate::listener::{self, ListenerLimits, ListenerStats, Serving};
 use crate::release::Release;
 use crate::status::{SwapOutcome, SwapReport};
-use crate::store::{SqliteStore, StateStore};
+use crate::store::{DirLock, SqliteStore, StateStore, secure_dir};
 use crate::switchboard::Switchboard;
 
 /// What a host runs on: a state store, an HTTP client, a clock, and each integration's
@@ -58,14 +59,14 @@ pub struct Host {
     /// The clock the plugins see.
     pub clock: Arc<dyn Clock>,
     pub(crate) swaps: Arc<Swaps>,
-    pub(crate) admin_token: Option<crate::config::Secret>,
-    server: Option<Server>,
-}
-
-struct Server {
-    addr: SocketAddr,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    pub(crate) admin_token: crate::config::Secret,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    public_limits: ListenerLimits,
+    /// Counters of the public and the admin listener.
+    pub listener_stats: (Arc<ListenerStats>, Arc<ListenerStats>),
+    server: Option<(Serving, Serving)>,
+    /// Held while the host runs: no second host on the state directory.
+    _lock: DirLock,
 }
 
 /// What a hot swap needs: the runtime, the state (to keep a swap across restarts) and each
@@ -114,6 +115,14 @@ impl Host {
     /// bytes) unless the configuration names another release. Nothing is served yet: see
     /// [`Host::serve`] and [`Host::router`].
     pub async fn start(config: &Config, plugin: &[u8], mut backends: Backends) -> anyhow::Result<Host> {
+        secure_dir(&config.host.state_dir)?;
+        let lock = DirLock::take(&config.host.state_dir)?;
+        // Native code the host loads: the cache must be as private as the state.
+        secure_dir(&config.host.plugin_cache_dir)?;
+        let tls = match &config.host.tls {
+            Some((cert, key)) => Some(listener::tls_config(cert, key)?),
+            None => None,
+        };
         let rt = Runtime::new(config.host.limits, Some(config.host.plugin_cache_dir.clone()))?;
         let default_release = match &config.host.plugin {
             Some(path) => load_file(&rt, path)?,
@@ -127,7 +136,9 @@ impl Host {
                 .switchboards
                 .remove(&ic.name)
                 .with_context(|| format!("integration {}: no switchboard was given for it", ic.name))?;
-            let key = NotificationKey::load_or_create(store.as_ref(), &ic.name)?;
+            let kek = config.host.kek.clone();
+            let key = NotificationKey::load_or_create(store.as_ref(), &ic.name, &kek)?;
+            let token = integration::webhook_token(&kek, &ic.name);
             let configured_release = match &ic.plugin {
                 Some(path) => load_file(&rt, path).with_context(|| format!("integration {}", ic.name))?,
                 None => default_release.clone(),
@@ -147,7 +158,7 @@ impl Host {
                 None => configured_release.clone(),
             };
             configured.insert(ic.name.clone(), configured_release.sha256.clone());
-            let settings = settings_for(config, ic, &key);
+            let settings = settings_for(config, ic, &key, &token);
             let allowed_origins = [&config.host.login_base_url, &config.host.graph_base_url]
                 .iter()
                 .map(|u| url::Url::parse(u).map(|u| allow_list::origin_of(&u)))
@@ -163,6 +174,9 @@ impl Host {
                     key,
                     clock: backends.clock.clone(),
                     release,
+                    kek,
+                    webhook_token: token,
+                    inbox_limits: config.host.inbox_limits,
                 },
             )
             .await
@@ -180,34 +194,57 @@ impl Host {
             clock: backends.clock,
             swaps: Arc::new(Swaps { rt, store, configured }),
             admin_token: config.host.admin_token.clone(),
+            tls,
+            public_limits: config.host.public_limits,
+            listener_stats: Default::default(),
             server: None,
+            _lock: lock,
         })
     }
 
-    /// Serves [`Host::router`], merged with `extra` routes (a platform's own, or the
-    /// switchboard simulator's), on `listener` until [`Host::stop`].
-    pub fn serve(&mut self, listener: tokio::net::TcpListener, extra: axum::Router) -> anyhow::Result<SocketAddr> {
+    /// Serves [`Host::public_router`] on `public` (with TLS when configured) and
+    /// [`Host::admin_router`] with `extra` admin routes (a platform's own, or the switchboard
+    /// simulator's) on `admin`, until [`Host::stop`]. Both are bounded in connections and
+    /// time (see [`ListenerLimits`]).
+    pub fn serve(
+        &mut self,
+        public: tokio::net::TcpListener,
+        admin: tokio::net::TcpListener,
+        extra: axum::Router,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(self.server.is_none(), "the host is already serving");
-        let addr = listener.local_addr()?;
-        let app = self.router().merge(extra);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        self.server = Some(Server { addr, shutdown: tx, task });
-        Ok(addr)
+        let p = listener::serve(
+            public,
+            self.public_router(),
+            self.tls.clone(),
+            self.public_limits,
+            self.listener_stats.0.clone(),
+        )?;
+        let a = listener::serve(
+            admin,
+            self.admin_router(extra),
+            None,
+            ListenerLimits::ADMIN,
+            self.listener_stats.1.clone(),
+        )?;
+        self.server = Some((p, a));
+        Ok(())
     }
 
-    /// Where [`Host::serve`] listens.
+    /// Where the public listener listens.
     ///
     /// # Panics
     /// If the host is not serving.
     pub fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("the host is serving").addr
+        self.server.as_ref().expect("the host is serving").0.addr
+    }
+
+    /// Where the admin listener listens.
+    ///
+    /// # Panics
+    /// If the host is not serving.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("the host is serving").1.addr
     }
 
     /// An integration by name.
@@ -228,9 +265,8 @@ impl Host {
         for h in self.integrations.values() {
             h.shutdown();
         }
-        if let Some(s) = self.server.take() {
-            let _ = s.shutdown.send(());
-            let _ = s.task.await;
+        if let Some((p, a)) = self.server.take() {
+            tokio::join!(p.stop(), a.stop());
         }
         for h in self.integrations.values() {
             h.stopped().await;
@@ -238,9 +274,15 @@ impl Host {
     }
 }
 
-/// The plugin settings of one integration.
-pub fn settings_for(config: &Config, ic: &IntegrationConfig, key: &NotificationKey) -> sync::Settings {
-    let base = format!("{}/webhook/{}", config.host.public_base_url, ic.name);
+/// The plugin settings of one integration; its webhook URLs carry `webhook_token` (see
+/// [`integration::webhook_token`]).
+pub fn settings_for(
+    config: &Config,
+    ic: &IntegrationConfig,
+    key: &NotificationKey,
+    webhook_token: &str,
+) -> sync::Settings {
+    let base = format!("{}/webhook/{}/{webhook_token}", config.host.public_base_url, ic.name);
     sync::Settings {
         name: ic.name.clone(),
         tenant_id: ic.tenant_id.clone(),

@@ -17,6 +17,7 @@ use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::error::StoreError;
 use crate::instance::HostState;
+use crate::store::InboxEntry;
 
 /// Rows the actor pulls from the inbox before it serves its queue again.
 pub const STEP: usize = 64;
@@ -31,18 +32,69 @@ pub fn check_envelope(body: &[u8]) -> Result<(), serde_json::Error> {
     serde_json::from_slice::<Envelope>(body).map(|_| ())
 }
 
-/// Persists a notification body (it survives a crash from here on) and wakes the actor. When
-/// this returns `Ok` the caller may acknowledge it to Graph.
+/// Why a notification body was not taken into the inbox.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The inbox holds its configured maximum: answer 503 with `Retry-After` (Graph retries).
+    #[error("the inbox is full ({rows} rows, {bytes} bytes waiting)")]
+    Full {
+        /// Rows waiting.
+        rows: u64,
+        /// Bytes waiting.
+        bytes: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where inbox rows are sealed.
+fn place(ctx: &IntegrationCtx) -> String {
+    format!("inbox/{}", ctx.name)
+}
+
+/// Persists a notification body, sealed (it survives a crash from here on, and its
+/// clientState is not readable on disk), and wakes the actor. When this returns `Ok` the
+/// caller may acknowledge it to Graph. Refused beyond the inbox's bounds.
 pub(crate) fn accept(
     ctx: &IntegrationCtx,
     tx: &mpsc::Sender<Command>,
     kind: &str,
     body: &[u8],
-) -> Result<(), StoreError> {
-    ctx.store.inbox_push(&ctx.name, kind, body, ctx.clock.now_ms())?;
+) -> Result<(), AcceptError> {
+    let sealed = ctx.kek.seal(&place(ctx), body);
+    let len = sealed.len() as u64;
+    // Reserve the room first, so concurrent requests cannot all pass the check.
+    let rows = ctx.inbox_rows.fetch_add(1, Ordering::SeqCst) + 1;
+    let bytes = ctx.inbox_bytes.fetch_add(len, Ordering::SeqCst) + len;
+    if rows > ctx.inbox_limits.rows || bytes > ctx.inbox_limits.bytes {
+        ctx.inbox_rows.fetch_sub(1, Ordering::SeqCst);
+        ctx.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
+        ctx.count("rejected.inbox-full");
+        return Err(AcceptError::Full { rows: rows - 1, bytes: bytes - len });
+    }
+    if let Err(e) = ctx.store.inbox_push(&ctx.name, kind, &sealed, ctx.clock.now_ms()) {
+        ctx.inbox_rows.fetch_sub(1, Ordering::SeqCst);
+        ctx.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
+        return Err(e.into());
+    }
     ctx.count("inbox.accepted");
     wake(ctx, tx);
     Ok(())
+}
+
+/// A row's body, opened; a row that does not open (damaged, or sealed under another KEK) is
+/// counted and removed.
+pub(crate) fn open(ctx: &IntegrationCtx, row: &InboxEntry) -> Option<Vec<u8>> {
+    match ctx.kek.open(&place(ctx), &row.body) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(integration = %ctx.name, row = row.id, "inbox row dropped: {e}");
+            ctx.count("inbox.unreadable");
+            taken(ctx, row.id, row.body.len() as u64);
+            None
+        }
+    }
 }
 
 /// Rows wait in the inbox: the actor takes them after its current command (woken if idle).
@@ -55,7 +107,9 @@ pub(crate) fn wake(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
 
 /// At an integration's start: the rows a crash left wait, and are taken first.
 pub(crate) fn replay(ctx: &IntegrationCtx) -> Result<(), StoreError> {
-    let waiting = ctx.store.inbox_len(&ctx.name)?;
+    let (waiting, bytes) = ctx.store.inbox_size(&ctx.name)?;
+    ctx.inbox_rows.store(waiting, Ordering::SeqCst);
+    ctx.inbox_bytes.store(bytes, Ordering::SeqCst);
     ctx.count_by("inbox.replayed", waiting);
     if waiting > 0 {
         ctx.inbox_waiting.store(true, Ordering::SeqCst);
@@ -67,7 +121,7 @@ pub(crate) fn replay(ctx: &IntegrationCtx) -> Result<(), StoreError> {
 pub(crate) enum Offered {
     /// The plugin took it (or trapped on it: it would again, and one poisonous body must not
     /// loop): remove it from the inbox with [`taken`].
-    Taken(i64),
+    Taken(i64, u64),
     /// The plugin is restoring its state: the batch stays in the inbox, first in line.
     Deferred,
 }
@@ -80,22 +134,25 @@ pub(crate) async fn offer(
     ctx: &IntegrationCtx,
     id: i64,
     body: Vec<u8>,
+    stored: u64,
 ) -> (Offered, Result<(), wasmtime::Error>) {
     match sync.call_on_notification(&mut *store, &body).await {
         Ok(sync::NotificationOutcome::RetryLater) => {
             ctx.count("inbox.deferred");
             (Offered::Deferred, Ok(()))
         }
-        Ok(sync::NotificationOutcome::Taken) => (Offered::Taken(id), Ok(())),
-        Err(e) => (Offered::Taken(id), Err(e)),
+        Ok(sync::NotificationOutcome::Taken) => (Offered::Taken(id, stored), Ok(())),
+        Err(e) => (Offered::Taken(id, stored), Err(e)),
     }
 }
 
-/// Removes a batch the plugin took from the inbox.
-pub(crate) fn taken(ctx: &IntegrationCtx, id: i64) {
+/// Removes a batch the plugin took from the inbox (`stored`: its bytes there).
+pub(crate) fn taken(ctx: &IntegrationCtx, id: i64, stored: u64) {
     if let Err(e) = ctx.store.inbox_delete(id) {
         tracing::error!(integration = %ctx.name, "inbox delete failed: {e:#}");
     }
+    let _ = ctx.inbox_rows.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
+    let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(stored)));
     ctx.count("inbox.processed");
 }
 

@@ -12,13 +12,14 @@ use crate::actor::Actor;
 use crate::bindings::{presence, sync};
 use crate::clock::Clock;
 use crate::command::Command;
-use crate::context::IntegrationCtx;
+use crate::context::{CtxSecrets, InboxLimits, IntegrationCtx};
 use crate::engine::Runtime;
-use crate::error::{LineEventError, OverrideError, Stopping, StoreError};
+use crate::error::{LineEventError, OverrideError, Stopping};
 use crate::http::HttpClient;
-use crate::inbox;
+use crate::inbox::{self, AcceptError};
 use crate::keys::NotificationKey;
 use crate::release::Release;
+use crate::seal::Kek;
 use crate::status::{StatusView, SwapReport};
 use crate::store::StateStore;
 use crate::switchboard::Switchboard;
@@ -50,8 +51,24 @@ impl IntegrationHandle {
     /// Takes a notification (or lifecycle notification) body: persists it in the durable
     /// inbox, so that it survives a crash, and wakes the actor, which takes the inbox's rows in
     /// order. When this returns `Ok` the caller may acknowledge it to Graph.
-    pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), StoreError> {
+    pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
         inbox::accept(&self.ctx, &self.tx, kind, &body)
+    }
+
+    /// Whether `token` is this integration's webhook path segment (constant time).
+    pub fn webhook_token_matches(&self, token: &str) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), self.ctx.webhook_token.as_bytes()))
+    }
+
+    /// The path of this integration's webhook of `kind` (`notifications` or `lifecycle`),
+    /// with its secret segment: `/webhook/{name}/{token}/{kind}`.
+    pub fn webhook_path(&self, kind: &str) -> String {
+        format!("/webhook/{}/{}/{kind}", self.name, self.ctx.webhook_token)
+    }
+
+    /// Rows and bytes waiting in the inbox.
+    pub fn inbox_size(&self) -> (u64, u64) {
+        (self.ctx.inbox_rows.load(Ordering::SeqCst), self.ctx.inbox_bytes.load(Ordering::SeqCst))
     }
 
     /// Adds one to a host counter of this integration.
@@ -134,6 +151,20 @@ pub struct Spawn {
     pub clock: Arc<dyn Clock>,
     /// The plugin release to run.
     pub release: Arc<Release>,
+    /// Seals what the integration stores.
+    pub kek: Kek,
+    /// The secret path segment of its webhook URLs (see [`webhook_token`]).
+    pub webhook_token: String,
+    /// Bounds of its inbox.
+    pub inbox_limits: InboxLimits,
+}
+
+/// The secret path segment of an integration's webhook URLs: derived from the KEK and the
+/// name, so it holds across restarts (Graph's subscriptions keep their URL) and no one
+/// without the KEK can guess it. A request to any other path is refused before its body is
+/// read.
+pub fn webhook_token(kek: &Kek, integration: &str) -> String {
+    kek.derive_token(&format!("webhook/{integration}"))
 }
 
 /// Starts an integration's actor, configures its instance and replays its inbox.
@@ -152,6 +183,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
             let done = done.clone();
             Box::pin(async move { done.send(Command::HttpDone(id, outcome)).await.is_ok() })
         }),
+        CtxSecrets { kek: s.kek, webhook_token: s.webhook_token, inbox_limits: s.inbox_limits },
     ));
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };

@@ -9,6 +9,7 @@ use anyhow::Context;
 use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use base64::Engine as _;
 
+use crate::seal::Kek;
 use crate::store::{StateStore, StoredKey};
 
 /// An integration's notification key.
@@ -27,13 +28,27 @@ impl std::fmt::Debug for NotificationKey {
 }
 
 impl NotificationKey {
-    /// Loads the integration's key from `db`, generating and storing one on first use.
-    pub fn load_or_create(store: &dyn StateStore, integration: &str) -> anyhow::Result<NotificationKey> {
+    /// Loads the integration's key from `store`, generating and storing one on first use.
+    /// The private key is stored sealed under `kek`; one an older host stored in clear is
+    /// sealed now.
+    pub fn load_or_create(store: &dyn StateStore, integration: &str, kek: &Kek) -> anyhow::Result<NotificationKey> {
+        let place = format!("key/{integration}");
         let stored = match store.key(integration)? {
-            Some(k) => k,
+            Some(mut k) => {
+                let clear = !Kek::is_sealed(&k.pkcs8);
+                k.pkcs8 = kek.open(&place, &k.pkcs8).with_context(|| format!("integration {integration}"))?;
+                if clear {
+                    store.put_key(integration, &StoredKey { pkcs8: kek.seal(&place, &k.pkcs8), ..k.clone() })?;
+                    tracing::info!(
+                        integration,
+                        "the notification key, stored in clear by an older host, is sealed now"
+                    );
+                }
+                k
+            }
             None => {
                 let k = generate(integration)?;
-                store.put_key(integration, &k)?;
+                store.put_key(integration, &StoredKey { pkcs8: kek.seal(&place, &k.pkcs8), ..k.clone() })?;
                 k
             }
         };

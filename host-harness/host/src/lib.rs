@@ -13,7 +13,9 @@
 //! use presence_host::{Backends, Host};
 //! let backends = Backends::defaults(&config, switchboards)?;
 //! let mut host = Host::start(&config, plugin, backends).await?;
-//! host.serve(tokio::net::TcpListener::bind(&config.host.listen).await?, axum::Router::new())?;
+//! let public = tokio::net::TcpListener::bind(&config.host.listen).await?;
+//! let admin = tokio::net::TcpListener::bind(&config.host.admin_listen).await?;
+//! host.serve(public, admin, axum::Router::new())?;
 //! # Ok(()) }
 //! ```
 //!
@@ -26,7 +28,9 @@
 //! - [`clock`]: the [`Clock`] trait and [`SystemClock`].
 //!
 //! Running the plugin, from the outside in:
-//! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes.
+//! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes,
+//!   public (Graph's webhooks) and admin (behind the token); [`listener`]: serving them
+//!   within connection and time limits, with optional TLS.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
 //! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
 //!   owns the instance, serves its bounded queue and takes the inbox's rows in order;
@@ -39,7 +43,8 @@
 //! - [`bindings`]: the only `bindgen!` of the host.
 //! - [`sandbox`]: every limit (CPU per call, memory, size caps, log allowance);
 //!   [`allow_list`]: where the plugin may send requests.
-//! - [`keys`]: the per-integration RSA key; [`status`]: what the admin sees;
+//! - [`keys`]: the per-integration RSA key; [`seal`]: sealing keys, plugin state and inbox
+//!   rows at rest under the key-encryption key; [`status`]: what the admin sees;
 //!   [`config`]: the TOML configuration; [`error`]: typed errors and [`SwapOutcome`].
 
 mod actor;
@@ -49,18 +54,20 @@ pub mod bindings;
 pub mod clock;
 mod command;
 pub mod config;
-mod context;
+pub mod context;
 pub mod engine;
 pub mod error;
 pub mod host;
 pub mod http;
 mod imports;
-mod inbox;
+pub mod inbox;
 mod instance;
 pub mod integration;
 pub mod keys;
+pub mod listener;
 pub mod release;
 pub mod sandbox;
+pub mod seal;
 pub mod status;
 pub mod store;
 mod swap;

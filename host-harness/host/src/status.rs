@@ -26,6 +26,12 @@ pub(crate) struct HostSide {
     pub linear_memory_bytes: u64,
     /// The host's counters and those carried over from releases before a swap.
     pub counters: BTreeMap<String, u64>,
+    /// Rows and bytes waiting in the inbox.
+    pub inbox: (u64, u64),
+    /// State writes the store refused, being retried.
+    pub state_writes_pending: u64,
+    /// Why the last one failed.
+    pub state_error: Option<String>,
 }
 
 /// An integration's status as the status API returns it (JSON). Holds no secrets.
@@ -94,6 +100,16 @@ pub struct StatusView {
     /// The instance's linear memory, in bytes, all its memories (the sandbox's memory cap
     /// applies to each; the plugin has one).
     pub linear_memory_bytes: u64,
+    /// Notification batches acknowledged to Graph and not yet processed.
+    pub inbox_rows: u64,
+    /// Their bytes (as stored, sealed).
+    pub inbox_bytes: u64,
+    /// Plugin state writes the state store refused and the host retries every second (0:
+    /// everything the plugin wrote is stored). While any wait, the state is `degraded` with
+    /// the code `state-write-failed`.
+    pub state_writes_pending: u64,
+    /// Why the last of them failed.
+    pub state_write_error: Option<String>,
 }
 
 /// The running release in [`StatusView`].
@@ -182,6 +198,10 @@ impl StatusView {
             calls: a.call_totals.iter().map(|(k, (n, _, _))| (k.to_string(), *n)).collect(),
             total_calls_cpu_us: a.call_totals.iter().map(|(k, (_, _, cpu))| (k.to_string(), *cpu)).collect(),
             linear_memory_bytes: a.linear_memory_bytes,
+            inbox_rows: a.inbox.0,
+            inbox_bytes: a.inbox.1,
+            state_writes_pending: a.state_writes_pending,
+            state_write_error: a.state_error.clone(),
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());
@@ -213,6 +233,16 @@ impl StatusView {
                 v.hint = Some(p.hint);
                 v.detail = Some(p.detail);
             }
+        }
+        if a.state_writes_pending > 0 && matches!(v.state.as_str(), "ok" | "degraded" | "starting") {
+            v.state = "degraded".into();
+            v.code = Some("state-write-failed".into());
+            v.hint = Some(
+                "The host cannot write this integration's state (disk full, read-only or the database is locked?); it \
+                 retries every second, and what was not written is lost if the host stops meanwhile. Free the storage."
+                    .into(),
+            );
+            v.detail = a.state_error.clone();
         }
         v.users = s.mapped_users;
         v.microsoft_users = s.microsoft_users;
@@ -281,4 +311,68 @@ pub struct SwapReport {
     pub held_events: usize,
     /// When it happened (ms since the epoch).
     pub at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_side(pending: u64) -> HostSide {
+        HostSide {
+            name: "contoso".into(),
+            plugin_version: "0.1.0".into(),
+            plugin: PluginView {
+                sha256: "ab".into(),
+                wit_version: WIT_VERSION.into(),
+                bytes: 1,
+                from_cache: false,
+                load_ms: 0.0,
+                instantiate_ms: 0.0,
+            },
+            last_swap: None,
+            traps: 0,
+            last_trap: None,
+            config_error: None,
+            refused_requests: 0,
+            outbound_in_flight: 0,
+            call_totals: Default::default(),
+            slowest: Default::default(),
+            linear_memory_bytes: 0,
+            counters: Default::default(),
+            inbox: (0, 0),
+            state_writes_pending: pending,
+            state_error: (pending > 0).then(|| "disk I/O error".to_string()),
+        }
+    }
+
+    fn healthy() -> status::IntegrationStatus {
+        status::IntegrationStatus {
+            health: status::Health::Ok,
+            mapped_users: 3,
+            microsoft_users: 3,
+            switchboard_users: 3,
+            uncovered_users: 0,
+            integration_users_needed: 0,
+            subscriptions: vec![],
+            conflicts: vec![],
+            last_directory_refresh_ms: None,
+            last_notification_ms: None,
+            last_reconcile_ms: None,
+            counters: vec![],
+        }
+    }
+
+    /// A healthy integration whose state writes fail shows it: degraded, its own code, the
+    /// reason, how many wait.
+    #[test]
+    fn pending_state_writes_make_a_healthy_integration_degraded() {
+        let v = StatusView::new(host_side(0), Some(healthy()));
+        assert_eq!((v.state.as_str(), v.code.as_deref()), ("ok", None));
+        let v = StatusView::new(host_side(2), Some(healthy()));
+        assert_eq!(v.state, "degraded");
+        assert_eq!(v.code.as_deref(), Some("state-write-failed"));
+        assert_eq!(v.detail.as_deref(), Some("disk I/O error"));
+        assert_eq!(v.state_writes_pending, 2);
+        assert!(v.hint.unwrap().contains("retries"));
+    }
 }

@@ -3,6 +3,7 @@
 //! release on it and switch; if the new release does not configure, put the state back and
 //! keep the old instance, which never stopped.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -77,11 +78,20 @@ impl Actor {
         };
         match outcome {
             Ok((bindings, version)) => {
-                // The old release's counters carry over (its instance is still healthy here).
+                // The old release's counters carry over (its instance is still healthy here),
+                // less what the new one restored from the state itself (a release that keeps
+                // its counters in the state, as this plugin does, would count them twice).
                 arm(&mut self.store, false);
-                if let Ok(s) = self.bindings.teams_presence_plugin_sync().call_status(&mut self.store).await {
-                    for (k, v) in s.counters {
-                        *self.carried.entry(k).or_default() += v;
+                if let Ok(old) = self.bindings.teams_presence_plugin_sync().call_status(&mut self.store).await {
+                    arm(&mut store, false);
+                    let restored: BTreeMap<String, u64> =
+                        match bindings.teams_presence_plugin_sync().call_status(&mut store).await {
+                            Ok(new) => new.counters.into_iter().collect(),
+                            Err(_) => BTreeMap::new(),
+                        };
+                    for (k, v) in old.counters {
+                        let already = restored.get(&k).copied().unwrap_or(0);
+                        *self.carried.entry(k).or_default() += v.saturating_sub(already);
                     }
                 }
                 report.to = label(&version, &release);

@@ -31,6 +31,11 @@ struct MemStore {
     calls: Mutex<Vec<&'static str>>,
     /// Inbox rows deleted, in order.
     deleted: Mutex<Vec<i64>>,
+    /// Plugin state writes fail as unavailable while set (a full disk).
+    fail_writes: std::sync::atomic::AtomicBool,
+    /// Reading the inbox fails while set (the actor cannot drain it: a full inbox, made
+    /// certain).
+    hold_inbox: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -47,6 +52,9 @@ impl StateStore for MemStore {
         Ok(self.kv.lock().unwrap().get(&(i.into(), k.into())).cloned())
     }
     fn set(&self, i: &str, k: &str, v: &[u8]) -> Result<(), StoreError> {
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("disk I/O error".into()));
+        }
         self.kv.lock().unwrap().insert((i.into(), k.into()), v.to_vec());
         Ok(())
     }
@@ -92,10 +100,15 @@ impl StateStore for MemStore {
         self.inbox.lock().unwrap().remove(&id);
         Ok(())
     }
-    fn inbox_len(&self, i: &str) -> Result<u64, StoreError> {
-        Ok(self.inbox.lock().unwrap().values().filter(|(n, _, _)| n == i).count() as u64)
+    fn inbox_size(&self, i: &str) -> Result<(u64, u64), StoreError> {
+        let inbox = self.inbox.lock().unwrap();
+        let rows: Vec<_> = inbox.values().filter(|(n, _, _)| n == i).collect();
+        Ok((rows.len() as u64, rows.iter().map(|(_, _, b)| b.len() as u64).sum()))
     }
     fn inbox_after(&self, i: &str, after: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
+        if self.hold_inbox.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("held".into()));
+        }
         Ok(self
             .inbox
             .lock()
@@ -175,7 +188,7 @@ struct Fixture {
 /// The compile cache every test shares, so the plugin is compiled once.
 fn cache_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("presence-host-seams-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
+    presence_host::store::secure_dir(&d).unwrap();
     d
 }
 
@@ -185,6 +198,8 @@ fn config(base: &str, dir: &std::path::Path) -> Config {
         r#"
 [host]
 public_base_url = "http://127.0.0.1:9"
+admin_token_env = "ADMIN_TOKEN"
+kek_env = "KEK"
 state_dir = "state"
 plugin_cache_dir = "{}"
 graph_base_url = "{base}"
@@ -200,12 +215,23 @@ users = [{{ username = "sync1@contoso.example", password = "pw" }}]
 "#,
         cache_dir().display()
     );
-    Config::parse(&text, "host.toml", dir, &|_| None).unwrap()
+    let env = |k: &str| match k {
+        "ADMIN_TOKEN" => Some("seams-admin-token-0123456789".to_string()),
+        "KEK" => Some(presence_host::seal::Kek::encode(&[9; 32])),
+        _ => None,
+    };
+    Config::parse(&text, "host.toml", dir, &env).unwrap()
 }
 
 async fn start(store: Arc<MemStore>) -> Fixture {
+    start_with(store, Default::default()).await
+}
+
+/// [`start`] with these inbox bounds.
+async fn start_with(store: Arc<MemStore>, inbox_limits: presence_host::context::InboxLimits) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let config = config("http://127.0.0.1:9", dir.path());
+    let mut config = config("http://127.0.0.1:9", dir.path());
+    config.host.inbox_limits = inbox_limits;
     let http = Arc::new(DownHttp::default());
     let backends = Backends {
         store: store.clone(),
@@ -401,5 +427,83 @@ async fn redirects_are_not_followed_so_nothing_leaves_the_allow_list() {
     // The token request was answered with the redirect, and the plugin has that answer.
     f.wait("the plugin had its answers", |s| asked.load(Ordering::SeqCst) > 0 && s.outbound_in_flight == 0).await;
     assert_eq!(stolen.load(Ordering::SeqCst), 0, "a redirect was followed to another origin");
+    f.host.stop().await;
+}
+
+/// A state write the store refuses is not just logged: the status shows it (degraded,
+/// `state-write-failed`, how many wait), the host retries it every tick, and once the store
+/// takes writes again it is written and the status is clear. What reaches the store is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_state_write_is_retried_and_shown_and_values_are_sealed() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(MemStore::default());
+    let f = start(store.clone()).await;
+    let h = f.host.integration("contoso").unwrap();
+    f.wait("configured", |s| s.state != "error" || s.code.as_deref() != Some("plugin-trap")).await;
+    store.fail_writes.store(true, Ordering::SeqCst);
+    // Overrides are written to the plugin's state at once.
+    let o = presence_host::bindings::sync::MappingOverride {
+        switchboard_user_id: "sb-1".into(),
+        microsoft_user: "someone@contoso.example".into(),
+    };
+    h.set_overrides(vec![o]).await.unwrap();
+    let s = f.wait("the failed write is shown", |s| s.state_writes_pending > 0).await;
+    assert!(s.state_write_error.as_deref().unwrap_or("").contains("disk I/O error"), "{s:?}");
+    // Microsoft is down in this fixture (the state says so first); otherwise the state is
+    // `degraded` with this code (`status.rs`'s unit test).
+    assert!(s.state == "error" || s.code.as_deref() == Some("state-write-failed"), "{s:?}");
+    assert!(counter(&s, "state.write-failed") >= 1);
+    // The plugin reads back what it wrote meanwhile.
+    assert_eq!(h.overrides().await.unwrap().len(), 1);
+    store.fail_writes.store(false, Ordering::SeqCst);
+    let s = f.wait("the write is retried", |s| s.state_writes_pending == 0).await;
+    assert_ne!(s.code.as_deref(), Some("state-write-failed"));
+    assert!(counter(&s, "state.write-retried") >= 1);
+    let kv = store.kv.lock().unwrap().clone();
+    let overrides = kv.iter().find(|((_, k), _)| k.contains("overrides")).expect("the overrides are stored");
+    assert!(presence_host::seal::Kek::is_sealed(overrides.1), "stored sealed");
+    assert!(!String::from_utf8_lossy(overrides.1).contains("someone@contoso.example"));
+    for (_, (_, pkcs8, _)) in store.keys.lock().unwrap().iter() {
+        assert!(presence_host::seal::Kek::is_sealed(pkcs8), "the private key is stored sealed");
+    }
+    f.host.stop().await;
+}
+
+/// Finding 3: the inbox holds at most its configured rows; beyond them a batch is answered 503
+/// with Retry-After (Graph retries) and nothing is stored; the secret path is checked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_answers_503_with_retry_after_and_stores_nothing_more() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(MemStore::default());
+    store.hold_inbox.store(true, Ordering::SeqCst);
+    let limits = presence_host::context::InboxLimits { rows: 100, ..Default::default() };
+    let mut f = start_with(store.clone(), limits).await;
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    f.host.serve(public, admin, axum::Router::new()).unwrap();
+    let h = f.host.integration("contoso").unwrap().clone();
+    let url = format!("http://{}{}", f.host.addr(), h.webhook_path("notifications"));
+    let client = reqwest::Client::new();
+    let mut codes = BTreeMap::<u16, u32>::new();
+    for n in 0..130 {
+        let r = client.post(&url).body(body(n)).send().await.unwrap();
+        if r.status() == 503 {
+            assert!(r.headers().get("retry-after").is_some(), "503 without Retry-After");
+        }
+        *codes.entry(r.status().as_u16()).or_default() += 1;
+    }
+    assert_eq!(codes, BTreeMap::from([(202, 100), (503, 30)]));
+    assert_eq!(f.store.inbox_len(), 100, "nothing stored beyond the cap");
+    assert_eq!(h.inbox_size().0, 100);
+    // A wrong secret segment: 404, never stored.
+    let wrong = format!("http://{}/webhook/contoso/AAAAAAAAAAAAAAAAAAAAAA/notifications", f.host.addr());
+    assert_eq!(client.post(&wrong).body(body(0)).send().await.unwrap().status().as_u16(), 404);
+    // Once the plugin takes them, there is room again.
+    store.hold_inbox.store(false, Ordering::SeqCst);
+    h.tick().await;
+    let s = f.wait("drained", |s| s.inbox_rows == 0).await;
+    assert_eq!(counter(&s, "rejected.inbox-full"), 30);
+    assert_eq!(counter(&s, "rejected.webhook-path"), 1);
+    assert_eq!(client.post(&url).body(body(1)).send().await.unwrap().status().as_u16(), 202);
     f.host.stop().await;
 }

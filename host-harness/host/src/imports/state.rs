@@ -1,4 +1,6 @@
-//! `state`: the plugin's key-value state, scoped to its integration, in the state store.
+//! `state`: the plugin's key-value state, scoped to its integration, in the state store,
+//! sealed under the host's key-encryption key. A write the store refuses is retried by the
+//! host (see [`crate::context::IntegrationCtx::write_state`]) and shown in the status.
 
 use crate::bindings::state;
 use crate::error::StoreError;
@@ -7,7 +9,7 @@ use crate::sandbox::{MAX_STATE_KEY, MAX_STATE_VALUE};
 
 impl state::Host for HostState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        match self.ctx.store.get(&self.ctx.name, &key) {
+        match self.ctx.read_state(&key) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(integration = %self.ctx.name, %key, error = %e, "state read failed");
@@ -20,17 +22,26 @@ impl state::Host for HostState {
             self.ctx.count("state.refused-oversized");
             return Err(state::StateError::TooLarge(MAX_STATE_VALUE as u64));
         }
-        self.ctx.store.set(&self.ctx.name, &key, &value).map_err(|e| match e {
+        self.ctx.write_state(&key, Some(&value)).map_err(|e| match e {
             StoreError::Quota(q) => state::StateError::QuotaExceeded(q),
             StoreError::Unavailable(r) => state::StateError::Unavailable(r),
         })
     }
     fn delete(&mut self, key: String) {
-        if let Err(e) = self.ctx.store.delete(&self.ctx.name, &key) {
-            tracing::error!(integration = %self.ctx.name, %key, error = %e, "state delete failed");
-        }
+        let _ = self.ctx.write_state(&key, None);
     }
     fn list_keys(&mut self, prefix: String) -> Vec<String> {
-        self.ctx.store.keys(&self.ctx.name, &prefix).unwrap_or_default()
+        let mut keys = self.ctx.store.keys(&self.ctx.name, &prefix).unwrap_or_default();
+        for (k, v) in self.ctx.pending_writes.lock().unwrap().iter() {
+            if k.starts_with(&prefix) {
+                match v {
+                    Some(_) => keys.push(k.clone()),
+                    None => keys.retain(|x| x != k),
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }

@@ -10,16 +10,22 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use std::path::Path;
+
+use anyhow::Context;
+
 use crate::error::StoreError;
 
 /// Per-integration quota of key-value bytes.
 pub const KV_QUOTA_BYTES: u64 = 256 << 20;
 
-/// A stored key: PKCS#8 private key and DER certificate.
+/// A stored key: PKCS#8 private key (sealed by the host before it reaches the store) and DER
+/// certificate.
+#[derive(Clone)]
 pub struct StoredKey {
     /// Certificate id (echoed by Graph).
     pub cert_id: String,
-    /// PKCS#8 DER of the RSA private key.
+    /// PKCS#8 DER of the RSA private key, sealed (see [`crate::seal`]).
     pub pkcs8: Vec<u8>,
     /// DER of the self-signed certificate.
     pub cert_der: Vec<u8>,
@@ -56,8 +62,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError>;
     /// Removes a processed inbox entry.
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError>;
-    /// How many inbox entries of the integration wait.
-    fn inbox_len(&self, integration: &str) -> Result<u64, StoreError>;
+    /// How many inbox entries of the integration wait, and their bytes.
+    fn inbox_size(&self, integration: &str) -> Result<(u64, u64), StoreError>;
     /// The integration's unprocessed inbox entries after `after_id`, oldest first, at most
     /// `limit` of them.
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
@@ -73,4 +79,114 @@ pub trait StateStore: Send + Sync + 'static {
     /// The release an integration was swapped to, if its configuration still names the
     /// release it named then; a record made under another configuration is dropped.
     fn swapped_release(&self, integration: &str, configured_sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// Makes `dir` the host's private state directory, or refuses it: created `0700` when it is
+/// missing; an existing one must belong to this user and give no access to group or others
+/// (it holds the sealed keys, the inbox and the compile cache, native code the host loads).
+#[cfg(unix)]
+pub fn secure_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+    // This process's user is the owner of a file it creates (std has no geteuid).
+    let probe = dir.join(".owner-probe");
+    let owner = std::fs::File::create(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.uid())
+        .with_context(|| format!("the state directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    anyhow::ensure!(
+        meta.uid() == owner,
+        "the state directory {} belongs to another user (uid {}): the host must own it",
+        dir.display(),
+        meta.uid()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "the state directory {} is open to others (mode {mode:03o}); it holds keys and notifications: \
+         run `chmod 700 {}`",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Not Unix: the directory is created; its access is the platform's to set.
+#[cfg(not(unix))]
+pub fn secure_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the state directory {}", dir.display()))
+}
+
+/// Creates `path` empty with mode `0600` if it is missing; an existing one must give no
+/// access to group or others.
+pub fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).with_context(|| format!("opening {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "{} is open to others (mode {mode:03o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Holds the state directory for this process: a second host on the same directory refuses
+/// to start (two writers would take each other's inbox rows and subscriptions). Released when
+/// dropped, or by the system when the process dies.
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Takes `<dir>/host.lock`, or says which process holds it.
+    pub fn take(dir: &Path) -> anyhow::Result<DirLock> {
+        let path = dir.join("host.lock");
+        create_private_file(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another host ({}) runs on the state directory {}: one host per state directory \
+                     (several hosts share PostgreSQL, not a directory)",
+                    if holder.trim().is_empty() { "pid unknown".to_string() } else { format!("pid {}", holder.trim()) },
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        use std::io::Write;
+        let mut f = &file;
+        let _ = f.set_len(0);
+        let _ = writeln!(f, "{}", std::process::id());
+        Ok(DirLock { _file: file })
+    }
 }

@@ -26,13 +26,21 @@ pub struct SqliteStore {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl SqliteStore {
-    /// Opens (creating) `state.db` in `dir`.
+    /// Opens (creating) `state.db` in `dir`: see [`crate::store::secure_dir`] for what the
+    /// directory must be. The database file is created `0600`; SQLite gives its `-wal` and
+    /// `-shm` files the same mode.
     pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        super::secure_dir(dir)?;
         let path = dir.join("state.db");
+        super::create_private_file(&path)?;
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // Another process writing (an operator's sqlite3 shell, a backup) makes a write wait
+        // up to 5 s instead of failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a commit (the inbox row Graph gets its 202 for) is on disk when it returns;
+        // NORMAL would lose the last commits at a power cut. BENCHMARKS.md measures the cost.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         // Checkpoints (copying the WAL into the file, with an fsync) run on a thread of their
         // own, not inside whichever commit crosses the WAL's size threshold: that commit would
         // hold the connection (the webhook's inbox write, an actor's state write) for
@@ -47,6 +55,7 @@ impl SqliteStore {
         )?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         std::thread::Builder::new().name("state-checkpoint".into()).spawn(move || {
             let mut failing = false;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
@@ -186,12 +195,14 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
-    /// The integration's unprocessed inbox entries, oldest first: `(id, kind, body)`.
-    fn inbox_len(&self, integration: &str) -> Result<u64, StoreError> {
+    fn inbox_size(&self, integration: &str) -> Result<(u64, u64), StoreError> {
         let c = self.conn.lock().unwrap();
-        let n: i64 =
-            c.query_row("SELECT COUNT(*) FROM inbox WHERE integration = ?1", params![integration], |r| r.get(0))?;
-        Ok(n as u64)
+        let (n, bytes): (i64, i64) = c.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE integration = ?1",
+            params![integration],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as u64, bytes as u64))
     }
 
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
@@ -223,5 +234,30 @@ impl StateStore for SqliteStore {
             params![integration, k.cert_id, k.pkcs8, k.cert_der],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit is on disk when it returns (the inbox row of a 202), and another writer makes
+    /// a write wait instead of fail.
+    #[test]
+    fn commits_are_durable_and_writers_wait_for_each_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let s = SqliteStore::open(&dir).unwrap();
+        let c = s.conn.lock().unwrap();
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "FULL");
+        let busy: i64 = c.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
+        assert_eq!(busy, 5000);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("state.db")).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
     }
 }
