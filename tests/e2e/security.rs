@@ -290,3 +290,49 @@ async fn the_state_at_rest_is_private_sealed_and_held_by_one_host() {
     t.restart_host().await.unwrap();
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
 }
+
+/// The public listener speaks TLS with the configured certificate and key (Graph wants an
+/// https `notificationUrl`); plain HTTP to it gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_serves_tls_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let t = start(5, 1, |o| o.tls = Some((cert_path.clone(), key_path.clone()))).await;
+    let addr = t.host().addr();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = client.get(format!("https://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // Graph's handshake over TLS, on the integration's secret path.
+    let path = t.host().integrations["contoso"].webhook_path("notifications");
+    let r = client.post(format!("https://{addr}{path}?validationToken=over%20tls")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "over tls");
+    // Plain HTTP on the TLS port is not served.
+    let plain = reqwest::get(format!("http://{addr}/healthz")).await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // A key that does not go with the certificate stops the start with a clear error.
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&key_path, other.serialize_pem()).unwrap();
+    let mut config = t.config.clone();
+    config.host.state_dir = certs.path().join("state2");
+    config.host.plugin_cache_dir = certs.path().join("state2").join("cache");
+    let sb: std::collections::BTreeMap<String, Arc<dyn presence_host::Switchboard>> =
+        [("contoso".to_string(), t.switchboard.clone() as Arc<dyn presence_host::Switchboard>)].into();
+    let e = presence_host::Host::start(
+        &config,
+        presence_demo::PLUGIN_WASM,
+        presence_host::Backends::defaults(&config, sb).unwrap(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(format!("{e:#}").contains("do not go together"), "{e:#}");
+}

@@ -92,6 +92,8 @@ pub struct ScenarioOptions {
     pub admin_token: String,
     /// Bounds of the public listener.
     pub public_limits: presence_host::listener::ListenerLimits,
+    /// TLS certificate chain and key (PEM files) of the public listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Bounds of the inbox.
     pub inbox_limits: presence_host::context::InboxLimits,
 }
@@ -114,6 +116,7 @@ impl ScenarioOptions {
             extra_integrations: vec![],
             admin_token: random_token(),
             public_limits: presence_host::listener::ListenerLimits::PUBLIC,
+            tls: None,
             inbox_limits: Default::default(),
         }
     }
@@ -205,7 +208,7 @@ impl Scenario {
             host: HostConfig {
                 listen: addr.to_string(),
                 admin_listen: admin.local_addr()?.to_string(),
-                tls: None,
+                tls: opts.tls.clone(),
                 public_limits: opts.public_limits,
                 inbox_limits: opts.inbox_limits,
                 kek: presence_host::seal::Kek::random(),
