@@ -158,7 +158,17 @@ async fn main() -> anyhow::Result<()> {
             if let Some(name) = &integration {
                 url.query_pairs_mut().append_pair("integration", name);
             }
-            let r = reqwest::Client::new()
+            // The token first: a host refuses a wrong one before it reads the (large) body and
+            // closes the connection, which a client still sending sees as a broken pipe.
+            let client = reqwest::Client::new();
+            let probe = format!("{}/healthz", host.trim_end_matches('/'));
+            let r = client.get(&probe).bearer_auth(&token).send().await.with_context(|| format!("GET {probe}"))?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "{probe}: {}: the admin token in ${token_env} is not the host's",
+                r.status()
+            );
+            let r = client
                 .put(url.clone())
                 .bearer_auth(token)
                 .body(wasm)
