@@ -144,7 +144,7 @@ pub(crate) async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)
         // figure.
         let (calls0, us0) = totals(&sc.status().await);
         for b in batch {
-            handle.accept("notifications", b.clone())?;
+            handle.accept("notifications", b.clone()).await?;
             let (calls, _) = totals(&sc.status().await);
             anyhow::ensure!(calls > calls0, "the batch was not offered");
         }

@@ -53,6 +53,8 @@ pub(crate) struct Actor {
     pub(crate) carried: BTreeMap<String, u64>,
     /// The id of the last inbox row the plugin took: the next one is after it.
     inbox_cursor: i64,
+    /// Rows the plugin took in this step (id, stored bytes), removed together at its end.
+    taken: Vec<(i64, u64)>,
     /// The plugin answered `retry-later` (it is restoring its state): the inbox waits until
     /// after its next tick.
     inbox_blocked: bool,
@@ -136,6 +138,7 @@ impl Actor {
             last_swap: None,
             carried: Default::default(),
             inbox_cursor: 0,
+            taken: Vec::new(),
             inbox_blocked: false,
             instantiate_ms,
         };
@@ -232,6 +235,15 @@ impl Actor {
             }
         };
         let full = rows.len() == inbox::STEP;
+        self.take_rows(rows).await;
+        inbox::taken(&self.ctx, &std::mem::take(&mut self.taken));
+        if full && !self.inbox_blocked {
+            inbox::wake(&self.ctx, &self.tx);
+        }
+    }
+
+    /// Offers `rows` in order; stops at a `retry-later`.
+    async fn take_rows(&mut self, rows: Vec<crate::store::InboxEntry>) {
         for row in rows {
             let stored = row.body.len() as u64;
             let Some(body) = inbox::open(&self.ctx, &row) else {
@@ -244,9 +256,6 @@ impl Actor {
                 return;
             }
             self.inbox_cursor = row.id;
-        }
-        if full {
-            inbox::wake(&self.ctx, &self.tx);
         }
     }
 
@@ -316,7 +325,7 @@ impl Actor {
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
         match offered {
-            Some(inbox::Offered::Taken(id, stored)) => inbox::taken(&self.ctx, id, stored),
+            Some(inbox::Offered::Taken(id, stored)) => self.taken.push((id, stored)),
             Some(inbox::Offered::Deferred) => self.inbox_blocked = true,
             None => {}
         }

@@ -161,7 +161,7 @@ async fn webhook(
         h.count("rejected.malformed");
         return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
     }
-    match h.accept(&kind, body.to_vec()) {
+    match h.accept(&kind, body.to_vec()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e @ AcceptError::Full { .. }) => {
             // Graph retries a 503, for up to 4 hours.

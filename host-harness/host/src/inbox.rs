@@ -91,7 +91,7 @@ pub(crate) fn open(ctx: &IntegrationCtx, row: &InboxEntry) -> Option<Vec<u8>> {
         Err(e) => {
             tracing::error!(integration = %ctx.name, row = row.id, "inbox row dropped: {e}");
             ctx.count("inbox.unreadable");
-            taken(ctx, row.id, row.body.len() as u64);
+            taken(ctx, &[(row.id, row.body.len() as u64)]);
             None
         }
     }
@@ -146,14 +146,22 @@ pub(crate) async fn offer(
     }
 }
 
-/// Removes a batch the plugin took from the inbox (`stored`: its bytes there).
-pub(crate) fn taken(ctx: &IntegrationCtx, id: i64, stored: u64) {
-    if let Err(e) = ctx.store.inbox_delete(id) {
+/// Removes the batches the plugin took from the inbox, in one commit (`rows`: their ids and
+/// their bytes there). A crash before it only replays batches the plugin has seen: it drops
+/// them by their sequence numbers.
+pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) {
+    if rows.is_empty() {
+        return;
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    if let Err(e) = ctx.store.inbox_delete_many(&ids) {
         tracing::error!(integration = %ctx.name, "inbox delete failed: {e:#}");
     }
-    let _ = ctx.inbox_rows.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
-    let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(stored)));
-    ctx.count("inbox.processed");
+    let n = rows.len() as u64;
+    let bytes: u64 = rows.iter().map(|r| r.1).sum();
+    let _ = ctx.inbox_rows.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(n)));
+    let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(bytes)));
+    ctx.count_by("inbox.processed", n);
 }
 
 #[cfg(test)]

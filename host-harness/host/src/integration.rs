@@ -51,8 +51,13 @@ impl IntegrationHandle {
     /// Takes a notification (or lifecycle notification) body: persists it in the durable
     /// inbox, so that it survives a crash, and wakes the actor, which takes the inbox's rows in
     /// order. When this returns `Ok` the caller may acknowledge it to Graph.
-    pub fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
-        inbox::accept(&self.ctx, &self.tx, kind, &body)
+    /// The write (sealing, and the fsync of its commit) runs on the blocking pool, not on
+    /// the runtime's workers.
+    pub async fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
+        let (ctx, tx, kind) = (self.ctx.clone(), self.tx.clone(), kind.to_string());
+        tokio::task::spawn_blocking(move || inbox::accept(&ctx, &tx, &kind, &body))
+            .await
+            .unwrap_or_else(|e| Err(AcceptError::Store(crate::error::StoreError::Unavailable(e.to_string()))))
     }
 
     /// Whether `token` is this integration's webhook path segment (constant time).

@@ -1,7 +1,7 @@
 //! Serving a router on a listener, hardened for a hostile network: at most
-//! `max_connections` connections at once (more are closed at accept), a deadline for the
-//! request head, for the TLS handshake and for idle keep-alive connections, optional TLS
-//! (rustls), and a graceful stop.
+//! `max_connections` connections at once (with that many open, the listener stops accepting
+//! until one closes: more wait in the kernel's backlog, costing the host nothing), a deadline
+//! for the request head and for the TLS handshake, optional TLS (rustls), and a graceful stop.
 //!
 //! `axum::serve` has none of these (hyper's header timeout needs a timer it does not give),
 //! so the connections are served here with hyper-util's server, as axum's own low-level
@@ -24,7 +24,7 @@ use tokio_rustls::rustls;
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLimits {
-    /// Connections served at once; more are closed as they are accepted.
+    /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// Time a client has to send a request's head (and to finish the TLS handshake).
     pub header_read_timeout: Duration,
@@ -42,8 +42,8 @@ impl ListenerLimits {
 /// Counters of one listener, for the status.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Connections closed at accept because `max_connections` were open.
-    pub refused_connections: AtomicU64,
+    /// Times the listener stopped accepting because `max_connections` were open.
+    pub full: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub failed_handshakes: AtomicU64,
 }
@@ -102,6 +102,16 @@ pub(crate) fn serve(
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
         loop {
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    stats.full.fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                        _ = stop.changed() => break,
+                    }
+                }
+            };
             let (stream, _peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -109,11 +119,6 @@ pub(crate) fn serve(
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
                 },
                 _ = stop.changed() => break,
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                drop(stream);
-                continue;
             };
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(app.clone());

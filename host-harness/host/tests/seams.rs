@@ -286,7 +286,7 @@ async fn the_inbox_left_by_a_crash_is_replayed_in_order_then_emptied() {
     assert_eq!(f.store.inbox_len(), 0);
     // A new one is persisted before it is acknowledged, then processed and deleted.
     let h = f.host.integration("contoso").unwrap();
-    h.accept("notifications", body(9)).unwrap();
+    h.accept("notifications", body(9)).await.unwrap();
     let s = f.wait("the accepted row is processed", |s| counter(s, "inbox.processed") == 4).await;
     assert_eq!(counter(&s, "inbox.accepted"), 1);
     assert_eq!(f.store.inbox_len(), 0);
@@ -304,7 +304,7 @@ async fn a_flood_is_taken_from_the_inbox_in_order_a_step_at_a_time() {
     let f = start(store).await;
     let h = f.host.integration("contoso").unwrap();
     for n in 150..300 {
-        h.accept("notifications", body(n)).unwrap();
+        h.accept("notifications", body(n)).await.unwrap();
     }
     let s = f.wait("every row is processed", |s| counter(s, "inbox.processed") == 300).await;
     assert_eq!((counter(&s, "inbox.replayed"), counter(&s, "inbox.accepted")), (150, 150));

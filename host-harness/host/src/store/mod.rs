@@ -62,6 +62,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError>;
     /// Removes a processed inbox entry.
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError>;
+    /// Removes processed inbox entries (one commit, where the store can).
+    fn inbox_delete_many(&self, ids: &[i64]) -> Result<(), StoreError> {
+        ids.iter().try_for_each(|id| self.inbox_delete(*id))
+    }
     /// How many inbox entries of the integration wait, and their bytes.
     fn inbox_size(&self, integration: &str) -> Result<(u64, u64), StoreError>;
     /// The integration's unprocessed inbox entries after `after_id`, oldest first, at most
