@@ -78,39 +78,16 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     assert_eq!(s.conflicts[0].kind, "several-switchboard-users");
     assert_eq!(s.conflicts[0].candidates, vec!["sb-00000", "sb-00001"]);
     // The switchboard API shows presence for a mapped user, none for the unmapped ones.
-    let v: serde_json::Value = serde_json::from_str(
-        &e2e_tests::admin_client()
-            .get(format!("http://{admin_addr}/switchboard/contoso/users/sb-00002"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let admin = |path: &str| {
+        let url = format!("http://{admin_addr}{path}");
+        async move { e2e_tests::admin_get(&url).await }
+    };
+    let v = admin("/switchboard/contoso/users/sb-00002").await.expect("JSON");
     assert!(v["teams_presence"]["availability"].is_string(), "{v}");
-    let v: serde_json::Value = serde_json::from_str(
-        &e2e_tests::admin_client()
-            .get(format!("http://{admin_addr}/switchboard/contoso/users/reception"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let v = admin("/switchboard/contoso/users/reception").await.expect("JSON");
     assert!(v["teams_presence"].is_null());
     // The status API never shows a secret.
-    let text = e2e_tests::admin_client()
-        .get(format!("http://{admin_addr}/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = admin("/status").await.expect("JSON").to_string();
     assert!(!text.contains(DEMO_SECRET) && !text.contains(&seed.integration_password));
     host.stop().await;
 }

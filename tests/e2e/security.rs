@@ -14,6 +14,15 @@ fn counter(s: &presence_host::StatusView, name: &str) -> u64 {
     s.counters.get(name).copied().unwrap_or(0)
 }
 
+/// Why a second host on `config` (the scenario's switchboard) does not start.
+async fn start_error(t: &TestScenario, config: &presence_host::Config) -> String {
+    let sb: std::collections::BTreeMap<String, Arc<dyn presence_host::Switchboard>> =
+        [("contoso".to_string(), t.switchboard.clone() as Arc<dyn presence_host::Switchboard>)].into();
+    let backends = presence_host::Backends::defaults(config, sb).unwrap();
+    let e = presence_host::Host::start(config, presence_demo::PLUGIN_WASM, backends).await.err().expect("refused");
+    format!("{e:#}")
+}
+
 /// Finding 1: nothing but the webhooks and a liveness probe answers on the public listener;
 /// every admin route answers 401 without the admin token, before it reads a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,17 +272,8 @@ async fn the_state_at_rest_is_private_sealed_and_held_by_one_host() {
     // Another KEK does not open the state.
     let mut wrong = t.config.clone();
     wrong.host.kek = presence_host::seal::Kek::random();
-    let sb: std::collections::BTreeMap<String, Arc<dyn presence_host::Switchboard>> =
-        [("contoso".to_string(), t.switchboard.clone() as Arc<dyn presence_host::Switchboard>)].into();
-    let e = presence_host::Host::start(
-        &wrong,
-        presence_demo::PLUGIN_WASM,
-        presence_host::Backends::defaults(&wrong, sb).unwrap(),
-    )
-    .await
-    .err()
-    .expect("a wrong KEK stops the start");
-    assert!(format!("{e:#}").contains("key-encryption key"), "{e:#}");
+    let e = start_error(&t, &wrong).await;
+    assert!(e.contains("key-encryption key"), "{e}");
 
     // A state directory open to others.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -317,15 +317,6 @@ async fn the_public_listener_serves_tls_with_the_configured_certificate() {
     let mut config = t.config.clone();
     config.host.state_dir = certs.path().join("state2");
     config.host.plugin_cache_dir = certs.path().join("state2").join("cache");
-    let sb: std::collections::BTreeMap<String, Arc<dyn presence_host::Switchboard>> =
-        [("contoso".to_string(), t.switchboard.clone() as Arc<dyn presence_host::Switchboard>)].into();
-    let e = presence_host::Host::start(
-        &config,
-        presence_demo::PLUGIN_WASM,
-        presence_host::Backends::defaults(&config, sb).unwrap(),
-    )
-    .await
-    .err()
-    .expect("refused");
-    assert!(format!("{e:#}").contains("do not go together"), "{e:#}");
+    let e = start_error(&t, &config).await;
+    assert!(e.contains("do not go together"), "{e}");
 }
