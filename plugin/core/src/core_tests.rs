@@ -552,6 +552,73 @@ fn a_subscription_for_another_webhook_url_is_replaced_and_counters_survive_a_new
     assert_eq!(created.as_deref(), Some("https://hook.test/other-path/n"));
 }
 
+/// Graph allows one presence subscription per app and user: a DELETE that fails is retried
+/// (after its Retry-After) and nothing is created for that user until it succeeded; the status
+/// shows the subscription as stuck meanwhile.
+#[test]
+fn no_second_subscription_while_the_old_one_cannot_be_deleted() {
+    let (mut core, mut env, _) = synced(3, 1);
+    for e in core.take_effects() {
+        if let Effect::Store { key, value: Some(v) } = e {
+            env.stored.insert(key, v);
+        }
+    }
+    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
+    let mut core = Core::new();
+    let mut s = settings(1);
+    s.notification_url = "https://hook.test/other-path/n".into();
+    core.configure(&mut env2, s).unwrap();
+    let mut deletes = 0;
+    let mut posted_after = None;
+    let mut stuck_seen = false;
+    let mut effects = core.take_effects();
+    for _ in 0..40 {
+        for (id, r) in requests(&effects) {
+            let resp = if let Some(resp) = login_documents(&r) {
+                resp
+            } else if r.url.contains("/token") {
+                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+                directory_answer(&r, value)
+            } else if r.method == "DELETE" {
+                deletes += 1;
+                if deletes <= 2 {
+                    Ok(HttpResponse {
+                        status: 503,
+                        headers: vec![
+                            ("retry-after".into(), "2".into()),
+                            ("content-type".into(), "application/json".into()),
+                        ],
+                        body: br#"{"error": {"code": "serviceNotAvailable", "message": "busy"}}"#.to_vec(),
+                    })
+                } else {
+                    ok(204, serde_json::json!(null))
+                }
+            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
+                posted_after.get_or_insert(deletes);
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
+            } else {
+                ok(200, serde_json::json!({ "value": [] }))
+            };
+            core.on_http_response(&mut env2, id, resp);
+        }
+        if deletes > 0 && deletes <= 2 {
+            let st = core.status(&env2);
+            stuck_seen |= st.subscriptions[0].problem.as_ref().is_some_and(|p| p.code == "subscription-stuck");
+        }
+        env2.now += 1000;
+        core.tick(&mut env2);
+        effects = core.take_effects();
+    }
+    assert_eq!(deletes, 3, "retried until it succeeded");
+    assert_eq!(posted_after, Some(3), "created only after the DELETE succeeded");
+    assert!(stuck_seen, "the status showed it stuck");
+    assert!(core.status(&env2).subscriptions[0].problem.is_none());
+}
+
 #[test]
 fn presence_snapshot_follows_next_link_and_tolerates_nulls() {
     let mut env = env(2);

@@ -742,7 +742,7 @@ impl Core {
             Pending::CleanupDelete(slot) => self.on_cleanup_deleted(slot),
             Pending::RenewSub(slot) => self.on_renewed(slot, outcome, now, jitter),
             Pending::VerifySub(slot) => self.on_verified(&settings, slot, outcome, now, jitter),
-            Pending::DeleteSub(slot) => self.on_deleted(slot),
+            Pending::DeleteSub(slot) => self.on_deleted(slot, outcome, now, jitter),
         }
         self.drive(env);
     }

@@ -227,13 +227,34 @@ impl Core {
     }
 
     /// `DELETE /subscriptions/{id}` of ours answered.
-    pub(super) fn on_deleted(&mut self, slot: usize) {
+    /// `DELETE /subscriptions/{id}` answered. Only a 2xx or a 404 (gone) frees the integration
+    /// user for a new subscription: Graph allows one presence subscription per app and user,
+    /// so a failed DELETE is retried (after its `Retry-After`, else with backoff) before
+    /// anything is created, and the status shows the subscription as stuck meanwhile.
+    pub(super) fn on_deleted(&mut self, slot: usize, outcome: Result<HttpResponse, HttpError>, now: u64, jitter: u8) {
         self.subs[slot].busy = false;
-        // Whatever the answer, this subscription is no longer ours to use; a leftover
-        // is cleaned up when the next creation is refused.
-        self.subs[slot].active = None;
-        self.subs[slot].stale_url = false;
-        self.persist_sub(slot);
+        match outcome {
+            Ok(r) if (200..300).contains(&r.status) || r.status == 404 => {
+                let sub = &mut self.subs[slot];
+                sub.active = None;
+                sub.stale_url = false;
+                sub.problem = None;
+                sub.retry.succeed();
+                self.persist_sub(slot);
+            }
+            other => {
+                self.count("subscriptions.delete-failed");
+                let (mut p, ra) = graph_failure(&other, "DELETE /subscriptions");
+                p.hint = format!(
+                    "The old subscription could not be deleted, so no new one is created for this integration user \
+                     (Graph allows one per user); it is retried. {}",
+                    p.hint
+                );
+                p.detail = format!("{} ({})", p.detail, p.code);
+                p.code = "subscription-stuck".into();
+                self.sub_failed(slot, p, now, ra, jitter);
+            }
+        }
     }
 
     pub(super) fn sub_failed(&mut self, slot: usize, p: Problem, now: u64, retry_after: Option<u64>, jitter: u8) {
