@@ -138,3 +138,43 @@ async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve(
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
     assert_eq!(s.users, 18, "kept across a restart");
 }
+
+/// Graph allows one presence subscription per app and user: when the DELETE of the old
+/// subscription (the mapping changed) answers 503 twice, nothing is created until it
+/// succeeded, so Graph never sees a second subscription for that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created() {
+    let t = start(20, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(20, EVENTUALLY).await.is_empty());
+    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    t.emulator.with_world(|w| {
+        w.faults.push(graph_emulator::Fault {
+            method: Some("DELETE".into()),
+            path_contains: "/v1.0/subscriptions/".into(),
+            status: 503,
+            retry_after: Some(1),
+            remaining: 2,
+            after: 0,
+        })
+    });
+    // A user leaves the tenant: the subscription's member list changes (delete, then create).
+    let gone = t.ms_user(5);
+    t.emulator.with_world(|w| {
+        let tn = w.tenants.values_mut().next().unwrap();
+        tn.users.retain(|u| u.id != gone);
+        tn.reindex();
+    });
+    assert_eq!(admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await.0, 202);
+    let end = std::time::Instant::now() + EVENTUALLY;
+    while !t.emulator.subscriptions().first().is_some_and(|s| s.users == 19) {
+        assert!(std::time::Instant::now() < end, "the subscription never followed the mapping");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = t.settle(EVENTUALLY).await;
+    assert_eq!(t.emulator.count("DELETE /v1.0/subscriptions/{id}"), 3, "retried until it succeeded");
+    assert_eq!(t.emulator.count("POST /v1.0/subscriptions"), posts + 1, "one creation, after the delete");
+    assert_eq!(t.emulator.subscriptions().len(), 1);
+    assert_eq!(counter(&s, "subscriptions.delete-failed"), 2);
+    assert_eq!(s.state, "ok");
+}
