@@ -167,7 +167,7 @@ async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created(
     });
     assert_eq!(admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await.0, 202);
     let end = std::time::Instant::now() + EVENTUALLY;
-    while !t.emulator.subscriptions().first().is_some_and(|s| s.users == 19) {
+    while t.emulator.subscriptions().first().is_none_or(|s| s.users != 19) {
         assert!(std::time::Instant::now() < end, "the subscription never followed the mapping");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

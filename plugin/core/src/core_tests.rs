@@ -11,6 +11,9 @@ struct FakeEnv {
     users: Vec<SwitchboardUser>,
     stored: HashMap<String, Vec<u8>>,
     draws: u64,
+    /// How far Microsoft's clock (the `Date` of `run_graph`'s answers) is ahead of `now`;
+    /// `None`: its answers carry no `Date`.
+    microsoft_ahead_ms: Option<i64>,
 }
 
 impl Env for FakeEnv {
@@ -60,6 +63,7 @@ fn env(n: usize) -> FakeEnv {
             .collect(),
         stored: HashMap::new(),
         draws: 0,
+        microsoft_ahead_ms: None,
     }
 }
 
@@ -202,6 +206,14 @@ fn run_graph_observed(
                 ok(200, serde_json::json!({ "value": value }))
             } else {
                 panic!("unexpected request {} {}", r.method, r.url)
+            };
+            let resp = match (resp, env.microsoft_ahead_ms) {
+                (Ok(mut r), Some(ahead)) => {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis((env.now as i64 + ahead) as u64);
+                    r.headers.push(("date".into(), httpdate::fmt_http_date(at)));
+                    Ok(r)
+                }
+                (r, _) => r,
             };
             core.on_http_response(env, id, resp);
             observe(core, env);
@@ -617,6 +629,35 @@ fn no_second_subscription_while_the_old_one_cannot_be_deleted() {
     assert_eq!(posted_after, Some(3), "created only after the DELETE succeeded");
     assert!(stuck_seen, "the status showed it stuck");
     assert!(core.status(&env2).subscriptions[0].problem.is_none());
+}
+
+/// Microsoft's clock 30 minutes ahead of the host's, then 30 minutes behind: expirations are
+/// asked by Microsoft's clock, and the status names the offset.
+#[test]
+fn expirations_follow_microsofts_clock_and_the_offset_is_shown() {
+    for ahead in [30 * 60 * 1000i64, -30 * 60 * 1000] {
+        let mut env = env(3);
+        env.microsoft_ahead_ms = Some(ahead);
+        let mut core = Core::new();
+        core.configure(&mut env, settings(1)).unwrap();
+        let effects = core.take_effects();
+        let (_, created) = run_graph(&mut core, &mut env, 3, effects);
+        let exp = parse_rfc3339(created.last().unwrap()["expirationDateTime"].as_str().unwrap()).unwrap() as i64;
+        let microsoft_now = env.now as i64 + ahead;
+        assert!(
+            exp > microsoft_now + 50 * 60 * 1000 && exp <= microsoft_now + 60 * 60 * 1000,
+            "asked {} min after Microsoft's now",
+            (exp - microsoft_now) / 60_000
+        );
+        assert!((core.clock_offset_ms() - ahead).abs() <= 1000, "{}", core.clock_offset_ms());
+        let Health::Degraded(p) = core.status(&env).health else { panic!("{:?}", core.status(&env).health) };
+        assert_eq!(p.code, "clock-offset");
+        assert!(
+            p.detail.contains(if ahead > 0 { "30.0 minutes behind" } else { "30.0 minutes ahead of" }),
+            "{}",
+            p.detail
+        );
+    }
 }
 
 #[test]

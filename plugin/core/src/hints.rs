@@ -46,6 +46,14 @@ pub fn hint(code: &str) -> &'static str {
         "InvalidAuthenticationToken" | "unauthenticated" => {
             "Microsoft refused the access token; it is renewed automatically. If this persists, check the app registration."
         }
+        "clock-offset" => {
+            "The host's clock differs from Microsoft's by the minutes in the detail; the plugin \
+             corrects for it, but enable time sync (NTP) on the host."
+        }
+        "subscription-stuck" => {
+            "The old subscription could not be deleted, so no new one is created for this integration user \
+             (Graph allows one per user); it is retried."
+        }
         "capacity" => {
             "More users than the integration users can watch: add integration users, each one covers 650 users."
         }

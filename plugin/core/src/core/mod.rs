@@ -215,6 +215,38 @@ struct ActiveSub {
     notification_url: Option<String>,
 }
 
+/// How far Microsoft's clock is from the host's, from the `Date` header of its answers: the
+/// median of the last samples (a `Date` has whole seconds; the median drops a slow answer).
+/// Subscription expirations, renewals and token checks use Microsoft's time, not the host's:
+/// a host whose clock is off (a resumed VM, a container without time sync) must not ask for
+/// expirations Graph finds in the past, nor refuse tokens Graph just issued.
+#[derive(Debug, Clone, Default)]
+struct MicrosoftClock {
+    samples: std::collections::VecDeque<i64>,
+    offset_ms: i64,
+}
+
+/// Samples the offset is the median of.
+const CLOCK_SAMPLES: usize = 9;
+/// An offset beyond this shows in the status.
+pub const CLOCK_OFFSET_SHOWN_MS: i64 = 2 * 60 * 1000;
+
+impl MicrosoftClock {
+    fn sample(&mut self, date_header: &str, now: u64) {
+        let Ok(t) = httpdate::parse_http_date(date_header) else { return };
+        let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) else { return };
+        // The header truncates to the second: its middle is half a second later.
+        let sample = d.as_millis() as i64 + 500 - now as i64;
+        if self.samples.len() == CLOCK_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+        let mut sorted: Vec<i64> = self.samples.iter().copied().collect();
+        sorted.sort_unstable();
+        self.offset_ms = sorted[sorted.len() / 2];
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Sub {
     active: Option<ActiveSub>,
@@ -303,6 +335,8 @@ pub struct Core {
     summary: Option<MappingSummary>,
     /// The counters as last stored.
     stored_counters: BTreeMap<String, u64>,
+    /// Microsoft's clock as seen from the host's (the `Date` of its answers).
+    ms_clock: MicrosoftClock,
     /// Mapped users being assigned to shards (subscriptions wait until it is done).
     sharding: Option<crate::shards::ShardsApply>,
     switchboard_users: usize,
@@ -333,6 +367,16 @@ impl Core {
     /// The effects produced since the last call.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// Now by Microsoft's clock (see [`MicrosoftClock`]), from the host's `now`.
+    fn microsoft_now(&self, now: u64) -> u64 {
+        (now as i64 + self.ms_clock.offset_ms).max(0) as u64
+    }
+
+    /// How far Microsoft's clock is ahead of the host's (ms; negative: behind).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.ms_clock.offset_ms
     }
 
     /// The last known Teams presence of a Microsoft user.
@@ -592,7 +636,9 @@ impl Core {
         };
         let next = match &sub.active {
             Some(a) if sub.stale_url || (sub.members_dirty && &a.members != members) => Next::Delete(a.id.clone()),
-            Some(a) if sub.reauthorize || now + RENEW_BEFORE_MS >= a.expires_at_ms => Next::Renew(a.id.clone()),
+            Some(a) if sub.reauthorize || self.microsoft_now(now) + RENEW_BEFORE_MS >= a.expires_at_ms => {
+                Next::Renew(a.id.clone())
+            }
             Some(_) if sub.verify_due => Next::Verify,
             Some(a) if sub.needs_snapshot => {
                 Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
@@ -641,7 +687,9 @@ impl Core {
                 self.start(Pending::DeleteSub(slot), req);
             }
             Next::Renew(id) => {
-                let body = serde_json::json!({ "expirationDateTime": rfc3339(now + SUBSCRIPTION_LIFETIME_MS) });
+                let body = serde_json::json!({
+                    "expirationDateTime": rfc3339(self.microsoft_now(now) + SUBSCRIPTION_LIFETIME_MS)
+                });
                 let req = request("PATCH", &format!("{graph}/v1.0/subscriptions/{id}"), &access, Some(body));
                 self.start(Pending::RenewSub(slot), req);
             }
@@ -663,7 +711,7 @@ impl Core {
                     "notificationUrl": settings.notification_url,
                     "lifecycleNotificationUrl": settings.lifecycle_notification_url,
                     "resource": resource,
-                    "expirationDateTime": rfc3339(now + SUBSCRIPTION_LIFETIME_MS),
+                    "expirationDateTime": rfc3339(self.microsoft_now(now) + SUBSCRIPTION_LIFETIME_MS),
                     "clientState": client_state,
                     "includeResourceData": true,
                     "encryptionCertificate": settings.encryption_certificate,
@@ -727,6 +775,11 @@ impl Core {
         let jitter = env.random_bytes(1)[0];
         let settings = self.settings.clone().unwrap();
         self.note_answer(&pending, &outcome, now);
+        if let Ok(r) = &outcome
+            && let Some(date) = r.header("date")
+        {
+            self.ms_clock.sample(date, now);
+        }
         match pending {
             Pending::AppToken => self.on_app_token(outcome, now, jitter),
             Pending::UserToken(slot) => self.on_user_token(&settings, slot, outcome, now, jitter),
@@ -1064,6 +1117,16 @@ impl Core {
             Health::Degraded(p.clone())
         } else if let Some(p) = &self.dir.problem {
             Health::Degraded(p.clone())
+        } else if self.ms_clock.offset_ms.abs() > CLOCK_OFFSET_SHOWN_MS {
+            let o = self.ms_clock.offset_ms;
+            Health::Degraded(problem(
+                "clock-offset",
+                format!(
+                    "the host's clock is {:.1} minutes {} Microsoft's",
+                    o.unsigned_abs() as f64 / 60_000.0,
+                    if o > 0 { "behind" } else { "ahead of" }
+                ),
+            ))
         } else if self.shards.uncovered() > 0 {
             Health::Error(problem(
                 "capacity",

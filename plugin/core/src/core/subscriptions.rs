@@ -244,14 +244,8 @@ impl Core {
             }
             other => {
                 self.count("subscriptions.delete-failed");
-                let (mut p, ra) = graph_failure(&other, "DELETE /subscriptions");
-                p.hint = format!(
-                    "The old subscription could not be deleted, so no new one is created for this integration user \
-                     (Graph allows one per user); it is retried. {}",
-                    p.hint
-                );
-                p.detail = format!("{} ({})", p.detail, p.code);
-                p.code = "subscription-stuck".into();
+                let (p, ra) = graph_failure(&other, "DELETE /subscriptions");
+                let p = problem("subscription-stuck", format!("{} ({}: {})", p.detail, p.code, p.hint));
                 self.sub_failed(slot, p, now, ra, jitter);
             }
         }

@@ -272,6 +272,8 @@ impl Core {
         let client_id = self.settings.as_ref().map(|s| s.client_id.clone()).unwrap_or_default();
         let configured = self.settings.as_ref().map(|s| s.tenant_id.to_ascii_lowercase()).unwrap_or_default();
         let tenant = if crate::model::is_guid(&configured) { Some(configured) } else { self.keys.tenant_pin.clone() };
+        // Tokens carry Microsoft's times: check them by Microsoft's clock.
+        let now = self.microsoft_now(now);
         for t in tokens {
             if self.keys.verified.get(t).is_some_and(|&exp| exp + crate::jwt::SKEW_MS > now) {
                 continue;
