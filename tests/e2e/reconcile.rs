@@ -71,3 +71,39 @@ async fn a_subscription_deleted_at_microsoft_is_found_by_the_reconcile_and_recre
     assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty());
     assert_eq!(t.emulator.subscriptions().len(), 1);
 }
+
+/// The emulator's (Microsoft's) clock 30 minutes ahead of the host's, then 30 minutes behind:
+/// subscriptions are created and renewed, notifications are accepted (their tokens checked by
+/// Microsoft's clock), and the status names the offset with its hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_clock_that_is_not_microsofts_is_corrected_and_shown() {
+    for ahead in [30 * 60 * 1000i64, -30 * 60 * 1000] {
+        let t = start(20, 1, |o| o.microsoft_ahead_ms = ahead).await;
+        let s = t.wait_status(EVENTUALLY, |s| s.code.as_deref() == Some("clock-offset") && s.users == 20).await;
+        assert_eq!((s.state.as_str(), s.code.as_deref()), ("degraded", Some("clock-offset")), "{s:?}");
+        let want = if ahead > 0 { "30.0 minutes behind" } else { "30.0 minutes ahead of" };
+        assert!(s.detail.as_deref().unwrap_or("").contains(want), "{s:?}");
+        assert!(s.hint.as_deref().unwrap_or("").contains("time sync"), "{s:?}");
+        assert!(t.wait_in_sync(20, EVENTUALLY).await.is_empty());
+        let sub = t.emulator.subscriptions()[0].clone();
+        // A change arrives as a notification whose validation token Microsoft's clock issued.
+        let now = t.emulator.truth(&t.seed.tenant_id)[&t.ms_user(3)].clone();
+        let (a, b) = if now.1 == "Presenting" { ("Away", "Away") } else { ("DoNotDisturb", "Presenting") };
+        t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(3), a, b, false);
+        assert!(t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00003").is_some_and(|p| p.activity == b)).await);
+        let s = t.settle(EVENTUALLY).await;
+        assert_eq!(s.counters.get("notifications.accepted").copied(), Some(1), "{:?}", s.counters);
+        // 50 minutes on: the subscription is renewed (by Microsoft's clock), not lost.
+        t.clock.advance(Duration::from_secs(50 * 60));
+        let end = std::time::Instant::now() + EVENTUALLY;
+        while t.emulator.subscriptions().first().is_none_or(|s| s.expires_at_ms <= sub.expires_at_ms) {
+            assert!(std::time::Instant::now() < end, "never renewed");
+            t.host().integrations["contoso"].tick().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = t.settle(EVENTUALLY).await;
+        assert_eq!(s.counters.get("rejected.validation-token").copied().unwrap_or(0), 0, "{:?}", s.counters);
+        assert!(s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 1, "{:?}", s.counters);
+        assert_eq!(t.emulator.subscriptions().len(), 1);
+    }
+}

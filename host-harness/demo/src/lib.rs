@@ -51,6 +51,20 @@ impl graph_emulator::Clock for TestClock {
     }
 }
 
+/// Microsoft's clock when it is not the host's: a [`TestClock`] plus a fixed offset.
+pub struct SkewedClock {
+    /// The host's clock.
+    pub base: Arc<TestClock>,
+    /// How far Microsoft's clock is ahead (ms; negative: behind).
+    pub ahead_ms: i64,
+}
+
+impl graph_emulator::Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        (self.base.now_ms() as i64 + self.ahead_ms).max(0) as u64
+    }
+}
+
 /// The demo tenant (the product guide's example ids).
 pub const DEMO_TENANT: &str = "5db68c59-bbeb-41d7-a5df-b316a4434048";
 /// The demo app's client id.
@@ -94,6 +108,9 @@ pub struct ScenarioOptions {
     pub public_limits: presence_host::listener::ListenerLimits,
     /// TLS certificate chain and key (PEM files) of the public listener.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How far the emulator's (Microsoft's) clock is ahead of the host's (ms; negative:
+    /// behind).
+    pub microsoft_ahead_ms: i64,
     /// Bounds of the inbox.
     pub inbox_limits: presence_host::context::InboxLimits,
 }
@@ -117,6 +134,7 @@ impl ScenarioOptions {
             admin_token: random_token(),
             public_limits: presence_host::listener::ListenerLimits::PUBLIC,
             tls: None,
+            microsoft_ahead_ms: 0,
             inbox_limits: Default::default(),
         }
     }
@@ -177,7 +195,11 @@ impl Scenario {
     /// Starts emulator and host.
     pub async fn start(opts: ScenarioOptions) -> anyhow::Result<Scenario> {
         let clock = Arc::new(TestClock::default());
-        let emulator = Emulator::new(clock.clone());
+        let emulator = if opts.microsoft_ahead_ms == 0 {
+            Emulator::new(clock.clone())
+        } else {
+            Emulator::new(Arc::new(SkewedClock { base: clock.clone(), ahead_ms: opts.microsoft_ahead_ms }))
+        };
         let mut seed = TenantSeed::new(
             DEMO_TENANT,
             "contoso.example",

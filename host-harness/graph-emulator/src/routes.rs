@@ -58,7 +58,19 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/_emulator/presence-limit", post(control_presence_limit))
         .route("/_emulator/stats", get(control_stats))
         .layer(middleware::from_fn_with_state(emu.clone(), count_and_inject))
+        .layer(middleware::from_fn_with_state(emu.clone(), date_header))
         .with_state(emu)
+}
+
+/// Every answer carries `Date` by the emulator's clock, as Microsoft's carry theirs (the
+/// server's own would show the machine's clock instead).
+async fn date_header(State(emu): State<Emulator>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now(&emu));
+    if let Ok(v) = httpdate::fmt_http_date(at).parse() {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
 }
 
 /// Counts requests by route and answers injected faults.
