@@ -506,6 +506,38 @@ fn restart_restores_mapping_and_subscriptions_from_state() {
     assert!(saw_patch);
 }
 
+/// A new core on `env`'s stored state, configured with another notification URL (the host's
+/// public URL changed): what a restart after that change sees.
+fn restarted_on_another_url(env: &FakeEnv) -> (Core, FakeEnv) {
+    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
+    let mut core = Core::new();
+    let mut s = settings(1);
+    s.notification_url = "https://hook.test/other-path/n".into();
+    core.configure(&mut env2, s).unwrap();
+    (core, env2)
+}
+
+/// The answers of Microsoft's side to a restarted core of three users, but for DELETE and
+/// POST /subscriptions, which `other` answers.
+fn answer_restart(
+    r: &HttpRequest,
+    other: &mut dyn FnMut(&HttpRequest) -> Result<HttpResponse, HttpError>,
+) -> Result<HttpResponse, HttpError> {
+    if let Some(resp) = login_documents(r) {
+        resp
+    } else if r.url.contains("/token") {
+        ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
+    } else if r.url.contains("/v1.0/users") {
+        let value: Vec<_> =
+            (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
+        directory_answer(r, value)
+    } else if r.method == "DELETE" || (r.method == "POST" && r.url.ends_with("/v1.0/subscriptions")) {
+        other(r)
+    } else {
+        ok(200, serde_json::json!({ "value": [] }))
+    }
+}
+
 /// The webhook URL changed (the host's public URL or its secret path): the subscription made
 /// for the old one is deleted and a new one made for the new one; the counters come back.
 #[test]
@@ -523,11 +555,7 @@ fn a_subscription_for_another_webhook_url_is_replaced_and_counters_survive_a_new
             };
         }
     }
-    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
-    let mut core = Core::new();
-    let mut s = settings(1);
-    s.notification_url = "https://hook.test/other-path/n".into();
-    core.configure(&mut env2, s).unwrap();
+    let (mut core, mut env2) = restarted_on_another_url(&env);
     for (k, n) in &before {
         assert_eq!(core.status(&env2).counters.iter().find(|(x, _)| x == k).map(|(_, v)| *v), Some(*n), "{k}");
     }
@@ -535,26 +563,18 @@ fn a_subscription_for_another_webhook_url_is_replaced_and_counters_survive_a_new
     let mut effects = core.take_effects();
     for _ in 0..10 {
         for (id, r) in requests(&effects) {
-            let resp = if let Some(resp) = login_documents(&r) {
-                resp
-            } else if r.url.contains("/token") {
-                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
-            } else if r.url.contains("/v1.0/users") {
-                let value: Vec<_> =
-                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
-                directory_answer(&r, value)
-            } else if r.method == "DELETE" {
-                assert!(r.url.ends_with("/v1.0/subscriptions/sub-1"), "{}", r.url);
-                deleted = true;
-                ok(204, serde_json::json!(null))
-            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
-                assert!(deleted, "the old one goes first (one subscription per user)");
-                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                created = Some(body["notificationUrl"].as_str().unwrap().to_string());
-                ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
-            } else {
-                ok(200, serde_json::json!({ "value": [] }))
-            };
+            let resp = answer_restart(&r, &mut |r| {
+                if r.method == "DELETE" {
+                    assert!(r.url.ends_with("/v1.0/subscriptions/sub-1"), "{}", r.url);
+                    deleted = true;
+                    ok(204, serde_json::json!(null))
+                } else {
+                    assert!(deleted, "the old one goes first (one subscription per user)");
+                    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    created = Some(body["notificationUrl"].as_str().unwrap().to_string());
+                    ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
+                }
+            });
             core.on_http_response(&mut env2, id, resp);
         }
         core.tick(&mut env2);
@@ -575,46 +595,33 @@ fn no_second_subscription_while_the_old_one_cannot_be_deleted() {
             env.stored.insert(key, v);
         }
     }
-    let mut env2 = FakeEnv { stored: env.stored.clone(), ..self::env(3) };
-    let mut core = Core::new();
-    let mut s = settings(1);
-    s.notification_url = "https://hook.test/other-path/n".into();
-    core.configure(&mut env2, s).unwrap();
+    let (mut core, mut env2) = restarted_on_another_url(&env);
     let mut deletes = 0;
     let mut posted_after = None;
     let mut stuck_seen = false;
     let mut effects = core.take_effects();
     for _ in 0..40 {
         for (id, r) in requests(&effects) {
-            let resp = if let Some(resp) = login_documents(&r) {
-                resp
-            } else if r.url.contains("/token") {
-                ok(200, serde_json::json!({"access_token": "t", "expires_in": 3599}))
-            } else if r.url.contains("/v1.0/users") {
-                let value: Vec<_> =
-                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("u{i}@x.com")})).collect();
-                directory_answer(&r, value)
-            } else if r.method == "DELETE" {
-                deletes += 1;
-                if deletes <= 2 {
-                    Ok(HttpResponse {
-                        status: 503,
-                        headers: vec![
-                            ("retry-after".into(), "2".into()),
-                            ("content-type".into(), "application/json".into()),
-                        ],
-                        body: br#"{"error": {"code": "serviceNotAvailable", "message": "busy"}}"#.to_vec(),
-                    })
-                } else {
+            let resp = answer_restart(&r, &mut |r| {
+                if r.method == "DELETE" {
+                    deletes += 1;
+                    if deletes <= 2 {
+                        return Ok(HttpResponse {
+                            status: 503,
+                            headers: vec![
+                                ("retry-after".into(), "2".into()),
+                                ("content-type".into(), "application/json".into()),
+                            ],
+                            body: br#"{"error": {"code": "serviceNotAvailable", "message": "busy"}}"#.to_vec(),
+                        });
+                    }
                     ok(204, serde_json::json!(null))
+                } else {
+                    posted_after.get_or_insert(deletes);
+                    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
                 }
-            } else if r.method == "POST" && r.url.ends_with("/v1.0/subscriptions") {
-                posted_after.get_or_insert(deletes);
-                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                ok(201, serde_json::json!({"id": "sub-2", "expirationDateTime": body["expirationDateTime"]}))
-            } else {
-                ok(200, serde_json::json!({ "value": [] }))
-            };
+            });
             core.on_http_response(&mut env2, id, resp);
         }
         if deletes > 0 && deletes <= 2 {
