@@ -73,6 +73,10 @@ pub struct IntegrationCtx {
     pub(crate) state_error: Mutex<Option<String>>,
 }
 
+/// Bytes of failed state writes an integration's context keeps for retrying: the plugin
+/// cannot grow the host's memory without bound while the store is down.
+pub const MAX_PENDING_WRITE_BYTES: usize = 64 << 20;
+
 /// How much the inbox of one integration may hold; beyond it a notification is answered 503
 /// with `Retry-After` (Graph retries).
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +146,8 @@ impl IntegrationCtx {
     }
 
     /// Writes a plugin value (sealed; `None` deletes it). A write the store refuses as
-    /// unavailable is kept and retried by [`IntegrationCtx::retry_writes`].
+    /// unavailable is kept and retried by [`IntegrationCtx::retry_writes`], up to
+    /// [`MAX_PENDING_WRITE_BYTES`] of them (beyond, it is not kept: the plugin sees the error).
     pub(crate) fn write_state(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         let sealed = value.map(|v| self.kek.seal(&self.kv_place(key), v));
         let r = match &sealed {
@@ -158,7 +163,16 @@ impl IntegrationCtx {
             Err(StoreError::Unavailable(why)) => {
                 tracing::error!(integration = %self.name, %key, error = %why, "state write failed; retried every tick");
                 self.count("state.write-failed");
-                pending.insert(key.to_string(), sealed);
+                let held: usize = pending
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != key)
+                    .map(|(_, v)| v.as_ref().map_or(0, Vec::len))
+                    .sum();
+                if held + sealed.as_ref().map_or(0, Vec::len) <= MAX_PENDING_WRITE_BYTES {
+                    pending.insert(key.to_string(), sealed);
+                } else {
+                    self.count("state.write-dropped");
+                }
                 *self.state_error.lock().unwrap() = Some(why.clone());
                 Err(StoreError::Unavailable(why))
             }
