@@ -38,8 +38,12 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     assert_eq!(sync_now().await.0, 202);
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok" && s.users == 19).await;
     assert_eq!((s.state.as_str(), s.users), ("ok", 19), "{s:?}");
-    let sub = &t.emulator.subscriptions()[0];
-    assert_eq!(sub.users, 19, "the subscription follows the mapping");
+    // The subscription keeps the leaver until its renewal (no gap for the other 19), then
+    // drops it.
+    assert_eq!(t.emulator.subscriptions()[0].users, 20);
+    t.clock.advance(Duration::from_secs(46 * 60));
+    let followed = t.wait_until(EVENTUALLY, || t.emulator.subscriptions().first().is_some_and(|s| s.users == 19)).await;
+    assert!(followed, "the subscription follows the mapping at its renewal");
     assert_eq!(admin_post(&t, "/integrations/nobody/sync-now", "text/plain", vec![]).await.0, 404);
     // "Sync now" right after the 503 still waited for its Retry-After.
     let (early, what) = t.emulator.early_requests();
@@ -139,35 +143,41 @@ async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve(
     assert_eq!(s.users, 18, "kept across a restart");
 }
 
-/// Graph allows one presence subscription per app and user: when the DELETE of the old
-/// subscription (the mapping changed) answers 503 twice, nothing is created until it
-/// succeeded, so Graph never sees a second subscription for that user.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created() {
-    let t = start(20, 1, |_| {}).await;
-    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    assert!(t.wait_in_sync(20, EVENTUALLY).await.is_empty());
-    let posts = t.emulator.count("POST /v1.0/subscriptions");
+/// A fault on every DELETE of a subscription, `remaining` times.
+fn failing_deletes(t: &Scenario, remaining: u32) {
     t.emulator.with_world(|w| {
         w.faults.push(graph_emulator::Fault {
             method: Some("DELETE".into()),
             path_contains: "/v1.0/subscriptions/".into(),
             status: 503,
             retry_after: Some(1),
-            remaining: 2,
+            remaining,
             after: 0,
         })
     });
-    // A user leaves the tenant: the subscription's member list changes (delete, then create).
-    let gone = t.ms_user(5);
-    t.emulator.with_world(|w| {
-        let tn = w.tenants.values_mut().next().unwrap();
-        tn.users.retain(|u| u.id != gone);
-        tn.reindex();
-    });
-    assert_eq!(admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await.0, 202);
+}
+
+/// The tenant's user 19 joins the switchboard: the subscription gains a user, so it is
+/// replaced (delete, then create).
+fn user_19_joins(t: &Scenario) {
+    let joiner = presence_demo::switchboard_users(&t.seed, 20).pop().unwrap();
+    let summary = t.switchboard.change(vec![joiner], &[]).unwrap();
+    assert_eq!(summary.added, 1);
+}
+
+/// Graph allows one presence subscription per app and user: when the DELETE of the old
+/// subscription (the mapping changed) answers 503 twice, nothing is created until it
+/// succeeded, so Graph never sees a second subscription for that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created() {
+    let t = start(20, 1, |o| o.switchboard_users = Some(19)).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(19, EVENTUALLY).await.is_empty());
+    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    failing_deletes(&t, 2);
+    user_19_joins(&t);
     let end = std::time::Instant::now() + EVENTUALLY;
-    while t.emulator.subscriptions().first().is_none_or(|s| s.users != 19) {
+    while t.emulator.subscriptions().first().is_none_or(|s| s.users != 20) {
         assert!(std::time::Instant::now() < end, "the subscription never followed the mapping");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -177,4 +187,44 @@ async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created(
     assert_eq!(t.emulator.subscriptions().len(), 1);
     assert_eq!(counter(&s, "subscriptions.delete-failed"), 2);
     assert_eq!(s.state, "ok");
+}
+
+/// A DELETE that keeps failing: no creation is ever tried for that integration user (the
+/// emulator would refuse a second one, as Graph does), the old subscription keeps delivering,
+/// the status names it stuck; once Microsoft answers again, it is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_cannot_be_deleted_never_gets_a_second_one() {
+    let t = start(20, 1, |o| o.switchboard_users = Some(19)).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(19, EVENTUALLY).await.is_empty());
+    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    let old = t.emulator.subscriptions()[0].id.clone();
+    failing_deletes(&t, u32::MAX);
+    user_19_joins(&t);
+    let s = t
+        .wait_status(EVENTUALLY, |s| {
+            counter(s, "subscriptions.delete-failed") >= 4
+                && s.subscriptions[0].code.as_deref() == Some("subscription-stuck")
+        })
+        .await;
+    assert_eq!(s.subscriptions[0].code.as_deref(), Some("subscription-stuck"), "{s:?}");
+    assert!(s.subscriptions[0].hint.as_deref().is_some_and(|h| !h.is_empty()));
+    assert_eq!(t.emulator.count("POST /v1.0/subscriptions"), posts, "nothing created while the old one stands");
+    let subs = t.emulator.subscriptions();
+    assert_eq!((subs.len(), subs[0].id.as_str()), (1, old.as_str()));
+    // The old subscription still delivers for the 19.
+    t.emulator.set_presence(&t.seed.tenant_id, &t.ms_user(3), "DoNotDisturb", "Presenting", false);
+    assert!(
+        t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00003").is_some_and(|p| p.activity == "Presenting")).await
+    );
+
+    // Microsoft answers DELETE again: replaced, with the joiner.
+    t.emulator.with_world(|w| w.faults.clear());
+    let replaced = t.wait_until(EVENTUALLY, || t.emulator.subscriptions().first().is_some_and(|s| s.users == 20)).await;
+    assert!(replaced);
+    assert!(t.wait_in_sync(20, EVENTUALLY).await.is_empty());
+    assert_eq!(t.emulator.count("POST /v1.0/subscriptions"), posts + 1);
+    assert_eq!(t.emulator.subscriptions().len(), 1);
+    let s = t.wait_status(EVENTUALLY, |s| s.subscriptions[0].code.is_none()).await;
+    assert!(s.subscriptions[0].code.is_none(), "{s:?}");
 }

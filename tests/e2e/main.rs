@@ -16,4 +16,5 @@ mod reconcile;
 mod restart;
 mod sandbox;
 mod security;
+mod switchboard_changes;
 mod trap;

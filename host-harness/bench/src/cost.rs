@@ -42,6 +42,9 @@ impl presence_core::Env for NativeEnv {
             })
             .collect()
     }
+    fn switchboard_revision(&mut self) -> u64 {
+        presence_host::Switchboard::revision(&*self.switchboard)
+    }
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         self.stored.get(key).cloned()
     }

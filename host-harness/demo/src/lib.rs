@@ -113,6 +113,11 @@ pub struct ScenarioOptions {
     pub microsoft_ahead_ms: i64,
     /// Bounds of the inbox.
     pub inbox_limits: presence_host::context::InboxLimits,
+    /// How many switchboard users (matching the tenant's first ones); `None`: `users`.
+    pub switchboard_users: Option<usize>,
+    /// The switchboard's users live in this CSV (written at the start, watched for edits,
+    /// and where changes through its API go), as `host-harness run` does it.
+    pub switchboard_csv: Option<PathBuf>,
 }
 
 impl ScenarioOptions {
@@ -136,6 +141,8 @@ impl ScenarioOptions {
             tls: None,
             microsoft_ahead_ms: 0,
             inbox_limits: Default::default(),
+            switchboard_users: None,
+            switchboard_csv: None,
         }
     }
 }
@@ -222,7 +229,16 @@ impl Scenario {
             });
         }
         let emulator_url = emulator.start().await?;
-        let switchboard = Arc::new(Switchboard::new(switchboard_users(&seed, opts.users)));
+        let sb_users = switchboard_users(&seed, opts.switchboard_users.unwrap_or(opts.users));
+        let switchboard = match &opts.switchboard_csv {
+            Some(csv) => {
+                Switchboard::write_csv(csv, &sb_users)?;
+                let sb = Arc::new(Switchboard::from_csv(csv)?);
+                sb.watch_csv(csv.clone());
+                sb
+            }
+            None => Arc::new(Switchboard::new(sb_users)),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

@@ -15,7 +15,7 @@ pub use teams_presence::plugin::{
 };
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "3.0.0";
+pub const WIT_VERSION: &str = "3.1.0";
 
 /// The WIT package the plugin's export belongs to.
 pub const WIT_PACKAGE: &str = "teams-presence:plugin";

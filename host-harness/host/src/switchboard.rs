@@ -21,6 +21,14 @@ pub trait Switchboard: Send + Sync + 'static {
     /// order. The plugin reads the directory a page at a time.
     fn users_page(&self, start: usize, count: usize) -> Vec<SwitchboardUser>;
 
+    /// The directory's change counter: changes whenever a user is added, changed or removed
+    /// (WIT `directory.revision`). Called about once a second per integration, so it must not
+    /// do I/O. The default, 0, means "not tracked": the plugin then re-reads the users with
+    /// every round of Microsoft's directory (once a minute by default).
+    fn revision(&self) -> u64 {
+        0
+    }
+
     /// Shows a user's Teams presence in the console. `update.origin` tells why (see
     /// [`PresenceOrigin`]: an `own-line-status` update must never become a line-status change).
     fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser>;

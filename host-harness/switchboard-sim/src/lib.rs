@@ -6,32 +6,24 @@
 //! through the `directory` import and shows presence through the `presence` import, and it
 //! serves its own HTTP routes ([`routes`]): what the console shows, and line events.
 
+mod directory;
 mod routes;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use presence_host::switchboard::{self as seam, LineEvent, PresenceUpdate, SwitchboardUser, UnknownUser};
 use serde::Serialize;
 
+pub use directory::{MAX_FIELD, Summary, User, read_csv};
 pub use routes::routes;
 
-/// A switchboard user.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct User {
-    /// Switchboard id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Addresses.
-    pub emails: Vec<String>,
-    /// Line number.
-    pub line_number: Option<String>,
-    /// Has a line.
-    pub active: bool,
-}
+/// How often a watched CSV's size and modification time are looked at.
+pub const CSV_POLL: Duration = Duration::from_secs(1);
 
 /// The Teams presence shown for a user.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -51,12 +43,17 @@ pub struct Shown {
 }
 
 /// One customer's switchboard.
-#[derive(Default)]
 pub struct Switchboard {
-    users: Vec<User>,
-    /// User id → index in `users`; normalised email → indexes.
-    by_id: HashMap<String, usize>,
-    by_email: HashMap<String, Vec<usize>>,
+    /// The users; a change swaps in a new directory, so a reader never waits for a writer
+    /// and never sees half a change.
+    dir: RwLock<Arc<directory::Directory>>,
+    /// The directory's change counter (WIT `directory.revision`): moves with every change
+    /// that changed something.
+    revision: AtomicU64,
+    /// Changes are made one at a time (the counter moves once per change). Holds the CSV
+    /// the users live in, if any ([`Switchboard::watch_csv`]): changes through the API are
+    /// written there.
+    writing: std::sync::Mutex<Option<PathBuf>>,
     presence: RwLock<HashMap<String, Shown>>,
     /// User id → line state and when it began.
     lines: RwLock<HashMap<String, (String, u64)>>,
@@ -65,6 +62,26 @@ pub struct Switchboard {
     by_origin: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// While on (benchmarks): every publish with the moment it arrived.
     recording: std::sync::Mutex<Option<Vec<Published>>>,
+    /// Re-reads of the watched CSV that failed, and why the last one did.
+    csv_errors: AtomicU64,
+    last_csv_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Default for Switchboard {
+    fn default() -> Self {
+        Switchboard {
+            dir: RwLock::default(),
+            revision: AtomicU64::new(1),
+            writing: std::sync::Mutex::default(),
+            presence: RwLock::default(),
+            lines: RwLock::default(),
+            changed: tokio::sync::Notify::new(),
+            by_origin: std::sync::Mutex::default(),
+            recording: std::sync::Mutex::default(),
+            csv_errors: AtomicU64::new(0),
+            last_csv_error: std::sync::Mutex::default(),
+        }
+    }
 }
 
 /// One recorded publish: user, availability, activity, when it arrived.
@@ -72,85 +89,175 @@ pub type Published = (String, String, String, std::time::Instant);
 
 impl Switchboard {
     /// A switchboard with these users.
+    ///
+    /// # Panics
+    /// If a user is invalid or two share an id (see [`Switchboard::try_new`]).
     pub fn new(users: Vec<User>) -> Self {
-        let by_id = users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
-        let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, u) in users.iter().enumerate() {
-            for e in &u.emails {
-                by_email.entry(e.trim().to_lowercase()).or_default().push(i);
-            }
-        }
-        Switchboard { users, by_id, by_email, ..Default::default() }
+        Switchboard::try_new(users).expect("valid switchboard users")
     }
 
-    /// Loads users from a CSV with a header `id,name,email,line_number[,active]`. Several
-    /// addresses go in `email` separated by `;`. An empty `line_number` makes a passive user.
+    /// A switchboard with these users, or why they cannot be taken.
+    pub fn try_new(users: Vec<User>) -> anyhow::Result<Self> {
+        let dir = directory::Directory::new(users).map_err(anyhow::Error::msg)?;
+        Ok(Switchboard { dir: RwLock::new(Arc::new(dir)), ..Default::default() })
+    }
+
+    /// Loads users from a CSV with a header `id,name,email,line_number[,active]` (see
+    /// [`read_csv`]).
     pub fn from_csv(path: &Path) -> anyhow::Result<Self> {
-        let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut users = Vec::new();
-        for (i, rec) in r.records().enumerate() {
-            let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
-            let field = |n: usize| rec.get(n).map(str::trim).unwrap_or("");
-            if field(0).is_empty() {
-                anyhow::bail!("{}: row {}: id is empty", path.display(), i + 2);
-            }
-            let line = field(3);
-            users.push(User {
-                id: field(0).into(),
-                name: field(1).into(),
-                emails: field(2).split(';').map(str::trim).filter(|e| !e.is_empty()).map(Into::into).collect(),
-                line_number: (!line.is_empty()).then(|| line.to_string()),
-                active: match field(4) {
-                    "" => !line.is_empty(),
-                    v => v.eq_ignore_ascii_case("true") || v == "1",
-                },
-            });
-        }
-        Ok(Switchboard::new(users))
+        Switchboard::try_new(read_csv(path)?).with_context(|| path.display().to_string())
     }
 
-    /// Writes users as CSV (for the demo and tests).
+    /// Writes users as CSV (for the demo and tests), atomically.
     pub fn write_csv(path: &Path, users: &[User]) -> anyhow::Result<()> {
-        let mut w = csv::Writer::from_path(path)?;
-        w.write_record(["id", "name", "email", "line_number", "active"])?;
-        for u in users {
-            w.write_record([
-                u.id.as_str(),
-                &u.name,
-                &u.emails.join(";"),
-                u.line_number.as_deref().unwrap_or(""),
-                if u.active { "true" } else { "false" },
-            ])?;
+        directory::write_csv(path, users)
+    }
+
+    fn snapshot(&self) -> Arc<directory::Directory> {
+        self.dir.read().unwrap().clone()
+    }
+
+    /// The directory's change counter.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Adds or replaces (by id) the users of `upsert` and removes those of `remove`, all or
+    /// nothing. Users who stay keep their place; new ones go at the end. Returns what changed
+    /// (the change counter moves only if something did), or why nothing was changed.
+    /// With a CSV ([`Switchboard::watch_csv`]), the change is written there first; if that
+    /// fails, nothing changes.
+    pub fn change(&self, upsert: Vec<User>, remove: &[String]) -> Result<Summary, String> {
+        self.swap(true, |d| d.changed(upsert, remove))
+    }
+
+    /// Replaces all users (a re-read CSV), keeping what did not change.
+    pub fn replace_all(&self, users: Vec<User>) -> Result<Summary, String> {
+        self.swap(false, |d| d.replaced(users))
+    }
+
+    fn swap(
+        &self,
+        to_csv: bool,
+        f: impl FnOnce(&directory::Directory) -> Result<(directory::Directory, Summary), String>,
+    ) -> Result<Summary, String> {
+        let csv = self.writing.lock().unwrap();
+        let (next, summary) = f(&self.snapshot())?;
+        if summary.any() {
+            if let (true, Some(path)) = (to_csv, csv.as_ref()) {
+                directory::write_csv(path, &next.users).map_err(|e| format!("{e:#}; nothing was changed"))?;
+            }
+            let gone: Vec<String> = {
+                let old = self.snapshot();
+                old.users.iter().filter(|u| !next.by_id.contains_key(&u.id)).map(|u| u.id.clone()).collect()
+            };
+            *self.dir.write().unwrap() = Arc::new(next);
+            self.revision.fetch_add(1, Ordering::AcqRel);
+            // A removed user is no longer in the console: nothing shown, no line.
+            if !gone.is_empty() {
+                let mut p = self.presence.write().unwrap();
+                let mut l = self.lines.write().unwrap();
+                for id in &gone {
+                    p.remove(id);
+                    l.remove(id);
+                }
+            }
         }
-        w.flush()?;
-        Ok(())
+        Ok(summary)
+    }
+
+    /// Makes `path` (the CSV these users came from) their home: changes through the API are
+    /// written to it (atomically), and it is re-read whenever its size or modification time
+    /// changes (looked at every [`CSV_POLL`]), until this switchboard is dropped. A file that
+    /// does not parse is reported in the log and changes nothing: the users stay as they
+    /// were until a good file is there. Polling rather than file-system events: it works the
+    /// same on every file system (network mounts and container volumes included) and whether
+    /// an editor writes in place or renames a new file over the old one.
+    pub fn watch_csv(self: &Arc<Self>, path: PathBuf) -> tokio::task::JoinHandle<()> {
+        *self.writing.lock().unwrap() = Some(path.clone());
+        let me: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            };
+            let mut seen = stamp(&path);
+            loop {
+                tokio::time::sleep(CSV_POLL).await;
+                let Some(sb) = me.upgrade() else { return };
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let read = read_csv(&path).and_then(|users| sb.replace_all(users).map_err(anyhow::Error::msg));
+                if read.is_ok() {
+                    *sb.last_csv_error.lock().unwrap() = None;
+                }
+                match read {
+                    Ok(s) if s.any() => tracing::info!(
+                        file = %path.display(), added = s.added, changed = s.changed, removed = s.removed,
+                        "switchboard users re-read"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        tracing::warn!(file = %path.display(), error = %why,
+                            "switchboard CSV not taken; the users stay as they were");
+                        *sb.last_csv_error.lock().unwrap() = Some(why);
+                        sb.csv_errors.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+        })
+    }
+
+    /// How many re-reads of the watched CSV failed (the users stayed as they were).
+    pub fn csv_errors(&self) -> u64 {
+        self.csv_errors.load(Ordering::Acquire)
+    }
+
+    /// Why the last re-read of the watched CSV failed, until one succeeds.
+    pub fn last_csv_error(&self) -> Option<String> {
+        self.last_csv_error.lock().unwrap().clone()
     }
 
     /// All users.
     pub fn users(&self) -> Vec<User> {
-        self.users.clone()
+        self.snapshot().users.clone()
+    }
+
+    /// How many users.
+    pub fn len(&self) -> usize {
+        self.snapshot().users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Users from position `start`, at most `count` of them.
     pub fn users_page(&self, start: usize, count: usize) -> Vec<User> {
-        self.users.iter().skip(start).take(count).cloned().collect()
+        self.snapshot().users.iter().skip(start).take(count).cloned().collect()
     }
 
     /// Users carrying `email` (trimmed, case-insensitive).
     pub fn find_by_email(&self, email: &str) -> Vec<User> {
-        let users = &self.users;
-        let found = self.by_email.get(&email.trim().to_lowercase());
-        found.into_iter().flatten().map(|&i| users[i].clone()).collect()
+        let d = self.snapshot();
+        let found = d.by_email.get(&email.trim().to_lowercase());
+        found.into_iter().flatten().map(|&i| d.users[i].clone()).collect()
     }
 
     /// Whether a user exists.
     pub fn has_user(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
+        self.snapshot().by_id.contains_key(id)
     }
 
     /// A user by id.
     pub fn user(&self, id: &str) -> Option<User> {
-        self.by_id.get(id).map(|&i| self.users[i].clone())
+        let d = self.snapshot();
+        d.by_id.get(id).map(|&i| d.users[i].clone())
     }
 
     /// Shows a presence (called through the plugin's `presence.publish`).
@@ -205,6 +312,10 @@ impl Switchboard {
 }
 
 impl seam::Switchboard for Switchboard {
+    fn revision(&self) -> u64 {
+        Switchboard::revision(self)
+    }
+
     fn users_page(&self, start: usize, count: usize) -> Vec<SwitchboardUser> {
         self.users_page(start, count)
             .into_iter()
@@ -250,19 +361,24 @@ impl seam::Switchboard for Switchboard {
     }
 }
 
-/// One simulator per integration of `config`: its `switchboard_csv`, or none (no users).
+/// One simulator per integration of `config`: its `switchboard_csv`, watched for changes
+/// ([`Switchboard::watch_csv`]), or none (no users). Call it inside a tokio runtime.
 pub fn from_config(
     config: &presence_host::Config,
-) -> anyhow::Result<std::collections::BTreeMap<String, std::sync::Arc<Switchboard>>> {
+) -> anyhow::Result<std::collections::BTreeMap<String, Arc<Switchboard>>> {
     config
         .integrations
         .iter()
         .map(|ic| {
             let sb = match &ic.switchboard_csv {
-                Some(p) => Switchboard::from_csv(p).with_context(|| format!("integration {}", ic.name))?,
-                None => Switchboard::default(),
+                Some(p) => {
+                    let sb = Arc::new(Switchboard::from_csv(p).with_context(|| format!("integration {}", ic.name))?);
+                    sb.watch_csv(p.clone());
+                    sb
+                }
+                None => Arc::new(Switchboard::default()),
             };
-            Ok((ic.name.clone(), std::sync::Arc::new(sb)))
+            Ok((ic.name.clone(), sb))
         })
         .collect()
 }

@@ -57,6 +57,9 @@ impl core::Env for HostEnv {
     fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<core::SwitchboardUser> {
         directory::list_users_page(start as u32, count as u32).into_iter().map(Into::into).collect()
     }
+    fn switchboard_revision(&mut self) -> u64 {
+        directory::revision()
+    }
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         state::get(key)
     }

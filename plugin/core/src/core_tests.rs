@@ -1,7 +1,7 @@
 //! Native tests of the state machine with a fake [`Env`]: every request the core makes is
 //! answered by the test, with an injected clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::core::*;
 use super::*;
@@ -14,6 +14,11 @@ struct FakeEnv {
     /// How far Microsoft's clock (the `Date` of `run_graph`'s answers) is ahead of `now`;
     /// `None`: its answers carry no `Date`.
     microsoft_ahead_ms: Option<i64>,
+    /// The switchboard directory's change counter (0: not tracked).
+    revision: u64,
+    /// Every request `run_graph` answered (method, URL), and the subscriptions it created.
+    seen: Vec<(String, String)>,
+    subs_created: usize,
 }
 
 impl Env for FakeEnv {
@@ -36,6 +41,9 @@ impl Env for FakeEnv {
     }
     fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<SwitchboardUser> {
         self.users.iter().skip(start).take(count).cloned().collect()
+    }
+    fn switchboard_revision(&mut self) -> u64 {
+        self.revision
     }
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
         self.stored.get(key).cloned()
@@ -64,6 +72,9 @@ fn env(n: usize) -> FakeEnv {
         stored: HashMap::new(),
         draws: 0,
         microsoft_ahead_ms: None,
+        revision: 0,
+        seen: Vec::new(),
+        subs_created: 0,
     }
 }
 
@@ -156,7 +167,6 @@ fn run_graph_observed(
 ) -> (Vec<PresenceUpdate>, Vec<serde_json::Value>) {
     let mut published = vec![];
     let mut created = vec![];
-    let mut n_sub = 0;
     loop {
         for e in &effects {
             if let Effect::Store { key, value: Some(v) } = e {
@@ -176,6 +186,7 @@ fn run_graph_observed(
             return (published, created);
         }
         for (id, r) in reqs {
+            env.seen.push((r.method.clone(), r.url.clone()));
             let resp = if let Some(resp) = login_documents(&r) {
                 resp
             } else if r.url.ends_with("/oauth2/v2.0/token") {
@@ -190,10 +201,18 @@ fn run_graph_observed(
             } else if r.url.ends_with("/v1.0/subscriptions") && r.method == "POST" {
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 created.push(body.clone());
-                n_sub += 1;
+                env.subs_created += 1;
                 ok(
                     201,
-                    serde_json::json!({"id": format!("sub-{n_sub}"), "expirationDateTime": body["expirationDateTime"]}),
+                    serde_json::json!({"id": format!("sub-{}", env.subs_created), "expirationDateTime": body["expirationDateTime"]}),
+                )
+            } else if r.url.contains("/v1.0/subscriptions/") && r.method == "DELETE" {
+                ok(204, serde_json::json!(null))
+            } else if r.url.contains("/v1.0/subscriptions/") && r.method == "PATCH" {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                ok(
+                    200,
+                    serde_json::json!({"id": r.url.rsplit('/').next(), "expirationDateTime": body["expirationDateTime"]}),
                 )
             } else if r.url.ends_with("getPresencesByUserId") {
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -387,13 +406,17 @@ fn validation_token(kid: &str, aud: &str, caller: &str) -> String {
 
 /// A validationTokens JWT issued for tenant `tid`.
 fn validation_token_for(kid: &str, aud: &str, caller: &str, tid: &str) -> String {
+    validation_token_valid(kid, aud, caller, tid, T0 / 1000 - 60, (T0 / 1000) + 10 * 24 * 3600)
+}
+
+/// A validationTokens JWT valid from `nbf` to `exp` (seconds since the epoch).
+fn validation_token_valid(kid: &str, aud: &str, caller: &str, tid: &str, nbf: u64, exp: u64) -> String {
     use base64::Engine as _;
     use rsa::signature::{SignatureEncoding, Signer};
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let h = b64.encode(serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid}).to_string());
-    let exp = (T0 / 1000) + 10 * 24 * 3600;
     let c = b64.encode(
-        serde_json::json!({"aud": aud, "exp": exp, "nbf": T0 / 1000 - 60, "appid": caller, "tid": tid,
+        serde_json::json!({"aud": aud, "exp": exp, "nbf": nbf, "appid": caller, "tid": tid,
             "iss": format!("https://sts.windows.net/{tid}/")})
         .to_string(),
     );
@@ -665,6 +688,33 @@ fn expirations_follow_microsofts_clock_and_the_offset_is_shown() {
             p.detail
         );
     }
+}
+
+/// Microsoft's clock 30 minutes ahead of the host's: a validation token that the host's clock
+/// finds valid but Microsoft's finds expired (beyond the 5-minute leeway) is refused; one
+/// valid by Microsoft's clock is taken, though the host's clock finds it not yet valid.
+#[test]
+fn validation_tokens_are_checked_by_microsofts_clock() {
+    const AHEAD_MS: u64 = 30 * 60 * 1000;
+    let mut env = env(3);
+    env.microsoft_ahead_ms = Some(AHEAD_MS as i64);
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let effects = core.take_effects();
+    let (_, created) = run_graph(&mut core, &mut env, 3, effects);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    let tid = "5db68c59-bbeb-41d7-a5df-b316a4434048";
+    let graph = crate::jwt::GRAPH_CHANGE_TRACKING_APP_ID;
+    let (host_s, microsoft_s) = (env.now / 1000, (env.now + AHEAD_MS) / 1000);
+    let expired_for_microsoft = validation_token_valid("test-kid", "client", graph, tid, host_s - 600, host_s + 1200);
+    let item = |seq: &str| notification("sub-1", &cs, &ms_id(1), seq, "Busy");
+    core.on_notification(&mut env, &webhook_with_tokens(vec![item("0005")], vec![expired_for_microsoft]));
+    assert!(publishes(&core.take_effects()).is_empty(), "expired 10 minutes ago by Microsoft's clock");
+    assert_eq!(counter(&core, &env, "rejected.validation-token"), 1);
+    let valid_for_microsoft =
+        validation_token_valid("test-kid", "client", graph, tid, microsoft_s - 60, microsoft_s + 3600);
+    core.on_notification(&mut env, &webhook_with_tokens(vec![item("0006")], vec![valid_for_microsoft]));
+    assert_eq!(publishes(&core.take_effects()).len(), 1, "valid by Microsoft's clock, 29 minutes ahead of ours");
 }
 
 #[test]
@@ -1658,4 +1708,196 @@ fn a_failed_re_read_shows_until_one_succeeds_then_clears() {
     let s = core.status(&env);
     assert_eq!(s.subscriptions[0].problem, None, "{s:?}");
     assert_eq!(s.health, Health::Ok);
+}
+
+fn sb_user(i: usize) -> SwitchboardUser {
+    SwitchboardUser {
+        id: format!("sb{i}"),
+        display_name: format!("U{i}"),
+        emails: vec![format!("u{i}@x.com")],
+        line_number: None,
+        active: true,
+    }
+}
+
+/// The user ids a subscription request's `resource` filter names.
+fn filter_ids(created: &serde_json::Value) -> BTreeSet<String> {
+    let resource = created["resource"].as_str().unwrap();
+    let inside = resource.split_once("id in (").unwrap().1.trim_end_matches(')');
+    inside.split(',').map(|s| s.trim_matches('\'').to_string()).collect()
+}
+
+/// Ticks [`SWITCHBOARD_REREAD_MS`] later and answers like Graph until nothing is left to do.
+fn settle(core: &mut Core, env: &mut FakeEnv, ms_users: usize) -> (Vec<PresenceUpdate>, Vec<serde_json::Value>) {
+    env.now += SWITCHBOARD_REREAD_MS;
+    core.tick(env);
+    let effects = core.take_effects();
+    run_graph(core, env, ms_users, effects)
+}
+
+#[test]
+fn the_switchboards_change_counter_brings_users_in_and_only_shards_that_gained_users_are_replaced() {
+    // 1,300 switchboard users of 2,000 Microsoft users, 3 integration users: 650 + 650 + 0.
+    let mut env = env(1300);
+    env.revision = 7;
+    let mut core = Core::new();
+    core.configure(&mut env, settings(3)).unwrap();
+    let effects = core.take_effects();
+    let (_, created) = run_graph(&mut core, &mut env, 2000, effects);
+    assert_eq!(created.len(), 2);
+    let before: Vec<BTreeSet<String>> = created.iter().map(filter_ids).collect();
+    let shard1_client_state = created[1]["clientState"].as_str().unwrap().to_string();
+
+    // An unchanged counter: nothing is read again, nothing moves.
+    env.now += 10_000;
+    let (published, created) = settle(&mut core, &mut env, 2000);
+    assert!(published.is_empty() && created.is_empty());
+    assert_eq!(counter(&core, &env, "switchboard.changes-seen"), 0);
+
+    // A user joins and one leaves (shard 0): the counter moves; within seconds the joiner
+    // shows its presence and is covered; only shard 0's subscription is replaced, and nobody
+    // else moves.
+    env.users.push(sb_user(1300));
+    let left = ms_id(5);
+    env.users.retain(|u| u.id != "sb5");
+    env.revision = 8;
+    env.seen.clear();
+    let (published, created) = settle(&mut core, &mut env, 2000);
+    assert_eq!(counter(&core, &env, "switchboard.changes-seen"), 1);
+    assert!(published.iter().any(|p| p.user_id == "sb1300" && p.microsoft_user_id == ms_id(1300)));
+    assert!(published.iter().all(|p| p.microsoft_user_id != left));
+    assert_eq!(created.len(), 1, "one shard replaced");
+    let mut expected = before[0].clone();
+    expected.remove(&left);
+    expected.insert(ms_id(1300));
+    assert_eq!(filter_ids(&created[0]), expected, "shard 0: the leaver out, the joiner in, the rest in place");
+    let deletes: Vec<_> = env.seen.iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0].1.ends_with("/subscriptions/sub-1"), "{deletes:?}");
+    let st = core.status(&env);
+    assert_eq!(st.mapped_users, 1300);
+
+    // A user of shard 1 leaves, nobody joins: shard 1's subscription stays (no gap for the 649
+    // others) and its notifications for the leaver are ignored, until the renewal is due:
+    // then it is replaced without the leaver instead of renewed.
+    env.users.retain(|u| u.id != "sb700");
+    env.revision = 9;
+    env.seen.clear();
+    let (published, created) = settle(&mut core, &mut env, 2000);
+    assert!(created.is_empty() && published.is_empty());
+    assert!(env.seen.iter().all(|(m, _)| m != "DELETE"), "{:?}", env.seen);
+    assert_eq!(core.status(&env).mapped_users, 1299);
+    let sub2 = core.status(&env).subscriptions[1].subscription_id.clone().unwrap();
+    assert_eq!(sub2, "sub-2");
+    let body = webhook(vec![notification(&sub2, &shard1_client_state, &ms_id(700), "0009", "Away")]);
+    core.on_notification(&mut env, &body);
+    assert!(publishes(&core.take_effects()).is_empty());
+    assert_eq!(counter(&core, &env, "notifications.withdrawn-user"), 1);
+    env.now += 45 * 60 * 1000;
+    env.seen.clear();
+    let (_, created) = settle(&mut core, &mut env, 2000);
+    assert!(env.seen.iter().any(|(m, u)| m == "DELETE" && u.ends_with(&format!("/subscriptions/{sub2}"))));
+    assert!(env.seen.iter().all(|(m, u)| m != "PATCH" || !u.ends_with(&sub2)), "replaced, not renewed: {:?}", env.seen);
+    let replaced: Vec<_> = created.iter().map(filter_ids).filter(|ids| ids.contains(&ms_id(650))).collect();
+    assert_eq!(replaced.len(), 1);
+    let mut expected = before[1].clone();
+    expected.remove(&ms_id(700));
+    assert_eq!(replaced[0], expected);
+}
+
+#[test]
+fn a_call_of_a_user_who_leaves_the_switchboard_is_cleared_and_moved_addresses_show_at_once() {
+    let (mut core, mut env) = synced_pushing(3, 0);
+    let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
+    core.on_http_response(&mut env, sent[0].0, ok(200, serde_json::json!({})));
+    let _ = core.take_effects();
+    // sb1 leaves mid-call; sb0 and sb2 swap addresses (a mistake corrected in the switchboard).
+    env.users.retain(|u| u.id != "sb1");
+    for u in env.users.iter_mut() {
+        u.emails = vec![if u.id == "sb0" { "u2@x.com" } else { "u0@x.com" }.into()];
+    }
+    env.revision = 2;
+    env.now += SWITCHBOARD_REREAD_MS;
+    core.tick(&mut env);
+    let effects = core.take_effects();
+    let clears: Vec<_> = requests(&effects).into_iter().filter(|(_, r)| op_of(r) == "clear").collect();
+    assert_eq!(clears.len(), 1, "the session held for the leaver is cleared");
+    assert!(clears[0].1.url.contains(&ms_id(1)), "{}", clears[0].1.url);
+    let published = publishes(&effects);
+    assert!(published.iter().all(|p| p.origin == PresenceOrigin::Snapshot));
+    let shown: BTreeSet<_> = published.into_iter().map(|p| (p.user_id, p.microsoft_user_id)).collect();
+    let expected: BTreeSet<_> = [("sb0".to_string(), ms_id(2)), ("sb2".to_string(), ms_id(0))].into_iter().collect();
+    assert_eq!(shown, expected, "each shows its new Microsoft user's presence at once");
+    assert_eq!(counter(&core, &env, "line.calls-ended-by-directory"), 1);
+    assert!(matches!(
+        core.on_line_event(&mut env, LineEvent { user_id: "sb1".into(), state: LineState::Ended, at_ms: 0 }),
+        Err(LineEventError::UnmappedUser(_))
+    ));
+}
+
+#[test]
+fn ten_thousand_users_and_a_thousand_changes_move_nobody_else() {
+    // 10,000 switchboard users of 12,000 Microsoft users, 16 integration users.
+    let mut env = env(10_000);
+    env.revision = 1;
+    let mut core = Core::new();
+    core.configure(&mut env, settings(16)).unwrap();
+    let effects = core.take_effects();
+    let (_, created) = run_graph(&mut core, &mut env, 12_000, effects);
+    let shard_of = |created: &[serde_json::Value]| -> HashMap<String, usize> {
+        let mut by_user = HashMap::new();
+        for (slot, c) in created.iter().enumerate() {
+            for id in filter_ids(c) {
+                by_user.insert(id, slot);
+            }
+        }
+        by_user
+    };
+    let mut before = shard_of(&created);
+    assert_eq!(before.len(), 10_000);
+    // 400 leave, 400 join, 200 change address to another Microsoft user.
+    let leavers: BTreeSet<String> = (0..400).map(|i| format!("sb{}", i * 25)).collect();
+    env.users.retain(|u| !leavers.contains(&u.id));
+    env.users.extend((10_000..10_400).map(sb_user));
+    for (k, u) in env.users.iter_mut().filter(|u| u.id.ends_with('7')).take(200).enumerate() {
+        u.emails = vec![format!("u{}@x.com", 10_400 + k)];
+    }
+    env.revision = 2;
+    env.seen.clear();
+    let (published, replaced) = settle(&mut core, &mut env, 12_000);
+    let st = core.status(&env);
+    assert_eq!(st.mapped_users, 10_000);
+    assert_eq!(st.uncovered_users, 0);
+    // Every Microsoft user now mapped is covered and has been shown.
+    let shown: BTreeSet<_> = published.iter().map(|p| p.microsoft_user_id.clone()).collect();
+    let slots_replaced: Vec<usize> = replaced
+        .iter()
+        .map(|c| {
+            let ids = filter_ids(c);
+            // The slot is the one most of its users were in.
+            let mut votes = HashMap::new();
+            for id in &ids {
+                if let Some(s) = before.get(id) {
+                    *votes.entry(*s).or_insert(0) += 1;
+                }
+            }
+            votes.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s).unwrap()
+        })
+        .collect();
+    let mut after = before.clone();
+    for (c, slot) in replaced.iter().zip(&slots_replaced) {
+        after.retain(|_, s| s != slot);
+        for id in filter_ids(c) {
+            after.insert(id, *slot);
+        }
+    }
+    let mapped_now: BTreeSet<String> = after.keys().cloned().collect();
+    assert_eq!(mapped_now.len(), 10_000, "every mapped user in exactly one subscription");
+    let moved = before.iter().filter(|(id, s)| after.get(*id).is_some_and(|t| t != *s)).count();
+    assert_eq!(moved, 0, "a user stays in its subscription");
+    for id in mapped_now.difference(&before.keys().cloned().collect()) {
+        assert!(shown.contains(id), "newly mapped {id} shown");
+    }
+    before.retain(|id, _| !after.contains_key(id));
+    assert_eq!(before.len(), 600, "the 400 leavers and the 200 old addresses are out");
 }

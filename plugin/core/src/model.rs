@@ -258,6 +258,9 @@ pub trait Env {
     fn unwrap_key(&mut self, certificate_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, UnwrapError>;
     /// Switchboard users from position `start`, at most `count` (fewer at the end).
     fn switchboard_users_page(&mut self, start: usize, count: usize) -> Vec<SwitchboardUser>;
+    /// The switchboard directory's change counter (0: not tracked). See WIT
+    /// `directory.revision`.
+    fn switchboard_revision(&mut self) -> u64;
     /// A durable value written earlier with [`Effect::Store`].
     fn load(&mut self, key: &str) -> Option<Vec<u8>>;
     /// The stored keys that start with `prefix`, sorted.

@@ -454,8 +454,12 @@ impl Core {
         } else if let Some(d) = delta {
             self.effects.push(Effect::Store { key: STATE_DELTA.into(), value: Some(serde_json::to_vec(&d).unwrap()) });
         }
-        // Rebuilt on every round, changed or not: switchboard users come and go too.
-        self.rebuild_mapping(env);
+        // Rebuilt when either side changed. A switchboard that keeps a change counter is
+        // also watched between rounds (`watch_switchboard`); one that does not (0) is read
+        // again every round.
+        if changed || !self.mapping_built || self.switchboard_may_have_changed(env) {
+            self.rebuild_mapping(env);
+        }
     }
 
     fn delta_interval_ms(&self) -> u64 {

@@ -55,6 +55,8 @@ pub const STATE_SCHEMA_VERSION: u32 = 2;
 pub const MAPPING_STEP: usize = 4_000;
 /// Switchboard users read per call.
 pub const SWITCHBOARD_PAGE: usize = 5_000;
+/// Least time between two reads of the switchboard's directory caused by its change counter.
+pub const SWITCHBOARD_REREAD_MS: u64 = 2_000;
 /// Users' worth of shard assignment per call.
 pub const SHARD_STEP: usize = 8_000;
 /// Items freed per tick (see [`mapping::Trash`]).
@@ -325,6 +327,11 @@ pub struct Core {
     mapping: Mapping,
     /// Switchboard users being read for a mapping build (users so far, their ids).
     loading_switchboard: Option<(Vec<SwitchboardUser>, BTreeSet<String>)>,
+    /// The switchboard directory's change counter when it was last read (`None`: never).
+    switchboard_revision: Option<u64>,
+    /// No switchboard-triggered read before then (a stream of changes costs a read every
+    /// [`SWITCHBOARD_REREAD_MS`], not one per change).
+    switchboard_read_after: u64,
     /// A mapping build in progress (large directories are matched in steps).
     building: Option<mapping::MappingBuild>,
     /// Large values freed a slice per tick.
@@ -560,6 +567,7 @@ impl Core {
         }
         self.advance_restore(env);
         self.advance_persist();
+        self.watch_switchboard(env);
         self.advance_mapping(env);
         self.advance_shards();
         if self.keys.release_pending && self.ready() {
@@ -634,21 +642,38 @@ impl Core {
             0 => DEFAULT_RECONCILE_MS,
             ms => ms,
         };
+        // A subscription's user list cannot be changed (PATCH takes only the expiry and the
+        // URLs): a shard that gained users is replaced at once (DELETE, then POST, then a
+        // presence read of its users covers the gap). A shard that only lost users keeps its
+        // subscription until its renewal is due and is replaced then: no gap for the others,
+        // and notifications for the users who left are ignored meanwhile.
+        let dirty = sub.members_dirty && sub.active.as_ref().is_some_and(|a| &a.members != members);
+        let only_left =
+            dirty && !members.is_empty() && sub.active.as_ref().is_some_and(|a| members.is_subset(&a.members));
+        // The users read: those the subscription covers that are still in the shard.
+        let read_ids = |a: &ActiveSub| -> Vec<String> {
+            a.members
+                .iter()
+                .filter(|m| !only_left || members.contains(*m))
+                .take(MAX_IDS_PER_PRESENCE_READ)
+                .cloned()
+                .collect()
+        };
         let next = match &sub.active {
-            Some(a) if sub.stale_url || (sub.members_dirty && &a.members != members) => Next::Delete(a.id.clone()),
+            Some(a) if sub.stale_url || (dirty && !only_left) => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || self.microsoft_now(now) + RENEW_BEFORE_MS >= a.expires_at_ms => {
-                Next::Renew(a.id.clone())
+                if dirty {
+                    Next::Delete(a.id.clone())
+                } else {
+                    Next::Renew(a.id.clone())
+                }
             }
             Some(_) if sub.verify_due => Next::Verify,
-            Some(a) if sub.needs_snapshot => {
-                Next::Snapshot(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
-            }
+            Some(a) if sub.needs_snapshot => Next::Snapshot(read_ids(a)),
             // The periodic reconcile re-reads presence (Graph sends no `missed` lifecycle event
             // for presence); a change it finds that no notification brought makes it check the
             // subscription still exists.
-            Some(a) if sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => {
-                Next::Reconcile(a.members.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
-            }
+            Some(a) if sub.last_snapshot_ms.is_some_and(|t| now >= t + reconcile_ms) => Next::Reconcile(read_ids(a)),
             Some(_) => return,
             None if !members.is_empty() => Next::Create,
             None => return,
@@ -808,9 +833,44 @@ impl Core {
         if let Some(old) = self.building.take() {
             old.discard(&mut self.trash);
         }
+        // Changes after this point are seen by the next read.
+        self.switchboard_revision = Some(env.switchboard_revision());
+        self.switchboard_read_after = env.now_ms() + SWITCHBOARD_REREAD_MS;
         // The switchboard's users first, a page per step.
         self.loading_switchboard = Some((Vec::new(), BTreeSet::new()));
         self.advance_mapping(env);
+    }
+
+    /// Reads the switchboard's directory again when its change counter moved (WIT
+    /// `directory.revision`), unless a read or a match is already under way (it is then
+    /// checked again when that is done) or the last one was under [`SWITCHBOARD_REREAD_MS`]
+    /// ago. Costs one cheap host call per tick when nothing changed.
+    fn watch_switchboard(&mut self, env: &mut dyn Env) {
+        if self.settings.is_none()
+            || !self.missing.is_empty()
+            || self.dir.users.is_none()
+            || self.dir.restoring.is_some()
+            || self.loading_switchboard.is_some()
+            || self.building.is_some()
+            || self.sharding.is_some()
+            || env.now_ms() < self.switchboard_read_after
+        {
+            return;
+        }
+        let revision = env.switchboard_revision();
+        if revision == 0 || Some(revision) == self.switchboard_revision {
+            return;
+        }
+        self.count("switchboard.changes-seen");
+        self.log(Level::Info, "the switchboard's directory changed; reading it again", vec![]);
+        self.rebuild_mapping(env);
+    }
+
+    /// Whether the switchboard may have changed since its last read: its counter moved, or
+    /// the platform does not keep one (0).
+    fn switchboard_may_have_changed(&self, env: &mut dyn Env) -> bool {
+        let revision = env.switchboard_revision();
+        revision == 0 || Some(revision) != self.switchboard_revision
     }
 
     /// One step of a mapping build in progress; applies the mapping when it is complete.
@@ -848,6 +908,7 @@ impl Core {
         build.discard(&mut self.trash);
         self.mapping_built = true;
         let old = std::mem::replace(&mut self.mapping, mapping);
+        self.follow_remapped(&old, env.now_ms());
         self.trash.mapping(old);
         let summary = MappingSummary {
             mapped: self.mapping.by_microsoft.len() as u32,
@@ -867,6 +928,68 @@ impl Core {
         self.advance_shards();
     }
 
+    /// What a new mapping changes beyond the shards, in one pass over both (sorted) maps:
+    /// - a Microsoft user now shown on another switchboard user (addresses moved between
+    ///   switchboard users) has its last known presence shown there at once;
+    /// - a Microsoft user no longer mapped (its switchboard user was removed, or changed
+    ///   addresses) is forgotten, and a call pushed to Teams for it ends (the session we hold
+    ///   is cleared at the next drive); so does a call of a user who became passive.
+    fn follow_remapped(&mut self, old: &Mapping, now: u64) {
+        let mut new_it = self.mapping.by_microsoft.iter().peekable();
+        let mut republish = Vec::new();
+        let mut gone = Vec::new();
+        for (ms, old_sb) in &old.by_microsoft {
+            while new_it.next_if(|(k, _)| k.as_str() < ms.as_str()).is_some() {}
+            match new_it.peek() {
+                Some((k, sb)) if *k == ms => {
+                    if *sb != old_sb {
+                        republish.push((ms.clone(), (*sb).clone()));
+                    }
+                }
+                _ => gone.push(ms.clone()),
+            }
+        }
+        for ms in &gone {
+            self.presence.remove(ms);
+            self.sequence.remove(ms);
+        }
+        for (ms, sb) in republish {
+            if let Some(presence) = self.presence.get(&ms).cloned() {
+                let origin =
+                    if self.own_session(&ms) { PresenceOrigin::OwnLineStatus } else { PresenceOrigin::Snapshot };
+                self.effects.push(Effect::Publish(PresenceUpdate {
+                    user_id: sb,
+                    microsoft_user_id: ms,
+                    presence,
+                    origin,
+                    observed_at_ms: now,
+                }));
+                self.count("presence.published");
+            }
+        }
+        let mapping = &self.mapping;
+        let passive = &self.passive;
+        let mut ended = 0;
+        for (ms, call) in self.push.calls.iter_mut() {
+            let still = mapping.by_microsoft.get(ms).is_some_and(|sb| !passive.contains(sb));
+            if call.in_call && !still {
+                call.in_call = false;
+                call.since_ms = now;
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            self.count_n("line.calls-ended-by-directory", ended);
+        }
+        if !gone.is_empty() {
+            self.log(
+                Level::Info,
+                "users no longer mapped are withdrawn",
+                vec![("users".into(), gone.len().to_string())],
+            );
+        }
+    }
+
     /// One step of assigning the mapped users to shards; when done, the shards whose members
     /// changed get their subscription updated and their presence re-read.
     fn advance_shards(&mut self) {
@@ -879,8 +1002,13 @@ impl Core {
         self.trash.placed(job.placed);
         for (slot, changed) in changed.into_iter().enumerate() {
             if changed {
-                self.subs[slot].needs_snapshot = true;
-                self.subs[slot].members_dirty = true;
+                let sub = &mut self.subs[slot];
+                sub.members_dirty = true;
+                // A shard that only lost users has nobody new to read.
+                let members = self.shards.members(slot);
+                if sub.active.as_ref().is_none_or(|a| !members.is_subset(&a.members)) {
+                    sub.needs_snapshot = true;
+                }
             }
         }
         self.log(
@@ -932,6 +1060,10 @@ impl Core {
         }));
         self.count("presence.published");
         true
+    }
+
+    fn count_n(&mut self, name: &str, n: usize) {
+        *self.counters.entry(name.to_string()).or_default() += n.max(1) as u64;
     }
 
     fn count(&mut self, name: &str) {
@@ -1060,6 +1192,10 @@ impl Core {
         };
         if !self.subs[slot].active.as_ref().unwrap().members.contains(&p.id) {
             return self.count("rejected.not-subscribed");
+        }
+        if !self.mapping.by_microsoft.contains_key(&p.id) {
+            // Its switchboard user left; the subscription drops it at its renewal.
+            return self.count("notifications.withdrawn-user");
         }
         self.count("notifications.accepted");
         self.last_notification_ms = Some(now);

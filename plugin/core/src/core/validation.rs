@@ -317,10 +317,6 @@ impl Core {
         self.keys.refused = None;
         Verdict::Trusted
     }
-
-    fn count_n(&mut self, name: &str, n: usize) {
-        *self.counters.entry(name.to_string()).or_default() += n.max(1) as u64;
-    }
 }
 
 /// A GET without credentials (the login service's public documents).
