@@ -22,9 +22,10 @@ fn main() {
     build_component(&root, &["presence-plugin"], &["next"], |dir| {
         copy(dir, "presence_plugin.wasm", "presence_plugin_next.wasm");
     });
-    build_component(&root, &["hostile-guest", "old-wit-guest"], &[], |dir| {
+    build_component(&root, &["hostile-guest", "old-wit-guest", "wit-3-0-guest"], &[], |dir| {
         copy(dir, "hostile_guest.wasm", "hostile_guest.wasm");
         copy(dir, "old_wit_guest.wasm", "old_wit_guest.wasm");
+        copy(dir, "wit_3_0_guest.wasm", "wit_3_0_guest.wasm");
     });
 }
 

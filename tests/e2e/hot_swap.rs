@@ -251,3 +251,23 @@ async fn the_admin_api_and_the_cli_swap_with_a_token_and_the_swap_holds_across_a
     let cached = std::fs::read_dir(t.config.host.plugin_cache_dir.clone()).unwrap().count();
     assert_eq!(cached, 2, "one entry per release (v1, v2)");
 }
+
+/// A plugin built against the previous minor version of the contract (3.0.0, before
+/// `directory.revision`) still loads and runs on this host, and the status names its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_of_the_previous_minor_wit_version_loads_and_runs() {
+    let t = start(10, 1, |_| {}).await;
+    let host = t.host.as_ref().unwrap();
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    let reports = host.swap(&std::fs::read(test_components::WIT_3_0).unwrap(), None).await.expect("it loads");
+    assert_eq!(reports[0].outcome, SwapOutcome::Switched, "{:?}", reports[0]);
+    // Its ticks reach the 3.0.0 imports it uses (the directory shows the 10 users).
+    let s = t.wait_status(EVENTUALLY, |s| counter(s, "guest.ticks") >= 2 && s.switchboard_users == 10).await;
+    assert_eq!((s.plugin_version.as_str(), s.plugin.wit_version.as_str()), ("wit-3.0-guest", "3.0.0"), "{s:?}");
+    assert_eq!(s.switchboard_users, 10);
+    // And back to this release.
+    let reports = host.swap(presence_demo::PLUGIN_WASM, None).await.expect("it loads");
+    assert_eq!(reports[0].outcome, SwapOutcome::Switched, "{:?}", reports[0]);
+    let s = t.wait_status(EVENTUALLY, |s| s.state == "ok" && s.plugin.wit_version == presence_host::WIT_VERSION).await;
+    assert_eq!(s.plugin_version, "0.1.0");
+}
