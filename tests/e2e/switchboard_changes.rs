@@ -172,6 +172,9 @@ async fn users_added_changed_and_removed_through_the_api_and_the_csv_follow_with
     assert!(t.switchboard.shown("sb-00010").is_none(), "the leaver is no longer in the console");
     let cover = t.wait_until(EVENTUALLY, || covering(&t).contains_key(&t.ms_user(1202))).await;
     assert!(cover);
+    let after = covering(&t);
+    let moved: Vec<_> = before.iter().filter(|(u, who)| after.get(*u).is_some_and(|w| w != *who)).collect();
+    assert!(moved.is_empty(), "{moved:?}");
 
     // A CSV that does not parse changes nothing.
     let (revision, errors) = (t.switchboard.revision(), t.switchboard.csv_errors());
@@ -202,6 +205,7 @@ async fn ten_thousand_users_with_a_thousand_changes_in_one_round() {
     assert!(t.wait_in_sync(10_000, EVENTUALLY).await.is_empty());
     let before = covering(&t);
     assert_eq!(before.len(), 10_000);
+    let posts = t.emulator.count("POST /v1.0/subscriptions");
 
     // 400 leave, 400 join, 200 change address: 1,000 changes in one request.
     let leavers: Vec<String> = (0..400).map(|i| format!("sb-{:05}", i * 25)).collect();
@@ -248,6 +252,9 @@ async fn ten_thousand_users_with_a_thousand_changes_in_one_round() {
     let after = covering(&t);
     let moved = before.iter().filter(|(u, who)| after.get(*u).is_some_and(|w| w != *who)).count();
     assert_eq!(moved, 0, "a user who stayed stays in its subscription");
+    // The joiners went where there was most room: 4 of the 16 subscriptions were replaced.
+    let replaced = t.emulator.count("POST /v1.0/subscriptions") - posts;
+    assert!((1..=4).contains(&replaced), "{replaced} subscriptions replaced");
     // Everyone the switchboard still has is in sync.
     let stayed: BTreeMap<String, String> = (0..10_000)
         .filter(|i| i % 25 != 0)

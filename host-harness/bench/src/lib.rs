@@ -3,6 +3,8 @@
 //!
 //! Figures (each the median of several runs), after a table of the goals each one meets:
 //! - time from start to "every user synced" against the emulator, by tenant size;
+//! - switchboard users who come and go: one request of many changes until every changed user
+//!   is shown and covered;
 //! - processing latency (webhook POST → switchboard) at fixed rates, open loop;
 //! - webhook ingest through the full harness (HTTP → component → switchboard) next to the
 //!   machine's native RSA-OAEP-2048 decrypt rate (the ceiling: one per notification) and a
@@ -16,12 +18,13 @@
 //! - a forged flood: handshake, status and a genuine change under it; the inbox commit's cost.
 //!
 //! ## Layout
-//! One module per section (`sync`, `latency`, `flood`, `ingest`, `line`, `swap` (plugin load and the
+//! One module per section (`sync`, `directory`, `latency`, `flood`, `ingest`, `line`, `swap` (plugin load and the
 //! swap pause), `cost`, `steady`, `memory`), what they share in `common`, and `report`, which
 //! runs the chosen sections and writes the report with its goals table.
 
 mod common;
 mod cost;
+mod directory;
 mod flood;
 mod ingest;
 mod latency;
@@ -41,6 +44,8 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Tenant sizes for the sync-time figure.
     pub sync_sizes: Vec<usize>,
+    /// Switchboard sizes and changes in one request, for the directory figure.
+    pub directory_rounds: Vec<(usize, usize)>,
     /// Notifications per ingest run.
     pub notifications: usize,
     /// Calls per latency run.
@@ -67,14 +72,14 @@ pub struct BenchOptions {
     pub flood_samples: usize,
     /// Commits per mode of the inbox commit figure.
     pub commits: usize,
-    /// Only these sections (all when empty): sync, latency, ingest, line, load, swap, cost,
-    /// steady, memory.
+    /// Only these sections (all when empty): sync, directory, latency, flood, ingest, line,
+    /// load, swap, cost, steady, memory.
     pub only: Vec<String>,
 }
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 10] =
-    ["sync", "latency", "flood", "ingest", "line", "load", "swap", "cost", "steady", "memory"];
+pub const SECTIONS: [&str; 11] =
+    ["sync", "directory", "latency", "flood", "ingest", "line", "load", "swap", "cost", "steady", "memory"];
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {
@@ -85,6 +90,7 @@ impl BenchOptions {
         BenchOptions {
             runs: 3,
             sync_sizes: vec![1_000, 10_000, 100_000],
+            directory_rounds: vec![(10_000, 1_000), (100_000, 1_000)],
             notifications: 4_000,
             calls: 300,
             swap_rate: 1000,
@@ -106,6 +112,7 @@ impl BenchOptions {
         BenchOptions {
             runs: 1,
             sync_sizes: vec![200],
+            directory_rounds: vec![(200, 20)],
             notifications: 100,
             calls: 10,
             swap_rate: 100,

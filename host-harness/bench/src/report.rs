@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use crate::BenchOptions;
 use crate::common::*;
 use crate::cost::*;
+use crate::directory::*;
 use crate::flood::*;
 use crate::ingest::*;
 use crate::latency::*;
@@ -93,6 +94,40 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
                 "\nGrowth: {}. A fixed part (starting the host, the app token, the first directory page) dominates small tenants; beyond it the time grows about linearly with users (directory pages of 999, one subscription and one presence read per 650, matching in steps).",
                 steps.join("; ")
             )?;
+        }
+    }
+    if opts.wants("directory") {
+        eprintln!("bench: switchboard changes");
+        writeln!(md, "\n## Switchboard users who come and go\n")?;
+        writeln!(
+            md,
+            "A synced switchboard (one integration user per 650 users, plus one) gets one request of changes through the simulator: 40 % of them users who leave, 40 % users who join (Microsoft users not in the switchboard yet), 20 % users whose address moves to another Microsoft user. Measured from the request until every joiner and mover shows its Microsoft user's presence, and until each is in a subscription at the emulator. Microsoft's directory round is set to an hour: only the switchboard's change counter brings them in. Leavers stay in their subscription until its renewal (not measured here). CPU: the plugin's guest calls during the round (the re-read, matching, shards, subscriptions, presence reads and publishing). Joiners go to the subscription with the most room, here the spare integration user's: one subscription is created and none replaced (with no spare, 16 integration users for 10,000 users as in `tests/e2e/switchboard_changes.rs`, 4 of the 16 are replaced).\n"
+        )?;
+        writeln!(
+            md,
+            "| switchboard users | changes | shown, s (median) | covered, s (median) | subscriptions created (new or replacing one) | users moved | plugin CPU, ms (median) |"
+        )?;
+        writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
+        for &(users, changes) in &opts.directory_rounds {
+            let (mut shown, mut covered, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut replaced, mut moved) = (0, 0);
+            for _ in 0..opts.runs {
+                let r = change_round(users, changes).await?;
+                shown.push(r.shown_s);
+                covered.push(r.covered_s);
+                cpu.push(r.cpu_ms);
+                replaced = r.replaced;
+                moved = moved.max(r.moved);
+            }
+            let (shown, covered, cpu) = (median(shown), median(covered), median(cpu));
+            writeln!(md, "| {users} | {changes} | {shown:.2} | {covered:.2} | {replaced} | {moved} | {cpu:.0} |")?;
+            if users == 10_000 {
+                goals.push((
+                    "10,000 users, 1,000 changes: every change shown and covered within one directory interval (60 s), nobody else moved".into(),
+                    format!("{covered:.2} s, {moved} moved"),
+                    covered < 60.0 && moved == 0,
+                ));
+            }
         }
     }
     if opts.wants("latency") {

@@ -2,8 +2,11 @@
 //!
 //! Graph allows one presence subscription per app per delegated user, for at most 650 user
 //! ids (<https://learn.microsoft.com/en-us/graph/changenotifications-for-presence>), so each integration user holds one shard of at most 650 users.
-//! The assignment is stable: users keep their shard across refreshes, a new user fills the
-//! first shard with room, and only shards whose members changed need a new subscription.
+//! The assignment is stable: users keep their shard across refreshes, and only shards whose
+//! members changed need a new subscription. New users go to the shard with the most room,
+//! which is filled before the next: a round of joiners touches as few subscriptions as it can
+//! (a shard that only lost users keeps its subscription until its renewal; one that gains
+//! users has its subscription replaced, a short gap for its other users).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
@@ -18,7 +21,9 @@ pub struct ShardsApply {
     /// Users already in a shard.
     pub placed: HashSet<String>,
     changed: Vec<bool>,
-    /// The first slot that may have room.
+    /// The slots by room, most first (set when placing starts).
+    order: Vec<usize>,
+    /// The first position in `order` that may have room.
     room: usize,
 }
 
@@ -71,6 +76,7 @@ impl Shards {
             phase: ApplyPhase::Retain(0),
             placed: HashSet::new(),
             changed: vec![false; self.members.len()],
+            order: Vec::new(),
             room: 0,
         }
     }
@@ -106,6 +112,9 @@ impl Shards {
                         return None;
                     }
                     self.uncovered.clear();
+                    // Most room first; equal room in slot order (a fresh start fills 0, 1, ...).
+                    job.order = (0..self.members.len()).collect();
+                    job.order.sort_by_key(|&i| std::cmp::Reverse(self.capacity.saturating_sub(self.members[i].len())));
                     job.phase = ApplyPhase::Place(None);
                 }
                 ApplyPhase::Place(_) if left == 0 => return None,
@@ -121,13 +130,13 @@ impl Shards {
                         if job.placed.contains(u) {
                             continue;
                         }
-                        while job.room < self.members.len() && self.members[job.room].len() >= self.capacity {
+                        while job.room < job.order.len() && self.members[job.order[job.room]].len() >= self.capacity {
                             job.room += 1;
                         }
-                        match self.members.get_mut(job.room) {
-                            Some(m) => {
+                        match job.order.get(job.room).map(|&slot| (slot, &mut self.members[slot])) {
+                            Some((slot, m)) => {
                                 m.insert(u.clone());
-                                job.changed[job.room] = true;
+                                job.changed[slot] = true;
                             }
                             None => {
                                 self.uncovered.insert(u.clone());
@@ -217,6 +226,25 @@ mod tests {
         fewer.remove("u00003");
         let changed = s.apply(&fewer);
         assert_eq!(changed, vec![true, false]);
+    }
+
+    #[test]
+    fn joiners_go_where_there_is_most_room_so_few_subscriptions_change() {
+        // 4 shards: 650, 650, 650, 300. Users leave from every shard; 40 join.
+        let mut s = Shards::new(4, 650);
+        s.apply(&users(0..2250));
+        let mut next = users(0..2250);
+        for i in [3, 700, 1400, 2000] {
+            next.remove(&format!("u{i:05}"));
+        }
+        next.extend(users(5000..5040));
+        let changed = s.apply(&next);
+        // Shards 0-2 only lost a user (their subscriptions wait for their renewal); the
+        // joiners all went to shard 3, which had the most room.
+        assert_eq!(changed, vec![true, true, true, true]);
+        assert_eq!(s.members(3).len(), 300 - 1 + 40);
+        assert!(users(5000..5040).iter().all(|u| s.members(3).contains(u)));
+        assert_eq!((0..3).map(|i| s.members(i).len()).collect::<Vec<_>>(), vec![649, 649, 649]);
     }
 
     #[test]

@@ -258,6 +258,9 @@ struct Sub {
     /// The shard's members may differ from the subscription's: compare them at the next
     /// drive (comparing every shard after every event would cost O(users) per event).
     members_dirty: bool,
+    /// The shard only lost users since the subscription was made: it is replaced (without
+    /// them) when its renewal is due, not before.
+    shrunk: bool,
     busy: bool,
     needs_snapshot: bool,
     /// When the last full presence read of this subscription's users succeeded.
@@ -647,26 +650,23 @@ impl Core {
         // presence read of its users covers the gap). A shard that only lost users keeps its
         // subscription until its renewal is due and is replaced then: no gap for the others,
         // and notifications for the users who left are ignored meanwhile.
+        // (Which of the two a changed shard is was decided once, in `advance_shards`: nothing
+        // here costs O(users) per event.)
         let dirty = sub.members_dirty && sub.active.as_ref().is_some_and(|a| &a.members != members);
-        let only_left =
-            dirty && !members.is_empty() && sub.active.as_ref().is_some_and(|a| members.is_subset(&a.members));
+        let shrunk = sub.shrunk;
         // The users read: those the subscription covers that are still in the shard.
         let read_ids = |a: &ActiveSub| -> Vec<String> {
             a.members
                 .iter()
-                .filter(|m| !only_left || members.contains(*m))
+                .filter(|m| !shrunk || members.contains(*m))
                 .take(MAX_IDS_PER_PRESENCE_READ)
                 .cloned()
                 .collect()
         };
         let next = match &sub.active {
-            Some(a) if sub.stale_url || (dirty && !only_left) => Next::Delete(a.id.clone()),
+            Some(a) if sub.stale_url || dirty || (shrunk && members.is_empty()) => Next::Delete(a.id.clone()),
             Some(a) if sub.reauthorize || self.microsoft_now(now) + RENEW_BEFORE_MS >= a.expires_at_ms => {
-                if dirty {
-                    Next::Delete(a.id.clone())
-                } else {
-                    Next::Renew(a.id.clone())
-                }
+                if shrunk && &a.members != members { Next::Delete(a.id.clone()) } else { Next::Renew(a.id.clone()) }
             }
             Some(_) if sub.verify_due => Next::Verify,
             Some(a) if sub.needs_snapshot => Next::Snapshot(read_ids(a)),
@@ -725,6 +725,7 @@ impl Core {
                 self.start(Pending::Presences(slot), req);
             }
             Next::Create => {
+                self.subs[slot].shrunk = false;
                 let members = self.shards.members(slot).clone();
                 let client_state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(env.random_bytes(32));
                 let resource = format!(
@@ -1003,10 +1004,12 @@ impl Core {
         for (slot, changed) in changed.into_iter().enumerate() {
             if changed {
                 let sub = &mut self.subs[slot];
-                sub.members_dirty = true;
-                // A shard that only lost users has nobody new to read.
                 let members = self.shards.members(slot);
-                if sub.active.as_ref().is_none_or(|a| !members.is_subset(&a.members)) {
+                if sub.active.as_ref().is_some_and(|a| members.is_subset(&a.members)) {
+                    // Only users gone (or back): nobody new to read, replaced at renewal.
+                    sub.shrunk = true;
+                } else {
+                    sub.members_dirty = true;
                     sub.needs_snapshot = true;
                 }
             }
