@@ -165,15 +165,22 @@ fn user_19_joins(t: &Scenario) {
     assert_eq!(summary.added, 1);
 }
 
+/// 19 of the tenant's 20 users in the switchboard, synced; and how many subscriptions were
+/// created so far.
+async fn nineteen_of_twenty() -> (TestScenario, u64) {
+    let t = start(20, 1, |o| o.switchboard_users = Some(19)).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(19, EVENTUALLY).await.is_empty());
+    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    (t, posts)
+}
+
 /// Graph allows one presence subscription per app and user: when the DELETE of the old
 /// subscription (the mapping changed) answers 503 twice, nothing is created until it
 /// succeeded, so Graph never sees a second subscription for that user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created() {
-    let t = start(20, 1, |o| o.switchboard_users = Some(19)).await;
-    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    assert!(t.wait_in_sync(19, EVENTUALLY).await.is_empty());
-    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    let (t, posts) = nineteen_of_twenty().await;
     failing_deletes(&t, 2);
     user_19_joins(&t);
     let end = std::time::Instant::now() + EVENTUALLY;
@@ -194,10 +201,7 @@ async fn a_subscription_whose_delete_fails_is_deleted_before_another_is_created(
 /// the status names it stuck; once Microsoft answers again, it is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_cannot_be_deleted_never_gets_a_second_one() {
-    let t = start(20, 1, |o| o.switchboard_users = Some(19)).await;
-    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
-    assert!(t.wait_in_sync(19, EVENTUALLY).await.is_empty());
-    let posts = t.emulator.count("POST /v1.0/subscriptions");
+    let (t, posts) = nineteen_of_twenty().await;
     let old = t.emulator.subscriptions()[0].id.clone();
     failing_deletes(&t, u32::MAX);
     user_19_joins(&t);

@@ -1735,15 +1735,22 @@ fn settle(core: &mut Core, env: &mut FakeEnv, ms_users: usize) -> (Vec<PresenceU
     run_graph(core, env, ms_users, effects)
 }
 
+/// A core synced with `sb_users` switchboard users (keeping a change counter) of `ms_users`
+/// Microsoft users and `slots` integration users; also what it created.
+fn synced_counted(sb_users: usize, ms_users: usize, slots: usize) -> (Core, FakeEnv, Vec<serde_json::Value>) {
+    let mut env = env(sb_users);
+    env.revision = 1;
+    let mut core = Core::new();
+    core.configure(&mut env, settings(slots)).unwrap();
+    let effects = core.take_effects();
+    let (_, created) = run_graph(&mut core, &mut env, ms_users, effects);
+    (core, env, created)
+}
+
 #[test]
 fn the_switchboards_change_counter_brings_users_in_and_only_shards_that_gained_users_are_replaced() {
     // 1,300 switchboard users of 2,000 Microsoft users, 2 integration users: 650 + 650.
-    let mut env = env(1300);
-    env.revision = 7;
-    let mut core = Core::new();
-    core.configure(&mut env, settings(2)).unwrap();
-    let effects = core.take_effects();
-    let (_, created) = run_graph(&mut core, &mut env, 2000, effects);
+    let (mut core, mut env, created) = synced_counted(1300, 2000, 2);
     assert_eq!(created.len(), 2);
     let before: Vec<BTreeSet<String>> = created.iter().map(filter_ids).collect();
     let shard1_client_state = created[1]["clientState"].as_str().unwrap().to_string();
@@ -1760,7 +1767,7 @@ fn the_switchboards_change_counter_brings_users_in_and_only_shards_that_gained_u
     env.users.push(sb_user(1300));
     let left = ms_id(5);
     env.users.retain(|u| u.id != "sb5");
-    env.revision = 8;
+    env.revision = 2;
     env.seen.clear();
     let (published, created) = settle(&mut core, &mut env, 2000);
     assert_eq!(counter(&core, &env, "switchboard.changes-seen"), 1);
@@ -1781,7 +1788,7 @@ fn the_switchboards_change_counter_brings_users_in_and_only_shards_that_gained_u
     // others) and its notifications for the leaver are ignored, until the renewal is due:
     // then it is replaced without the leaver instead of renewed.
     env.users.retain(|u| u.id != "sb700");
-    env.revision = 9;
+    env.revision = 3;
     env.seen.clear();
     let (published, created) = settle(&mut core, &mut env, 2000);
     assert!(created.is_empty() && published.is_empty());
@@ -1838,12 +1845,7 @@ fn a_call_of_a_user_who_leaves_the_switchboard_is_cleared_and_moved_addresses_sh
 #[test]
 fn ten_thousand_users_and_a_thousand_changes_move_nobody_else() {
     // 10,000 switchboard users of 12,000 Microsoft users, 16 integration users (10,400).
-    let mut env = env(10_000);
-    env.revision = 1;
-    let mut core = Core::new();
-    core.configure(&mut env, settings(16)).unwrap();
-    let effects = core.take_effects();
-    let (_, mut created) = run_graph(&mut core, &mut env, 12_000, effects);
+    let (mut core, mut env, mut created) = synced_counted(10_000, 12_000, 16);
     // Which subscription covers whom, by slot, from the status and the creation requests
     // (subscription ids are numbered in creation order).
     let slots = |core: &Core, env: &FakeEnv, created: &[serde_json::Value]| -> HashMap<String, usize> {
