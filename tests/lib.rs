@@ -161,14 +161,25 @@ impl HostAddrs {
 /// with SIGKILL), and returns it with the addresses it listens on, as it prints them: no port
 /// is chosen before the host binds it.
 pub async fn spawn_host_on_any_port(config: &std::path::Path) -> (tokio::process::Child, HostAddrs) {
+    spawn_host_with(config, &[], None).await
+}
+
+/// [`spawn_host_on_any_port`] with more arguments (`--log-format json`, say) and, with
+/// `rust_log`, its log (stderr) piped to the caller at that filter.
+pub async fn spawn_host_with(
+    config: &std::path::Path,
+    args: &[&str],
+    rust_log: Option<&str>,
+) -> (tokio::process::Child, HostAddrs) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(host_binary())
+        .args(args)
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "off")
+        .env("RUST_LOG", rust_log.unwrap_or("off"))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(if rust_log.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .kill_on_drop(true)
         .spawn()
         .expect("host starts");

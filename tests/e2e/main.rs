@@ -9,6 +9,7 @@ mod custom_switchboard;
 mod directory;
 mod hot_swap;
 mod lifecycle;
+mod operations;
 mod presence_sync;
 mod process_kill;
 mod push;

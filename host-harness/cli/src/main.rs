@@ -14,8 +14,17 @@ use presence_host::{Backends, Config, Host};
 #[derive(Parser)]
 #[command(version, about = "teams-presence-sync reference host")]
 struct Cli {
+    /// Log records as text (for people) or JSON (one object a line, for a log collector).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,8 +84,8 @@ enum Cmd {
         /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
         #[arg(long)]
         smoke: bool,
-        /// Only these sections (comma-separated): sync, latency, flood, ingest, line, load, swap,
-        /// cost, steady, memory. The report then holds only them.
+        /// Only these sections (comma-separated): sync, directory, latency, flood, ingest, line,
+        /// load, swap, cost, steady, memory. The report then holds only them.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -100,11 +109,12 @@ async fn main() -> anyhow::Result<()> {
     // The demo and the benchmarks print their own account; the host logs only problems there.
     let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench { .. });
     let default_filter = if quiet { "warn" } else { "warn,presence_host=info,host_harness=info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    match cli.log_format {
+        // Logs on stderr: stdout carries what `run` prints for whoever started it (addresses).
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+    }
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
@@ -128,8 +138,10 @@ async fn main() -> anyhow::Result<()> {
             // listener first).
             println!("admin on http://{admin}");
             println!("listening on http://{addr}");
-            tokio::signal::ctrl_c().await?;
+            let signal = stop_signal().await?;
+            tracing::info!(signal, "stopping");
             host.stop().await;
+            tracing::info!("stopped");
         }
         Cmd::Demo { users, integration_users, seconds } => {
             presence_demo::run(users, integration_users, seconds.map(Duration::from_secs)).await?;
@@ -223,4 +235,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what a service manager or `docker stop` sends);
+/// returns which.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").map_err(Into::into),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
 }

@@ -255,6 +255,8 @@ impl Actor {
                 self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
                 return;
             }
+            let waited_ms = self.ctx.clock.now_ms().saturating_sub(row.received_ms);
+            self.ctx.metrics.processed(&self.ctx.name, waited_ms as f64 / 1000.0);
             self.inbox_cursor = row.id;
         }
     }

@@ -42,11 +42,19 @@ pub const MAX_OVERRIDES_BODY: usize = 1 << 20;
 struct AppState {
     integrations: Arc<BTreeMap<String, IntegrationHandle>>,
     swaps: Arc<Swaps>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// How long `/readyz` waits for each integration to answer.
+pub const READY_WITHIN: Duration = Duration::from_secs(2);
 
 impl Host {
     fn app_state(&self) -> AppState {
-        AppState { integrations: Arc::new(self.integrations.clone()), swaps: self.swaps.clone() }
+        AppState {
+            integrations: Arc::new(self.integrations.clone()),
+            swaps: self.swaps.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// The public routes (what Graph calls, and `GET /healthz`), for a platform that serves
@@ -55,6 +63,7 @@ impl Host {
         Router::new()
             .route("/webhook/{name}/{token}/{kind}", any(webhook))
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz_public))
             .with_state(self.app_state())
     }
 
@@ -68,6 +77,8 @@ impl Host {
             .route("/integrations/{name}/overrides", get(get_overrides).put(put_overrides))
             .route("/admin/plugin", axum::routing::put(put_plugin))
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz_admin))
+            .route("/metrics", get(metrics))
             .with_state(self.app_state())
             .merge(extra)
             .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token))
@@ -176,6 +187,46 @@ async fn webhook(
                 .into_response()
         }
     }
+}
+
+/// The integrations whose actor did not answer a status within [`READY_WITHIN`] (stopping,
+/// stuck in a call, or restarting after a trap).
+async fn not_ready(st: &AppState) -> Vec<String> {
+    let mut late = Vec::new();
+    for (name, h) in st.integrations.iter() {
+        if !matches!(tokio::time::timeout(READY_WITHIN, h.status()).await, Ok(Ok(_))) {
+            late.push(name.clone());
+        }
+    }
+    late
+}
+
+/// Readiness for a load balancer: 200 when every integration answers, else 503. The public
+/// listener says no more than that.
+async fn readyz_public(State(st): State<AppState>) -> Response {
+    if not_ready(&st).await.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// Readiness with the names of the integrations that did not answer.
+async fn readyz_admin(State(st): State<AppState>) -> Response {
+    let late = not_ready(&st).await;
+    let code = if late.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(json!({ "ready": late.is_empty(), "not_ready": late }))).into_response()
+}
+
+/// Prometheus metrics (see [`crate::metrics`]).
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut statuses = Vec::new();
+    for h in st.integrations.values() {
+        if let Ok(Ok(s)) = tokio::time::timeout(READY_WITHIN, h.status()).await {
+            statuses.push(s);
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], st.metrics.render(&statuses)).into_response()
 }
 
 async fn status_json(h: &IntegrationHandle) -> serde_json::Value {

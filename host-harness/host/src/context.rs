@@ -71,6 +71,8 @@ pub struct IntegrationCtx {
     pub(crate) pending_writes: Mutex<BTreeMap<String, Option<Vec<u8>>>>,
     /// Why the last state write failed, while writes are pending.
     pub(crate) state_error: Mutex<Option<String>>,
+    /// The host's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Bytes of failed state writes an integration's context keeps for retrying: the plugin
@@ -94,10 +96,11 @@ impl Default for InboxLimits {
 }
 
 /// What [`IntegrationCtx`] needs besides its backends.
-pub(crate) struct CtxSecrets {
+pub(crate) struct CtxParts {
     pub kek: Kek,
     pub webhook_token: String,
     pub inbox_limits: InboxLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl IntegrationCtx {
@@ -112,7 +115,7 @@ impl IntegrationCtx {
         key: NotificationKey,
         clock: Arc<dyn Clock>,
         http_done: HttpDone,
-        secrets: CtxSecrets,
+        parts: CtxParts,
     ) -> IntegrationCtx {
         IntegrationCtx {
             name,
@@ -130,9 +133,10 @@ impl IntegrationCtx {
             tick_requested: Default::default(),
             inbox_waiting: Default::default(),
             log_budget: Default::default(),
-            kek: secrets.kek,
-            webhook_token: secrets.webhook_token,
-            inbox_limits: secrets.inbox_limits,
+            kek: parts.kek,
+            webhook_token: parts.webhook_token,
+            inbox_limits: parts.inbox_limits,
+            metrics: parts.metrics,
             inbox_rows: AtomicU64::new(0),
             inbox_bytes: AtomicU64::new(0),
             pending_writes: Default::default(),

@@ -64,6 +64,8 @@ pub struct Host {
     public_limits: ListenerLimits,
     /// Counters of the public and the admin listener.
     pub listener_stats: (Arc<ListenerStats>, Arc<ListenerStats>),
+    /// What `/metrics` shows besides the statuses.
+    pub metrics: Arc<crate::metrics::Metrics>,
     server: Option<(Serving, Serving)>,
     /// Held while the host runs: no second host on the state directory.
     _lock: DirLock,
@@ -129,6 +131,7 @@ impl Host {
             None => rt.load(plugin).context("loading the plugin")?,
         };
         let store = backends.store.clone();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut integrations = BTreeMap::new();
         let mut configured = BTreeMap::new();
         for ic in &config.integrations {
@@ -177,6 +180,7 @@ impl Host {
                     kek,
                     webhook_token: token,
                     inbox_limits: config.host.inbox_limits,
+                    metrics: metrics.clone(),
                 },
             )
             .await
@@ -197,6 +201,7 @@ impl Host {
             tls,
             public_limits: config.host.public_limits,
             listener_stats: Default::default(),
+            metrics,
             server: None,
             _lock: lock,
         })

@@ -12,7 +12,7 @@ use crate::actor::Actor;
 use crate::bindings::{presence, sync};
 use crate::clock::Clock;
 use crate::command::Command;
-use crate::context::{CtxSecrets, InboxLimits, IntegrationCtx};
+use crate::context::{CtxParts, InboxLimits, IntegrationCtx};
 use crate::engine::Runtime;
 use crate::error::{LineEventError, OverrideError, Stopping};
 use crate::http::HttpClient;
@@ -162,6 +162,8 @@ pub struct Spawn {
     pub webhook_token: String,
     /// Bounds of its inbox.
     pub inbox_limits: InboxLimits,
+    /// The host's metrics, which it adds to.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The secret path segment of an integration's webhook URLs: derived from the KEK and the
@@ -188,7 +190,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
             let done = done.clone();
             Box::pin(async move { done.send(Command::HttpDone(id, outcome)).await.is_ok() })
         }),
-        CtxSecrets { kek: s.kek, webhook_token: s.webhook_token, inbox_limits: s.inbox_limits },
+        CtxParts { kek: s.kek, webhook_token: s.webhook_token, inbox_limits: s.inbox_limits, metrics: s.metrics },
     ));
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };

@@ -65,6 +65,7 @@ mod instance;
 pub mod integration;
 pub mod keys;
 pub mod listener;
+pub mod metrics;
 pub mod release;
 pub mod sandbox;
 pub mod seal;

@@ -15,8 +15,8 @@ use presence_host::{
     Backends, Config, Host, HttpClient, StateStore, StatusView, SwapOutcome, Switchboard, SystemClock,
 };
 
-/// An inbox row: integration, kind, body.
-type InboxRow = (String, String, Vec<u8>);
+/// An inbox row: integration, kind, body, when it arrived.
+type InboxRow = (String, String, Vec<u8>, u64);
 /// A stored key: certificate id, PKCS#8, certificate DER.
 type KeyRow = (String, Vec<u8>, Vec<u8>);
 
@@ -88,10 +88,10 @@ impl StateStore for MemStore {
         kv.extend(b.iter().filter(|((n, _), _)| n == i).map(|(k, v)| (k.clone(), v.clone())));
         Ok(())
     }
-    fn inbox_push(&self, i: &str, kind: &str, body: &[u8], _at: u64) -> Result<i64, StoreError> {
+    fn inbox_push(&self, i: &str, kind: &str, body: &[u8], at: u64) -> Result<i64, StoreError> {
         let mut id = self.next_id.lock().unwrap();
         *id += 1;
-        self.inbox.lock().unwrap().insert(*id, (i.into(), kind.into(), body.to_vec()));
+        self.inbox.lock().unwrap().insert(*id, (i.into(), kind.into(), body.to_vec(), at));
         Ok(*id)
     }
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError> {
@@ -102,8 +102,8 @@ impl StateStore for MemStore {
     }
     fn inbox_size(&self, i: &str) -> Result<(u64, u64), StoreError> {
         let inbox = self.inbox.lock().unwrap();
-        let rows: Vec<_> = inbox.values().filter(|(n, _, _)| n == i).collect();
-        Ok((rows.len() as u64, rows.iter().map(|(_, _, b)| b.len() as u64).sum()))
+        let rows: Vec<_> = inbox.values().filter(|(n, _, _, _)| n == i).collect();
+        Ok((rows.len() as u64, rows.iter().map(|(_, _, b, _)| b.len() as u64).sum()))
     }
     fn inbox_after(&self, i: &str, after: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         if self.hold_inbox.load(std::sync::atomic::Ordering::SeqCst) {
@@ -114,9 +114,14 @@ impl StateStore for MemStore {
             .lock()
             .unwrap()
             .range(after + 1..)
-            .filter(|(_, (n, _, _))| n == i)
+            .filter(|(_, (n, _, _, _))| n == i)
             .take(limit)
-            .map(|(id, (_, kind, body))| InboxEntry { id: *id, kind: kind.clone(), body: body.clone() })
+            .map(|(id, (_, kind, body, at))| InboxEntry {
+                id: *id,
+                kind: kind.clone(),
+                body: body.clone(),
+                received_ms: *at,
+            })
             .collect())
     }
     fn key(&self, i: &str) -> Result<Option<StoredKey>, StoreError> {

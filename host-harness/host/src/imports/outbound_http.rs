@@ -54,9 +54,13 @@ impl outbound_http::Host for HostState {
         })?;
         let ctx = self.ctx.clone();
         ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (method, url) = (req.method.clone(), req.url.to_string());
+        let started = std::time::Instant::now();
         let sent = ctx.http.send(req);
         tokio::spawn(async move {
             let outcome = sent.await;
+            let status = outcome.as_ref().ok().map(|r| r.status);
+            ctx.metrics.graph_request(&ctx.name, &method, &url, status, started.elapsed().as_secs_f64());
             if !(ctx.http_done)(id, outcome).await {
                 ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
             }

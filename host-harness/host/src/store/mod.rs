@@ -40,6 +40,8 @@ pub struct InboxEntry {
     pub kind: String,
     /// The body as Graph sent it.
     pub body: Vec<u8>,
+    /// When it arrived (ms since the epoch, the host's clock).
+    pub received_ms: u64,
 }
 
 /// Durable state of every integration on a host.

@@ -294,11 +294,11 @@ impl StateStore for SqliteStore {
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         let c = self.conn.lock().unwrap();
         let mut st = c.prepare_cached(
-            "SELECT id, kind, body FROM inbox WHERE integration = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            "SELECT id, kind, body, received_ms FROM inbox WHERE integration = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st.query_map(params![integration, after_id, limit], |r| {
-            Ok(InboxEntry { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)? })
+            Ok(InboxEntry { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)?, received_ms: r.get(3)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
