@@ -27,6 +27,9 @@ impl Switchboard for Console {
         self.shown.lock().unwrap().insert(u.user_id, (u.presence.availability, u.presence.activity));
         Ok(())
     }
+    fn withdraw(&self, user_id: &str) {
+        self.shown.lock().unwrap().remove(user_id);
+    }
     fn calls_in_progress(&self) -> Vec<LineEvent> {
         vec![]
     }
@@ -89,5 +92,21 @@ async fn a_switchboard_that_is_not_the_simulator_gets_every_presence() {
     }
     let s = host.integration("contoso").unwrap().status().await.unwrap();
     assert_eq!((s.state.as_str(), s.users, s.switchboard_users), ("ok", 40, 40), "{s:?}");
+    // The Microsoft user of ext-9 leaves the tenant: after "Sync now" the console shows no
+    // Teams presence for ext-9 any more (withdrawn), and the others stay.
+    emu.with_world(|w| {
+        let tn = w.tenants.values_mut().next().unwrap();
+        tn.users.retain(|u| u.id != ids[9]);
+        tn.reindex();
+    });
+    host.integration("contoso").unwrap().sync_now().await.unwrap();
+    let end = Instant::now() + EVENTUALLY;
+    while console.shown.lock().unwrap().contains_key("ext-9") {
+        assert!(Instant::now() < end, "ext-9 was never withdrawn");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(console.shown.lock().unwrap().len(), 39);
+    let s = host.integration("contoso").unwrap().status().await.unwrap();
+    assert_eq!((s.users, s.counters.get("presence.withdrawn").copied()), (39, Some(1)), "{s:?}");
     host.stop().await;
 }

@@ -38,6 +38,8 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     assert_eq!(sync_now().await.0, 202);
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok" && s.users == 19).await;
     assert_eq!((s.state.as_str(), s.users), ("ok", 19), "{s:?}");
+    // sb-00005 is still in the switchboard but matches nobody now: no Teams presence shown.
+    assert!(t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00005").is_none()).await);
     // The subscription keeps the leaver until its renewal (no gap for the other 19), then
     // drops it.
     assert_eq!(t.emulator.subscriptions()[0].users, 20);

@@ -33,6 +33,11 @@ pub trait Switchboard: Send + Sync + 'static {
     /// [`PresenceOrigin`]: an `own-line-status` update must never become a line-status change).
     fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser>;
 
+    /// Stops showing a Teams presence for a user that is no longer mapped to a Microsoft user
+    /// (WIT `presence.withdraw`): the console shows it as a user without Teams until the next
+    /// `publish` for it. An unknown user is ignored.
+    fn withdraw(&self, user_id: &str);
+
     /// The lines in a call now (`connected` or `on-hold`), each as the event that put it in
     /// that state (with its time, or 0 if unknown): the host replays them to the plugin after
     /// a restart, so that it keeps the sessions of calls still going on and clears the rest.

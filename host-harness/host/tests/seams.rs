@@ -178,6 +178,7 @@ impl Switchboard for ThreeUsers {
         self.0.lock().unwrap().push(u);
         Ok(())
     }
+    fn withdraw(&self, _user_id: &str) {}
     fn calls_in_progress(&self) -> Vec<LineEvent> {
         vec![]
     }

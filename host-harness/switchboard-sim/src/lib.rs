@@ -348,6 +348,12 @@ impl seam::Switchboard for Switchboard {
         Ok(())
     }
 
+    fn withdraw(&self, user_id: &str) {
+        if self.presence.write().unwrap().remove(user_id).is_some() {
+            self.changed.notify_waiters();
+        }
+    }
+
     fn calls_in_progress(&self) -> Vec<LineEvent> {
         self.lines
             .read()

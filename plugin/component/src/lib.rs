@@ -113,6 +113,7 @@ fn run_effects(core: &mut core::Core) {
                 core::Effect::Store { key, value: None } => state::delete(&key),
                 core::Effect::Log { level, message, fields } => log::emit(level.into(), &message, &fields),
                 core::Effect::RequestTick => scheduler::request_tick(),
+                core::Effect::Withdraw(user_id) => presence::withdraw(&user_id),
             }
         }
     }

@@ -1891,3 +1891,26 @@ fn ten_thousand_users_and_a_thousand_changes_move_nobody_else() {
     let still: usize = gone.iter().chain(&moved_from).filter(|u| after.contains_key(*u)).count();
     assert!(still > 0 && still < 600, "{still}");
 }
+
+#[test]
+fn a_switchboard_user_who_loses_its_microsoft_user_is_withdrawn() {
+    let (mut core, mut env, _) = synced_counted(4, 4, 1);
+    // sb1's address now matches nobody; sb2 leaves the switchboard (nothing to withdraw:
+    // the switchboard no longer has it); sb3 keeps its user.
+    env.users[1].emails = vec!["nobody@x.com".into()];
+    env.users.retain(|u| u.id != "sb2");
+    env.revision = 2;
+    env.now += SWITCHBOARD_REREAD_MS;
+    core.tick(&mut env);
+    let withdrawn: Vec<String> = core
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Withdraw(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withdrawn, vec!["sb1".to_string()]);
+    assert_eq!(counter(&core, &env, "presence.withdrawn"), 1);
+    assert_eq!(core.status(&env).mapped_users, 2);
+}

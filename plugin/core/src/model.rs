@@ -217,6 +217,8 @@ pub enum Effect {
     },
     /// Show this presence in the switchboard.
     Publish(PresenceUpdate),
+    /// Stop showing a Teams presence for this switchboard user (no longer mapped).
+    Withdraw(String),
     /// Store (`Some`) or delete (`None`) a durable value.
     Store {
         /// Key.

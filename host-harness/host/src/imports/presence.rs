@@ -18,4 +18,11 @@ impl presence::Host for HostState {
         }
         self.ctx.switchboard.publish(u).map_err(|e| presence::PublishError::UnknownUser(e.0))
     }
+
+    fn withdraw(&mut self, user_id: String) {
+        // (The plugin counts them, as `presence.withdrawn`.)
+        if user_id.len() <= MAX_PRESENCE_FIELD {
+            self.ctx.switchboard.withdraw(&user_id);
+        }
+    }
 }

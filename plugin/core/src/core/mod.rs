@@ -906,7 +906,19 @@ impl Core {
         let sb = build.switchboard();
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.clone()).collect();
+        // Switchboard users mapped before and not now, but still in the switchboard: their
+        // last Teams presence must not stay shown.
+        let lost: BTreeSet<&String> = keys_gone(&self.mapping.by_switchboard, &mapping.by_switchboard).collect();
+        let withdrawn: Vec<String> = if lost.is_empty() {
+            vec![]
+        } else {
+            sb.iter().filter(|u| lost.contains(&u.id)).map(|u| u.id.clone()).collect()
+        };
         build.discard(&mut self.trash);
+        for id in withdrawn {
+            self.count("presence.withdrawn");
+            self.effects.push(Effect::Withdraw(id));
+        }
         self.mapping_built = true;
         let old = std::mem::replace(&mut self.mapping, mapping);
         self.follow_remapped(&old, env.now_ms());
@@ -1333,6 +1345,15 @@ struct GraphPresence {
     activity: String,
     #[serde(default)]
     sequence_number: Option<String>,
+}
+
+/// The keys of `old` that `new` lacks, in one pass over both (sorted) maps.
+fn keys_gone<'a, V, W>(old: &'a BTreeMap<String, V>, new: &'a BTreeMap<String, W>) -> impl Iterator<Item = &'a String> {
+    let mut new_keys = new.keys().peekable();
+    old.keys().filter(move |k| {
+        while new_keys.next_if(|n| n < k).is_some() {}
+        new_keys.peek() != Some(k)
+    })
 }
 
 fn unknown() -> String {
