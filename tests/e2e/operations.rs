@@ -68,6 +68,13 @@ async fn metrics_show_notifications_rejects_graph_requests_and_latency_behind_th
     assert_eq!((public.status().as_u16(), public.text().await.unwrap()), (200, "ready".to_string()));
     let admin = t.admin_json("/readyz").await;
     assert_eq!(admin, serde_json::json!({"ready": true, "not_ready": []}));
+    // Readiness reads a timestamp: 50 requests on the public listener cost no guest call.
+    let status_calls = |s: &presence_host::StatusView| s.calls.get("status").copied().unwrap_or(0);
+    let before = status_calls(&t.status().await);
+    for _ in 0..50 {
+        assert_eq!(reqwest::get(format!("http://{}/readyz", t.config.host.listen)).await.unwrap().status(), 200);
+    }
+    assert_eq!(status_calls(&t.status().await), before + 1, "only this status read");
 }
 
 /// `host-harness --log-format json run`: every log line is a JSON object; SIGTERM stops the

@@ -319,6 +319,7 @@ impl Actor {
                 let _ = reply.send(r.map_err(line_event_error));
             }),
         };
+        *self.ctx.last_call.lock().unwrap() = Some(Instant::now());
         let total = self.call_totals.entry(kind).or_default();
         total.0 += 1;
         total.1 += started.elapsed().as_micros() as u64;

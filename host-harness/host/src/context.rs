@@ -73,6 +73,9 @@ pub struct IntegrationCtx {
     pub(crate) state_error: Mutex<Option<String>>,
     /// The host's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When the actor last finished a guest call (ticks come every second): readiness, read
+    /// without a guest call.
+    pub(crate) last_call: Mutex<Option<std::time::Instant>>,
 }
 
 /// Bytes of failed state writes an integration's context keeps for retrying: the plugin
@@ -137,6 +140,7 @@ impl IntegrationCtx {
             webhook_token: parts.webhook_token,
             inbox_limits: parts.inbox_limits,
             metrics: parts.metrics,
+            last_call: Mutex::new(None),
             inbox_rows: AtomicU64::new(0),
             inbox_bytes: AtomicU64::new(0),
             pending_writes: Default::default(),

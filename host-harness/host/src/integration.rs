@@ -76,6 +76,13 @@ impl IntegrationHandle {
         (self.ctx.inbox_rows.load(Ordering::SeqCst), self.ctx.inbox_bytes.load(Ordering::SeqCst))
     }
 
+    /// Whether the integration is running and its actor finished a guest call within
+    /// `within` (it ticks every second): cheap, no guest call.
+    pub fn alive(&self, within: std::time::Duration) -> bool {
+        !self.ctx.stopping.load(Ordering::SeqCst)
+            && self.ctx.last_call.lock().unwrap().is_some_and(|t| t.elapsed() <= within)
+    }
+
     /// Adds one to a host counter of this integration.
     pub fn count(&self, name: &str) {
         self.ctx.count(name);
