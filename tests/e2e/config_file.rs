@@ -42,10 +42,13 @@ name = "contoso"
 tenant_id = "{DEMO_TENANT}"
 client_id = "{DEMO_CLIENT}"
 client_secret_env = "E2E_CONTOSO_SECRET"
+client_secret_expires = "{expires}"
 switchboard_csv = "users.csv"
 users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
 "#,
-        user = seed.integration_user(0)
+        user = seed.integration_user(0),
+        // The secret expires in ten days (by the clock host and emulator share).
+        expires = graph_emulator::wire::graph_time(clock.now_ms() + 10 * 24 * 3600 * 1000 - 60_000),
     );
     let path = dir.path().join("host.toml");
     std::fs::write(&path, toml).unwrap();
@@ -86,6 +89,10 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     assert!(v["teams_presence"]["availability"].is_string(), "{v}");
     let v = admin("/switchboard/contoso/users/reception").await.expect("JSON");
     assert!(v["teams_presence"].is_null());
+    // The status warns of the client secret's expiry, and stays ok.
+    let v = admin("/status/contoso").await.expect("JSON");
+    assert_eq!((v["state"].as_str(), v["warnings"][0]["code"].as_str()), (Some("ok"), Some("client-secret-expiring")));
+    assert!(v["warnings"][0]["hint"].as_str().unwrap().contains("in 10 days"), "{v}");
     // The status API never shows a secret.
     let text = admin("/status").await.expect("JSON").to_string();
     assert!(!text.contains(DEMO_SECRET) && !text.contains(&seed.integration_password));

@@ -264,6 +264,7 @@ impl Scenario {
                 tenant_id: DEMO_TENANT.into(),
                 client_id: DEMO_CLIENT.into(),
                 client_secret: Secret::new(opts.configured_secret.clone()),
+                client_secret_expires_ms: None,
                 users: (0..opts.integration_users)
                     .map(|n| UserConfig {
                         username: seed.integration_user(n),

@@ -381,6 +381,8 @@ impl Actor {
                 inbox: (self.ctx.inbox_rows.load(Ordering::SeqCst), self.ctx.inbox_bytes.load(Ordering::SeqCst)),
                 state_writes_pending: self.ctx.pending_writes.lock().unwrap().len() as u64,
                 state_error: self.ctx.state_error.lock().unwrap().clone(),
+                client_secret_expires_ms: self.ctx.client_secret_expires_ms,
+                now_ms: self.ctx.clock.now_ms(),
             },
             s,
         )

@@ -85,6 +85,9 @@ pub struct IntegrationConfig {
     pub client_id: String,
     /// Client secret (empty = missing credentials, shown in the status).
     pub client_secret: Secret,
+    /// When the client secret expires (ms since the epoch), as the app registration shows
+    /// it: the status warns 30 days ahead.
+    pub client_secret_expires_ms: Option<u64>,
     /// Integration users.
     pub users: Vec<UserConfig>,
     /// "Push line status to Teams".
@@ -168,6 +171,7 @@ struct RawIntegration {
     client_id: String,
     client_secret: Option<String>,
     client_secret_env: Option<String>,
+    client_secret_expires: Option<RawDate>,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -184,6 +188,31 @@ struct RawIntegration {
     overrides: Vec<RawOverride>,
     switchboard_csv: Option<PathBuf>,
     plugin: Option<PathBuf>,
+}
+
+/// A date as TOML writes it (`2027-05-01`, or a date-time) or as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDate {
+    Toml(toml::value::Datetime),
+    Text(String),
+}
+
+/// Milliseconds since the epoch of a date (`YYYY-MM-DD`, the day's start in UTC) or an
+/// RFC 3339 date-time.
+fn date_ms(d: RawDate) -> Result<u64, String> {
+    let text = match d {
+        RawDate::Toml(t) => t.to_string(),
+        RawDate::Text(s) => s,
+    };
+    let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).or_else(|_| {
+        time::Date::parse(&text, time::macros::format_description!("[year]-[month]-[day]"))
+            .map(|d| d.midnight().assume_utc())
+    });
+    match at {
+        Ok(t) if t.unix_timestamp() >= 0 => Ok((t.unix_timestamp_nanos() / 1_000_000) as u64),
+        _ => Err(format!("'{text}' is not a date (YYYY-MM-DD, as the app registration shows the expiry)")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -432,6 +461,8 @@ impl Config {
             }
             let client_secret =
                 secret(r.client_secret, r.client_secret_env, env).map_err(|e| err(&f("client_secret"), e))?;
+            let client_secret_expires_ms =
+                r.client_secret_expires.map(date_ms).transpose().map_err(|e| err(&f("client_secret_expires"), e))?;
             let mut users = Vec::new();
             for (j, u) in r.users.into_iter().enumerate() {
                 let uf = f(&format!("users[{j}]"));
@@ -456,6 +487,7 @@ impl Config {
                 tenant_id: r.tenant_id,
                 client_id: r.client_id,
                 client_secret,
+                client_secret_expires_ms,
                 users,
                 push_line_status: r.push_line_status,
                 min_call_length_ms: r.min_call_length_ms,
@@ -558,6 +590,21 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
         assert_eq!(c.integrations[0].client_secret.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn the_client_secret_expiry_loads_as_a_toml_date_or_a_string_and_a_bad_one_names_the_field() {
+        let with = |v: &str| GOOD.replace("users = [", &format!("client_secret_expires = {v}\nusers = ["));
+        for v in ["2027-05-01", "\"2027-05-01\"", "2027-05-01T00:00:00Z", "\"2027-05-01T02:00:00+02:00\""] {
+            let c = Config::parse(&with(v), "c.toml", Path::new("/etc"), &env).unwrap();
+            assert_eq!(c.integrations[0].client_secret_expires_ms, Some(1_809_129_600_000), "{v}");
+        }
+        let e = Config::parse(&with("\"next spring\""), "c.toml", Path::new("/etc"), &env).unwrap_err().to_string();
+        assert!(e.contains("client_secret_expires") && e.contains("'next spring' is not a date"), "{e}");
+        assert_eq!(
+            Config::parse(GOOD, "c.toml", Path::new("/etc"), &env).unwrap().integrations[0].client_secret_expires_ms,
+            None
+        );
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct IntegrationCtx {
     /// When the actor last finished a guest call (ticks come every second): readiness, read
     /// without a guest call.
     pub(crate) last_call: Mutex<Option<std::time::Instant>>,
+    /// When the client secret expires, as the admin entered it (ms since the epoch).
+    pub(crate) client_secret_expires_ms: Option<u64>,
 }
 
 /// Bytes of failed state writes an integration's context keeps for retrying: the plugin
@@ -104,6 +106,7 @@ pub(crate) struct CtxParts {
     pub webhook_token: String,
     pub inbox_limits: InboxLimits,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub client_secret_expires_ms: Option<u64>,
 }
 
 impl IntegrationCtx {
@@ -141,6 +144,7 @@ impl IntegrationCtx {
             inbox_limits: parts.inbox_limits,
             metrics: parts.metrics,
             last_call: Mutex::new(None),
+            client_secret_expires_ms: parts.client_secret_expires_ms,
             inbox_rows: AtomicU64::new(0),
             inbox_bytes: AtomicU64::new(0),
             pending_writes: Default::default(),

@@ -181,6 +181,7 @@ impl Host {
                     webhook_token: token,
                     inbox_limits: config.host.inbox_limits,
                     metrics: metrics.clone(),
+                    client_secret_expires_ms: ic.client_secret_expires_ms,
                 },
             )
             .await

@@ -171,6 +171,8 @@ pub struct Spawn {
     pub inbox_limits: InboxLimits,
     /// The host's metrics, which it adds to.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When the client secret expires, as the admin entered it (ms since the epoch).
+    pub client_secret_expires_ms: Option<u64>,
 }
 
 /// The secret path segment of an integration's webhook URLs: derived from the KEK and the
@@ -197,7 +199,13 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
             let done = done.clone();
             Box::pin(async move { done.send(Command::HttpDone(id, outcome)).await.is_ok() })
         }),
-        CtxParts { kek: s.kek, webhook_token: s.webhook_token, inbox_limits: s.inbox_limits, metrics: s.metrics },
+        CtxParts {
+            kek: s.kek,
+            webhook_token: s.webhook_token,
+            inbox_limits: s.inbox_limits,
+            metrics: s.metrics,
+            client_secret_expires_ms: s.client_secret_expires_ms,
+        },
     ));
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };

@@ -32,6 +32,10 @@ pub(crate) struct HostSide {
     pub state_writes_pending: u64,
     /// Why the last one failed.
     pub state_error: Option<String>,
+    /// When the client secret expires, as the admin entered it (ms since the epoch).
+    pub client_secret_expires_ms: Option<u64>,
+    /// Now, by the host's clock.
+    pub now_ms: u64,
 }
 
 /// An integration's status as the status API returns it (JSON). Holds no secrets.
@@ -110,6 +114,46 @@ pub struct StatusView {
     pub state_writes_pending: u64,
     /// Why the last of them failed.
     pub state_write_error: Option<String>,
+    /// When the client secret expires, as the admin entered it (`client_secret_expires`).
+    pub client_secret_expires_ms: Option<u64>,
+    /// What needs the admin soon although the integration works now (a client secret that
+    /// expires within [`SECRET_WARN_DAYS`] days, or has expired).
+    pub warnings: Vec<WarningView>,
+}
+
+/// Days before the client secret's expiry from which the status warns.
+pub const SECRET_WARN_DAYS: u64 = 30;
+
+/// A warning in [`StatusView`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WarningView {
+    /// Stable code (`client-secret-expiring`, `client-secret-expired`).
+    pub code: String,
+    /// What to do, with the date.
+    pub hint: String,
+}
+
+/// The warning for a client secret that expires at `expires_ms`, seen at `now_ms`.
+pub fn secret_warning(expires_ms: u64, now_ms: u64) -> Option<WarningView> {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let date = time::OffsetDateTime::from_unix_timestamp((expires_ms / 1000) as i64)
+        .map(|t| t.date().to_string())
+        .unwrap_or_default();
+    let renew = "create a new client secret in the app registration (Certificates & secrets), enter it in the integration, then delete the old one";
+    if expires_ms <= now_ms {
+        return Some(WarningView {
+            code: "client-secret-expired".into(),
+            hint: format!("The client secret expired on {date}: {renew}."),
+        });
+    }
+    let days = (expires_ms - now_ms).div_ceil(DAY_MS);
+    (days <= SECRET_WARN_DAYS).then(|| WarningView {
+        code: "client-secret-expiring".into(),
+        hint: format!(
+            "The client secret expires on {date}, in {days} day{}: {renew}.",
+            if days == 1 { "" } else { "s" }
+        ),
+    })
 }
 
 /// The running release in [`StatusView`].
@@ -202,6 +246,8 @@ impl StatusView {
             inbox_bytes: a.inbox.1,
             state_writes_pending: a.state_writes_pending,
             state_write_error: a.state_error.clone(),
+            client_secret_expires_ms: a.client_secret_expires_ms,
+            warnings: a.client_secret_expires_ms.and_then(|e| secret_warning(e, a.now_ms)).into_iter().collect(),
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());
@@ -342,6 +388,8 @@ mod tests {
             inbox: (0, 0),
             state_writes_pending: pending,
             state_error: (pending > 0).then(|| "disk I/O error".to_string()),
+            client_secret_expires_ms: None,
+            now_ms: 1_800_000_000_000,
         }
     }
 
@@ -374,5 +422,28 @@ mod tests {
         assert_eq!(v.detail.as_deref(), Some("disk I/O error"));
         assert_eq!(v.state_writes_pending, 2);
         assert!(v.hint.unwrap().contains("retries"));
+    }
+
+    /// The admin entered the client secret's expiry: nothing until 30 days before, then a
+    /// warning with the date and the days left (the integration stays ok), then "expired".
+    #[test]
+    fn a_client_secret_that_expires_soon_is_warned_of_30_days_ahead() {
+        const DAY: u64 = 24 * 60 * 60 * 1000;
+        let now = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+        let at = |expires: u64| {
+            let v =
+                StatusView::new(HostSide { client_secret_expires_ms: Some(expires), ..host_side(0) }, Some(healthy()));
+            assert_eq!(v.state, "ok");
+            v.warnings
+        };
+        assert!(at(now + 31 * DAY).is_empty());
+        let w = at(now + 29 * DAY + 1);
+        assert_eq!(w[0].code, "client-secret-expiring");
+        assert!(w[0].hint.contains("2027-02-13") && w[0].hint.contains("in 30 days"), "{}", w[0].hint);
+        assert!(at(now + DAY / 2)[0].hint.contains("in 1 day:"));
+        let w = at(now - DAY);
+        assert_eq!(w[0].code, "client-secret-expired");
+        assert!(w[0].hint.contains("expired on 2027-01-14"), "{}", w[0].hint);
+        assert!(StatusView::new(host_side(0), Some(healthy())).warnings.is_empty());
     }
 }
