@@ -243,3 +243,18 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     let text = reqwest::get(url).await.expect("request").text().await.expect("body");
     serde_json::from_str(&text).expect("json")
 }
+
+/// Makes the emulator answer the next `remaining` `method` requests whose path contains
+/// `path` with `status` (and `Retry-After: retry_after` seconds).
+pub fn inject_fault(sc: &Scenario, method: &str, path: &str, status: u16, retry_after: Option<u64>, remaining: u32) {
+    sc.emulator.with_world(|w| {
+        w.faults.push(graph_emulator::Fault {
+            method: Some(method.into()),
+            path_contains: path.into(),
+            status,
+            retry_after,
+            remaining,
+            after: 0,
+        })
+    });
+}

@@ -11,16 +11,7 @@ async fn a_failed_directory_read_keeps_the_mapping_and_shows_degraded_and_sync_n
     let sync_now = || async { admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await };
 
     // Microsoft's user list fails (the product guide's FAQ: its version empties the table).
-    t.emulator.with_world(|w| {
-        w.faults.push(graph_emulator::Fault {
-            method: Some("GET".into()),
-            path_contains: "/v1.0/users".into(),
-            status: 503,
-            retry_after: Some(2),
-            remaining: 1,
-            after: 0,
-        })
-    });
+    inject_fault(&t, "GET", "/v1.0/users", 503, Some(2), 1);
     assert_eq!(sync_now().await.0, 202);
     let s = t.wait_status(EVENTUALLY, |s| s.state == "degraded").await;
     assert_eq!(s.state, "degraded", "{s:?}");
@@ -147,16 +138,7 @@ async fn overrides_from_the_api_win_persist_and_report_what_they_cannot_resolve(
 
 /// A fault on every DELETE of a subscription, `remaining` times.
 fn failing_deletes(t: &Scenario, remaining: u32) {
-    t.emulator.with_world(|w| {
-        w.faults.push(graph_emulator::Fault {
-            method: Some("DELETE".into()),
-            path_contains: "/v1.0/subscriptions/".into(),
-            status: 503,
-            retry_after: Some(1),
-            remaining,
-            after: 0,
-        })
-    });
+    inject_fault(t, "DELETE", "/v1.0/subscriptions/", 503, Some(1), remaining);
 }
 
 /// The tenant's user 19 joins the switchboard: the subscription gains a user, so it is

@@ -22,16 +22,7 @@ async fn metrics_show_notifications_rejects_graph_requests_and_latency_behind_th
     );
     let wrong = format!("http://{}/webhook/contoso/not-the-secret/notifications", t.config.host.listen);
     assert_eq!(post(&wrong, "application/json", br#"{"value": []}"#.to_vec()).await.0, 404);
-    t.emulator.with_world(|w| {
-        w.faults.push(graph_emulator::Fault {
-            method: Some("GET".into()),
-            path_contains: "/v1.0/users".into(),
-            status: 429,
-            retry_after: Some(1),
-            remaining: 1,
-            after: 0,
-        })
-    });
+    inject_fault(&t, "GET", "/v1.0/users", 429, Some(1), 1);
     assert_eq!(admin_post(&t, "/integrations/contoso/sync-now", "text/plain", vec![]).await.0, 202);
     t.wait_status(EVENTUALLY, |s| s.counters.get("directory.full-resyncs").copied().unwrap_or(0) >= 2).await;
 
