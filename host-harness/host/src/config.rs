@@ -459,6 +459,20 @@ impl Config {
                     format!("'{}' is not a GUID (use the Application (client) ID)", r.client_id),
                 ));
             }
+            // The product guide: with the same app registration in two integrations of one tenant,
+            // "the last one activated receives status updates".
+            if let Some((other, _)) = integrations.iter().enumerate().find(|(_, o): &(usize, &IntegrationConfig)| {
+                o.client_id.eq_ignore_ascii_case(&r.client_id) && o.tenant_id.eq_ignore_ascii_case(&r.tenant_id)
+            }) {
+                return Err(err(
+                    &f("client_id"),
+                    format!(
+                        "integration[{other}] already uses this app registration in tenant {}; give each \
+                         integration its own app registration (else only one of them receives presence)",
+                        r.tenant_id
+                    ),
+                ));
+            }
             let client_secret =
                 secret(r.client_secret, r.client_secret_env, env).map_err(|e| err(&f("client_secret"), e))?;
             let client_secret_expires_ms =
@@ -480,6 +494,23 @@ impl Config {
                 }
                 let password =
                     secret(u.password, u.password_env, env).map_err(|e| err(&format!("{uf}.password"), e))?;
+                // Graph allows one presence subscription per app and user: two integrations of
+                // one app sharing a user would delete each other's subscription.
+                if let Some((other, _)) =
+                    integrations.iter().enumerate().find(|(_, o): &(usize, &IntegrationConfig)| {
+                        o.client_id.eq_ignore_ascii_case(&r.client_id)
+                            && o.users.iter().any(|x| x.username.eq_ignore_ascii_case(&u.username))
+                    })
+                {
+                    return Err(err(
+                        &format!("{uf}.username"),
+                        format!(
+                            "'{}' is already an integration user of integration[{other}] with the same app \
+                             registration; Graph allows one presence subscription per app and user",
+                            u.username
+                        ),
+                    ));
+                }
                 users.push(UserConfig { username: u.username, password });
             }
             integrations.push(IntegrationConfig {
@@ -590,6 +621,28 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
         assert_eq!(c.integrations[0].client_secret.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn one_app_registration_per_tenant_and_one_integration_user_per_app_across_integrations() {
+        let second = |tenant: &str, client: &str, user: &str| {
+            format!(
+                "{GOOD}\n[[integration]]\nname = \"second\"\ntenant_id = \"{tenant}\"\nclient_id = \"{client}\"\n\
+                 client_secret = \"x\"\nusers = [{{ username = \"{user}\", password = \"pw\" }}]\n"
+            )
+        };
+        const TENANT: &str = "5db68c59-bbeb-41d7-a5df-b316a4434048";
+        const CLIENT: &str = "0ed2fcf1-b202-4699-afe4-cbc36ead3235";
+        const OTHER_TENANT: &str = "8c1d5e2a-3f4b-4c6d-9e8f-0a1b2c3d4e5f";
+        const OTHER_CLIENT: &str = "4b2e8d1c-7a6f-4e3d-8c2b-1a0f9e8d7c6b";
+        let parse = |text: String| Config::parse(&text, "c.toml", Path::new("/etc"), &env).map_err(|e| e.to_string());
+        let e = parse(second(TENANT, CLIENT, "sync2@contoso.com")).unwrap_err();
+        assert!(e.contains("integration[1].client_id") && e.contains("integration[0] already uses"), "{e}");
+        let e = parse(second(OTHER_TENANT, CLIENT, "SYNC1@contoso.com")).unwrap_err();
+        assert!(e.contains("integration[1].users[0].username") && e.contains("one presence subscription"), "{e}");
+        // Another app, or the same app in another tenant with its own user: fine.
+        assert!(parse(second(TENANT, OTHER_CLIENT, "sync1@contoso.com")).is_ok());
+        assert!(parse(second(OTHER_TENANT, CLIENT, "sync2@contoso.com")).is_ok());
     }
 
     #[test]
