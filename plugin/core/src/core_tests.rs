@@ -1914,3 +1914,23 @@ fn a_switchboard_user_who_loses_its_microsoft_user_is_withdrawn() {
     assert_eq!(counter(&core, &env, "presence.withdrawn"), 1);
     assert_eq!(core.status(&env).mapped_users, 2);
 }
+
+#[test]
+fn a_user_who_leaves_and_comes_back_before_the_renewal_is_read_again_at_once() {
+    let (mut core, mut env, _) = synced_counted(4, 4, 1);
+    let sb2 = env.users[2].clone();
+    env.users.retain(|u| u.id != "sb2");
+    env.revision = 2;
+    let (published, created) = settle(&mut core, &mut env, 4);
+    assert!(published.is_empty() && created.is_empty(), "the subscription stays until its renewal");
+    // Back in the switchboard (its Microsoft user is still in the subscription): its presence
+    // is read, its only, and shown; nothing is replaced.
+    env.users.push(sb2);
+    env.revision = 3;
+    env.seen.clear();
+    let (published, created) = settle(&mut core, &mut env, 4);
+    assert!(created.is_empty());
+    assert!(env.seen.iter().all(|(m, _)| m != "DELETE"), "{:?}", env.seen);
+    assert_eq!(published.iter().map(|p| p.user_id.as_str()).collect::<Vec<_>>(), vec!["sb2"]);
+    assert_eq!(env.seen.iter().filter(|(_, u)| u.ends_with("getPresencesByUserId")).count(), 1);
+}

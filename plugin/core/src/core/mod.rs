@@ -261,6 +261,11 @@ struct Sub {
     /// The shard only lost users since the subscription was made: it is replaced (without
     /// them) when its renewal is due, not before.
     shrunk: bool,
+    /// Users the subscription still covers who were mapped again (they left and came back
+    /// before its renewal): their presence is read, theirs only.
+    rejoined: BTreeSet<String>,
+    /// The presence read in flight is of `rejoined` only.
+    reading_rejoined: bool,
     busy: bool,
     needs_snapshot: bool,
     /// When the last full presence read of this subscription's users succeeded.
@@ -349,6 +354,8 @@ pub struct Core {
     ms_clock: MicrosoftClock,
     /// Mapped users being assigned to shards (subscriptions wait until it is done).
     sharding: Option<crate::shards::ShardsApply>,
+    /// Microsoft users the last mapping added, for the shards that already cover them.
+    joined: BTreeSet<String>,
     switchboard_users: usize,
     shards: Shards,
     subs: Vec<Sub>,
@@ -670,6 +677,9 @@ impl Core {
             }
             Some(_) if sub.verify_due => Next::Verify,
             Some(a) if sub.needs_snapshot => Next::Snapshot(read_ids(a)),
+            Some(_) if !sub.rejoined.is_empty() => {
+                Next::Snapshot(sub.rejoined.iter().take(MAX_IDS_PER_PRESENCE_READ).cloned().collect())
+            }
             // The periodic reconcile re-reads presence (Graph sends no `missed` lifecycle event
             // for presence); a change it finds that no notification brought makes it check the
             // subscription still exists.
@@ -691,6 +701,7 @@ impl Core {
         }
         let graph = &settings.graph_base_url;
         self.subs[slot].busy = true;
+        self.subs[slot].reading_rejoined = !self.subs[slot].needs_snapshot && matches!(next, Next::Snapshot(_));
         if matches!(next, Next::Reconcile(_)) {
             // A retry after a failed page goes on as `Snapshot`, still counting as this reconcile.
             let sub = &mut self.subs[slot];
@@ -948,6 +959,12 @@ impl Core {
     ///   addresses) is forgotten, and a call pushed to Teams for it ends (the session we hold
     ///   is cleared at the next drive); so does a call of a user who became passive.
     fn follow_remapped(&mut self, old: &Mapping, now: u64) {
+        // (A first mapping, or the first after a restart, reads every subscription anyway.)
+        self.joined = if old.by_microsoft.is_empty() {
+            BTreeSet::new()
+        } else {
+            keys_gone(&self.mapping.by_microsoft, &old.by_microsoft).cloned().collect()
+        };
         let mut new_it = self.mapping.by_microsoft.iter().peekable();
         let mut republish = Vec::new();
         let mut gone = Vec::new();
@@ -1013,13 +1030,15 @@ impl Core {
         };
         let job = self.sharding.take().unwrap();
         self.trash.placed(job.placed);
+        let joined = std::mem::take(&mut self.joined);
         for (slot, changed) in changed.into_iter().enumerate() {
             if changed {
                 let sub = &mut self.subs[slot];
                 let members = self.shards.members(slot);
                 if sub.active.as_ref().is_some_and(|a| members.is_subset(&a.members)) {
-                    // Only users gone (or back): nobody new to read, replaced at renewal.
+                    // Only users gone, or back: replaced at renewal; those back are read.
                     sub.shrunk = true;
+                    sub.rejoined.extend(joined.iter().filter(|u| members.contains(*u)).cloned());
                 } else {
                     sub.members_dirty = true;
                     sub.needs_snapshot = true;

@@ -45,6 +45,13 @@ impl Core {
                         let graph = &settings.graph_base_url;
                         if !self.follow_next_link(slot, page.next_link, Pending::Presences(slot), graph, now) {
                             let sub = &mut self.subs[slot];
+                            if std::mem::take(&mut sub.reading_rejoined) {
+                                // Only the users who came back were read: nothing else changes.
+                                sub.rejoined.clear();
+                                sub.retry.succeed();
+                                return;
+                            }
+                            sub.rejoined.clear();
                             sub.needs_snapshot = false;
                             sub.last_snapshot_ms = Some(now);
                             sub.retry.succeed();
