@@ -551,6 +551,7 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
         println!("problem: {code}: {}", s.hint.clone().unwrap_or_default());
     }
     demo_call(&sc).await;
+    demo_directory(&sc, users).await;
     println!();
     println!("Now changing presence in Teams (the emulator) at random; the switchboard follows:");
     const STATES: [(&str, &str); 5] = [
@@ -627,6 +628,49 @@ async fn demo_call(sc: &Scenario) {
         }
         let ((a, b), ms) = wait(want).await;
         println!("  {label} -> Teams shows {a}/{b} after {ms} ms");
+    }
+}
+
+/// A user leaves the switchboard and a new one joins (the simulator's API; no restart, no wait
+/// for Microsoft's directory round): the plugin sees the directory's change counter.
+async fn demo_directory(sc: &Scenario, users: usize) {
+    let Some(user) = sc.switchboard.user("sb-00010") else { return };
+    println!();
+    println!("The switchboard's directory changes while it runs:");
+    let t0 = Instant::now();
+    if let Err(e) = sc.switchboard.change(vec![], std::slice::from_ref(&user.id)) {
+        println!("  refused: {e}");
+        return;
+    }
+    let s = sc.wait_status(Duration::from_secs(10), |s| s.switchboard_users as usize == users - 1).await;
+    println!(
+        "  {} leaves                 -> the plugin maps {} users after {} ms",
+        user.id,
+        s.users,
+        t0.elapsed().as_millis()
+    );
+    let joiner = User { id: "sb-new-1".into(), name: "New colleague".into(), ..user };
+    let t0 = Instant::now();
+    if let Err(e) = sc.switchboard.change(vec![joiner], &[]) {
+        println!("  refused: {e}");
+        return;
+    }
+    let mut shown = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Some(s) = sc.switchboard.shown("sb-new-1") {
+            shown = Some(s);
+            break;
+        }
+        sc.switchboard.wait_change(Duration::from_millis(50)).await;
+    }
+    match shown {
+        Some(s) => println!(
+            "  sb-new-1 joins with its address -> switchboard shows {}/{} after {} ms",
+            s.availability,
+            s.activity,
+            t0.elapsed().as_millis()
+        ),
+        None => println!("  sb-new-1 joins with its address -> not shown within 10 s"),
     }
 }
 
