@@ -181,6 +181,15 @@ impl Directory {
 /// Errors name the file, the row and the problem.
 pub fn read_csv(path: &Path) -> anyhow::Result<Vec<User>> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    // An empty file (or one cut short) is refused, not taken as "no users".
+    let header = r.headers().with_context(|| format!("{}: the header", path.display()))?;
+    if header.get(0).map(str::trim) != Some("id") || header.len() < 4 {
+        anyhow::bail!(
+            "{}: the first line must be the header id,name,email,line_number[,active] (it is '{}')",
+            path.display(),
+            header.iter().collect::<Vec<_>>().join(",")
+        );
+    }
     let mut users = Vec::new();
     let mut rows: HashMap<String, usize> = HashMap::new();
     for (i, rec) in r.records().enumerate() {
@@ -281,6 +290,9 @@ mod tests {
         std::fs::write(&p, "id,name,email,line_number,active\na,A,a@x.com,+4711,true\na,B,b@x.com,,\n").unwrap();
         let e = read_csv(&p).unwrap_err().to_string();
         assert!(e.contains("row 3") && e.contains("already on row 2"), "{e}");
+        std::fs::write(&p, "").unwrap();
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("the first line must be the header"), "{e}");
         std::fs::write(&p, "id,name,email,line_number,active\na,A,a@x.com,+4711,maybe\n").unwrap();
         let e = read_csv(&p).unwrap_err().to_string();
         assert!(e.contains("row 2") && e.contains("active is 'maybe'"), "{e}");

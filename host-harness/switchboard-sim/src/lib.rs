@@ -168,7 +168,8 @@ impl Switchboard {
 
     /// Makes `path` (the CSV these users came from) their home: changes through the API are
     /// written to it (atomically), and it is re-read whenever its size or modification time
-    /// changes (looked at every [`CSV_POLL`]), until this switchboard is dropped. A file that
+    /// changed and then stood still for one look (looked at every [`CSV_POLL`]), until this
+    /// switchboard is dropped. A file that
     /// does not parse is reported in the log and changes nothing: the users stay as they
     /// were until a good file is there. Polling rather than file-system events: it works the
     /// same on every file system (network mounts and container volumes included) and whether
@@ -182,13 +183,22 @@ impl Switchboard {
                 Some((m.modified().ok()?, m.len()))
             };
             let mut seen = stamp(&path);
+            // A change is read once the file has stood still for a poll: never half of a file
+            // an editor or a script is still writing.
+            let mut moving = None;
             loop {
                 tokio::time::sleep(CSV_POLL).await;
                 let Some(sb) = me.upgrade() else { return };
                 let now = stamp(&path);
                 if now == seen {
+                    moving = None;
                     continue;
                 }
+                if moving != Some(now) {
+                    moving = Some(now);
+                    continue;
+                }
+                moving = None;
                 seen = now;
                 let read = read_csv(&path).and_then(|users| sb.replace_all(users).map_err(anyhow::Error::msg));
                 if read.is_ok() {
