@@ -256,7 +256,7 @@ impl Actor {
                 return;
             }
             let waited_ms = self.ctx.clock.now_ms().saturating_sub(row.received_ms);
-            self.ctx.metrics.processed(&self.ctx.name, waited_ms as f64 / 1000.0);
+            self.ctx.metrics.processed(waited_ms as f64 / 1000.0);
             self.inbox_cursor = row.id;
         }
     }

@@ -71,8 +71,8 @@ pub struct IntegrationCtx {
     pub(crate) pending_writes: Mutex<BTreeMap<String, Option<Vec<u8>>>>,
     /// Why the last state write failed, while writes are pending.
     pub(crate) state_error: Mutex<Option<String>>,
-    /// The host's metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// This integration's handle on the host's metrics.
+    pub metrics: crate::metrics::IntegrationMetrics,
     /// When the actor last finished a guest call (ticks come every second): readiness, read
     /// without a guest call.
     pub(crate) last_call: Mutex<Option<std::time::Instant>>,
@@ -105,7 +105,7 @@ pub(crate) struct CtxParts {
     pub kek: Kek,
     pub webhook_token: String,
     pub inbox_limits: InboxLimits,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: crate::metrics::IntegrationMetrics,
     pub client_secret_expires_ms: Option<u64>,
 }
 

@@ -180,7 +180,7 @@ impl Host {
                     kek,
                     webhook_token: token,
                     inbox_limits: config.host.inbox_limits,
-                    metrics: metrics.clone(),
+                    metrics: metrics.for_integration(&ic.name),
                     client_secret_expires_ms: ic.client_secret_expires_ms,
                 },
             )

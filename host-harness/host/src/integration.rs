@@ -170,7 +170,7 @@ pub struct Spawn {
     /// Bounds of its inbox.
     pub inbox_limits: InboxLimits,
     /// The host's metrics, which it adds to.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: crate::metrics::IntegrationMetrics,
     /// When the client secret expires, as the admin entered it (ms since the epoch).
     pub client_secret_expires_ms: Option<u64>,
 }

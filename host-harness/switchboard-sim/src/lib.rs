@@ -142,15 +142,14 @@ impl Switchboard {
         f: impl FnOnce(&directory::Directory) -> Result<(directory::Directory, Summary), String>,
     ) -> Result<Summary, String> {
         let csv = self.writing.lock().unwrap();
-        let (next, summary) = f(&self.snapshot())?;
+        let old = self.snapshot();
+        let (next, summary) = f(&old)?;
         if summary.any() {
             if let (true, Some(path)) = (to_csv, csv.as_ref()) {
                 directory::write_csv(path, &next.users).map_err(|e| format!("{e:#}; nothing was changed"))?;
             }
-            let gone: Vec<String> = {
-                let old = self.snapshot();
-                old.users.iter().filter(|u| !next.by_id.contains_key(&u.id)).map(|u| u.id.clone()).collect()
-            };
+            let gone: Vec<String> =
+                old.users.iter().filter(|u| !next.by_id.contains_key(&u.id)).map(|u| u.id.clone()).collect();
             *self.dir.write().unwrap() = Arc::new(next);
             self.revision.fetch_add(1, Ordering::AcqRel);
             // A removed user is no longer in the console: nothing shown, no line.

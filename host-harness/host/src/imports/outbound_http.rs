@@ -60,7 +60,7 @@ impl outbound_http::Host for HostState {
         tokio::spawn(async move {
             let outcome = sent.await;
             let status = outcome.as_ref().ok().map(|r| r.status);
-            ctx.metrics.graph_request(&ctx.name, &method, &url, status, started.elapsed().as_secs_f64());
+            ctx.metrics.graph_request(&method, &url, status, started.elapsed().as_secs_f64());
             if !(ctx.http_done)(id, outcome).await {
                 ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
