@@ -65,7 +65,7 @@ users = [{{ username = "{user}", password_env = "E2E_CONTOSO_PW" }}]
     let cfg = Config::parse(&text, &path.display().to_string(), dir.path(), &env).unwrap();
     let sims = switchboard_sim::from_config(&cfg).unwrap();
     let host = presence_demo::start_host(&cfg, clock, listener, admin, sims).await.unwrap();
-    let h = host.integrations["contoso"].clone();
+    let h = host.integrations()["contoso"].clone();
     let end = Instant::now() + Duration::from_secs(60);
     let s = loop {
         let s = h.status().await.unwrap();

@@ -8,6 +8,7 @@ mod config_file;
 mod custom_switchboard;
 mod directory;
 mod hot_swap;
+mod integrations_api;
 mod lifecycle;
 mod operations;
 mod presence_sync;

@@ -98,7 +98,7 @@ async fn a_host_clock_that_is_not_microsofts_is_corrected_and_shown() {
         let end = std::time::Instant::now() + EVENTUALLY;
         while t.emulator.subscriptions().first().is_none_or(|s| s.expires_at_ms <= sub.expires_at_ms) {
             assert!(std::time::Instant::now() < end, "never renewed");
-            t.host().integrations["contoso"].tick().await;
+            t.host().integrations()["contoso"].tick().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let s = t.settle(EVENTUALLY).await;

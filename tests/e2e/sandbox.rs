@@ -33,7 +33,7 @@ async fn hostile_guests_are_contained_reported_and_the_others_keep_serving() {
     let mut seen: BTreeMap<&str, StatusView> = BTreeMap::new();
     loop {
         for m in MODES {
-            seen.insert(m, host.integrations[&format!("hostile-{m}")].status().await.expect("status"));
+            seen.insert(m, host.integrations()[&format!("hostile-{m}")].status().await.expect("status"));
         }
         let enough = |m: &str, s: &StatusView| match m {
             "infinite-loop" | "memory-bomb" | "panic" => s.traps >= 2,

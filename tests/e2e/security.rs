@@ -179,7 +179,7 @@ async fn a_trap_keeps_the_counters() {
     let s = t.wait_status(EVENTUALLY, |s| counter(s, "rejected.validation-token") >= 20).await;
     let before = counter(&s, "rejected.validation-token");
     assert_eq!(before, 20, "{:?}", s.counters);
-    let h = t.host().integrations["contoso"].clone();
+    let h = t.host().integrations()["contoso"].clone();
     // A tick stores the counters (the status comes after it in the queue).
     h.tick().await;
     let _ = t.status().await;
@@ -262,7 +262,11 @@ async fn the_state_at_rest_is_private_sealed_and_held_by_one_host() {
     let second = presence_host::Host::start(
         &t.config,
         presence_demo::PLUGIN_WASM,
-        presence_host::Backends::defaults(&t.config, Default::default()).unwrap(),
+        presence_host::Backends::defaults(
+            &t.config,
+            std::collections::BTreeMap::<String, std::sync::Arc<dyn presence_host::Switchboard>>::new(),
+        )
+        .unwrap(),
     )
     .await;
     let e = format!("{:#}", second.err().expect("a second host refuses to start"));
@@ -304,7 +308,7 @@ async fn the_public_listener_serves_tls_with_the_configured_certificate() {
     let r = client.get(format!("https://{addr}/healthz")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "ok");
     // Graph's handshake over TLS, on the integration's secret path.
-    let path = t.host().integrations["contoso"].webhook_path("notifications");
+    let path = t.host().integrations()["contoso"].webhook_path("notifications");
     let r = client.post(format!("https://{addr}{path}?validationToken=over%20tls")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.text().await.unwrap(), "over tls");

@@ -7,7 +7,8 @@ use e2e_tests::*;
 async fn a_trap_restarts_only_that_integration_from_its_persisted_state() {
     let t = start(30, 1, |o| o.second_integration = Some("fabrikam".into())).await;
     let host = t.host.as_ref().unwrap();
-    let (contoso, fabrikam) = (&host.integrations["contoso"], &host.integrations["fabrikam"]);
+    let all = host.integrations();
+    let (contoso, fabrikam) = (&all["contoso"], &all["fabrikam"]);
     for h in [contoso, fabrikam] {
         let end = std::time::Instant::now() + EVENTUALLY;
         while h.status().await.unwrap().state != "ok" && std::time::Instant::now() < end {

@@ -100,7 +100,7 @@ pub(crate) async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)
             sc.emulator.batch_body(&sub, vec![item]).to_string().into_bytes()
         })
         .collect();
-    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let handle = sc.host.as_ref().unwrap().integrations().values().next().unwrap().clone();
     let accepted = |s: &presence_host::StatusView| s.counters.get("notifications.accepted").copied().unwrap_or(0);
     let start = accepted(&sc.status().await);
 
@@ -121,7 +121,7 @@ pub(crate) async fn per_notification(n: usize) -> anyhow::Result<(f64, f64, f64)
     let key = presence_host::keys::NotificationKey::load_or_create(&db, &name, kek)?;
     let token = presence_host::integration::webhook_token(kek, &name);
     let settings =
-        core_settings(presence_host::host::settings_for(&sc.config, &sc.config.integrations[0], &key, &token));
+        core_settings(presence_host::host::settings_for(&sc.config.host, &sc.config.integrations[0], &key, &token));
     let mut env = NativeEnv { stored, key, switchboard: sc.switchboard.clone(), clock: sc.clock.clone() };
     let mut core = presence_core::Core::new();
     core.configure(&mut env, settings).map_err(|e| anyhow::anyhow!("native configure: {e:?}"))?;

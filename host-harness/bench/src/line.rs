@@ -12,7 +12,7 @@ pub(crate) async fn line_to_set_presence(calls: usize) -> anyhow::Result<Vec<f64
     let users = 1300;
     let sc = Scenario::start(ScenarioOptions::new(users, 2, dir.clone())).await?;
     sc.wait_status(Duration::from_secs(60), |s| s.state == "ok").await;
-    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let handle = sc.host.as_ref().unwrap().integrations().values().next().unwrap().clone();
     // Users whose Teams state lets a call show (Available or Busy) and who have a line.
     let truth = sc.emulator.truth(&sc.seed.tenant_id);
     let eligible: Vec<usize> = (0..users)

@@ -16,7 +16,7 @@ pub(crate) async fn steady_state(users: usize) -> anyhow::Result<std::collection
     anyhow::ensure!(left.is_empty(), "{} of {users} users never synced", left.len());
     // Let the setup's last requests finish.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let handle = sc.host.as_ref().unwrap().integrations().values().next().unwrap().clone();
     let before = sc.emulator.request_counts();
     let total = || sc.emulator.request_counts().values().sum::<u64>();
     for _ in 0..720 {

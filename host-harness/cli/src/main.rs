@@ -125,15 +125,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {} (admin)", cfg.host.admin_listen))?;
             // The switchboards are the simulator's, from each integration's `switchboard_csv`.
+            // Integrations created at run time get theirs the same way (an empty one if no CSV).
             let sims = switchboard_sim::from_config(&cfg)?;
-            let seams =
-                sims.iter().map(|(k, v)| (k.clone(), v.clone() as Arc<dyn presence_host::Switchboard>)).collect();
             let mut host =
-                Host::start(&cfg, presence_plugin_wasm::PLUGIN_WASM, Backends::defaults(&cfg, seams)?).await?;
-            let routes = switchboard_sim::routes(sims, host.integrations.clone());
+                Host::start(&cfg, presence_plugin_wasm::PLUGIN_WASM, Backends::defaults(&cfg, sims.clone())?).await?;
+            let routes = switchboard_sim::routes(sims, host.registry.clone());
             host.serve(listener, admin, routes)?;
             let (addr, admin) = (host.addr(), host.admin_addr());
-            tracing::info!(%addr, %admin, integrations = host.integrations.len(), "host running");
+            tracing::info!(%addr, %admin, integrations = host.integrations().len(), "host running");
             // For whoever started it with port 0: where it listens, on stdout (the admin
             // listener first).
             println!("admin on http://{admin}");

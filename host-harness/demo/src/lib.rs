@@ -174,6 +174,8 @@ pub struct Scenario {
     pub second_switchboard: Option<Arc<Switchboard>>,
     /// The second integration's tenant, if there is one.
     pub second_seed: Option<TenantSeed>,
+    /// Every integration's switchboard (those created at run time too).
+    pub sims: Arc<switchboard_sim::Switchboards>,
 }
 
 /// The second scenario tenant (fabrikam.example) and its app.
@@ -261,6 +263,7 @@ impl Scenario {
             },
             integrations: vec![IntegrationConfig {
                 name: opts.name.clone(),
+                display_name: None,
                 tenant_id: DEMO_TENANT.into(),
                 client_id: DEMO_CLIENT.into(),
                 client_secret: Secret::new(opts.configured_secret.clone()),
@@ -306,11 +309,11 @@ impl Scenario {
             Some((sb, s)) => (Some(sb), Some(s)),
             None => (None, None),
         };
-        let mut switchboards = BTreeMap::from([(opts.name.clone(), switchboard.clone())]);
+        let sims = switchboard_sim::Switchboards::new(BTreeMap::from([(opts.name.clone(), switchboard.clone())]));
         if let (Some(name), Some(sb)) = (&opts.second_integration, &second_switchboard) {
-            switchboards.insert(name.clone(), sb.clone());
+            sims.insert(name, sb.clone());
         }
-        let host = start_host(&config, clock.clone(), listener, admin, switchboards).await?;
+        let host = start_host(&config, clock.clone(), listener, admin, sims.clone()).await?;
         Ok(Scenario {
             emulator,
             host: Some(host),
@@ -321,6 +324,7 @@ impl Scenario {
             emulator_url,
             second_switchboard,
             second_seed,
+            sims,
         })
     }
 
@@ -337,18 +341,14 @@ impl Scenario {
         self.stop_host().await;
         let listener = tokio::net::TcpListener::bind(&self.config.host.listen).await?;
         let admin = tokio::net::TcpListener::bind(&self.config.host.admin_listen).await?;
-        let mut switchboards = BTreeMap::from([(self.config.integrations[0].name.clone(), self.switchboard.clone())]);
-        if let (Some(ic), Some(sb)) = (self.config.integrations.get(1), &self.second_switchboard) {
-            switchboards.insert(ic.name.clone(), sb.clone());
-        }
-        let host = start_host(&self.config, self.clock.clone(), listener, admin, switchboards).await?;
+        let host = start_host(&self.config, self.clock.clone(), listener, admin, self.sims.clone()).await?;
         self.host = Some(host);
         Ok(())
     }
 
     /// The webhook URL of the integration (with its secret path segment).
     pub fn notification_url(&self) -> String {
-        let h = self.host().integrations.values().next().expect("an integration");
+        let h = self.host().integrations().values().next().expect("an integration").clone();
         format!("{}{}", self.config.host.public_base_url, h.webhook_path("notifications"))
     }
 
@@ -374,7 +374,7 @@ impl Scenario {
     /// The integration's status.
     pub async fn status(&self) -> StatusView {
         let h = self.host.as_ref().expect("host running");
-        h.integrations.values().next().unwrap().status().await.expect("status")
+        h.integrations().values().next().unwrap().status().await.expect("status")
     }
 
     /// The running host.
@@ -484,24 +484,20 @@ pub fn admin_client(token: &str) -> reqwest::Client {
     reqwest::Client::builder().default_headers(h).build().expect("an HTTP client")
 }
 
-/// Starts a host on `config` with the scenario's clock and switchboards (others get an empty
-/// one), and serves it on `listener` (public) and `admin` (with the simulator's routes).
+/// Starts a host on `config` with the scenario's clock and switchboards (others, also those
+/// created at run time, get their CSV's or an empty one), and serves it on `listener`
+/// (public) and `admin` (with the simulator's routes).
 pub async fn start_host(
     config: &Config,
     clock: Arc<TestClock>,
     listener: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
-    mut switchboards: BTreeMap<String, Arc<Switchboard>>,
+    sims: Arc<switchboard_sim::Switchboards>,
 ) -> anyhow::Result<Host> {
-    for ic in &config.integrations {
-        switchboards.entry(ic.name.clone()).or_default();
-    }
-    let mut backends = Backends::defaults(config, BTreeMap::new())?;
+    let mut backends = Backends::defaults(config, sims.clone())?;
     backends.clock = clock;
-    backends.switchboards =
-        switchboards.iter().map(|(k, v)| (k.clone(), v.clone() as Arc<dyn presence_host::Switchboard>)).collect();
     let mut host = Host::start(config, PLUGIN_WASM, backends).await?;
-    let routes = switchboard_sim::routes(switchboards, host.integrations.clone());
+    let routes = switchboard_sim::routes(sims, host.registry.clone());
     host.serve(listener, admin, routes)?;
     Ok(host)
 }
@@ -606,7 +602,7 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
 
 /// One call on an Available user's mobile line: Teams shows "In a call", then not.
 async fn demo_call(sc: &Scenario) {
-    let handle = sc.host.as_ref().unwrap().integrations.values().next().unwrap().clone();
+    let handle = sc.host.as_ref().unwrap().integrations().values().next().unwrap().clone();
     let ms = sc.ms_user(0);
     let teams = |sc: &Scenario| sc.emulator.truth(&sc.seed.tenant_id)[&ms].clone();
     let wait = |want: &'static str| async move {

@@ -17,13 +17,14 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use wasmtime::Store;
 
-use crate::bindings::{PresenceSync, status, sync};
+use crate::bindings::{status, sync};
 use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::engine::{Runtime, wt};
 use crate::error::{LineEventError, OverrideError};
 use crate::inbox;
 use crate::instance::{HostState, arm};
+use crate::release::Plugin;
 use crate::release::Release;
 use crate::sandbox::{cap, printable, thread_cpu};
 use crate::status::{HostSide, PluginView, StatusView, SwapReport};
@@ -37,7 +38,7 @@ pub(crate) struct Actor {
     pub(crate) settings: sync::Settings,
     pub(crate) release: Arc<Release>,
     pub(crate) store: Store<HostState>,
-    pub(crate) bindings: PresenceSync,
+    pub(crate) bindings: Plugin,
     traps: u64,
     last_trap: Option<String>,
     pub(crate) config_error: Option<String>,
@@ -75,7 +76,7 @@ pub(crate) enum Configured {
 /// Configures a fresh instance.
 pub(crate) async fn configure_instance(
     store: &mut Store<HostState>,
-    bindings: &PresenceSync,
+    bindings: &Plugin,
     settings: &sync::Settings,
 ) -> Configured {
     arm(store, false);
@@ -318,6 +319,20 @@ impl Actor {
             Command::Line(ev, reply) => sync.call_on_line_event(&mut self.store, &ev).await.map(|r| {
                 let _ = reply.send(r.map_err(line_event_error));
             }),
+            Command::Retire(reply) => match self.bindings.admin() {
+                Some(admin) => admin.call_retire(&mut self.store).await.map(|p| {
+                    let _ = reply.send(Some(crate::status::Retirement {
+                        subscriptions: p.subscriptions,
+                        sessions: p.sessions,
+                        users_withdrawn: p.users_withdrawn,
+                        problem: p.problem.map(|m| printable(&cap(m, 1024))),
+                    }));
+                }),
+                None => {
+                    let _ = reply.send(None);
+                    Ok(())
+                }
+            },
         };
         *self.ctx.last_call.lock().unwrap() = Some(Instant::now());
         let total = self.call_totals.entry(kind).or_default();

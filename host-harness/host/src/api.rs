@@ -5,10 +5,10 @@
 //! - the **admin** one (loopback by default), every route behind `Authorization: Bearer
 //!   <admin token>`, checked in constant time before any body is read: `/status` and
 //!   `/status/{integration}`, `/integrations/{integration}/sync-now`,
-//!   `/integrations/{integration}/overrides`, `PUT /admin/plugin` (hot swap), `/healthz`, and
+//!   `/integrations/{integration}/overrides`, `PUT /admin/plugin` (hot swap), `/healthz`,
+//!   `/readyz`, `/metrics`, the integrations API ([`crate::admin_api`]), and
 //!   whatever routes the platform adds (the workshop's switchboard simulator).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +24,10 @@ use serde_json::json;
 use crate::bindings::sync;
 use crate::config::Secret;
 use crate::error::{OverrideError, Stopping};
-use crate::host::{Host, Swaps};
+use crate::host::Host;
 use crate::inbox::{AcceptError, check_envelope};
 use crate::integration::IntegrationHandle;
+use crate::registry::Registry;
 use crate::release::MAX_PLUGIN_BYTES;
 use crate::sandbox::MAX_WEBHOOK_BODY;
 use crate::status::SwapOutcome;
@@ -39,9 +40,8 @@ pub const PLUGIN_READ_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_OVERRIDES_BODY: usize = 1 << 20;
 
 #[derive(Clone)]
-struct AppState {
-    integrations: Arc<BTreeMap<String, IntegrationHandle>>,
-    swaps: Arc<Swaps>,
+pub(crate) struct AppState {
+    pub(crate) registry: Arc<Registry>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -53,11 +53,7 @@ pub const METRICS_STATUS_WITHIN: Duration = Duration::from_secs(2);
 
 impl Host {
     fn app_state(&self) -> AppState {
-        AppState {
-            integrations: Arc::new(self.integrations.clone()),
-            swaps: self.swaps.clone(),
-            metrics: self.metrics.clone(),
-        }
+        AppState { registry: self.registry.clone(), metrics: self.metrics.clone() }
     }
 
     /// The public routes (what Graph calls, and `GET /healthz`), for a platform that serves
@@ -82,6 +78,7 @@ impl Host {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz_admin))
             .route("/metrics", get(metrics))
+            .merge(crate::admin_api::routes())
             .with_state(self.app_state())
             .merge(extra)
             .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token))
@@ -113,7 +110,7 @@ async fn require_admin_token(State(token): State<Secret>, req: Request, next: Ne
 }
 
 /// Reads a body of at most `limit` bytes within `deadline`.
-async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<axum::body::Bytes, Response> {
+pub(crate) async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<axum::body::Bytes, Response> {
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(_)) => Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes")).into_response()),
@@ -136,7 +133,7 @@ async fn webhook(
     Path((name, token, kind)): Path<(String, String, String)>,
     req: Request,
 ) -> Response {
-    let Some(h) = st.integrations.get(&name) else { return not_found("webhook") };
+    let Some(h) = st.registry.get(&name) else { return not_found("webhook") };
     // The secret path segment, before anything is read: a forged request costs a compare.
     if !h.webhook_token_matches(&token) {
         h.count("rejected.webhook-path");
@@ -196,7 +193,7 @@ async fn webhook(
 /// starting, or stuck). Reads a timestamp only: a flood of `/readyz` on the public listener
 /// costs no guest call and delays no integration.
 fn not_ready(st: &AppState) -> Vec<String> {
-    st.integrations.iter().filter(|(_, h)| !h.alive(READY_WITHIN)).map(|(n, _)| n.clone()).collect()
+    st.registry.snapshot().iter().filter(|(_, h)| !h.alive(READY_WITHIN)).map(|(n, _)| n.clone()).collect()
 }
 
 /// Readiness for a load balancer: 200 when every integration runs, else 503. The public
@@ -219,7 +216,7 @@ async fn readyz_admin(State(st): State<AppState>) -> Response {
 /// Prometheus metrics (see [`crate::metrics`]).
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut statuses = Vec::new();
-    for h in st.integrations.values() {
+    for h in st.registry.snapshot().values() {
         if let Ok(Ok(s)) = tokio::time::timeout(METRICS_STATUS_WITHIN, h.status()).await {
             statuses.push(s);
         }
@@ -236,21 +233,21 @@ async fn status_json(h: &IntegrationHandle) -> serde_json::Value {
 
 async fn status_all(State(st): State<AppState>) -> Response {
     let mut all = Vec::new();
-    for h in st.integrations.values() {
+    for h in st.registry.snapshot().values() {
         all.push(status_json(h).await);
     }
     axum::Json(json!({ "integrations": all })).into_response()
 }
 
 async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {
-    match st.integrations.get(&name) {
-        Some(h) => axum::Json(status_json(h).await).into_response(),
+    match st.registry.get(&name) {
+        Some(h) => axum::Json(status_json(&h).await).into_response(),
         None => not_found("integration"),
     }
 }
 
 async fn sync_now(State(st): State<AppState>, Path(name): Path<String>) -> Response {
-    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let Some(h) = st.registry.get(&name) else { return not_found("integration") };
     match h.sync_now().await {
         Ok(()) => (StatusCode::ACCEPTED, "directory refresh started").into_response(),
         Err(Stopping) => stopping(),
@@ -266,7 +263,7 @@ struct OverrideBody {
 }
 
 async fn get_overrides(State(st): State<AppState>, Path(name): Path<String>) -> Response {
-    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let Some(h) = st.registry.get(&name) else { return not_found("integration") };
     match h.overrides().await {
         Ok(list) => axum::Json(
             list.into_iter()
@@ -281,7 +278,7 @@ async fn get_overrides(State(st): State<AppState>, Path(name): Path<String>) -> 
 /// Replaces the API overrides with the JSON list in the body:
 /// `[{"switchboard_user": "...", "microsoft_user": "<id or address>"}]`.
 async fn put_overrides(State(st): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
-    let Some(h) = st.integrations.get(&name) else { return not_found("integration") };
+    let Some(h) = st.registry.get(&name) else { return not_found("integration") };
     let body = match read_body(body, MAX_OVERRIDES_BODY, BODY_READ_TIMEOUT).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -325,7 +322,7 @@ async fn put_plugin(
         Ok(b) => b,
         Err(r) => return r,
     };
-    match st.swaps.swap(&st.integrations, &body, q.integration.as_deref()).await {
+    match st.registry.swap(&body, q.integration.as_deref()).await {
         Ok(reports) => {
             let switched = reports.iter().all(|r| r.outcome == SwapOutcome::Switched);
             let code = if switched { StatusCode::OK } else { StatusCode::CONFLICT };

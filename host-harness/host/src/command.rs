@@ -31,6 +31,9 @@ pub enum Command {
     GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
     /// A line event.
     Line(presence::LineEvent, oneshot::Sender<Result<(), LineEventError>>),
+    /// Retire the integration (it is being deleted): the progress, or `None` when the plugin
+    /// cannot (it lacks the `admin` export).
+    Retire(oneshot::Sender<Option<crate::status::Retirement>>),
     /// Switch to another plugin release (hot swap), with where to send the outcome.
     Swap(Arc<Release>, oneshot::Sender<SwapReport>),
     /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
@@ -53,6 +56,7 @@ impl Command {
             Command::SetOverrides(..) => "set-overrides",
             Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
+            Command::Retire(..) => "retire",
             Command::Swap(..) => "swap",
             Command::InterruptNextCall => "interrupt-next-call",
             Command::Shutdown => "shutdown",

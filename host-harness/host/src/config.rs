@@ -79,6 +79,8 @@ pub struct HostConfig {
 pub struct IntegrationConfig {
     /// Unique name; also the webhook path segment.
     pub name: String,
+    /// The name the admin page shows (the product guide's "Name"); `None`: the name.
+    pub display_name: Option<String>,
     /// Tenant id (GUID) or domain.
     pub tenant_id: String,
     /// Application (client) id.
@@ -110,7 +112,7 @@ pub struct IntegrationConfig {
 }
 
 /// An address source for matching (`match_order`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchSource {
     /// `mail`.
@@ -167,6 +169,7 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawIntegration {
     name: String,
+    display_name: Option<String>,
     tenant_id: String,
     client_id: String,
     client_secret: Option<String>,
@@ -400,138 +403,273 @@ impl Config {
             login_base_url: login_base_url.trim_end_matches('/').to_string(),
         };
         let mut integrations = Vec::new();
-        let mut names = std::collections::BTreeSet::new();
         for (i, r) in raw.integration.into_iter().enumerate() {
             let f = |name: &str| format!("integration[{i}].{name}");
-            if r.reconcile_interval_s < 30 {
-                return Err(err(
-                    &f("reconcile_interval_s"),
-                    format!(
-                        "{} s is too often: use at least 30 s (Graph's presence limit is shared)",
-                        r.reconcile_interval_s
-                    ),
-                ));
+            let ic = integration_of(r, &|v| base.join(v), env).map_err(|(field, reason)| err(&f(&field), reason))?;
+            let others = integrations.iter().enumerate().map(|(k, o)| (format!("integration[{k}]"), o));
+            if let Some((field, reason)) = conflict(&ic, others) {
+                return Err(err(&f(&field), reason));
             }
-            if r.directory_delta_interval_s < 10 {
-                return Err(err(
-                    &f("directory_delta_interval_s"),
-                    format!("{} s is too often: use at least 10 s", r.directory_delta_interval_s),
-                ));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for m in &r.match_order {
-                if !seen.insert(*m) {
-                    return Err(err(&f("match_order"), format!("{m:?} is listed twice")));
-                }
-            }
-            for (j, o) in r.overrides.iter().enumerate() {
-                if o.switchboard_user.trim().is_empty() || o.microsoft_user.trim().is_empty() {
-                    return Err(err(
-                        &f(&format!("overrides[{j}]")),
-                        "switchboard_user and microsoft_user must not be empty".into(),
-                    ));
-                }
-                if r.overrides[..j].iter().any(|p| p.switchboard_user == o.switchboard_user) {
-                    return Err(err(
-                        &f(&format!("overrides[{j}].switchboard_user")),
-                        format!("'{}' has two overrides", o.switchboard_user),
-                    ));
-                }
-            }
-            if r.name.is_empty()
-                || r.name.len() > 64
-                || !r.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(err(&f("name"), format!("'{}' must be 1-64 characters of a-z, 0-9 and '-'", r.name)));
-            }
-            if !names.insert(r.name.clone()) {
-                return Err(err(&f("name"), format!("'{}' is used by another integration", r.name)));
-            }
-            if !is_guid(&r.tenant_id) && !is_domain(&r.tenant_id) {
-                return Err(err(
-                    &f("tenant_id"),
-                    format!("'{}' is neither a GUID nor a domain name (use the Directory (tenant) ID)", r.tenant_id),
-                ));
-            }
-            if !is_guid(&r.client_id) {
-                return Err(err(
-                    &f("client_id"),
-                    format!("'{}' is not a GUID (use the Application (client) ID)", r.client_id),
-                ));
-            }
-            // The product guide: with the same app registration in two integrations of one tenant,
-            // "the last one activated receives status updates".
-            if let Some((other, _)) = integrations.iter().enumerate().find(|(_, o): &(usize, &IntegrationConfig)| {
-                o.client_id.eq_ignore_ascii_case(&r.client_id) && o.tenant_id.eq_ignore_ascii_case(&r.tenant_id)
-            }) {
-                return Err(err(
-                    &f("client_id"),
-                    format!(
-                        "integration[{other}] already uses this app registration in tenant {}; give each \
-                         integration its own app registration (else only one of them receives presence)",
-                        r.tenant_id
-                    ),
-                ));
-            }
-            let client_secret =
-                secret(r.client_secret, r.client_secret_env, env).map_err(|e| err(&f("client_secret"), e))?;
-            let client_secret_expires_ms =
-                r.client_secret_expires.map(date_ms).transpose().map_err(|e| err(&f("client_secret_expires"), e))?;
-            let mut users = Vec::new();
-            for (j, u) in r.users.into_iter().enumerate() {
-                let uf = f(&format!("users[{j}]"));
-                if !u.username.contains('@') {
-                    return Err(err(
-                        &format!("{uf}.username"),
-                        format!("'{}' is not a user principal name (name@domain)", u.username),
-                    ));
-                }
-                if users.iter().any(|x: &UserConfig| x.username.eq_ignore_ascii_case(&u.username)) {
-                    return Err(err(
-                        &format!("{uf}.username"),
-                        format!("'{}' is listed twice; each integration user holds one subscription", u.username),
-                    ));
-                }
-                let password =
-                    secret(u.password, u.password_env, env).map_err(|e| err(&format!("{uf}.password"), e))?;
-                // Graph allows one presence subscription per app and user: two integrations of
-                // one app sharing a user would delete each other's subscription.
-                if let Some((other, _)) =
-                    integrations.iter().enumerate().find(|(_, o): &(usize, &IntegrationConfig)| {
-                        o.client_id.eq_ignore_ascii_case(&r.client_id)
-                            && o.users.iter().any(|x| x.username.eq_ignore_ascii_case(&u.username))
-                    })
-                {
-                    return Err(err(
-                        &format!("{uf}.username"),
-                        format!(
-                            "'{}' is already an integration user of integration[{other}] with the same app \
-                             registration; Graph allows one presence subscription per app and user",
-                            u.username
-                        ),
-                    ));
-                }
-                users.push(UserConfig { username: u.username, password });
-            }
-            integrations.push(IntegrationConfig {
-                name: r.name,
-                tenant_id: r.tenant_id,
-                client_id: r.client_id,
-                client_secret,
-                client_secret_expires_ms,
-                users,
-                push_line_status: r.push_line_status,
-                min_call_length_ms: r.min_call_length_ms,
-                reconcile_interval_s: r.reconcile_interval_s,
-                directory_delta_interval_s: r.directory_delta_interval_s,
-                match_order: r.match_order,
-                overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
-                switchboard_csv: r.switchboard_csv.map(|p| base.join(p)),
-                plugin: r.plugin.map(|p| base.join(p)),
-            });
+            integrations.push(ic);
         }
         Ok(Config { host, integrations })
     }
+}
+
+/// An integration as the admin API takes it (JSON), validated as the TOML file's
+/// `[[integration]]` is. Secrets are write-only: left out in an update, the ones set stay
+/// (an integration user's password by its username). File paths (`switchboard_csv`,
+/// `plugin`) are not taken from the network: an update keeps the file's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSpec {
+    /// "Name" on the admin page.
+    pub display_name: Option<String>,
+    /// Directory (tenant) ID, or a domain.
+    pub tenant_id: String,
+    /// Application (client) ID.
+    pub client_id: String,
+    /// Client secret value; `None`: keep the one set (none on create: missing credentials).
+    pub client_secret: Option<String>,
+    /// The secret's expiry, `YYYY-MM-DD`.
+    pub client_secret_expires: Option<String>,
+    /// Integration users.
+    #[serde(default)]
+    pub users: Vec<IntegrationUserSpec>,
+    /// "Push line status to Teams".
+    #[serde(default)]
+    pub push_line_status: bool,
+    /// Calls shorter than this are not pushed (ms).
+    #[serde(default)]
+    pub min_call_length_ms: u64,
+    /// Presence re-read interval (s, at least 30).
+    #[serde(default = "default_reconcile_s")]
+    pub reconcile_interval_s: u64,
+    /// Directory delta interval (s, at least 10).
+    #[serde(default = "default_delta_s")]
+    pub directory_delta_interval_s: u64,
+    /// Address sources for matching, in order.
+    #[serde(default)]
+    pub match_order: Vec<MatchSource>,
+    /// Explicit mappings.
+    #[serde(default)]
+    pub overrides: Vec<OverrideSpec>,
+}
+
+/// An integration user in an [`IntegrationSpec`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationUserSpec {
+    /// User principal name.
+    pub username: String,
+    /// Password; `None`: keep the one set for this username.
+    pub password: Option<String>,
+}
+
+/// An override in an [`IntegrationSpec`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    /// Switchboard user id.
+    pub switchboard_user: String,
+    /// Microsoft user id or address.
+    pub microsoft_user: String,
+}
+
+impl IntegrationSpec {
+    /// The validated integration `name`, taking what the spec leaves out from `current` (an
+    /// update). Errors name the field of the request body.
+    pub fn into_config(
+        self,
+        name: &str,
+        current: Option<&IntegrationConfig>,
+    ) -> Result<IntegrationConfig, ConfigError> {
+        let kept = |s: &Secret| Some(s.expose().to_string()).filter(|v| !v.is_empty());
+        let raw = RawIntegration {
+            name: name.to_string(),
+            display_name: self.display_name,
+            tenant_id: self.tenant_id,
+            client_id: self.client_id,
+            client_secret: self.client_secret.or_else(|| current.and_then(|c| kept(&c.client_secret))),
+            client_secret_env: None,
+            client_secret_expires: self.client_secret_expires.filter(|d| !d.trim().is_empty()).map(RawDate::Text),
+            users: self
+                .users
+                .into_iter()
+                .map(|u| {
+                    let password = u.password.or_else(|| {
+                        current
+                            .and_then(|c| c.users.iter().find(|x| x.username.eq_ignore_ascii_case(&u.username)))
+                            .and_then(|x| kept(&x.password))
+                    });
+                    RawUser { username: u.username, password, password_env: None }
+                })
+                .collect(),
+            push_line_status: self.push_line_status,
+            min_call_length_ms: self.min_call_length_ms,
+            reconcile_interval_s: self.reconcile_interval_s,
+            directory_delta_interval_s: self.directory_delta_interval_s,
+            match_order: self.match_order,
+            overrides: self
+                .overrides
+                .into_iter()
+                .map(|o| RawOverride { switchboard_user: o.switchboard_user, microsoft_user: o.microsoft_user })
+                .collect(),
+            switchboard_csv: current.and_then(|c| c.switchboard_csv.clone()),
+            plugin: current.and_then(|c| c.plugin.clone()),
+        };
+        integration_of(raw, &|p| p, &|_| None).map_err(|(field, reason)| ConfigError {
+            file: "request body".into(),
+            field,
+            reason,
+        })
+    }
+}
+
+/// One integration checked on its own (not against the others: see [`conflict`]); an error
+/// is `(field, reason)`, the field relative to the integration. `path` resolves file paths.
+fn integration_of(
+    r: RawIntegration,
+    path: &dyn Fn(PathBuf) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<IntegrationConfig, (String, String)> {
+    let e = |field: &str, reason: String| (field.to_string(), reason);
+    if r.reconcile_interval_s < 30 {
+        return Err(e(
+            "reconcile_interval_s",
+            format!("{} s is too often: use at least 30 s (Graph's presence limit is shared)", r.reconcile_interval_s),
+        ));
+    }
+    if r.directory_delta_interval_s < 10 {
+        return Err(e(
+            "directory_delta_interval_s",
+            format!("{} s is too often: use at least 10 s", r.directory_delta_interval_s),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &r.match_order {
+        if !seen.insert(*m) {
+            return Err(e("match_order", format!("{m:?} is listed twice")));
+        }
+    }
+    for (j, o) in r.overrides.iter().enumerate() {
+        if o.switchboard_user.trim().is_empty() || o.microsoft_user.trim().is_empty() {
+            return Err(e(&format!("overrides[{j}]"), "switchboard_user and microsoft_user must not be empty".into()));
+        }
+        if r.overrides[..j].iter().any(|p| p.switchboard_user == o.switchboard_user) {
+            return Err(e(
+                &format!("overrides[{j}].switchboard_user"),
+                format!("'{}' has two overrides", o.switchboard_user),
+            ));
+        }
+    }
+    check_name(&r.name).map_err(|reason| e("name", reason))?;
+    let display_name = match r.display_name.map(|d| d.trim().to_string()) {
+        Some(d) if d.is_empty() => None,
+        Some(d) if d.chars().count() > 100 || d.chars().any(char::is_control) => {
+            return Err(e("display_name", "must be at most 100 characters, without control characters".into()));
+        }
+        d => d,
+    };
+    if !is_guid(&r.tenant_id) && !is_domain(&r.tenant_id) {
+        return Err(e(
+            "tenant_id",
+            format!("'{}' is neither a GUID nor a domain name (use the Directory (tenant) ID)", r.tenant_id),
+        ));
+    }
+    if !is_guid(&r.client_id) {
+        return Err(e("client_id", format!("'{}' is not a GUID (use the Application (client) ID)", r.client_id)));
+    }
+    let client_secret = secret(r.client_secret, r.client_secret_env, env).map_err(|r| e("client_secret", r))?;
+    let client_secret_expires_ms =
+        r.client_secret_expires.map(date_ms).transpose().map_err(|r| e("client_secret_expires", r))?;
+    let mut users = Vec::new();
+    for (j, u) in r.users.into_iter().enumerate() {
+        if !u.username.contains('@') {
+            return Err(e(
+                &format!("users[{j}].username"),
+                format!("'{}' is not a user principal name (name@domain)", u.username),
+            ));
+        }
+        if users.iter().any(|x: &UserConfig| x.username.eq_ignore_ascii_case(&u.username)) {
+            return Err(e(
+                &format!("users[{j}].username"),
+                format!("'{}' is listed twice; each integration user holds one subscription", u.username),
+            ));
+        }
+        let password = secret(u.password, u.password_env, env).map_err(|r| e(&format!("users[{j}].password"), r))?;
+        users.push(UserConfig { username: u.username, password });
+    }
+    Ok(IntegrationConfig {
+        name: r.name,
+        display_name,
+        tenant_id: r.tenant_id,
+        client_id: r.client_id,
+        client_secret,
+        client_secret_expires_ms,
+        users,
+        push_line_status: r.push_line_status,
+        min_call_length_ms: r.min_call_length_ms,
+        reconcile_interval_s: r.reconcile_interval_s,
+        directory_delta_interval_s: r.directory_delta_interval_s,
+        match_order: r.match_order,
+        overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
+        switchboard_csv: r.switchboard_csv.map(path),
+        plugin: r.plugin.map(path),
+    })
+}
+
+/// Checks an integration's name: 1-64 characters of a-z, 0-9 and '-' (it is a path segment).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!("'{name}' must be 1-64 characters of a-z, 0-9 and '-'"));
+    }
+    Ok(())
+}
+
+/// What `new` conflicts with among `others` (each with the label an error names it by), as
+/// `(field, reason)`: the same name; the same app registration in the same tenant (the
+/// product guide: "the last one activated receives status updates"); an integration user
+/// that another integration of the same app has (Graph allows one presence subscription per
+/// app and user, so the two would delete each other's).
+pub fn conflict<'a>(
+    new: &IntegrationConfig,
+    others: impl IntoIterator<Item = (String, &'a IntegrationConfig)>,
+) -> Option<(String, String)> {
+    for (label, o) in others {
+        if o.name == new.name {
+            return Some(("name".into(), format!("'{}' is used by another integration ({label})", new.name)));
+        }
+        if !o.client_id.eq_ignore_ascii_case(&new.client_id) {
+            continue;
+        }
+        if o.tenant_id.eq_ignore_ascii_case(&new.tenant_id) {
+            return Some((
+                "client_id".into(),
+                format!(
+                    "{label} already uses this app registration in tenant {}; give each integration its own app \
+                     registration (else only one of them receives presence)",
+                    new.tenant_id
+                ),
+            ));
+        }
+        for (j, u) in new.users.iter().enumerate() {
+            if o.users.iter().any(|x| x.username.eq_ignore_ascii_case(&u.username)) {
+                return Some((
+                    format!("users[{j}].username"),
+                    format!(
+                        "'{}' is already an integration user of {label} with the same app registration; Graph \
+                         allows one presence subscription per app and user",
+                        u.username
+                    ),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn default_reconcile_s() -> u64 {

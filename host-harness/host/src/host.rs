@@ -11,22 +11,21 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::allow_list;
 use crate::bindings::sync;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, IntegrationConfig, MatchSource};
+use crate::config::{Config, HostConfig, IntegrationConfig, MatchSource};
 use crate::engine::Runtime;
 use crate::http::{HttpClient, ReqwestClient};
-use crate::integration::{self, IntegrationHandle, Spawn};
+use crate::integration::IntegrationHandle;
 use crate::keys::NotificationKey;
 use crate::listener::{self, ListenerLimits, ListenerStats, Serving};
-use crate::release::Release;
-use crate::status::{SwapOutcome, SwapReport};
+use crate::registry::{Launch, Registry};
+use crate::status::SwapReport;
 use crate::store::{DirLock, SqliteStore, StateStore, secure_dir};
-use crate::switchboard::Switchboard;
+use crate::switchboard::Switchboards;
 
-/// What a host runs on: a state store, an HTTP client, a clock, and each integration's
-/// switchboard (by integration name).
+/// What a host runs on: a state store, an HTTP client, a clock, and where each integration's
+/// switchboard is found.
 pub struct Backends {
     /// Durable state of every integration.
     pub store: Arc<dyn StateStore>,
@@ -34,31 +33,31 @@ pub struct Backends {
     pub http: Arc<dyn HttpClient>,
     /// The clock the plugins see.
     pub clock: Arc<dyn Clock>,
-    /// Each integration's switchboard, by integration name. An integration without one is
-    /// refused at start.
-    pub switchboards: BTreeMap<String, Arc<dyn Switchboard>>,
+    /// Each integration's switchboard, also for integrations added at run time (a map by
+    /// integration name serves a host whose integrations are all known at start). An
+    /// integration without one is refused.
+    pub switchboards: Arc<dyn Switchboards>,
 }
 
 impl Backends {
     /// The defaults: SQLite in `config.host.state_dir`, reqwest, the system clock; and these
     /// switchboards.
-    pub fn defaults(config: &Config, switchboards: BTreeMap<String, Arc<dyn Switchboard>>) -> anyhow::Result<Self> {
+    pub fn defaults(config: &Config, switchboards: impl Switchboards) -> anyhow::Result<Self> {
         Ok(Backends {
             store: Arc::new(SqliteStore::open(&config.host.state_dir)?),
             http: Arc::new(ReqwestClient::new().context("building the HTTP client")?),
             clock: Arc::new(SystemClock),
-            switchboards,
+            switchboards: Arc::new(switchboards),
         })
     }
 }
 
 /// A running host.
 pub struct Host {
-    /// Integrations by name.
-    pub integrations: BTreeMap<String, IntegrationHandle>,
+    /// The integrations, changed at run time through the admin API.
+    pub registry: Arc<Registry>,
     /// The clock the plugins see.
     pub clock: Arc<dyn Clock>,
-    pub(crate) swaps: Arc<Swaps>,
     pub(crate) admin_token: crate::config::Secret,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     public_limits: ListenerLimits,
@@ -71,52 +70,12 @@ pub struct Host {
     _lock: DirLock,
 }
 
-/// What a hot swap needs: the runtime, the state (to keep a swap across restarts) and each
-/// integration's configured release.
-pub(crate) struct Swaps {
-    rt: Arc<Runtime>,
-    store: Arc<dyn StateStore>,
-    configured: BTreeMap<String, String>,
-}
-
-fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release>> {
-    let wasm = std::fs::read(path).with_context(|| format!("reading the plugin {}", path.display()))?;
-    rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))
-}
-
-impl Swaps {
-    pub(crate) async fn swap(
-        &self,
-        integrations: &BTreeMap<String, IntegrationHandle>,
-        wasm: &[u8],
-        only: Option<&str>,
-    ) -> anyhow::Result<Vec<SwapReport>> {
-        if let Some(name) = only {
-            anyhow::ensure!(integrations.contains_key(name), "no integration named {name:?}");
-        }
-        let release = self.rt.load(wasm)?;
-        let mut reports = Vec::new();
-        for (name, h) in integrations {
-            if only.is_some_and(|o| o != name) {
-                continue;
-            }
-            let r = h.swap(release.clone()).await.with_context(|| format!("integration {name}"))?;
-            if r.outcome == SwapOutcome::Switched
-                && let Err(e) = self.store.put_swapped_release(name, &self.configured[name], wasm)
-            {
-                tracing::error!(integration = %name, "could not record the swap; a restart runs the configured release: {e:#}");
-            }
-            reports.push(r);
-        }
-        Ok(reports)
-    }
-}
-
 impl Host {
-    /// Starts every integration of `config` on `backends`, running `plugin` (the component's
-    /// bytes) unless the configuration names another release. Nothing is served yet: see
+    /// Starts every integration of `config` (as the admin API's stored changes amend them:
+    /// see [`crate::registry`]) on `backends`, running `plugin` (the component's bytes)
+    /// unless the configuration names another release. Nothing is served yet: see
     /// [`Host::serve`] and [`Host::router`].
-    pub async fn start(config: &Config, plugin: &[u8], mut backends: Backends) -> anyhow::Result<Host> {
+    pub async fn start(config: &Config, plugin: &[u8], backends: Backends) -> anyhow::Result<Host> {
         secure_dir(&config.host.state_dir)?;
         let lock = DirLock::take(&config.host.state_dir)?;
         // Native code the host loads: the cache must be as private as the state.
@@ -127,77 +86,27 @@ impl Host {
         };
         let rt = Runtime::new(config.host.limits, Some(config.host.plugin_cache_dir.clone()))?;
         let default_release = match &config.host.plugin {
-            Some(path) => load_file(&rt, path)?,
+            Some(path) => {
+                let wasm = std::fs::read(path).with_context(|| format!("reading the plugin {}", path.display()))?;
+                rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))?
+            }
             None => rt.load(plugin).context("loading the plugin")?,
         };
-        let store = backends.store.clone();
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let mut integrations = BTreeMap::new();
-        let mut configured = BTreeMap::new();
-        for ic in &config.integrations {
-            let switchboard = backends
-                .switchboards
-                .remove(&ic.name)
-                .with_context(|| format!("integration {}: no switchboard was given for it", ic.name))?;
-            let kek = config.host.kek.clone();
-            let key = NotificationKey::load_or_create(store.as_ref(), &ic.name, &kek)?;
-            let token = integration::webhook_token(&kek, &ic.name);
-            let configured_release = match &ic.plugin {
-                Some(path) => load_file(&rt, path).with_context(|| format!("integration {}", ic.name))?,
-                None => default_release.clone(),
-            };
-            // A hot swap holds across restarts while the configuration names the same release.
-            let release = match store.swapped_release(&ic.name, &configured_release.sha256)? {
-                Some(wasm) => match rt.load(&wasm) {
-                    Ok(r) => {
-                        tracing::info!(integration = %ic.name, sha256 = %&r.sha256[..12], "running the release it was swapped to");
-                        r
-                    }
-                    Err(e) => {
-                        tracing::error!(integration = %ic.name, "the release it was swapped to no longer loads ({e:#}); running the configured one");
-                        configured_release.clone()
-                    }
-                },
-                None => configured_release.clone(),
-            };
-            configured.insert(ic.name.clone(), configured_release.sha256.clone());
-            let settings = settings_for(config, ic, &key, &token);
-            let allowed_origins = [&config.host.login_base_url, &config.host.graph_base_url]
-                .iter()
-                .map(|u| url::Url::parse(u).map(|u| allow_list::origin_of(&u)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let handle = integration::spawn(
-                rt.clone(),
-                Spawn {
-                    settings,
-                    allowed_origins,
-                    http: backends.http.clone(),
-                    store: store.clone(),
-                    switchboard: switchboard.clone(),
-                    key,
-                    clock: backends.clock.clone(),
-                    release,
-                    kek,
-                    webhook_token: token,
-                    inbox_limits: config.host.inbox_limits,
-                    metrics: metrics.for_integration(&ic.name),
-                    client_secret_expires_ms: ic.client_secret_expires_ms,
-                },
-            )
-            .await
-            .with_context(|| format!("starting integration {}", ic.name))?;
-            // After a restart the plugin must learn which calls are still going on: replay the
-            // switchboard's calls in progress (it clears every other session it had).
-            for ev in switchboard.calls_in_progress() {
-                let _ = handle.line_event(ev).await;
-            }
-            tracing::info!(integration = %ic.name, "integration started");
-            integrations.insert(ic.name.clone(), handle);
-        }
+        let launch = Launch {
+            rt,
+            host: config.host.clone(),
+            store: backends.store,
+            http: backends.http,
+            clock: backends.clock.clone(),
+            switchboards: backends.switchboards,
+            metrics: metrics.clone(),
+            default_release,
+        };
+        let registry = Arc::new(Registry::start(launch, &config.integrations).await?);
         Ok(Host {
-            integrations,
+            registry,
             clock: backends.clock,
-            swaps: Arc::new(Swaps { rt, store, configured }),
             admin_token: config.host.admin_token.clone(),
             tls,
             public_limits: config.host.public_limits,
@@ -253,9 +162,14 @@ impl Host {
         self.server.as_ref().expect("the host is serving").1.addr
     }
 
-    /// An integration by name.
-    pub fn integration(&self, name: &str) -> Option<&IntegrationHandle> {
-        self.integrations.get(name)
+    /// A running integration by name.
+    pub fn integration(&self, name: &str) -> Option<IntegrationHandle> {
+        self.registry.get(name)
+    }
+
+    /// The running integrations, as they are now.
+    pub fn integrations(&self) -> Arc<BTreeMap<String, IntegrationHandle>> {
+        self.registry.snapshot()
     }
 
     /// Hot swap: loads `wasm` (checks, compiles or takes it from the cache) and switches every
@@ -263,18 +177,19 @@ impl Host {
     /// is refused before anything switches; an integration whose new instance does not
     /// configure rolls back on its own (see its report).
     pub async fn swap(&self, wasm: &[u8], only: Option<&str>) -> anyhow::Result<Vec<SwapReport>> {
-        self.swaps.swap(&self.integrations, wasm, only).await
+        self.registry.swap(wasm, only).await
     }
 
     /// Stops the listener and the integrations.
     pub async fn stop(mut self) {
-        for h in self.integrations.values() {
+        let integrations = self.integrations();
+        for h in integrations.values() {
             h.shutdown();
         }
         if let Some((p, a)) = self.server.take() {
             tokio::join!(p.stop(), a.stop());
         }
-        for h in self.integrations.values() {
+        for h in integrations.values() {
             h.stopped().await;
         }
     }
@@ -283,12 +198,12 @@ impl Host {
 /// The plugin settings of one integration; its webhook URLs carry `webhook_token` (see
 /// [`integration::webhook_token`]).
 pub fn settings_for(
-    config: &Config,
+    host: &HostConfig,
     ic: &IntegrationConfig,
     key: &NotificationKey,
     webhook_token: &str,
 ) -> sync::Settings {
-    let base = format!("{}/webhook/{}/{webhook_token}", config.host.public_base_url, ic.name);
+    let base = format!("{}/webhook/{}/{webhook_token}", host.public_base_url, ic.name);
     sync::Settings {
         name: ic.name.clone(),
         tenant_id: ic.tenant_id.clone(),
@@ -299,8 +214,8 @@ pub fn settings_for(
             .iter()
             .map(|u| sync::IntegrationUser { username: u.username.clone(), password: u.password.expose().to_string() })
             .collect(),
-        login_base_url: config.host.login_base_url.clone(),
-        graph_base_url: config.host.graph_base_url.clone(),
+        login_base_url: host.login_base_url.clone(),
+        graph_base_url: host.graph_base_url.clone(),
         notification_url: format!("{base}/notifications"),
         lifecycle_notification_url: format!("{base}/lifecycle"),
         encryption_certificate: key.cert_base64.clone(),

@@ -83,6 +83,11 @@ impl IntegrationHandle {
             && self.ctx.last_call.lock().unwrap().is_some_and(|t| t.elapsed() <= within)
     }
 
+    /// Requests of the plugin in flight.
+    pub fn outbound_in_flight(&self) -> u64 {
+        self.ctx.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Adds one to a host counter of this integration.
     pub fn count(&self, name: &str) {
         self.ctx.count(name);
@@ -116,6 +121,12 @@ impl IntegrationHandle {
     /// A tick now, besides the periodic one (benchmarks that move the clock forward).
     pub async fn tick(&self) {
         let _ = self.tx.send(Command::Tick).await;
+    }
+
+    /// Retires the integration (see WIT `admin.retire`): idempotent, answers what is left;
+    /// `None` when its plugin cannot (built against WIT 3.0 or 3.1).
+    pub async fn retire(&self) -> Result<Option<crate::status::Retirement>, Stopping> {
+        self.ask(Command::Retire).await
     }
 
     /// Hot swap: switches this integration to `release` (see [`SwapReport`]).

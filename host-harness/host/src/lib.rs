@@ -29,8 +29,10 @@
 //!
 //! Running the plugin, from the outside in:
 //! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes,
-//!   public (Graph's webhooks) and admin (behind the token); [`listener`]: serving them
-//!   within connection and time limits, with optional TLS.
+//!   public (Graph's webhooks) and admin (behind the token); [`admin_api`]: the integrations
+//!   API; [`listener`]: serving them within connection and time limits, with optional TLS.
+//! - [`registry`]: [`Registry`], the integrations a host runs, created, changed and deleted
+//!   at run time, and which of the file and the admin API wins.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
 //! - `command.rs`: what an actor is asked to do; `actor.rs`: one task per integration that
 //!   owns the instance, serves its bounded queue and takes the inbox's rows in order;
@@ -48,6 +50,7 @@
 //!   [`config`]: the TOML configuration; [`error`]: typed errors and [`SwapOutcome`].
 
 mod actor;
+pub mod admin_api;
 pub mod allow_list;
 pub mod api;
 pub mod bindings;
@@ -66,6 +69,7 @@ pub mod integration;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod registry;
 pub mod release;
 pub mod sandbox;
 pub mod seal;
@@ -81,6 +85,7 @@ pub use error::{LineEventError, OverrideError, Stopping, StoreError};
 pub use host::{Backends, Host};
 pub use http::{HttpClient, ReqwestClient};
 pub use integration::IntegrationHandle;
+pub use registry::Registry;
 pub use status::{StatusView, SwapOutcome, SwapReport};
 pub use store::{SqliteStore, StateStore};
-pub use switchboard::Switchboard;
+pub use switchboard::{Switchboard, Switchboards};

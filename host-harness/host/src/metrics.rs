@@ -130,6 +130,14 @@ impl Metrics {
         }
     }
 
+    /// Forgets a deleted integration's histograms. (Its request counters stay until the
+    /// host restarts: counters only grow, and a scraper sees them stop.)
+    pub fn remove_integration(&self, integration: &str) {
+        let label = Integration { integration: integration.into() };
+        self.graph_seconds.remove(&label);
+        self.processing_seconds.remove(&label);
+    }
+
     /// The metrics as text: what was measured, and what the statuses say now.
     pub fn render(&self, statuses: &[StatusView]) -> String {
         let mut r = <Registry>::with_prefix("tps");

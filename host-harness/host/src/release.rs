@@ -20,17 +20,62 @@ use std::time::Instant;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{PresenceSyncPre, WIT_PACKAGE, WIT_VERSION};
+use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, sync};
 use crate::instance::HostState;
 
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
+/// A release's exports, looked up once: `sync`, and `admin` when the plugin has it (since
+/// WIT 3.2.0; a plugin built against 3.0 or 3.1 lacks it, and runs without it).
+pub(crate) struct PluginPre {
+    pre: InstancePre<HostState>,
+    sync: sync::GuestIndices,
+    admin: Option<admin::GuestIndices>,
+}
+
+impl PluginPre {
+    fn new(pre: InstancePre<HostState>) -> wasmtime::Result<PluginPre> {
+        let sync = sync::GuestIndices::new(&pre)?;
+        let admin = admin::GuestIndices::new(&pre).ok();
+        Ok(PluginPre { pre, sync, admin })
+    }
+
+    /// A new instance in `store`.
+    pub(crate) async fn instantiate_async(&self, store: &mut wasmtime::Store<HostState>) -> wasmtime::Result<Plugin> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let sync = self.sync.load(&mut *store, &instance)?;
+        let admin = match &self.admin {
+            Some(a) => Some(a.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Plugin { sync, admin })
+    }
+}
+
+/// An instance's exports.
+pub(crate) struct Plugin {
+    sync: sync::Guest,
+    admin: Option<admin::Guest>,
+}
+
+impl Plugin {
+    /// The `sync` export.
+    pub(crate) fn teams_presence_plugin_sync(&self) -> &sync::Guest {
+        &self.sync
+    }
+
+    /// The `admin` export, if the plugin has it.
+    pub(crate) fn admin(&self) -> Option<&admin::Guest> {
+        self.admin.as_ref()
+    }
+}
+
 /// A checked, compiled and prepared plugin release.
 pub struct Release {
-    pub(crate) pre: PresenceSyncPre<HostState>,
+    pub(crate) pre: PluginPre,
     /// SHA-256 of the component bytes, hex.
     pub sha256: String,
     /// The WIT package version the component exports, e.g. `2.0.0`.
@@ -158,7 +203,7 @@ pub(crate) fn load(
         .instantiate_pre(&component)
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .context("the plugin imports something this host does not provide")?;
-    let pre = PresenceSyncPre::new(pre)
+    let pre = PluginPre::new(pre)
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .context("the plugin's exports do not match the presence-sync world")?;
     Ok(Release {

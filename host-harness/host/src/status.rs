@@ -133,12 +133,15 @@ pub struct WarningView {
     pub hint: String,
 }
 
+/// The day (UTC, `YYYY-MM-DD`) of `ms` since the epoch.
+pub fn date_of(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).map(|t| t.date().to_string()).unwrap_or_default()
+}
+
 /// The warning for a client secret that expires at `expires_ms`, seen at `now_ms`.
 pub fn secret_warning(expires_ms: u64, now_ms: u64) -> Option<WarningView> {
     const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-    let date = time::OffsetDateTime::from_unix_timestamp((expires_ms / 1000) as i64)
-        .map(|t| t.date().to_string())
-        .unwrap_or_default();
+    let date = date_of(expires_ms);
     let renew = "create a new client secret in the app registration (Certificates & secrets), enter it in the integration, then delete the old one";
     if expires_ms <= now_ms {
         return Some(WarningView {
@@ -445,5 +448,25 @@ mod tests {
         assert_eq!(w[0].code, "client-secret-expired");
         assert!(w[0].hint.contains("expired on 2027-01-14"), "{}", w[0].hint);
         assert!(StatusView::new(host_side(0), Some(healthy())).warnings.is_empty());
+    }
+}
+
+/// What is still left of an integration being retired (WIT `admin.retire-progress`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retirement {
+    /// Subscriptions still held at Microsoft.
+    pub subscriptions: u32,
+    /// Presence sessions still set in Teams.
+    pub sessions: u32,
+    /// Switchboard users withdrawn.
+    pub users_withdrawn: u32,
+    /// What stands in the way of the rest.
+    pub problem: Option<String>,
+}
+
+impl Retirement {
+    /// Nothing is left at Microsoft.
+    pub fn done(&self) -> bool {
+        self.subscriptions == 0 && self.sessions == 0
     }
 }

@@ -6,6 +6,8 @@
 //! implements [`Switchboard`] over its own directory and console; the workshop's simulator
 //! (`switchboard-sim`) is one implementation.
 
+use std::sync::Arc;
+
 pub use crate::bindings::directory::SwitchboardUser;
 pub use crate::bindings::presence::{LineEvent, LineState, PresenceUpdate};
 pub use crate::bindings::types::{PresenceOrigin, TeamsPresence};
@@ -63,4 +65,33 @@ pub fn line_state(s: &str) -> Option<LineState> {
         "ended" => LineState::Ended,
         _ => return None,
     })
+}
+
+/// Where a host finds each integration's switchboard: at start, and when an operator adds an
+/// integration at run time (the admin API). A platform maps the integration to its customer's
+/// switchboard; a map by integration name (`BTreeMap<String, Arc<dyn Switchboard>>`) serves a
+/// host whose integrations are all known at start.
+pub trait Switchboards: Send + Sync + 'static {
+    /// The switchboard of `integration`; an error refuses the integration (at start, or the
+    /// admin API's create) with that reason.
+    fn switchboard(&self, integration: &crate::config::IntegrationConfig) -> anyhow::Result<Arc<dyn Switchboard>>;
+
+    /// The integration was deleted: every user it showed was withdrawn (when its plugin could
+    /// retire, see WIT `admin.retire`); the platform may let go of what it holds for it.
+    fn removed(&self, _integration: &str) {}
+}
+
+impl Switchboards for std::collections::BTreeMap<String, Arc<dyn Switchboard>> {
+    fn switchboard(&self, integration: &crate::config::IntegrationConfig) -> anyhow::Result<Arc<dyn Switchboard>> {
+        self.get(&integration.name).cloned().ok_or_else(|| anyhow::anyhow!("no switchboard was given for it"))
+    }
+}
+
+impl<T: Switchboards> Switchboards for Arc<T> {
+    fn switchboard(&self, integration: &crate::config::IntegrationConfig) -> anyhow::Result<Arc<dyn Switchboard>> {
+        (**self).switchboard(integration)
+    }
+    fn removed(&self, integration: &str) {
+        (**self).removed(integration)
+    }
 }

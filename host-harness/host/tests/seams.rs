@@ -36,6 +36,7 @@ struct MemStore {
     /// Reading the inbox fails while set (the actor cannot drain it: a full inbox, made
     /// certain).
     hold_inbox: std::sync::atomic::AtomicBool,
+    records: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl MemStore {
@@ -141,6 +142,20 @@ impl StateStore for MemStore {
     fn swapped_release(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
+    fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.records.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+    fn put_integration_record(&self, i: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.records.lock().unwrap().insert(i.into(), record.to_vec());
+        Ok(())
+    }
+    fn purge(&self, i: &str) -> Result<(), StoreError> {
+        self.kv.lock().unwrap().retain(|(n, _), _| n != i);
+        self.backup.lock().unwrap().retain(|(n, _), _| n != i);
+        self.inbox.lock().unwrap().retain(|_, (n, _, _, _)| n != i);
+        self.keys.lock().unwrap().remove(i);
+        Ok(())
+    }
 }
 
 /// Records every request the allow-list let through and answers 503 (Microsoft is down).
@@ -243,10 +258,10 @@ async fn start_with(store: Arc<MemStore>, inbox_limits: presence_host::context::
         store: store.clone(),
         http: http.clone(),
         clock: Arc::new(SystemClock),
-        switchboards: BTreeMap::from([(
+        switchboards: Arc::new(BTreeMap::from([(
             "contoso".to_string(),
             Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
-        )]),
+        )])),
     };
     let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
     Fixture { host, store, http, _dir: dir }
@@ -423,10 +438,10 @@ async fn redirects_are_not_followed_so_nothing_leaves_the_allow_list() {
         store: store.clone(),
         http: Arc::new(presence_host::ReqwestClient::new().unwrap()),
         clock: Arc::new(SystemClock),
-        switchboards: BTreeMap::from([(
+        switchboards: Arc::new(BTreeMap::from([(
             "contoso".to_string(),
             Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
-        )]),
+        )])),
     };
     let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
     let f = Fixture { host, store, http: Arc::new(DownHttp::default()), _dir: dir };

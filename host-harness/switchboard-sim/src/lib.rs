@@ -9,7 +9,7 @@
 mod directory;
 mod routes;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -376,24 +376,64 @@ impl seam::Switchboard for Switchboard {
     }
 }
 
+/// The simulator's switchboards, by integration name: the host's [`seam::Switchboards`]. An
+/// integration added at run time (the admin API) gets its `switchboard_csv`, watched for
+/// changes, or an empty switchboard; one that already has a switchboard here (put there with
+/// [`Switchboards::insert`]) gets that one. A deleted integration's switchboard stays: the
+/// customer's switchboard outlives the integration, and shows its users without Teams.
+#[derive(Default)]
+pub struct Switchboards {
+    map: RwLock<BTreeMap<String, Arc<Switchboard>>>,
+}
+
+impl Switchboards {
+    /// These switchboards.
+    pub fn new(map: BTreeMap<String, Arc<Switchboard>>) -> Arc<Switchboards> {
+        Arc::new(Switchboards { map: RwLock::new(map) })
+    }
+
+    /// Integration `name`'s switchboard.
+    pub fn get(&self, name: &str) -> Option<Arc<Switchboard>> {
+        self.map.read().unwrap().get(name).cloned()
+    }
+
+    /// Gives integration `name` this switchboard (before it is created).
+    pub fn insert(&self, name: &str, sb: Arc<Switchboard>) {
+        self.map.write().unwrap().insert(name.to_string(), sb);
+    }
+
+    /// The switchboard of `ic`: the one it has, else a new one (see the type's docs).
+    pub fn for_integration(&self, ic: &presence_host::config::IntegrationConfig) -> anyhow::Result<Arc<Switchboard>> {
+        if let Some(sb) = self.get(&ic.name) {
+            return Ok(sb);
+        }
+        let sb = match &ic.switchboard_csv {
+            Some(p) => {
+                let sb = Arc::new(Switchboard::from_csv(p).with_context(|| format!("integration {}", ic.name))?);
+                sb.watch_csv(p.clone());
+                sb
+            }
+            None => Arc::new(Switchboard::default()),
+        };
+        Ok(self.map.write().unwrap().entry(ic.name.clone()).or_insert(sb).clone())
+    }
+}
+
+impl seam::Switchboards for Switchboards {
+    fn switchboard(
+        &self,
+        integration: &presence_host::config::IntegrationConfig,
+    ) -> anyhow::Result<Arc<dyn seam::Switchboard>> {
+        Ok(self.for_integration(integration)?)
+    }
+}
+
 /// One simulator per integration of `config`: its `switchboard_csv`, watched for changes
 /// ([`Switchboard::watch_csv`]), or none (no users). Call it inside a tokio runtime.
-pub fn from_config(
-    config: &presence_host::Config,
-) -> anyhow::Result<std::collections::BTreeMap<String, Arc<Switchboard>>> {
-    config
-        .integrations
-        .iter()
-        .map(|ic| {
-            let sb = match &ic.switchboard_csv {
-                Some(p) => {
-                    let sb = Arc::new(Switchboard::from_csv(p).with_context(|| format!("integration {}", ic.name))?);
-                    sb.watch_csv(p.clone());
-                    sb
-                }
-                None => Arc::new(Switchboard::default()),
-            };
-            Ok((ic.name.clone(), sb))
-        })
-        .collect()
+pub fn from_config(config: &presence_host::Config) -> anyhow::Result<Arc<Switchboards>> {
+    let sims = Arc::new(Switchboards::default());
+    for ic in &config.integrations {
+        sims.for_integration(ic)?;
+    }
+    Ok(sims)
 }

@@ -12,7 +12,6 @@
 //! input is answered `400` (unreadable JSON) or `422` (a bad user) naming the problem, and
 //! changes nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -22,31 +21,29 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use presence_host::switchboard::{LineEvent, line_state};
-use presence_host::{IntegrationHandle, LineEventError};
+use presence_host::{LineEventError, Registry};
 use serde_json::json;
 
-use crate::{Switchboard, User};
+use crate::{Switchboards, User};
 
 /// Largest body of a change (about 50,000 users).
 const MAX_CHANGE_BODY: usize = 16 << 20;
 
 #[derive(Clone)]
 struct Sims {
-    switchboards: Arc<BTreeMap<String, Arc<Switchboard>>>,
-    integrations: Arc<BTreeMap<String, IntegrationHandle>>,
+    switchboards: Arc<Switchboards>,
+    integrations: Arc<Registry>,
 }
 
-/// The routes of `switchboards` (by integration name), handing line events to `integrations`.
-pub fn routes(
-    switchboards: BTreeMap<String, Arc<Switchboard>>,
-    integrations: BTreeMap<String, IntegrationHandle>,
-) -> Router {
+/// The routes of `switchboards` (by integration name), handing line events to the
+/// integrations of `integrations`.
+pub fn routes(switchboards: Arc<Switchboards>, integrations: Arc<Registry>) -> Router {
     Router::new()
         .route("/switchboard/{name}/users", get(users))
         .route("/switchboard/{name}/users/changes", post(changes).layer(DefaultBodyLimit::max(MAX_CHANGE_BODY)))
         .route("/switchboard/{name}/users/{id}", get(user).put(put_user).delete(delete_user))
         .route("/switchboard/{name}/users/{id}/line-events", post(line_event))
-        .with_state(Sims { switchboards: Arc::new(switchboards), integrations: Arc::new(integrations) })
+        .with_state(Sims { switchboards, integrations })
 }
 
 fn not_found(what: &str) -> Response {

@@ -223,3 +223,14 @@ impl From<core::LineEventError> for sync::LineEventError {
         }
     }
 }
+
+impl From<core::RetireProgress> for admin::RetireProgress {
+    fn from(p: core::RetireProgress) -> Self {
+        admin::RetireProgress {
+            subscriptions: p.subscriptions,
+            sessions: p.sessions,
+            users_withdrawn: p.users_withdrawn,
+            problem: p.problem,
+        }
+    }
+}

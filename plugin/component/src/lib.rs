@@ -7,7 +7,7 @@
 //! ## Layout
 //! - `HostEnv`: the core's [`presence_core::Env`] backed by WIT imports.
 //! - `run_effects`: performs effects until none are left.
-//! - `Plugin`: the `sync` export.
+//! - `Plugin`: the `sync` and `admin` exports.
 //! - `convert`: `From` impls between WIT and core types.
 
 #![allow(missing_docs)] // generated bindings
@@ -22,7 +22,7 @@ wit_bindgen::generate!({
     world: "presence-sync",
 });
 
-use exports::teams_presence::plugin::sync;
+use exports::teams_presence::plugin::{admin, sync};
 use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, scheduler, state, status, types};
 
 mod convert;
@@ -171,6 +171,12 @@ impl sync::Guest for Plugin {
 
     fn plugin_version() -> String {
         VERSION.to_string()
+    }
+}
+
+impl admin::Guest for Plugin {
+    fn retire() -> admin::RetireProgress {
+        with_core(|core, env| core.retire(env).into())
     }
 }
 

@@ -1934,3 +1934,82 @@ fn a_user_who_leaves_and_comes_back_before_the_renewal_is_read_again_at_once() {
     assert_eq!(published.iter().map(|p| p.user_id.as_str()).collect::<Vec<_>>(), vec!["sb2"]);
     assert_eq!(env.seen.iter().filter(|(_, u)| u.ends_with("getPresencesByUserId")).count(), 1);
 }
+
+#[test]
+fn retiring_withdraws_every_user_clears_our_sessions_deletes_every_subscription_and_starts_nothing_after() {
+    let mut env = env(700);
+    let mut core = Core::new();
+    let mut s = settings(2);
+    s.push_line_status = true;
+    core.configure(&mut env, s).unwrap();
+    let effects = core.take_effects();
+    run_graph(&mut core, &mut env, 700, effects);
+    let sent = line(&mut core, &mut env, "sb1", LineState::Connected);
+    assert_eq!(sent.iter().map(|(_, r)| op_of(r)).collect::<Vec<_>>(), vec!["set"]);
+    core.on_http_response(&mut env, sent[0].0, ok(200, serde_json::json!({})));
+    let _ = core.take_effects();
+
+    let p = core.retire(&mut env);
+    assert_eq!((p.subscriptions, p.sessions, p.users_withdrawn, p.done()), (2, 1, 700, false), "{p:?}");
+    let effects = core.take_effects();
+    let withdrawn: BTreeSet<String> =
+        effects.iter().filter_map(|e| if let Effect::Withdraw(u) = e { Some(u.clone()) } else { None }).collect();
+    assert_eq!(withdrawn.len(), 700, "every mapped switchboard user, at once");
+    // One request at a time per service: answered as they come, the first DELETE failing.
+    let mut reqs = requests(&effects);
+    let mut ops = Vec::new();
+    let mut failed = false;
+    while !reqs.is_empty() {
+        for (id, r) in &reqs {
+            ops.push(format!("{} {}", r.method, op_of(r)));
+            let answer = match r.method.as_str() {
+                "DELETE" if !failed => {
+                    failed = true;
+                    ok(503, serde_json::json!({}))
+                }
+                "DELETE" => ok(204, serde_json::json!(null)),
+                _ => ok(200, serde_json::json!({})),
+            };
+            core.on_http_response(&mut env, *id, answer);
+        }
+        reqs = requests(&core.take_effects());
+    }
+    ops.sort();
+    assert_eq!(ops, vec!["DELETE other", "DELETE other", "POST clear"], "{ops:?}");
+    let p = core.retire(&mut env);
+    assert_eq!((p.subscriptions, p.sessions, p.users_withdrawn), (1, 0, 700), "{p:?}");
+    assert!(p.problem.as_deref().is_some_and(|m| m.starts_with("subscription-stuck")), "{p:?}");
+    assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Withdraw(_))), "withdrawn once");
+    // Retried after its backoff; nothing else goes out, ever: no directory, no subscription,
+    // no presence read, no push.
+    let mut retried = 0;
+    for _ in 0..200 {
+        env.now += 60_000;
+        core.tick(&mut env);
+        reqs = requests(&core.take_effects());
+        reqs.extend(requests(&core.take_effects()));
+        for (id, r) in &reqs {
+            if r.url.ends_with("/oauth2/v2.0/token") {
+                let token = serde_json::json!({"access_token": "tok-again", "expires_in": 3599});
+                core.on_http_response(&mut env, *id, ok(200, token));
+                continue;
+            }
+            assert_eq!(r.method, "DELETE", "only the deletion goes on: {} {}", r.method, r.url);
+            retried += 1;
+            core.on_http_response(&mut env, *id, ok(204, serde_json::json!(null)));
+        }
+    }
+    assert_eq!(retried, 1);
+    let p = core.retire(&mut env);
+    assert!(p.done() && p.problem.is_none(), "{p:?}");
+    let at_ms = env.now;
+    let taken = core.on_line_event(&mut env, LineEvent { user_id: "sb2".into(), state: LineState::Connected, at_ms });
+    assert!(matches!(taken, Err(LineEventError::PushDisabled)), "no line event is taken: {taken:?}");
+    core.sync_now(&mut env);
+    env.revision += 1;
+    env.now += FULL_RESYNC_MS;
+    core.tick(&mut env);
+    let after: Vec<String> =
+        requests(&core.take_effects()).iter().map(|(_, r)| format!("{} {}", r.method, r.url)).collect();
+    assert!(after.is_empty(), "no directory read, no subscription: {after:?}");
+}

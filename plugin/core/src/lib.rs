@@ -23,7 +23,7 @@ pub mod mapping;
 pub mod model;
 pub mod shards;
 
-pub use crate::core::Core;
+pub use crate::core::{Core, RetireProgress};
 pub use crate::model::*;
 
 #[cfg(test)]

@@ -85,6 +85,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// The release an integration was swapped to, if its configuration still names the
     /// release it named then; a record made under another configuration is dropped.
     fn swapped_release(&self, integration: &str, configured_sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every integration record the admin API wrote (name, sealed record), by name.
+    fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Writes an integration's record, durably (the admin API answers after it).
+    fn put_integration_record(&self, integration: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// Removes everything the host and the plugin kept for an integration (its state and the
+    /// copy of it, its inbox, its notification key, the release it was swapped to), in one
+    /// transaction where the store can, but not its record.
+    fn purge(&self, integration: &str) -> Result<(), StoreError>;
 }
 
 /// Makes `dir` the host's private state directory, or refuses it: created `0700` when it is

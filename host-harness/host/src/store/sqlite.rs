@@ -67,7 +67,8 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS keys (integration TEXT PRIMARY KEY, cert_id TEXT NOT NULL, pkcs8 BLOB NOT NULL, cert_der BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS kv_backup (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS swapped_release (integration TEXT PRIMARY KEY, configured_sha256 TEXT NOT NULL, wasm BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS integration_record (integration TEXT PRIMARY KEY, record BLOB NOT NULL);",
         )?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -319,6 +320,35 @@ impl StateStore for SqliteStore {
             "INSERT OR REPLACE INTO keys (integration, cert_id, pkcs8, cert_der) VALUES (?1, ?2, ?3, ?4)",
             params![integration, k.cert_id, k.pkcs8, k.cert_der],
         )?;
+        Ok(())
+    }
+
+    fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT integration, record FROM integration_record ORDER BY integration")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn put_integration_record(&self, integration: &str, record: &[u8]) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        durable(&c, |c| {
+            c.execute(
+                "INSERT INTO integration_record (integration, record) VALUES (?1, ?2)
+                 ON CONFLICT (integration) DO UPDATE SET record = excluded.record",
+                params![integration, record],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn purge(&self, integration: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.lock().unwrap();
+        let t = c.transaction()?;
+        for table in ["kv", "kv_backup", "keys", "swapped_release", "inbox"] {
+            t.execute(&format!("DELETE FROM {table} WHERE integration = ?1"), params![integration])?;
+        }
+        t.commit()?;
         Ok(())
     }
 }

@@ -9,11 +9,13 @@
 pub(crate) mod directory;
 mod presence_reads;
 mod push;
+mod retire;
 mod subscriptions;
 mod throttling;
 mod tokens;
 mod validation;
 
+pub use retire::RetireProgress;
 pub use validation::{MAX_WAITING_BATCHES, MAX_WAITING_BYTES};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -373,6 +375,10 @@ pub struct Core {
     /// Requests in flight per service.
     scope_busy: BTreeMap<Scope, usize>,
     presence_budget: PresenceBudget,
+    /// [`Core::retire`] was called: nothing new starts, what is at Microsoft goes.
+    retiring: bool,
+    /// Switchboard users the retirement withdrew.
+    retire_withdrawn: u32,
 }
 
 impl Core {
@@ -591,6 +597,9 @@ impl Core {
 
     /// Starts a directory refresh now (the "Sync now" button).
     pub fn sync_now(&mut self, env: &mut dyn Env) {
+        if self.retiring {
+            return;
+        }
         self.request_full_resync();
         self.drive(env);
     }
@@ -602,13 +611,17 @@ impl Core {
             return;
         }
         let now = env.now_ms();
-        if self.app_token.wants_request(now) {
+        // Retiring, the app's token is needed only to clear the sessions still set.
+        let app_token_needed = !self.retiring || self.push.calls.values().any(|c| c.pushed_until.is_some());
+        if app_token_needed && self.app_token.wants_request(now) {
             self.app_token.state = TokenState::Requesting;
             let req = token_request(&settings, None);
             self.start(Pending::AppToken, req);
         }
-        self.drive_directory(&settings, now);
-        self.drive_keys(&settings, now);
+        if !self.retiring {
+            self.drive_directory(&settings, now);
+            self.drive_keys(&settings, now);
+        }
         // While users are being assigned to shards, the shards are half updated: subscriptions
         // wait (a few calls at most).
         if self.sharding.is_none() {
@@ -842,6 +855,9 @@ impl Core {
     /// [`MAPPING_STEP`] users' worth of work, one per call (`Effect::RequestTick` asks the host
     /// for the next), so that no call runs long; a small one completes in this call.
     fn rebuild_mapping(&mut self, env: &mut dyn Env) {
+        if self.retiring {
+            return;
+        }
         if let Some(old) = self.building.take() {
             old.discard(&mut self.trash);
         }
@@ -859,6 +875,7 @@ impl Core {
     /// ago. Costs one cheap host call per tick when nothing changed.
     fn watch_switchboard(&mut self, env: &mut dyn Env) {
         if self.settings.is_none()
+            || self.retiring
             || !self.missing.is_empty()
             || self.dir.users.is_none()
             || self.dir.restoring.is_some()

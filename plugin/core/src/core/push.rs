@@ -72,7 +72,7 @@ impl Core {
     /// A line event from the switchboard.
     pub fn on_line_event(&mut self, env: &mut dyn Env, ev: LineEvent) -> Result<(), LineEventError> {
         let Some(settings) = self.settings.as_ref() else { return Err(LineEventError::PushDisabled) };
-        if !settings.push_line_status {
+        if !settings.push_line_status || self.retiring {
             return Err(LineEventError::PushDisabled);
         }
         if self.passive.contains(&ev.user_id) {
@@ -122,7 +122,9 @@ impl Core {
     }
 
     pub(super) fn drive_pushes(&mut self, settings: &Settings, now: u64) {
-        if !settings.push_line_status || self.push.calls.is_empty() {
+        // Switched off (or retiring), the sessions we still hold are cleared all the same.
+        let push_on = settings.push_line_status && !self.retiring;
+        if self.push.calls.is_empty() || (!push_on && self.push.calls.values().all(|c| c.pushed_until.is_none())) {
             return;
         }
         if self.push.problem.is_some() {
@@ -142,7 +144,7 @@ impl Core {
             if c.inflight || now < c.not_before {
                 continue;
             }
-            let want = c.in_call && now.saturating_sub(c.since_ms) >= settings.min_call_length_ms;
+            let want = push_on && c.in_call && now.saturating_sub(c.since_ms) >= settings.min_call_length_ms;
             let op = match (want, c.pushed_until) {
                 (true, Some(until)) if now + KEEPALIVE_MARGIN_MS >= until => Some(PushOp::Set),
                 (true, Some(_)) => None,

@@ -27,7 +27,7 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "presence-sync" });
 
-use exports::teams_presence::plugin::sync;
+use exports::teams_presence::plugin::{admin, sync};
 use teams_presence::plugin::{log, outbound_http, presence, state, status, types};
 
 const MODES: [&str; 7] =
@@ -199,6 +199,12 @@ impl sync::Guest for Hostile {
 
     fn plugin_version() -> String {
         format!("hostile-guest-{}", mode())
+    }
+}
+
+impl admin::Guest for Hostile {
+    fn retire() -> admin::RetireProgress {
+        admin::RetireProgress { subscriptions: 0, sessions: 0, users_withdrawn: 0, problem: None }
     }
 }
 
