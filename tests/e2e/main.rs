@@ -1,6 +1,7 @@
 //! End-to-end tests: the real plugin component, hosted by the harness, against the Graph/Entra
 //! emulator, all in-process on loopback. One test binary, one module per feature.
 
+mod admin_page;
 mod bad_input;
 mod capacity;
 mod chaos;

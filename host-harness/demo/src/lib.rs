@@ -523,6 +523,7 @@ pub async fn run(users: usize, integration_users: usize, duration: Option<Durati
     println!("  tenant {} with {users} users and {integration_users} integration users", DEMO_TENANT);
     println!("  switchboard          : http://{}/switchboard/contoso/users", host.admin_addr());
     println!("  status               : http://{}/status/contoso", host.admin_addr());
+    println!("  admin page           : http://{}/ui (sign in with the admin token)", host.admin_addr());
     println!();
     let s = sc.wait_status(Duration::from_secs(60), |s| s.state != "starting").await;
     let remaining = sc.wait_in_sync(users, Duration::from_secs(60)).await;

@@ -69,7 +69,7 @@ impl Host {
     /// The admin routes, merged with `extra` (a platform's own, or the switchboard
     /// simulator's), all behind the admin token; for a platform that serves them itself.
     pub fn admin_router(&self, extra: Router) -> Router {
-        Router::new()
+        let protected = Router::new()
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
             .route("/integrations/{name}/sync-now", post(sync_now))
@@ -81,7 +81,12 @@ impl Host {
             .merge(crate::admin_api::routes())
             .with_state(self.app_state())
             .merge(extra)
-            .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token))
+            .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token));
+        // The admin page takes a session (signed in with the same token) instead.
+        Router::new().merge(protected).merge(crate::ui::router(self.app_state(), self.admin_token.clone())).fallback(
+            axum::routing::any(|| async { (StatusCode::NOT_FOUND, "no such route") })
+                .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token)),
+        )
     }
 }
 

@@ -30,7 +30,8 @@
 //! Running the plugin, from the outside in:
 //! - [`host`]: [`Host`]: starts the integrations on their backends; [`api`]: its routes,
 //!   public (Graph's webhooks) and admin (behind the token); [`admin_api`]: the integrations
-//!   API; [`listener`]: serving them within connection and time limits, with optional TLS.
+//!   API; [`ui`]: the admin page (sessions, CSRF); [`listener`]: serving them within
+//!   connection and time limits, with optional TLS.
 //! - [`registry`]: [`Registry`], the integrations a host runs, created, changed and deleted
 //!   at run time, and which of the file and the admin API wins.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
@@ -77,6 +78,7 @@ pub mod status;
 pub mod store;
 mod swap;
 pub mod switchboard;
+pub mod ui;
 
 pub use bindings::WIT_VERSION;
 pub use clock::{Clock, SystemClock};

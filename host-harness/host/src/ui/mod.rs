@@ -1,0 +1,485 @@
+//! The admin page, server-rendered on the admin listener under `/ui`: the product guide's
+//! screens (the integration list with Name, Type, Users and Status ✓ / ✗ / "No status"; the
+//! integration form with Name, "Push line status to Teams", Tenant ID, Client ID, Client
+//! Secret, integration users with + and ✕, Save, Sync now, Delete).
+//!
+//! Security:
+//! - Sign-in with the admin token (compared in constant time) opens a session: a random
+//!   256-bit id in a cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`, 8 hours), kept on the
+//!   server only as its SHA-256; at most [`MAX_SESSIONS`] at once (the oldest goes).
+//! - Every form carries the session's CSRF token, checked in constant time before anything
+//!   is done; a POST without it is refused (`403`).
+//! - Every answer says `Cache-Control: no-store` and carries a strict CSP (no inline script,
+//!   no framing, forms only to this origin). No page holds a secret's value: secret fields
+//!   are empty and say "set" when one is.
+//! - The bearer token still opens every other admin route; the page's routes take the
+//!   session instead.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use sha2::{Digest, Sha256};
+
+use crate::api::{AppState, BODY_READ_TIMEOUT, read_body};
+use crate::config::{IntegrationSpec, IntegrationUserSpec, OverrideSpec, Secret};
+use crate::registry::{Entry, RegistryError};
+
+/// Sessions open at once; a new one pushes the oldest out.
+pub const MAX_SESSIONS: usize = 64;
+/// A session's life.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
+/// The largest form body.
+pub const MAX_FORM_BODY: usize = 256 << 10;
+/// The session cookie's name.
+pub const COOKIE: &str = "tps_session";
+/// How long the list waits for each integration's status.
+pub const STATUS_WITHIN: Duration = Duration::from_secs(2);
+
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+/// The open sessions, by the SHA-256 of their id.
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+    token: Secret,
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).expect("the system's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
+}
+
+impl Sessions {
+    fn open(&self) -> (String, String) {
+        let (id, csrf) = (random_hex(), random_hex());
+        let mut map = self.map.lock().unwrap();
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            Sha256::digest(id.as_bytes()).into(),
+            Session { csrf: csrf.clone(), expires: now + SESSION_LIFETIME },
+        );
+        (id, csrf)
+    }
+
+    fn id_of(headers: &HeaderMap) -> Option<String> {
+        headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+            |c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == COOKIE).then(|| v.to_string())
+            },
+        )
+    }
+
+    /// The CSRF token of the request's session, if it has a live one.
+    fn current(&self, headers: &HeaderMap) -> Option<String> {
+        let id = Self::id_of(headers)?;
+        let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        let map = self.map.lock().unwrap();
+        map.get(&key).filter(|s| s.expires > Instant::now()).map(|s| s.csrf.clone())
+    }
+
+    fn close(&self, headers: &HeaderMap) {
+        if let Some(id) = Self::id_of(headers) {
+            let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+            self.map.lock().unwrap().remove(&key);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ui {
+    app: AppState,
+    sessions: Arc<Sessions>,
+}
+
+/// The page's routes (they take the session, not the bearer token).
+pub(crate) fn router(app: AppState, admin_token: Secret) -> Router {
+    let sessions = Arc::new(Sessions { map: Default::default(), token: admin_token });
+    Router::new()
+        .route("/ui/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], include_str!("style.css")) }))
+        .route("/ui/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], include_str!("app.js")) }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", axum::routing::post(logout))
+        .route("/ui", get(list))
+        .route("/ui/integrations/new", get(new_form).post(create))
+        .route("/ui/integrations/{name}", get(edit_form).post(change))
+        .with_state(Ui { app, sessions })
+        .layer(axum::middleware::from_fn(headers))
+}
+
+/// What every page answer carries.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+fn to_login() -> Response {
+    Redirect::to("/ui/login").into_response()
+}
+
+fn page(code: StatusCode, m: maud::Markup) -> Response {
+    (code, Html(m.into_string())).into_response()
+}
+
+/// The form's fields, in order (a field may repeat: the users' rows).
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, k: &str) -> &str {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim()).unwrap_or("")
+    }
+    fn all(&self, k: &str) -> impl Iterator<Item = &str> {
+        self.0.iter().filter(move |(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a form body and checks its CSRF token against the session's; the refusal is the
+/// answer to send.
+async fn checked_form(ui: &Ui, headers: &HeaderMap, body: Body) -> Result<(Form, String), Response> {
+    let Some(csrf) = ui.sessions.current(headers) else { return Err(to_login()) };
+    let bytes = read_body(body, MAX_FORM_BODY, BODY_READ_TIMEOUT).await?;
+    let form = Form(url::form_urlencoded::parse(&bytes).into_owned().collect());
+    if !ct_eq(form.get("csrf"), &csrf) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "the form is not from this session (it expired, or came from another site): reload the page",
+        )
+            .into_response());
+    }
+    Ok((form, csrf))
+}
+
+async fn login_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    if ui.sessions.current(&headers).is_some() {
+        return Redirect::to("/ui").into_response();
+    }
+    page(StatusCode::OK, pages::login(None))
+}
+
+async fn login(State(ui): State<Ui>, body: Body) -> Response {
+    let bytes = match read_body(body, MAX_FORM_BODY, BODY_READ_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let form = Form(url::form_urlencoded::parse(&bytes).into_owned().collect());
+    if !ct_eq(form.get("token"), ui.sessions.token.expose()) {
+        return page(StatusCode::UNAUTHORIZED, pages::login(Some("Wrong admin token.")));
+    }
+    let (id, _) = ui.sessions.open();
+    let cookie = format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_LIFETIME.as_secs());
+    let mut r = Redirect::to("/ui").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("a cookie"));
+    r
+}
+
+async fn logout(State(ui): State<Ui>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = checked_form(&ui, &headers, body).await {
+        return r;
+    }
+    ui.sessions.close(&headers);
+    let mut r = to_login();
+    let gone = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&gone).expect("a cookie"));
+    r
+}
+
+async fn status_of(ui: &Ui, name: &str) -> Option<crate::status::StatusView> {
+    let h = ui.app.registry.get(name)?;
+    tokio::time::timeout(STATUS_WITHIN, h.status()).await.ok()?.ok()
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    deleted: Option<String>,
+    complete: Option<bool>,
+}
+
+async fn list(State(ui): State<Ui>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    let mut rows = Vec::new();
+    for e in ui.app.registry.entries() {
+        let s = status_of(&ui, &e.config.name).await;
+        rows.push(pages::Row {
+            display_name: e.config.display_name.clone().unwrap_or_else(|| e.config.name.clone()),
+            name: e.config.name,
+            users: s.as_ref().map(|s| s.users),
+            mark: pages::Mark::of(s.as_ref()),
+        });
+    }
+    rows.sort_by_key(|r| r.display_name.to_lowercase());
+    let notice = q.deleted.filter(|n| crate::config::check_name(n).is_ok()).map(|n| match q.complete {
+        Some(true) => format!("{n} deleted: its users were withdrawn and nothing of it is left at Microsoft."),
+        _ => format!(
+            "{n} deleted. Not everything at Microsoft could be cleared: its subscriptions expire within 60 \
+             minutes, its presence sessions within 5 (the host's log says what was left)."
+        ),
+    });
+    page(StatusCode::OK, pages::list(&rows, notice.as_deref(), &csrf))
+}
+
+fn view_of(e: &Entry, mark: Option<pages::Mark>) -> pages::FormView {
+    let c = &e.config;
+    pages::FormView {
+        name: Some(c.name.clone()),
+        display_name: c.display_name.clone().unwrap_or_else(|| c.name.clone()),
+        tenant_id: c.tenant_id.clone(),
+        client_id: c.client_id.clone(),
+        secret_set: !c.client_secret.expose().is_empty(),
+        secret_expires: c.client_secret_expires_ms.map(crate::status::date_of).unwrap_or_default(),
+        push_line_status: c.push_line_status,
+        users: c.users.iter().map(|u| (u.username.clone(), !u.password.expose().is_empty())).collect(),
+        mark,
+        error: None,
+        notice: None,
+    }
+}
+
+/// The form as the admin filled it in (no secret in it), to show again with an error.
+fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> pages::FormView {
+    let set = |u: &str| {
+        current.is_some_and(|e| {
+            e.config.users.iter().any(|x| x.username.eq_ignore_ascii_case(u) && !x.password.expose().is_empty())
+        })
+    };
+    pages::FormView {
+        name,
+        display_name: f.get("display_name").to_string(),
+        tenant_id: f.get("tenant_id").to_string(),
+        client_id: f.get("client_id").to_string(),
+        secret_set: current.is_some_and(|e| !e.config.client_secret.expose().is_empty()),
+        secret_expires: f.get("client_secret_expires").to_string(),
+        push_line_status: !f.get("push_line_status").is_empty(),
+        users: f.all("username").map(str::trim).filter(|u| !u.is_empty()).map(|u| (u.to_string(), set(u))).collect(),
+        mark: None,
+        error: None,
+        notice: None,
+    }
+}
+
+/// The spec the form describes; what the page does not show is kept from `current`.
+fn spec_of(f: &Form, current: Option<&Entry>) -> IntegrationSpec {
+    let c = current.map(|e| &e.config);
+    let users = f
+        .all("username")
+        .zip(f.all("password"))
+        .filter(|(u, _)| !u.trim().is_empty())
+        .map(|(u, p)| IntegrationUserSpec {
+            username: u.trim().to_string(),
+            password: (!p.is_empty()).then(|| p.to_string()),
+        })
+        .collect();
+    IntegrationSpec {
+        display_name: Some(f.get("display_name").to_string()),
+        tenant_id: f.get("tenant_id").to_string(),
+        client_id: f.get("client_id").to_string(),
+        client_secret: Some(f.get("client_secret").to_string()).filter(|s| !s.is_empty()),
+        client_secret_expires: Some(f.get("client_secret_expires").to_string()).filter(|s| !s.is_empty()),
+        users,
+        push_line_status: !f.get("push_line_status").is_empty(),
+        min_call_length_ms: c.map_or(0, |c| c.min_call_length_ms),
+        reconcile_interval_s: c.map_or(300, |c| c.reconcile_interval_s),
+        directory_delta_interval_s: c.map_or(60, |c| c.directory_delta_interval_s),
+        match_order: c.map(|c| c.match_order.clone()).unwrap_or_default(),
+        overrides: c
+            .map(|c| {
+                c.overrides
+                    .iter()
+                    .map(|(s, m)| OverrideSpec { switchboard_user: s.clone(), microsoft_user: m.clone() })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// An integration id from a display name: lower case, a-z 0-9 and '-'.
+fn slug(display: &str) -> String {
+    let mut s = String::new();
+    for c in display.trim().to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c);
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').chars().take(64).collect::<String>().trim_end_matches('-').to_string()
+}
+
+fn refused_message(e: &RegistryError) -> String {
+    match e {
+        RegistryError::Invalid(c) => format!("Not saved: {}: {}", c.field, c.reason),
+        e => format!("Not saved: {e}"),
+    }
+}
+
+async fn new_form(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    let v = view_of_form(None, &Form(vec![("push_line_status".into(), "on".into())]), None);
+    page(StatusCode::OK, pages::form(&v, &csrf))
+}
+
+async fn create(State(ui): State<Ui>, headers: HeaderMap, body: Body) -> Response {
+    let (form, csrf) = match checked_form(&ui, &headers, body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let name = match form.get("name") {
+        "" => slug(form.get("display_name")),
+        n => n.to_string(),
+    };
+    let refuse = |e: RegistryError| {
+        let mut v = view_of_form(None, &form, None);
+        v.error = Some(refused_message(&e));
+        page(StatusCode::UNPROCESSABLE_ENTITY, pages::form(&v, &csrf))
+    };
+    if let Err(reason) = crate::config::check_name(&name) {
+        return refuse(RegistryError::Invalid(crate::config::ConfigError {
+            file: "form".into(),
+            field: "Integration id".into(),
+            reason,
+        }));
+    }
+    let config = match spec_of(&form, None).into_config(&name, None) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.into()),
+    };
+    match ui.app.registry.create(config).await {
+        Ok(()) => Redirect::to(&format!("/ui/integrations/{name}?saved=1")).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FormQuery {
+    saved: Option<u8>,
+    synced: Option<u8>,
+}
+
+async fn edit_form(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<FormQuery>,
+) -> Response {
+    let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    let Some(e) = ui.app.registry.entry(&name) else {
+        return (StatusCode::NOT_FOUND, "no such integration").into_response();
+    };
+    let s = status_of(&ui, &name).await;
+    let mut v = view_of(&e, Some(pages::Mark::of(s.as_ref())));
+    v.notice = match (q.saved, q.synced) {
+        (Some(_), _) => Some("Saved.".into()),
+        (_, Some(_)) => Some("Directory refresh started.".into()),
+        _ => None,
+    };
+    page(StatusCode::OK, pages::form(&v, &csrf))
+}
+
+async fn change(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<String>, body: Body) -> Response {
+    let (form, csrf) = match checked_form(&ui, &headers, body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(current) = ui.app.registry.entry(&name) else {
+        return (StatusCode::NOT_FOUND, "no such integration").into_response();
+    };
+    match form.get("action") {
+        "sync-now" => {
+            if let Some(h) = ui.app.registry.get(&name) {
+                let _ = h.sync_now().await;
+            }
+            Redirect::to(&format!("/ui/integrations/{name}?synced=1")).into_response()
+        }
+        "delete" => {
+            let display = current.config.display_name.clone().unwrap_or_else(|| name.clone());
+            page(StatusCode::OK, pages::confirm_delete(&name, &display, &csrf))
+        }
+        "delete-confirmed" => match ui.app.registry.delete(&name).await {
+            Ok(r) => Redirect::to(&format!("/ui?deleted={name}&complete={}", r.complete)).into_response(),
+            Err(e) => {
+                let mut v = view_of(&current, None);
+                v.error = Some(format!("Not deleted: {e}"));
+                page(StatusCode::CONFLICT, pages::form(&v, &csrf))
+            }
+        },
+        _ => {
+            let refuse = |e: RegistryError| {
+                let mut v = view_of_form(Some(name.clone()), &form, Some(&current));
+                v.error = Some(refused_message(&e));
+                page(StatusCode::UNPROCESSABLE_ENTITY, pages::form(&v, &csrf))
+            };
+            let config = match spec_of(&form, Some(&current)).into_config(&name, Some(&current.config)) {
+                Ok(c) => c,
+                Err(e) => return refuse(e.into()),
+            };
+            match ui.app.registry.update(config).await {
+                Ok(()) => Redirect::to(&format!("/ui/integrations/{name}?saved=1")).into_response(),
+                Err(e) => refuse(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_integration_id_is_made_from_the_display_name() {
+        assert_eq!(slug("Telia Company AB Teams Presence"), "telia-company-ab-teams-presence");
+        assert_eq!(slug("  Åre & Co. "), "re-co");
+        assert_eq!(slug("---"), "");
+        assert!(crate::config::check_name(&slug(&"x y".repeat(40))).is_ok());
+    }
+
+    #[test]
+    fn a_session_is_found_by_its_cookie_only_and_the_oldest_goes_first() {
+        let s = Sessions { map: Default::default(), token: Secret::new("t") };
+        let (id, csrf) = s.open();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(&format!("other=1; {COOKIE}={id}")).unwrap());
+        assert_eq!(s.current(&h), Some(csrf));
+        let mut forged = HeaderMap::new();
+        forged.insert(header::COOKIE, HeaderValue::from_str(&format!("{COOKIE}={}", random_hex())).unwrap());
+        assert_eq!(s.current(&forged), None);
+        for _ in 0..MAX_SESSIONS {
+            s.open();
+        }
+        assert_eq!(s.current(&h), None, "the oldest session was pushed out");
+        assert_eq!(s.map.lock().unwrap().len(), MAX_SESSIONS);
+    }
+}

@@ -1,0 +1,249 @@
+//! The admin page's HTML (maud: escaped by construction). Every form carries the session's
+//! CSRF token; no page ever holds a secret's value (secret fields are empty, with "set"
+//! shown beside them).
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::status::StatusView;
+
+/// An integration's status as the list and the form show it: the product guide's ✓ / ✗ /
+/// "No status".
+pub(super) enum Mark {
+    /// Works (`ok`, or `degraded`: working on the last good read, with its code).
+    Ok { code: Option<String>, hint: Option<String> },
+    /// Does not work: the code and what to do.
+    Bad { code: String, hint: String },
+    /// Not known yet (starting, or it did not answer).
+    None,
+}
+
+impl Mark {
+    pub(super) fn of(s: Option<&StatusView>) -> Mark {
+        let Some(s) = s else { return Mark::None };
+        match s.state.as_str() {
+            "ok" => Mark::Ok { code: None, hint: None },
+            "degraded" => Mark::Ok { code: s.code.clone(), hint: s.hint.clone() },
+            "missing-credentials" => {
+                Mark::Bad { code: "Missing credentials".into(), hint: format!("Enter: {}.", s.missing.join(", ")) }
+            }
+            "error" => Mark::Bad {
+                code: s.code.clone().unwrap_or_else(|| "error".into()),
+                hint: s.hint.clone().unwrap_or_default(),
+            },
+            _ => Mark::None,
+        }
+    }
+
+    fn render(&self) -> Markup {
+        match self {
+            Mark::Ok { code: None, .. } => html! { span.ok title="Ok" { "✓" } " Ok" },
+            Mark::Ok { code: Some(c), hint } => html! {
+                span.ok title="Ok" { "✓" } " Ok " span.muted { "(" (c) ": " (hint.as_deref().unwrap_or("")) ")" }
+            },
+            Mark::Bad { code, hint } => {
+                html! { span.bad title="Error" { "✗" } " " strong { (code) } " " span.hint { (hint) } }
+            }
+            Mark::None => html! { span.muted { "No status" } },
+        }
+    }
+
+    fn short(&self) -> Markup {
+        match self {
+            Mark::Ok { .. } => html! { span.ok title="Ok" { "✓" } },
+            Mark::Bad { code, .. } => html! { span.bad title=(code) { "✗" } },
+            Mark::None => html! { span.muted { "No status" } },
+        }
+    }
+}
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " – Teams presence" }
+                link rel="stylesheet" href="/ui/style.css";
+                script src="/ui/app.js" defer {}
+            }
+            body { (body) }
+        }
+    }
+}
+
+pub(super) fn login(error: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        html! {
+            h1 { "Teams presence: sign in" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/ui/login" {
+                label for="token" { "Admin token" }
+                input #token type="password" name="token" autocomplete="off" autofocus;
+                p { button type="submit" { "Sign in" } }
+            }
+        },
+    )
+}
+
+fn nav(csrf: &str) -> Markup {
+    html! {
+        nav {
+            a href="/ui" { "Integrations" }
+            " · "
+            form method="post" action="/ui/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Sign out" }
+            }
+        }
+    }
+}
+
+/// A row of the integration list.
+pub(super) struct Row {
+    pub(super) name: String,
+    pub(super) display_name: String,
+    pub(super) users: Option<u32>,
+    pub(super) mark: Mark,
+}
+
+pub(super) fn list(rows: &[Row], notice: Option<&str>, csrf: &str) -> Markup {
+    layout(
+        "Integrations",
+        html! {
+            (nav(csrf))
+            h1 { "Teams Presence integration" }
+            @if let Some(n) = notice { p.notice role="status" { (n) } }
+            table #integrations {
+                thead { tr { th { "Name ▲" } th { "Type" } th { "Users" } th { "Status" } } }
+                tbody {
+                    @for r in rows {
+                        tr data-name=(r.name) {
+                            td { a href={ "/ui/integrations/" (r.name) } { (r.display_name) } }
+                            td { "MS Teams Presence integration" }
+                            td.users { @if let Some(u) = r.users { (u) } @else { "–" } }
+                            td.status { (r.mark.short()) }
+                        }
+                    }
+                }
+            }
+            p { a #add href="/ui/integrations/new" { "Add integration" } }
+        },
+    )
+}
+
+/// What the form shows.
+pub(super) struct FormView {
+    /// `None`: a new integration.
+    pub(super) name: Option<String>,
+    pub(super) display_name: String,
+    pub(super) tenant_id: String,
+    pub(super) client_id: String,
+    pub(super) secret_set: bool,
+    pub(super) secret_expires: String,
+    pub(super) push_line_status: bool,
+    /// Username, and whether a password is set.
+    pub(super) users: Vec<(String, bool)>,
+    pub(super) mark: Option<Mark>,
+    /// A refused save: the field and why.
+    pub(super) error: Option<String>,
+    pub(super) notice: Option<String>,
+}
+
+fn user_row(username: &str, password_set: bool) -> Markup {
+    html! {
+        tr {
+            td { input type="text" name="username" value=(username) aria-label="Username"; }
+            td {
+                input type="password" name="password" autocomplete="new-password" aria-label="Password"
+                    placeholder=(if password_set { "set (leave empty to keep)" } else { "" });
+            }
+            td { button.remove-user type="button" title="Remove" { "✕" } }
+        }
+    }
+}
+
+pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
+    let action = match &v.name {
+        Some(n) => format!("/ui/integrations/{n}"),
+        None => "/ui/integrations/new".to_string(),
+    };
+    let title = if v.display_name.is_empty() { "New integration".to_string() } else { v.display_name.clone() };
+    layout(
+        &title,
+        html! {
+            (nav(csrf))
+            h1 { (title) }
+            @if let Some(e) = &v.error { p.error role="alert" { (e) } }
+            @if let Some(n) = &v.notice { p.notice role="status" { (n) } }
+            form #integration method="post" action=(action) autocomplete="off" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="display_name" { "Name" }
+                input #display_name type="text" name="display_name" value=(v.display_name) required;
+                @if let Some(n) = &v.name {
+                    p.muted { "Integration id: " code { (n) } }
+                } @else {
+                    label for="name" { "Integration id " span.muted { "(a-z, 0-9, '-'; from the name when empty)" } }
+                    input #name type="text" name="name" value="";
+                }
+                label.toggle {
+                    input #push_line_status type="checkbox" name="push_line_status" checked[v.push_line_status];
+                    " Push line status to Teams"
+                }
+                label.toggle {
+                    input #manual type="checkbox" name="manual_client_setup" checked disabled;
+                    " Manual client setup "
+                    span.muted { "(this host has no application of its own for the automated setup)" }
+                }
+                label for="tenant_id" { "Tenant ID" }
+                input #tenant_id type="text" name="tenant_id" value=(v.tenant_id);
+                label for="client_id" { "Client ID" }
+                input #client_id type="text" name="client_id" value=(v.client_id);
+                label for="client_secret" { "Client Secret" }
+                input #client_secret type="password" name="client_secret" autocomplete="new-password"
+                    placeholder=(if v.secret_set { "set (leave empty to keep)" } else { "" });
+                label for="client_secret_expires" { "Client Secret expires " span.muted { "(optional; the status warns 30 days ahead)" } }
+                input #client_secret_expires type="date" name="client_secret_expires" value=(v.secret_expires);
+                @if let Some(m) = &v.mark { p #status { "Status " (m.render()) } }
+                h2 { "Integration users " span.info title="Each integration user holds one subscription of up to 650 users: add one per 650 users" { "i" } }
+                table {
+                    thead { tr { th { "Username" } th { "Password" } th { button.add-user type="button" title="Add" { "+" } } } }
+                    tbody #users {
+                        @for (u, set) in &v.users { (user_row(u, *set)) }
+                        @if v.users.is_empty() { (user_row("", false)) }
+                    }
+                }
+                template #user-row { (user_row("", false)) }
+                p.actions {
+                    button #save type="submit" name="action" value="save" { "Save" }
+                    @if v.name.is_some() {
+                        button #sync type="submit" name="action" value="sync-now" { "Sync now" }
+                        button #delete type="submit" name="action" value="delete" { "Delete" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn confirm_delete(name: &str, display_name: &str, csrf: &str) -> Markup {
+    layout(
+        "Delete",
+        html! {
+            (nav(csrf))
+            h1 { "Delete " (display_name) "?" }
+            p {
+                "Its users stop showing Teams presence in the switchboard, the \"In a call\" it set in Teams is \
+                 cleared, its subscriptions at Microsoft are deleted, and its settings and state are removed."
+            }
+            form method="post" action={ "/ui/integrations/" (name) } {
+                input type="hidden" name="csrf" value=(csrf);
+                p.actions {
+                    button #confirm-delete type="submit" name="action" value="delete-confirmed" { "Delete" }
+                    a href={ "/ui/integrations/" (name) } { "Cancel" }
+                }
+            }
+        },
+    )
+}
