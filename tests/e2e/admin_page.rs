@@ -145,6 +145,19 @@ async fn an_operator_adds_checks_and_deletes_an_integration_on_the_admin_page() 
     assert_eq!(text(c, "tr[data-name=contoso] td.users").await, "20");
     assert_eq!(text(c, "tr[data-name=contoso] td.status").await, "✓");
 
+    // The form says how many users are synced (and why others are not); the users list,
+    // searchable.
+    c.goto(&format!("{base}/ui/integrations/contoso")).await.unwrap();
+    let counts = text(c, "#counts").await;
+    assert!(counts.starts_with("20 of 20 switchboard users synced (by mail 20)."), "{counts}");
+    submit(c, "#users-link").await;
+    assert_eq!(c.find_all(Locator::Css("#user-list tbody tr")).await.unwrap().len(), 20);
+    fill(c, "#search", "sb-00007").await;
+    submit(c, "#search-button").await;
+    assert_eq!(text(c, "#user-list tbody tr td.how").await, "mail");
+    assert!(text(c, "#paging").await.starts_with("1 user ·"), "{}", text(c, "#paging").await);
+    c.goto(&format!("{base}/ui")).await.unwrap();
+
     // Add an integration: + adds an integration user's row, ✕ removes one.
     submit(c, "#add").await;
     fill(c, "#display_name", "Fabrikam Ltd").await;

@@ -21,3 +21,4 @@ mod sandbox;
 mod security;
 mod switchboard_changes;
 mod trap;
+mod users_list;

@@ -21,6 +21,11 @@ pub(crate) struct ChangeRound {
     pub moved: usize,
     /// The plugin's CPU time in guest calls during the round, ms.
     pub cpu_ms: f64,
+    /// After the round: a page of 50 rows of the "Teams Presence users" list with a search,
+    /// and the counts by outcome, each asked of the integration as the admin API does (ms,
+    /// the median of 5).
+    pub list_ms: f64,
+    pub counts_ms: f64,
 }
 
 /// Which integration user covers each Microsoft user at the emulator.
@@ -113,7 +118,26 @@ pub(crate) async fn change_round(users: usize, changes: usize) -> anyhow::Result
     let after = covering(&sc);
     let moved = before.iter().filter(|(u, who)| after.get(*u).is_some_and(|w| w != *who)).count();
     let s = sc.settle(Duration::from_secs(60)).await;
+    let h = sc.host().integrations().values().next().expect("an integration").clone();
+    let (mut list, mut counts) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let q = presence_host::status::UsersQuery {
+            search: format!("user {:05}", i * 7 + 1),
+            filter: presence_host::status::UsersFilter::All,
+            offset: 0,
+            limit: 50,
+        };
+        let t = Instant::now();
+        let page = h.users_page(q).await?.ok_or_else(|| anyhow::anyhow!("no users list"))?;
+        list.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(page.total >= 1, "the search found nobody");
+        let t = Instant::now();
+        h.mapping_counts().await?.ok_or_else(|| anyhow::anyhow!("no counts"))?;
+        counts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     let round = ChangeRound {
+        list_ms: median(list),
+        counts_ms: median(counts),
         shown_s,
         covered_s,
         replaced: sc.emulator.count("POST /v1.0/subscriptions") - posts,

@@ -22,6 +22,7 @@
 //! swap pause), `cost`, `steady`, `memory`), what they share in `common`, and `report`, which
 //! runs the chosen sections and writes the report with its goals table.
 
+mod activation;
 mod common;
 mod cost;
 mod directory;
@@ -44,6 +45,8 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Tenant sizes for the sync-time figure.
     pub sync_sizes: Vec<usize>,
+    /// Tenant sizes for the activation-after-Save figure.
+    pub activation_sizes: Vec<usize>,
     /// Switchboard sizes and changes in one request, for the directory figure.
     pub directory_rounds: Vec<(usize, usize)>,
     /// Notifications per ingest run.
@@ -78,8 +81,20 @@ pub struct BenchOptions {
 }
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 11] =
-    ["sync", "directory", "latency", "flood", "ingest", "line", "load", "swap", "cost", "steady", "memory"];
+pub const SECTIONS: [&str; 12] = [
+    "sync",
+    "activation",
+    "directory",
+    "latency",
+    "flood",
+    "ingest",
+    "line",
+    "load",
+    "swap",
+    "cost",
+    "steady",
+    "memory",
+];
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {
@@ -90,6 +105,7 @@ impl BenchOptions {
         BenchOptions {
             runs: 3,
             sync_sizes: vec![1_000, 10_000, 100_000],
+            activation_sizes: vec![10_000],
             directory_rounds: vec![(10_000, 1_000), (100_000, 1_000)],
             notifications: 4_000,
             calls: 300,
@@ -112,6 +128,7 @@ impl BenchOptions {
         BenchOptions {
             runs: 1,
             sync_sizes: vec![200],
+            activation_sizes: vec![200],
             directory_rounds: vec![(200, 20)],
             notifications: 100,
             calls: 10,

@@ -11,23 +11,25 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 use wasmtime::Store;
 
-use crate::bindings::{status, sync};
+use crate::bindings::{status, sync, users};
 use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::engine::{Runtime, wt};
 use crate::error::{LineEventError, OverrideError};
 use crate::inbox;
-use crate::instance::{HostState, arm};
+use crate::instance::{HostState, arm, extend};
 use crate::release::Plugin;
 use crate::release::Release;
 use crate::sandbox::{cap, printable, thread_cpu};
-use crate::status::{HostSide, PluginView, StatusView, SwapReport};
+use crate::status::{
+    HostSide, MappingCountsView, PluginView, StatusView, SwapReport, UserRowView, UsersFilter, UsersPageView,
+};
 
 /// The task that runs one integration's plugin.
 pub(crate) struct Actor {
@@ -96,6 +98,43 @@ pub(crate) async fn configure_instance(
     match sync.call_plugin_version(&mut *store).await {
         Ok(v) => Configured::Ok(printable(&cap(v, 128))),
         Err(e) => Configured::Trapped(e),
+    }
+}
+
+/// A page of the users list as the host shows it: the guest's words capped and printable.
+fn users_page_view(p: users::UsersPage) -> UsersPageView {
+    let text = |s: String| printable(&cap(s, 512));
+    UsersPageView {
+        total: p.total,
+        rows: p
+            .rows
+            .into_iter()
+            .take(500)
+            .map(|r| UserRowView {
+                switchboard_user_id: text(r.switchboard_user_id),
+                name: text(r.name),
+                emails: r.emails.into_iter().take(32).map(text).collect(),
+                active: r.active,
+                microsoft_user_id: r.microsoft_user_id.map(text),
+                microsoft_user: r.microsoft_user.map(text),
+                matched_by: r.matched_by.map(|m| match m {
+                    users::MatchedBy::Override => "override",
+                    users::MatchedBy::Mail => "mail",
+                    users::MatchedBy::Alias => "alias",
+                    users::MatchedBy::Upn => "upn",
+                }),
+                unmatched: r.unmatched.map(|u| match u {
+                    users::UnmatchedReason::NoAddress => "no-address",
+                    users::UnmatchedReason::NoMatch => "no-match",
+                    users::UnmatchedReason::Conflict => "conflict",
+                    users::UnmatchedReason::UnresolvedOverride => "unresolved-override",
+                    users::UnmatchedReason::DirectoryNotRead => "directory-not-read",
+                }),
+                presence: r.presence.map(|p| (text(p.availability), text(p.activity))),
+                integration_user: r.integration_user.map(text),
+                conflict: r.conflict.map(text),
+            })
+            .collect(),
     }
 }
 
@@ -282,6 +321,9 @@ impl Actor {
         let started = Instant::now();
         let started_cpu = thread_cpu();
         let kind = cmd.name();
+        if matches!(cmd, Command::UsersPage(..) | Command::MappingCounts(..)) {
+            extend(&mut self.store, Duration::from_millis(crate::sandbox::ADMIN_QUERY_DEADLINE_MS));
+        }
         let sync = self.bindings.teams_presence_plugin_sync();
         let mut offered = None;
         let result: Result<(), wasmtime::Error> = match cmd {
@@ -326,6 +368,51 @@ impl Actor {
                         sessions: p.sessions,
                         users_withdrawn: p.users_withdrawn,
                         problem: p.problem.map(|m| printable(&cap(m, 1024))),
+                    }));
+                }),
+                None => {
+                    let _ = reply.send(None);
+                    Ok(())
+                }
+            },
+            Command::UsersPage(q, reply) => match self.bindings.users() {
+                Some(u) => {
+                    let query = users::UsersQuery {
+                        search: q.search,
+                        filter: match q.filter {
+                            UsersFilter::All => users::UsersFilter::All,
+                            UsersFilter::Unmatched => users::UsersFilter::Unmatched,
+                            UsersFilter::Uncovered => users::UsersFilter::Uncovered,
+                            UsersFilter::Conflicts => users::UsersFilter::Conflicts,
+                        },
+                        offset: q.offset,
+                        limit: q.limit.clamp(1, 500),
+                    };
+                    u.call_page(&mut self.store, &query).await.map(|p| {
+                        let _ = reply.send(Some(users_page_view(p)));
+                    })
+                }
+                None => {
+                    let _ = reply.send(None);
+                    Ok(())
+                }
+            },
+            Command::MappingCounts(reply) => match self.bindings.users() {
+                Some(u) => u.call_counts(&mut self.store).await.map(|c| {
+                    let _ = reply.send(Some(MappingCountsView {
+                        switchboard_users: c.switchboard_users,
+                        mapped: c.mapped,
+                        by_override: c.by_override,
+                        by_mail: c.by_mail,
+                        by_alias: c.by_alias,
+                        by_upn: c.by_upn,
+                        no_address: c.no_address,
+                        no_match: c.no_match,
+                        conflict: c.conflict,
+                        unresolved_override: c.unresolved_override,
+                        directory_not_read: c.directory_not_read,
+                        uncovered: c.uncovered,
+                        passive: c.passive,
                     }));
                 }),
                 None => {

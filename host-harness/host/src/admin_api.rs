@@ -5,6 +5,8 @@
 //! - `POST /integrations` with `{"name": ..., <spec>}`: creates and starts one (`201`).
 //! - `GET /integrations/{name}`: one.
 //! - `PUT /integrations/{name}` with a spec: changes it; only it re-starts (`200`).
+//! - `GET /integrations/{name}/users`: the "Teams Presence users" list, paged and searchable,
+//!   with the counts by outcome.
 //! - `DELETE /integrations/{name}`: retires it (users withdrawn, sessions cleared,
 //!   subscriptions deleted at Microsoft), then removes it and its state (`200` with what was
 //!   done).
@@ -38,6 +40,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/integrations", get(list).post(create))
         .route("/integrations/{name}", get(show).put(update).delete(delete))
+        .route("/integrations/{name}/users", get(users))
 }
 
 fn set(v: &str) -> &'static str {
@@ -90,8 +93,51 @@ async fn list(State(st): State<AppState>) -> Response {
 
 async fn show(State(st): State<AppState>, Path(name): Path<String>) -> Response {
     match st.registry.entry(&name) {
-        Some(e) => axum::Json(with_status(&st, &e).await).into_response(),
+        Some(e) => {
+            let mut v = with_status(&st, &e).await;
+            if let Some(h) = st.registry.get(&name)
+                && let Ok(Ok(Some(c))) = tokio::time::timeout(LIST_STATUS_WITHIN, h.mapping_counts()).await
+            {
+                v["mapping"] = json!(c);
+            }
+            axum::Json(v).into_response()
+        }
         None => refused(RegistryError::NotFound(name)),
+    }
+}
+
+/// The "Teams Presence users" list: `?search=&filter=all|unmatched|uncovered|conflicts&offset=&limit=`
+/// (limit 1 to 500, default 50) answers `{"total", "rows": [...], "counts": {...}}`.
+async fn users(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<axum::extract::Query<crate::status::UsersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(h) = st.registry.get(&name) else { return refused(RegistryError::NotFound(name)) };
+    let q = match q {
+        Ok(q) => q.0,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e.body_text(), "field": null })))
+                .into_response();
+        }
+    };
+    if q.limit == 0 || q.limit > 500 {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "limit must be 1 to 500", "field": "limit" })))
+            .into_response();
+    }
+    match (h.users_page(q).await, h.mapping_counts().await) {
+        (Ok(Some(page)), Ok(Some(counts))) => {
+            axum::Json(json!({ "total": page.total, "rows": page.rows, "counts": counts })).into_response()
+        }
+        (Ok(None), _) | (_, Ok(None)) => (
+            StatusCode::NOT_IMPLEMENTED,
+            axum::Json(json!({
+                "error": "this integration's plugin has no users list (it was built against WIT 3.2 or earlier)",
+                "field": null,
+            })),
+        )
+            .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
     }
 }
 

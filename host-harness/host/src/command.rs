@@ -34,6 +34,10 @@ pub enum Command {
     /// Retire the integration (it is being deleted): the progress, or `None` when the plugin
     /// cannot (it lacks the `admin` export).
     Retire(oneshot::Sender<Option<crate::status::Retirement>>),
+    /// A page of the users list; `None` when the plugin cannot (no `users` export).
+    UsersPage(crate::status::UsersQuery, oneshot::Sender<Option<crate::status::UsersPageView>>),
+    /// The users by outcome; `None` when the plugin cannot.
+    MappingCounts(oneshot::Sender<Option<crate::status::MappingCountsView>>),
     /// Switch to another plugin release (hot swap), with where to send the outcome.
     Swap(Arc<Release>, oneshot::Sender<SwapReport>),
     /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
@@ -57,6 +61,8 @@ impl Command {
             Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
             Command::Retire(..) => "retire",
+            Command::UsersPage(..) => "users-page",
+            Command::MappingCounts(..) => "mapping-counts",
             Command::Swap(..) => "swap",
             Command::InterruptNextCall => "interrupt-next-call",
             Command::Shutdown => "shutdown",

@@ -54,3 +54,10 @@ pub(crate) fn arm(store: &mut Store<HostState>, force: bool) {
     store.data_mut().call = Some(CallClock::start(force));
     store.set_epoch_deadline(if force { 0 } else { 1 });
 }
+
+/// Gives the call just armed a CPU bound of its own (never below the instance's).
+pub(crate) fn extend(store: &mut Store<HostState>, bound: std::time::Duration) {
+    if let Some(c) = store.data_mut().call.as_mut() {
+        c.bound = Some(bound);
+    }
+}

@@ -129,6 +129,21 @@ impl IntegrationHandle {
         self.ask(Command::Retire).await
     }
 
+    /// A page of the "Teams Presence users" list; `None` when its plugin cannot (built
+    /// against WIT 3.2 or earlier).
+    pub async fn users_page(
+        &self,
+        q: crate::status::UsersQuery,
+    ) -> Result<Option<crate::status::UsersPageView>, Stopping> {
+        self.ask(|tx| Command::UsersPage(q, tx)).await
+    }
+
+    /// The switchboard's users by outcome (what explains "OK, but 0 users"); `None` when its
+    /// plugin cannot.
+    pub async fn mapping_counts(&self) -> Result<Option<crate::status::MappingCountsView>, Stopping> {
+        self.ask(Command::MappingCounts).await
+    }
+
     /// Hot swap: switches this integration to `release` (see [`SwapReport`]).
     pub async fn swap(&self, release: Arc<Release>) -> Result<SwapReport, Stopping> {
         self.ask(|tx| Command::Swap(release, tx)).await

@@ -22,25 +22,28 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, sync};
+use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, sync, users};
 use crate::instance::HostState;
 
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-/// A release's exports, looked up once: `sync`, and `admin` when the plugin has it (since
-/// WIT 3.2.0; a plugin built against 3.0 or 3.1 lacks it, and runs without it).
+/// A release's exports, looked up once: `sync`, and `admin` (since WIT 3.2.0) and `users`
+/// (since 3.3.0) when the plugin has them (a plugin built against an earlier 3.x lacks them,
+/// and runs without them).
 pub(crate) struct PluginPre {
     pre: InstancePre<HostState>,
     sync: sync::GuestIndices,
     admin: Option<admin::GuestIndices>,
+    users: Option<users::GuestIndices>,
 }
 
 impl PluginPre {
     fn new(pre: InstancePre<HostState>) -> wasmtime::Result<PluginPre> {
         let sync = sync::GuestIndices::new(&pre)?;
         let admin = admin::GuestIndices::new(&pre).ok();
-        Ok(PluginPre { pre, sync, admin })
+        let users = users::GuestIndices::new(&pre).ok();
+        Ok(PluginPre { pre, sync, admin, users })
     }
 
     /// A new instance in `store`.
@@ -51,7 +54,11 @@ impl PluginPre {
             Some(a) => Some(a.load(&mut *store, &instance)?),
             None => None,
         };
-        Ok(Plugin { sync, admin })
+        let users = match &self.users {
+            Some(u) => Some(u.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Plugin { sync, admin, users })
     }
 }
 
@@ -59,6 +66,7 @@ impl PluginPre {
 pub(crate) struct Plugin {
     sync: sync::Guest,
     admin: Option<admin::Guest>,
+    users: Option<users::Guest>,
 }
 
 impl Plugin {
@@ -70,6 +78,11 @@ impl Plugin {
     /// The `admin` export, if the plugin has it.
     pub(crate) fn admin(&self) -> Option<&admin::Guest> {
         self.admin.as_ref()
+    }
+
+    /// The `users` export, if the plugin has it.
+    pub(crate) fn users(&self) -> Option<&users::Guest> {
+        self.users.as_ref()
     }
 }
 

@@ -470,3 +470,106 @@ impl Retirement {
         self.subscriptions == 0 && self.sessions == 0
     }
 }
+
+/// The "Teams Presence users" list's query (WIT `users.users-query`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UsersQuery {
+    /// Text in the id, name, addresses or Microsoft user.
+    #[serde(default)]
+    pub search: String,
+    /// `all` (default), `unmatched`, `uncovered` or `conflicts`.
+    #[serde(default)]
+    pub filter: UsersFilter,
+    /// Rows to skip.
+    #[serde(default)]
+    pub offset: u32,
+    /// Rows (1 to 500; default 50).
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+}
+
+fn default_limit() -> u32 {
+    50
+}
+
+/// Which users a [`UsersQuery`] returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsersFilter {
+    /// Everyone.
+    #[default]
+    All,
+    /// Without a Microsoft user.
+    Unmatched,
+    /// Matched, covered by no subscription.
+    Uncovered,
+    /// In a conflict.
+    Conflicts,
+}
+
+/// A row of the list (the guest's words, capped and made printable).
+#[derive(Debug, Clone, Serialize)]
+pub struct UserRowView {
+    /// Switchboard user id.
+    pub switchboard_user_id: String,
+    /// Name.
+    pub name: String,
+    /// Addresses.
+    pub emails: Vec<String>,
+    /// Has a line.
+    pub active: bool,
+    /// Microsoft user id.
+    pub microsoft_user_id: Option<String>,
+    /// Microsoft user (UPN or mail).
+    pub microsoft_user: Option<String>,
+    /// `override`, `mail`, `alias` or `upn`.
+    pub matched_by: Option<&'static str>,
+    /// `no-address`, `no-match`, `conflict`, `unresolved-override` or `directory-not-read`.
+    pub unmatched: Option<&'static str>,
+    /// Availability and activity.
+    pub presence: Option<(String, String)>,
+    /// The integration user whose subscription covers it.
+    pub integration_user: Option<String>,
+    /// The address of its conflict.
+    pub conflict: Option<String>,
+}
+
+/// A page of the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsersPageView {
+    /// Users matching the query.
+    pub total: u32,
+    /// The page.
+    pub rows: Vec<UserRowView>,
+}
+
+/// Switchboard users by outcome (WIT `users.mapping-counts`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MappingCountsView {
+    /// Read.
+    pub switchboard_users: u32,
+    /// Matched.
+    pub mapped: u32,
+    /// By explicit mapping.
+    pub by_override: u32,
+    /// By mail.
+    pub by_mail: u32,
+    /// By alias.
+    pub by_alias: u32,
+    /// By UPN.
+    pub by_upn: u32,
+    /// No address.
+    pub no_address: u32,
+    /// No Microsoft user has the address.
+    pub no_match: u32,
+    /// In a conflict.
+    pub conflict: u32,
+    /// Explicit mapping that names nobody.
+    pub unresolved_override: u32,
+    /// Microsoft's directory not read.
+    pub directory_not_read: u32,
+    /// Matched, covered by no subscription.
+    pub uncovered: u32,
+    /// Passive.
+    pub passive: u32,
+}

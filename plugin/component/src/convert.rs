@@ -234,3 +234,74 @@ impl From<core::RetireProgress> for admin::RetireProgress {
         }
     }
 }
+
+impl From<users::UsersQuery> for core::UsersQuery {
+    fn from(q: users::UsersQuery) -> Self {
+        core::UsersQuery {
+            search: q.search,
+            filter: match q.filter {
+                users::UsersFilter::All => core::UsersFilter::All,
+                users::UsersFilter::Unmatched => core::UsersFilter::Unmatched,
+                users::UsersFilter::Uncovered => core::UsersFilter::Uncovered,
+                users::UsersFilter::Conflicts => core::UsersFilter::Conflicts,
+            },
+            offset: q.offset,
+            limit: q.limit,
+        }
+    }
+}
+
+impl From<core::UserRow> for users::UserRow {
+    fn from(r: core::UserRow) -> Self {
+        users::UserRow {
+            switchboard_user_id: r.switchboard_user_id,
+            name: r.name,
+            emails: r.emails,
+            active: r.active,
+            microsoft_user_id: r.microsoft_user_id,
+            microsoft_user: r.microsoft_user,
+            matched_by: r.matched_by.map(|m| match m {
+                core::MatchedBy::Override => users::MatchedBy::Override,
+                core::MatchedBy::Mail => users::MatchedBy::Mail,
+                core::MatchedBy::Alias => users::MatchedBy::Alias,
+                core::MatchedBy::Upn => users::MatchedBy::Upn,
+            }),
+            unmatched: r.unmatched.map(|u| match u {
+                core::Unmatched::NoAddress => users::UnmatchedReason::NoAddress,
+                core::Unmatched::NoMatch => users::UnmatchedReason::NoMatch,
+                core::Unmatched::Conflict => users::UnmatchedReason::Conflict,
+                core::Unmatched::UnresolvedOverride => users::UnmatchedReason::UnresolvedOverride,
+                core::Unmatched::DirectoryNotRead => users::UnmatchedReason::DirectoryNotRead,
+            }),
+            presence: r.presence.map(|p| types::TeamsPresence { availability: p.availability, activity: p.activity }),
+            integration_user: r.integration_user,
+            conflict: r.conflict,
+        }
+    }
+}
+
+impl From<core::UsersPage> for users::UsersPage {
+    fn from(p: core::UsersPage) -> Self {
+        users::UsersPage { total: p.total, rows: p.rows.into_iter().map(Into::into).collect() }
+    }
+}
+
+impl From<core::MappingCounts> for users::MappingCounts {
+    fn from(c: core::MappingCounts) -> Self {
+        users::MappingCounts {
+            switchboard_users: c.switchboard_users,
+            mapped: c.mapped,
+            by_override: c.by_override,
+            by_mail: c.by_mail,
+            by_alias: c.by_alias,
+            by_upn: c.by_upn,
+            no_address: c.no_address,
+            no_match: c.no_match,
+            conflict: c.conflict,
+            unresolved_override: c.unresolved_override,
+            directory_not_read: c.directory_not_read,
+            uncovered: c.uncovered,
+            passive: c.passive,
+        }
+    }
+}

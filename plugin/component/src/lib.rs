@@ -7,7 +7,7 @@
 //! ## Layout
 //! - `HostEnv`: the core's [`presence_core::Env`] backed by WIT imports.
 //! - `run_effects`: performs effects until none are left.
-//! - `Plugin`: the `sync` and `admin` exports.
+//! - `Plugin`: the `sync`, `admin` and `users` exports.
 //! - `convert`: `From` impls between WIT and core types.
 
 #![allow(missing_docs)] // generated bindings
@@ -22,7 +22,7 @@ wit_bindgen::generate!({
     world: "presence-sync",
 });
 
-use exports::teams_presence::plugin::{admin, sync};
+use exports::teams_presence::plugin::{admin, sync, users};
 use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, scheduler, state, status, types};
 
 mod convert;
@@ -177,6 +177,16 @@ impl sync::Guest for Plugin {
 impl admin::Guest for Plugin {
     fn retire() -> admin::RetireProgress {
         with_core(|core, env| core.retire(env).into())
+    }
+}
+
+impl users::Guest for Plugin {
+    fn page(query: users::UsersQuery) -> users::UsersPage {
+        with_core(|core, env| core.switchboard_users_view(env, query.into()).into())
+    }
+
+    fn counts() -> users::MappingCounts {
+        with_core(|core, env| core.mapping_counts(env).into())
     }
 }
 

@@ -2013,3 +2013,63 @@ fn retiring_withdraws_every_user_clears_our_sessions_deletes_every_subscription_
         requests(&core.take_effects()).iter().map(|(_, r)| format!("{} {}", r.method, r.url)).collect();
     assert!(after.is_empty(), "no directory read, no subscription: {after:?}");
 }
+
+#[test]
+fn the_users_list_says_how_each_user_was_matched_or_why_not_and_counts_the_reasons() {
+    let mut env = env(6);
+    env.users[2].emails = vec![];
+    env.users[3].emails = vec!["u4@x.com".into()];
+    env.users[5].emails = vec!["nobody@x.com".into()];
+    let mut s = settings(1);
+    s.overrides = vec![MappingOverride { switchboard_user_id: "sb1".into(), microsoft_user: ms_id(1) }];
+    let mut core = Core::new();
+    // Before Microsoft's directory is read, no one can be matched, and the list says why.
+    core.configure(&mut env, s).unwrap();
+    let before = core.mapping_counts(&mut env);
+    assert_eq!((before.switchboard_users, before.directory_not_read), (6, 6), "{before:?}");
+    let effects = core.take_effects();
+    run_graph(&mut core, &mut env, 6, effects);
+
+    let c = core.mapping_counts(&mut env);
+    let want = MappingCounts {
+        switchboard_users: 6,
+        mapped: 2,
+        by_override: 1,
+        by_mail: 1,
+        no_address: 1,
+        no_match: 1,
+        conflict: 2,
+        ..Default::default()
+    };
+    assert_eq!(c, want);
+
+    let query = |search: &str, filter, offset, limit| UsersQuery { search: search.into(), filter, offset, limit };
+    let page = core.switchboard_users_view(&mut env, query("", UsersFilter::Unmatched, 0, 50));
+    let why: Vec<(&str, Option<Unmatched>)> =
+        page.rows.iter().map(|r| (r.switchboard_user_id.as_str(), r.unmatched)).collect();
+    assert_eq!(
+        why,
+        [
+            ("sb2", Some(Unmatched::NoAddress)),
+            ("sb3", Some(Unmatched::Conflict)),
+            ("sb4", Some(Unmatched::Conflict)),
+            ("sb5", Some(Unmatched::NoMatch))
+        ]
+    );
+    assert_eq!(page.rows[1].conflict.as_deref(), Some("u4@x.com"));
+
+    let one = core.switchboard_users_view(&mut env, query("U0@X", UsersFilter::All, 0, 50));
+    assert_eq!(one.total, 1);
+    let r = &one.rows[0];
+    assert_eq!((r.matched_by, r.microsoft_user_id.clone()), (Some(MatchedBy::Mail), Some(ms_id(0))));
+    assert_eq!(r.integration_user.as_deref(), Some("sync0@x.com"));
+    assert_eq!(r.presence.as_ref().map(|p| p.availability.as_str()), Some("Available"));
+    let overridden = core.switchboard_users_view(&mut env, query("sb1", UsersFilter::All, 0, 50));
+    assert_eq!(overridden.rows[0].matched_by, Some(MatchedBy::Override));
+
+    // Pages, sorted by name: the total counts every match, the rows only the slice.
+    let p2 = core.switchboard_users_view(&mut env, query("", UsersFilter::All, 2, 2));
+    assert_eq!(p2.total, 6);
+    assert_eq!(p2.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["U2", "U3"]);
+    assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Http { .. })), "a query sends nothing");
+}

@@ -23,7 +23,10 @@ pub mod mapping;
 pub mod model;
 pub mod shards;
 
-pub use crate::core::{Core, RetireProgress};
+pub use crate::core::{
+    Core, MAX_USERS_PAGE, MappingCounts, MatchedBy, RetireProgress, Unmatched, UserRow, UsersFilter, UsersPage,
+    UsersQuery,
+};
 pub use crate::model::*;
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The admin page, server-rendered on the admin listener under `/ui`: the product guide's
 //! screens (the integration list with Name, Type, Users and Status ✓ / ✗ / "No status"; the
 //! integration form with Name, "Push line status to Teams", Tenant ID, Client ID, Client
-//! Secret, integration users with + and ✕, Save, Sync now, Delete).
+//! Secret, integration users with + and ✕, Save, Sync now, Delete, and how many users are
+//! synced or why not; the "Teams Presence users" list, searchable and paged).
 //!
 //! Security:
 //! - Sign-in with the admin token (compared in constant time) opens a session: a random
@@ -126,6 +127,7 @@ pub(crate) fn router(app: AppState, admin_token: Secret) -> Router {
         .route("/ui", get(list))
         .route("/ui/integrations/new", get(new_form).post(create))
         .route("/ui/integrations/{name}", get(edit_form).post(change))
+        .route("/ui/integrations/{name}/users", get(users_list))
         .with_state(Ui { app, sessions })
         .layer(axum::middleware::from_fn(headers))
 }
@@ -264,6 +266,7 @@ fn view_of(e: &Entry, mark: Option<pages::Mark>) -> pages::FormView {
         push_line_status: c.push_line_status,
         users: c.users.iter().map(|u| (u.username.clone(), !u.password.expose().is_empty())).collect(),
         mark,
+        counts: None,
         error: None,
         notice: None,
     }
@@ -286,6 +289,7 @@ fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> page
         push_line_status: !f.get("push_line_status").is_empty(),
         users: f.all("username").map(str::trim).filter(|u| !u.is_empty()).map(|u| (u.to_string(), set(u))).collect(),
         mark: None,
+        counts: None,
         error: None,
         notice: None,
     }
@@ -401,12 +405,58 @@ async fn edit_form(
     };
     let s = status_of(&ui, &name).await;
     let mut v = view_of(&e, Some(pages::Mark::of(s.as_ref())));
+    if let Some(h) = ui.app.registry.get(&name) {
+        v.counts = tokio::time::timeout(STATUS_WITHIN, h.mapping_counts()).await.ok().and_then(|r| r.ok()).flatten();
+    }
     v.notice = match (q.saved, q.synced) {
         (Some(_), _) => Some("Saved.".into()),
         (_, Some(_)) => Some("Directory refresh started.".into()),
         _ => None,
     };
     page(StatusCode::OK, pages::form(&v, &csrf))
+}
+
+#[derive(serde::Deserialize)]
+struct UsersAskQuery {
+    #[serde(default)]
+    search: String,
+    #[serde(default)]
+    filter: crate::status::UsersFilter,
+    page: Option<u32>,
+}
+
+/// Rows per page of the users list.
+pub const USERS_PER_PAGE: u32 = 50;
+
+async fn users_list(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: Result<Query<UsersAskQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    let (Some(e), Some(h)) = (ui.app.registry.entry(&name), ui.app.registry.get(&name)) else {
+        return (StatusCode::NOT_FOUND, "no such integration").into_response();
+    };
+    let Ok(Query(q)) = q else { return (StatusCode::BAD_REQUEST, "unknown filter or page").into_response() };
+    let page = q.page.unwrap_or(1).max(1);
+    let query = crate::status::UsersQuery {
+        search: q.search.chars().take(200).collect(),
+        filter: q.filter,
+        offset: (page - 1).saturating_mul(USERS_PER_PAGE),
+        limit: USERS_PER_PAGE,
+    };
+    let (Ok(Some(list)), Ok(Some(counts))) = (h.users_page(query.clone()).await, h.mapping_counts().await) else {
+        return (StatusCode::NOT_IMPLEMENTED, "this integration's plugin has no users list (WIT 3.2 or earlier)")
+            .into_response();
+    };
+    let display = e.config.display_name.clone().unwrap_or_else(|| name.clone());
+    let ask = pages::UsersAsk { search: &query.search, filter: q.filter, page, per_page: USERS_PER_PAGE };
+    page_of(pages::users(&name, &display, &list, &counts, &ask, &csrf))
+}
+
+fn page_of(m: maud::Markup) -> Response {
+    page(StatusCode::OK, m)
 }
 
 async fn change(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<String>, body: Body) -> Response {

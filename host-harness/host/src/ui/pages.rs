@@ -4,7 +4,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::status::StatusView;
+use crate::status::{MappingCountsView, StatusView, UsersFilter, UsersPageView};
 
 /// An integration's status as the list and the form show it: the product guide's ✓ / ✗ /
 /// "No status".
@@ -146,6 +146,8 @@ pub(super) struct FormView {
     /// Username, and whether a password is set.
     pub(super) users: Vec<(String, bool)>,
     pub(super) mark: Option<Mark>,
+    /// The switchboard's users by outcome.
+    pub(super) counts: Option<MappingCountsView>,
     /// A refused save: the field and why.
     pub(super) error: Option<String>,
     pub(super) notice: Option<String>,
@@ -206,6 +208,9 @@ pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
                 label for="client_secret_expires" { "Client Secret expires " span.muted { "(optional; the status warns 30 days ahead)" } }
                 input #client_secret_expires type="date" name="client_secret_expires" value=(v.secret_expires);
                 @if let Some(m) = &v.mark { p #status { "Status " (m.render()) } }
+                @if let (Some(n), Some(c)) = (&v.name, &v.counts) {
+                    p #counts { (counts_line(c)) " " a #users-link href={ "/ui/integrations/" (n) "/users" } { "Teams Presence users" } }
+                }
                 h2 { "Integration users " span.info title="Each integration user holds one subscription of up to 650 users: add one per 650 users" { "i" } }
                 table {
                     thead { tr { th { "Username" } th { "Password" } th { button.add-user type="button" title="Add" { "+" } } } }
@@ -243,6 +248,113 @@ pub(super) fn confirm_delete(name: &str, display_name: &str, csrf: &str) -> Mark
                     button #confirm-delete type="submit" name="action" value="delete-confirmed" { "Delete" }
                     a href={ "/ui/integrations/" (name) } { "Cancel" }
                 }
+            }
+        },
+    )
+}
+
+/// "N of M switchboard users synced (by ...); not synced: ..." — what explains "OK, but 0 users".
+pub(super) fn counts_line(c: &MappingCountsView) -> Markup {
+    let by: Vec<String> =
+        [("mail", c.by_mail), ("alias", c.by_alias), ("UPN", c.by_upn), ("explicit mapping", c.by_override)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(w, n)| format!("{w} {n}"))
+            .collect();
+    let not: Vec<String> = [
+        ("no email address", c.no_address),
+        ("no Microsoft user has the address", c.no_match),
+        ("address in a conflict", c.conflict),
+        ("explicit mapping names nobody", c.unresolved_override),
+        ("Microsoft's directory not read (see the status)", c.directory_not_read),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(w, n)| format!("{w}: {n}"))
+    .collect();
+    html! {
+        span { (c.mapped) " of " (c.switchboard_users) " switchboard users synced" }
+        @if !by.is_empty() { " (by " (by.join(", ")) ")" }
+        @if !not.is_empty() { span.bad { "; not synced: " (not.join("; ")) } }
+        @if c.uncovered > 0 { span.bad { "; " (c.uncovered) " covered by no subscription: add an integration user per 650 users" } }
+        "."
+    }
+}
+
+fn filter_name(f: UsersFilter) -> &'static str {
+    match f {
+        UsersFilter::All => "all",
+        UsersFilter::Unmatched => "unmatched",
+        UsersFilter::Uncovered => "uncovered",
+        UsersFilter::Conflicts => "conflicts",
+    }
+}
+
+/// What the users page was asked for.
+pub(super) struct UsersAsk<'a> {
+    pub(super) search: &'a str,
+    pub(super) filter: UsersFilter,
+    pub(super) page: u32,
+    pub(super) per_page: u32,
+}
+
+pub(super) fn users(
+    name: &str,
+    display_name: &str,
+    list: &UsersPageView,
+    counts: &MappingCountsView,
+    ask: &UsersAsk<'_>,
+    csrf: &str,
+) -> Markup {
+    let pages = list.total.div_ceil(ask.per_page).max(1);
+    let link = |filter: UsersFilter, page: u32| {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("search", ask.search)
+            .append_pair("filter", filter_name(filter))
+            .append_pair("page", &page.to_string())
+            .finish();
+        format!("/ui/integrations/{name}/users?{q}")
+    };
+    layout(
+        "Teams Presence users",
+        html! {
+            (nav(csrf))
+            h1 { "Teams Presence users: " a href={ "/ui/integrations/" (name) } { (display_name) } }
+            p #counts { (counts_line(counts)) }
+            form method="get" action={ "/ui/integrations/" (name) "/users" } {
+                input type="hidden" name="filter" value=(filter_name(ask.filter));
+                input #search type="text" name="search" value=(ask.search) placeholder="Name, address or id" aria-label="Search";
+                " " button #search-button type="submit" { "Search" }
+            }
+            p.filters {
+                @for f in [UsersFilter::All, UsersFilter::Unmatched, UsersFilter::Uncovered, UsersFilter::Conflicts] {
+                    @if f == ask.filter { strong { (filter_name(f)) } } @else { a.filter href=(link(f, 1)) { (filter_name(f)) } }
+                    " "
+                }
+            }
+            table #user-list {
+                thead { tr { th { "Switchboard user" } th { "Email" } th { "Microsoft user" } th { "Matched by" } th { "Presence" } th { "Subscription" } } }
+                tbody {
+                    @for r in &list.rows {
+                        tr data-id=(r.switchboard_user_id) {
+                            td { (r.name) br; span.muted { (r.switchboard_user_id) @if !r.active { " (passive)" } } }
+                            td { (r.emails.join(", ")) }
+                            td.ms { @if let Some(m) = &r.microsoft_user { (m) } @else { span.bad { "–" } } }
+                            td.how {
+                                @if let Some(m) = r.matched_by { (m) }
+                                @if let Some(u) = r.unmatched { span.bad { (u) } }
+                                @if let Some(c) = &r.conflict { br; span.muted { "conflict: " (c) } }
+                            }
+                            td { @if let Some((a, act)) = &r.presence { (a) " / " (act) } }
+                            td { @if let Some(u) = &r.integration_user { (u) } @else if r.microsoft_user_id.is_some() { span.bad { "uncovered" } } }
+                        }
+                    }
+                }
+            }
+            p #paging {
+                (list.total) @if list.total == 1 { " user" } @else { " users" } " · page " (ask.page) " of " (pages) " "
+                @if ask.page > 1 { a #prev href=(link(ask.filter, ask.page - 1)) { "‹ previous" } " " }
+                @if ask.page < pages { a #next href=(link(ask.filter, ask.page + 1)) { "next ›" } }
             }
         },
     )

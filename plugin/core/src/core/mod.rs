@@ -13,9 +13,13 @@ mod retire;
 mod subscriptions;
 mod throttling;
 mod tokens;
+mod users_view;
 mod validation;
 
 pub use retire::RetireProgress;
+pub use users_view::{
+    MAX_USERS_PAGE, MappingCounts, MatchedBy, Unmatched, UserRow, UsersFilter, UsersPage, UsersQuery,
+};
 pub use validation::{MAX_WAITING_BATCHES, MAX_WAITING_BYTES};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -27,7 +27,7 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "presence-sync" });
 
-use exports::teams_presence::plugin::{admin, sync};
+use exports::teams_presence::plugin::{admin, sync, users};
 use teams_presence::plugin::{log, outbound_http, presence, state, status, types};
 
 const MODES: [&str; 7] =
@@ -205,6 +205,29 @@ impl sync::Guest for Hostile {
 impl admin::Guest for Hostile {
     fn retire() -> admin::RetireProgress {
         admin::RetireProgress { subscriptions: 0, sessions: 0, users_withdrawn: 0, problem: None }
+    }
+}
+
+impl users::Guest for Hostile {
+    fn page(_: users::UsersQuery) -> users::UsersPage {
+        users::UsersPage { total: 0, rows: vec![] }
+    }
+    fn counts() -> users::MappingCounts {
+        users::MappingCounts {
+            switchboard_users: 0,
+            mapped: 0,
+            by_override: 0,
+            by_mail: 0,
+            by_alias: 0,
+            by_upn: 0,
+            no_address: 0,
+            no_match: 0,
+            conflict: 0,
+            unresolved_override: 0,
+            directory_not_read: 0,
+            uncovered: 0,
+            passive: 0,
+        }
     }
 }
 
