@@ -229,3 +229,62 @@ async fn an_operator_adds_checks_and_deletes_an_integration_on_the_admin_page() 
     assert_eq!(after.url().path(), "/ui/login", "the old cookie opens nothing");
     b.client.close().await.unwrap();
 }
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/ui/login")).await.unwrap();
+    fill(c, "#token", token).await;
+    submit(c, "button[type=submit]").await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/ui");
+}
+
+/// The product guide's default: "Manual client setup" off. On Save the browser goes to
+/// Microsoft's admin consent (the emulator's) and comes back to the page: a declined consent
+/// shows its code and what to do; once granted, the integration signs in with the host's own
+/// app and syncs. A consent answer this host did not ask for is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automated_setup_sends_the_admin_to_microsofts_consent_and_back() {
+    let t = start(20, 1, |o| o.platform_app = true).await;
+    let seed2 = TenantSeed::new(SECOND_TENANT, "fabrikam.example", SECOND_CLIENT, DEMO_SECRET, 20, 1);
+    t.emulator.add_tenant(&seed2);
+    t.emulator.with_tenant(SECOND_TENANT, |tenant| tenant.refuse_consent = true);
+    let fabrikam_sb = Arc::new(Switchboard::new(presence_demo::switchboard_users(&seed2, 20)));
+    t.sims.insert("fabrikam", fabrikam_sb.clone());
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    let b = browser().await;
+    let c = &b.client;
+    let base = t.admin_url("");
+    sign_in(c, &base, t.config.host.admin_token.expose()).await;
+
+    submit(c, "#add").await;
+    let manual = c.find(Locator::Css("#manual")).await.unwrap();
+    assert!(!manual.is_selected().await.unwrap(), "the automated setup is the default");
+    fill(c, "#display_name", "Fabrikam").await;
+    fill(c, "#tenant_id", SECOND_TENANT).await;
+    fill(c, "#users tr:nth-child(1) input[name=username]", &seed2.integration_user(0)).await;
+    fill(c, "#users tr:nth-child(1) input[name=password]", &seed2.integration_password).await;
+    // Save sends the browser to Microsoft, whose admin declines here.
+    submit(c, "#save").await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/ui/consent");
+    let declined = text(c, "#consent-result").await;
+    assert!(declined.contains("AADSTS65004") && declined.contains("choose Accept"), "{declined}");
+    assert_eq!(t.host().registry.entry("fabrikam").unwrap().config.client_id, presence_demo::PLATFORM_CLIENT);
+
+    // Asked again, the admin accepts: it signs in with the host's app and syncs.
+    t.emulator.with_tenant(SECOND_TENANT, |tenant| tenant.refuse_consent = false);
+    submit(c, "#continue").await;
+    submit(c, "#consent").await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/ui/consent");
+    assert!(text(c, "#consent-result").await.contains("Admin consent granted"));
+    submit(c, "#continue").await;
+    reload_until(c, "#status", |s| s.contains('✓')).await;
+    assert!(t.wait_until(EVENTUALLY, || fabrikam_sb.all_shown().len() == 20).await);
+    let html = c.source().await.unwrap();
+    assert!(!html.contains(presence_demo::PLATFORM_SECRET));
+
+    // An answer with a state this host never made (or one used already) changes nothing.
+    let forged = reqwest::get(format!("{base}/ui/consent?admin_consent=True&tenant={SECOND_TENANT}&state=0123abcd"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    b.client.close().await.unwrap();
+}

@@ -115,6 +115,9 @@ pub struct ScenarioOptions {
     pub inbox_limits: presence_host::context::InboxLimits,
     /// How many switchboard users (matching the tenant's first ones); `None`: `users`.
     pub switchboard_users: Option<usize>,
+    /// The host has an app registration of its own ([`PLATFORM_CLIENT`], registered at the
+    /// emulator as a multi-tenant app), for the automated setup with admin consent.
+    pub platform_app: bool,
     /// The switchboard's users live in this CSV (written at the start, watched for edits,
     /// and where changes through its API go), as `host-harness run` does it.
     pub switchboard_csv: Option<PathBuf>,
@@ -143,6 +146,7 @@ impl ScenarioOptions {
             inbox_limits: Default::default(),
             switchboard_users: None,
             switchboard_csv: None,
+            platform_app: false,
         }
     }
 }
@@ -177,6 +181,11 @@ pub struct Scenario {
     /// Every integration's switchboard (those created at run time too).
     pub sims: Arc<switchboard_sim::Switchboards>,
 }
+
+/// The host's own multi-tenant app (the automated setup) in scenarios with `platform_app`.
+pub const PLATFORM_CLIENT: &str = "7f3c2a91-5e4d-4b8a-9c1f-2d6e8a0b4c37";
+/// Its secret.
+pub const PLATFORM_SECRET: &str = "platform-app-secret-value";
 
 /// The second scenario tenant (fabrikam.example) and its app.
 pub const SECOND_TENANT: &str = "8c1d5e2a-3f4b-4c6d-9e8f-0a1b2c3d4e5f";
@@ -244,6 +253,14 @@ impl Scenario {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        if opts.platform_app {
+            emulator.add_platform_app(graph_emulator::PlatformApp {
+                client_id: PLATFORM_CLIENT.into(),
+                secret: PLATFORM_SECRET.into(),
+                app_roles: seed.app_roles.iter().cloned().collect(),
+                redirect_uris: vec![format!("http://{}/ui/consent", admin.local_addr()?)],
+            });
+        }
         let mut config = Config {
             host: HostConfig {
                 listen: addr.to_string(),
@@ -260,10 +277,16 @@ impl Scenario {
                 plugin: None,
                 plugin_cache_dir: opts.state_dir.join("plugin-cache"),
                 admin_token: Secret::new(opts.admin_token.clone()),
+                admin_base_url: Some(format!("http://{}", admin.local_addr()?)),
+                platform_app: opts.platform_app.then(|| presence_host::config::PlatformApp {
+                    client_id: PLATFORM_CLIENT.into(),
+                    client_secret: Secret::new(PLATFORM_SECRET),
+                }),
             },
             integrations: vec![IntegrationConfig {
                 name: opts.name.clone(),
                 display_name: None,
+                manual_client_setup: true,
                 tenant_id: DEMO_TENANT.into(),
                 client_id: DEMO_CLIENT.into(),
                 client_secret: Secret::new(opts.configured_secret.clone()),

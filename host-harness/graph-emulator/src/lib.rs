@@ -29,7 +29,7 @@ use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncrypti
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
-pub use model::{Fault, Subscription, TenantSeed, World};
+pub use model::{Fault, PlatformApp, Subscription, TenantSeed, World};
 
 /// Microsoft's clock, as the emulator keeps time: tokens, expirations and sessions follow it.
 /// Tests move it forward, or set it apart from the host's.
@@ -244,6 +244,14 @@ impl Emulator {
         let mut w = self.inner.world.lock().unwrap();
         let k = w.tenant_key(tenant).expect("tenant exists");
         f(w.tenants.get_mut(&k).unwrap())
+    }
+
+    /// Registers a multi-tenant app (the switchboard vendor's, for the automated setup): a
+    /// tenant gets it through admin consent.
+    pub fn add_platform_app(&self, app: model::PlatformApp) {
+        self.with_world(|w| {
+            w.platform_apps.insert(app.client_id.clone(), app);
+        });
     }
 
     /// Makes every access token issued so far expire now (Graph then answers 401).

@@ -113,6 +113,23 @@ pub struct Tenant {
     pub removed: Vec<(String, u64)>,
     /// Delta tokens of another epoch are gone (`410 Gone`).
     pub delta_epoch: u64,
+    /// The tenant's admin declines admin consent (`error=access_denied`, AADSTS65004).
+    pub refuse_consent: bool,
+}
+
+/// A multi-tenant app registration of the switchboard vendor (the product guide's automated
+/// setup): a tenant gets it (its service principal, with these permissions) through admin
+/// consent.
+#[derive(Debug, Clone)]
+pub struct PlatformApp {
+    /// Application (client) id.
+    pub client_id: String,
+    /// Its secret.
+    pub secret: String,
+    /// Application permissions it asks for (granted with the consent).
+    pub app_roles: BTreeSet<String>,
+    /// Its registered redirect URIs (the consent's `redirect_uri` must be one, exactly).
+    pub redirect_uris: Vec<String>,
 }
 
 impl Tenant {
@@ -300,6 +317,8 @@ pub struct World {
     pub fault_retry_until: HashMap<(String, String, String), u64>,
     /// What came early, for the test's message.
     pub early_log: Vec<String>,
+    /// Multi-tenant apps by client id.
+    pub platform_apps: BTreeMap<String, PlatformApp>,
 }
 
 impl Default for World {
@@ -318,6 +337,7 @@ impl Default for World {
             early_requests: 0,
             fault_retry_until: HashMap::new(),
             early_log: Vec::new(),
+            platform_apps: BTreeMap::new(),
         }
     }
 }
@@ -477,6 +497,7 @@ impl TenantSeed {
             dir_version: 0,
             removed: Vec::new(),
             delta_epoch: 0,
+            refuse_consent: false,
         };
         t.reindex();
         t

@@ -33,6 +33,7 @@ const BATCH_HEADER: &str = "x-emulator-batch";
 pub(super) fn router(emu: Emulator) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/v2.0/adminconsent", get(admin_consent))
         .route("/common/.well-known/openid-configuration", get(openid_configuration))
         .route("/common/discovery/keys", get(signing_keys))
         .route("/v1.0/users", get(list_users))
@@ -190,6 +191,92 @@ fn token_error(status: StatusCode, error: &str, code: u64, text: &str) -> Respon
         "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
     });
     (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body.to_string()).into_response()
+}
+
+/// An error page of the sign-in service (what the browser shows when the request is not one
+/// to redirect back: an unknown app, a redirect URI that is not registered).
+fn consent_page_error(code: u64, text: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!("<!doctype html><title>Sign in</title><p>AADSTS{code}: {text}</p>"),
+    )
+        .into_response()
+}
+
+/// Admin consent, v2 (<https://learn.microsoft.com/en-us/entra/identity-platform/v2-admin-consent>):
+/// `GET /{tenant}/v2.0/adminconsent?client_id&scope&redirect_uri&state`. The tenant's admin
+/// accepts (the app's service principal is created with its permissions; redirect with
+/// `admin_consent=True&tenant&scope&state`) or declines (`tenant.refuse_consent`: redirect with
+/// `error=access_denied&error_description=AADSTS65004...&state`).
+async fn admin_consent(State(emu): State<Emulator>, Path(tenant): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let q: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
+    let f = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let mut w = emu.inner.world.lock().unwrap();
+    if matches!(tenant.as_str(), "common" | "organizations" | "consumers") {
+        return consent_page_error(
+            90130,
+            "Admin consent needs the tenant: not 'common', 'organizations' or 'consumers'.",
+        );
+    }
+    let Some(app) = w.platform_apps.get(f("client_id")).cloned() else {
+        return consent_page_error(
+            700016,
+            &format!("Application with identifier '{}' was not found in the directory.", f("client_id")),
+        );
+    };
+    if !app.redirect_uris.iter().any(|u| u == f("redirect_uri")) {
+        return consent_page_error(
+            50011,
+            &format!(
+                "The redirect URI '{}' specified in the request does not match the redirect URIs configured for the application '{}'.",
+                f("redirect_uri"),
+                app.client_id
+            ),
+        );
+    }
+    let back = |pairs: &[(&str, &str)]| {
+        let mut u = url::Url::parse(f("redirect_uri")).expect("a registered URI");
+        {
+            let mut qp = u.query_pairs_mut();
+            for (k, v) in pairs {
+                qp.append_pair(k, v);
+            }
+            if !f("state").is_empty() {
+                qp.append_pair("state", f("state"));
+            }
+        }
+        (StatusCode::FOUND, [(header::LOCATION, u.to_string())]).into_response()
+    };
+    if f("scope") != "https://graph.microsoft.com/.default" {
+        return back(&[
+            ("error", "invalid_request"),
+            ("error_description", "AADSTS70011: The provided value for the input parameter 'scope' is not valid."),
+        ]);
+    }
+    let Some(tkey) = w.tenant_key(&tenant) else {
+        return consent_page_error(90002, &format!("Tenant '{tenant}' not found."));
+    };
+    let t = w.tenants.get_mut(&tkey).unwrap();
+    if t.refuse_consent {
+        return back(&[
+            ("error", "access_denied"),
+            ("error_description", "AADSTS65004: User declined to consent to access the app."),
+        ]);
+    }
+    t.apps.insert(
+        app.client_id.clone(),
+        super::model::App {
+            client_id: app.client_id.clone(),
+            secret: app.secret.clone(),
+            secret_expired: false,
+            app_roles: app.app_roles.clone(),
+            delegated_consent: true,
+        },
+    );
+    let tid = t.id.clone();
+    back(&[("admin_consent", "True"), ("tenant", &tid), ("scope", "https://graph.microsoft.com/.default")])
 }
 
 async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: Bytes) -> Response {

@@ -320,3 +320,67 @@ async fn presence_requests_are_throttled_with_retry_after() {
     assert_eq!(e.call("GET", &format!("/v1.0/users/{user}/presence"), &app, None).await.0, 429);
     assert_eq!(e.emu.throttling(), (2, 1));
 }
+
+/// Admin consent (v2): the registered redirect URI only, `scope=https://graph.microsoft.com/.default`,
+/// a tenant (not `common`); the answer comes back on the redirect URI with the `state`; until
+/// a tenant consented, the multi-tenant app cannot sign in there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_consent_creates_the_apps_principal_or_says_why_not() {
+    const PLATFORM: &str = "7f3c2a91-5e4d-4b8a-9c1f-2d6e8a0b4c37";
+    let e = emu(3).await;
+    let back = "https://admin.example/ui/consent";
+    e.emu.add_platform_app(graph_emulator::PlatformApp {
+        client_id: PLATFORM.into(),
+        secret: "platform-secret".into(),
+        app_roles: ["User.Read.All".to_string(), "Presence.ReadWrite.All".to_string()].into(),
+        redirect_uris: vec![back.into()],
+    });
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", PLATFORM),
+        ("client_secret", "platform-secret"),
+        ("scope", "https://graph.microsoft.com/.default"),
+    ];
+    let (s, v) = e.token_raw(DEMO_TENANT, &form).await;
+    assert_eq!((s, code(&v)), (400, 700016), "not consented yet: {v}");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let consent = |tenant: &str, scope: &str, redirect: &str| {
+        let mut u = url::Url::parse(&format!("{}/{tenant}/v2.0/adminconsent", e.base)).unwrap();
+        u.query_pairs_mut()
+            .append_pair("client_id", PLATFORM)
+            .append_pair("scope", scope)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("state", "s-1");
+        let http = http.clone();
+        async move {
+            let r = http.get(u).send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("location").map(|l| l.to_str().unwrap().to_string()))
+        }
+    };
+    const ALL: &str = "https://graph.microsoft.com/.default";
+    assert_eq!(consent("common", ALL, back).await.0, 400, "a tenant is needed");
+    assert_eq!(consent(DEMO_TENANT, ALL, "https://evil.example/cb").await, (400, None), "only a registered URI");
+    let (s, to) = consent(DEMO_TENANT, "User.Read.All", back).await;
+    assert_eq!(s, 302);
+    assert!(to.unwrap().contains("error=invalid_request"));
+    e.emu.with_tenant(DEMO_TENANT, |t| t.refuse_consent = true);
+    let (_, to) = consent(DEMO_TENANT, ALL, back).await;
+    let to = to.unwrap();
+    assert!(
+        to.starts_with(back)
+            && to.contains("error=access_denied")
+            && to.contains("AADSTS65004")
+            && to.ends_with("state=s-1"),
+        "{to}"
+    );
+    assert_eq!(e.token_raw(DEMO_TENANT, &form).await.0, 400, "declined: still no principal");
+    e.emu.with_tenant(DEMO_TENANT, |t| t.refuse_consent = false);
+    let (_, to) = consent(DEMO_TENANT, ALL, back).await;
+    let to = to.unwrap();
+    assert!(
+        to.contains("admin_consent=True") && to.contains(&format!("tenant={DEMO_TENANT}")) && to.contains("state=s-1"),
+        "{to}"
+    );
+    let (s, v) = e.token_raw(DEMO_TENANT, &form).await;
+    assert_eq!(s, 200, "consented: {v}");
+}

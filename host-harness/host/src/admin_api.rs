@@ -52,6 +52,7 @@ pub(crate) fn view(c: &IntegrationConfig, source: crate::registry::Source) -> se
     json!({
         "name": c.name,
         "display_name": c.display_name.as_deref().unwrap_or(&c.name),
+        "manual_client_setup": c.manual_client_setup,
         "source": source,
         "tenant_id": c.tenant_id,
         "client_id": c.client_id,
@@ -202,7 +203,7 @@ async fn create(State(st): State<AppState>, body: Body) -> Response {
             reason,
         }));
     }
-    let config = match spec.into_config(&name, None) {
+    let config = match spec.into_config(&name, None, st.registry.platform_client_id()) {
         Ok(c) => c,
         Err(e) => return refused(e.into()),
     };
@@ -221,7 +222,7 @@ async fn update(State(st): State<AppState>, Path(name): Path<String>, body: Body
         Ok(x) => x,
         Err(r) => return r,
     };
-    let config = match spec.into_config(&name, Some(&current.config)) {
+    let config = match spec.into_config(&name, Some(&current.config), st.registry.platform_client_id()) {
         Ok(c) => c,
         Err(e) => return refused(e.into()),
     };

@@ -72,6 +72,22 @@ pub struct HostConfig {
     pub admin_token: Secret,
     /// The key-encryption key that seals private keys and client states at rest.
     pub kek: crate::seal::Kek,
+    /// Where administrators' browsers reach the admin listener (`admin_base_url`), e.g.
+    /// `https://switchboard.example.com/presence-admin`: the admin consent comes back to
+    /// `{admin_base_url}/ui/consent`.
+    pub admin_base_url: Option<String>,
+    /// The host's own multi-tenant app registration, for the product guide's automated setup
+    /// ("Manual client setup" off): a customer's admin consents to it once per tenant.
+    pub platform_app: Option<PlatformApp>,
+}
+
+/// The host's own app registration (`platform_client_id`, `platform_client_secret_env`).
+#[derive(Debug, Clone)]
+pub struct PlatformApp {
+    /// Application (client) id.
+    pub client_id: String,
+    /// Its client secret.
+    pub client_secret: Secret,
 }
 
 /// One `[[integration]]`.
@@ -81,6 +97,10 @@ pub struct IntegrationConfig {
     pub name: String,
     /// The name the admin page shows (the product guide's "Name"); `None`: the name.
     pub display_name: Option<String>,
+    /// The product guide's "Manual client setup": the customer's own app registration
+    /// (`client_id`, `client_secret`). Off: the host's platform app, which the customer's admin
+    /// consents to (`client_id` is then the platform app's, and no secret is kept here).
+    pub manual_client_setup: bool,
     /// Tenant id (GUID) or domain.
     pub tenant_id: String,
     /// Application (client) id.
@@ -144,6 +164,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     listen: Option<String>,
+    admin_base_url: Option<String>,
+    platform_client_id: Option<String>,
+    platform_client_secret_env: Option<String>,
     admin_listen: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -170,7 +193,9 @@ struct RawHost {
 struct RawIntegration {
     name: String,
     display_name: Option<String>,
+    manual_client_setup: Option<bool>,
     tenant_id: String,
+    #[serde(default)]
     client_id: String,
     client_secret: Option<String>,
     client_secret_env: Option<String>,
@@ -382,6 +407,43 @@ impl Config {
             ));
         }
         let admin_token = Secret::new(token);
+        let admin_base_url = match h.admin_base_url {
+            Some(u) => {
+                check_base_url(&u).map_err(|r| err("host.admin_base_url", r))?;
+                Some(u.trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let platform_app = match (h.platform_client_id, h.platform_client_secret_env) {
+            (None, None) => None,
+            (Some(id), Some(var)) => {
+                if !is_guid(&id) {
+                    return Err(err("host.platform_client_id", format!("'{id}' is not a GUID")));
+                }
+                if admin_base_url.is_none() {
+                    return Err(err(
+                        "host.admin_base_url",
+                        "required with platform_client_id: the admin consent comes back to {admin_base_url}/ui/consent"
+                            .into(),
+                    ));
+                }
+                let secret =
+                    env(&var).ok_or_else(|| err("host.platform_client_secret_env", format!("${var} is not set")))?;
+                Some(PlatformApp { client_id: id, client_secret: Secret::new(secret) })
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "host.platform_client_secret_env",
+                    "platform_client_id is set, so set this too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "host.platform_client_id",
+                    "platform_client_secret_env is set, so set this too".into(),
+                ));
+            }
+        };
         let state_dir = base.join(h.state_dir.unwrap_or_else(|| "state".into()));
         let host = HostConfig {
             limits,
@@ -392,6 +454,8 @@ impl Config {
                 .unwrap_or_else(|| state_dir.join("plugin-cache")),
             admin_token,
             kek,
+            admin_base_url,
+            platform_app,
             listen,
             admin_listen,
             tls,
@@ -405,7 +469,9 @@ impl Config {
         let mut integrations = Vec::new();
         for (i, r) in raw.integration.into_iter().enumerate() {
             let f = |name: &str| format!("integration[{i}].{name}");
-            let ic = integration_of(r, &|v| base.join(v), env).map_err(|(field, reason)| err(&f(&field), reason))?;
+            let platform = host.platform_app.as_ref().map(|p| p.client_id.as_str());
+            let ic = integration_of(r, &|v| base.join(v), env, platform)
+                .map_err(|(field, reason)| err(&f(&field), reason))?;
             let others = integrations.iter().enumerate().map(|(k, o)| (format!("integration[{k}]"), o));
             if let Some((field, reason)) = conflict(&ic, others) {
                 return Err(err(&f(&field), reason));
@@ -425,9 +491,12 @@ impl Config {
 pub struct IntegrationSpec {
     /// "Name" on the admin page.
     pub display_name: Option<String>,
+    /// "Manual client setup" (default on); off: the host's app, after the admin's consent.
+    pub manual_client_setup: Option<bool>,
     /// Directory (tenant) ID, or a domain.
     pub tenant_id: String,
-    /// Application (client) ID.
+    /// Application (client) ID (manual client setup only).
+    #[serde(default)]
     pub client_id: String,
     /// Client secret value; `None`: keep the one set (none on create: missing credentials).
     pub client_secret: Option<String>,
@@ -483,14 +552,21 @@ impl IntegrationSpec {
         self,
         name: &str,
         current: Option<&IntegrationConfig>,
+        platform: Option<&str>,
     ) -> Result<IntegrationConfig, ConfigError> {
         let kept = |s: &Secret| Some(s.expose().to_string()).filter(|v| !v.is_empty());
+        let manual = self.manual_client_setup.unwrap_or(true);
         let raw = RawIntegration {
             name: name.to_string(),
             display_name: self.display_name,
+            manual_client_setup: Some(manual),
             tenant_id: self.tenant_id,
-            client_id: self.client_id,
-            client_secret: self.client_secret.or_else(|| current.and_then(|c| kept(&c.client_secret))),
+            client_id: if manual { self.client_id } else { String::new() },
+            client_secret: if manual {
+                self.client_secret.or_else(|| current.and_then(|c| kept(&c.client_secret)))
+            } else {
+                None
+            },
             client_secret_env: None,
             client_secret_expires: self.client_secret_expires.filter(|d| !d.trim().is_empty()).map(RawDate::Text),
             users: self
@@ -518,7 +594,7 @@ impl IntegrationSpec {
             switchboard_csv: current.and_then(|c| c.switchboard_csv.clone()),
             plugin: current.and_then(|c| c.plugin.clone()),
         };
-        integration_of(raw, &|p| p, &|_| None).map_err(|(field, reason)| ConfigError {
+        integration_of(raw, &|p| p, &|_| None, platform).map_err(|(field, reason)| ConfigError {
             file: "request body".into(),
             field,
             reason,
@@ -529,11 +605,34 @@ impl IntegrationSpec {
 /// One integration checked on its own (not against the others: see [`conflict`]); an error
 /// is `(field, reason)`, the field relative to the integration. `path` resolves file paths.
 fn integration_of(
-    r: RawIntegration,
+    mut r: RawIntegration,
     path: &dyn Fn(PathBuf) -> PathBuf,
     env: &dyn Fn(&str) -> Option<String>,
+    platform: Option<&str>,
 ) -> Result<IntegrationConfig, (String, String)> {
     let e = |field: &str, reason: String| (field.to_string(), reason);
+    let manual_client_setup = r.manual_client_setup.unwrap_or(true);
+    if !manual_client_setup {
+        let Some(platform) = platform else {
+            return Err(e(
+                "manual_client_setup",
+                "the automated setup needs the host's own app registration (host.platform_client_id): set it, or \
+                 use manual client setup"
+                    .into(),
+            ));
+        };
+        if !r.client_id.is_empty() && !r.client_id.eq_ignore_ascii_case(platform) {
+            return Err(e("client_id", "not used with the automated setup (the host's app is): leave it empty".into()));
+        }
+        if r.client_secret.as_deref().is_some_and(|s| !s.is_empty()) || r.client_secret_env.is_some() {
+            return Err(e(
+                "client_secret",
+                "not used with the automated setup (the host's app is): leave it empty".into(),
+            ));
+        }
+        r.client_id = platform.to_string();
+        r.client_secret = None;
+    }
     if r.reconcile_interval_s < 30 {
         return Err(e(
             "reconcile_interval_s",
@@ -603,6 +702,7 @@ fn integration_of(
     Ok(IntegrationConfig {
         name: r.name,
         display_name,
+        manual_client_setup,
         tenant_id: r.tenant_id,
         client_id: r.client_id,
         client_secret,
@@ -881,6 +981,41 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
             assert_eq!(e.field, field, "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_automated_setup_needs_the_hosts_app_and_takes_its_client_id() {
+        const PLATFORM: &str = "7f3c2a91-5e4d-4b8a-9c1f-2d6e8a0b4c37";
+        let env = |k: &str| match k {
+            "PLATFORM_SECRET" => Some("p".to_string()),
+            k => env(k),
+        };
+        let automated = "[[integration]]\nname = \"auto\"\ntenant_id = \"fabrikam.example\"\nmanual_client_setup = false\n\
+                         users = [{ username = \"sync@fabrikam.example\", password = \"pw\" }]\n";
+        let with_app = GOOD.replace(
+            "[host]\n",
+            &format!(
+                "[host]\nadmin_base_url = \"https://switchboard.example\"\nplatform_client_id = \"{PLATFORM}\"\n\
+                 platform_client_secret_env = \"PLATFORM_SECRET\"\n"
+            ),
+        );
+        let c = Config::parse(&format!("{with_app}{automated}"), "c.toml", Path::new("."), &env).unwrap();
+        let auto = &c.integrations[1];
+        assert!(!auto.manual_client_setup);
+        assert_eq!((auto.client_id.as_str(), auto.client_secret.expose()), (PLATFORM, ""));
+        assert_eq!(c.host.platform_app.as_ref().unwrap().client_secret.expose(), "p");
+        assert!(!format!("{c:?}").contains("\"p\""));
+        assert!(c.integrations[0].manual_client_setup, "manual is the default in the file");
+        // Without the host's app, or with a secret of its own, it is refused.
+        let e = Config::parse(&format!("{GOOD}{automated}"), "c.toml", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "integration[1].manual_client_setup", "{e}");
+        let own =
+            automated.replace("manual_client_setup = false\n", "manual_client_setup = false\nclient_secret = \"x\"\n");
+        let e = Config::parse(&format!("{with_app}{own}"), "c.toml", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "integration[1].client_secret", "{e}");
+        let no_base = with_app.replace("admin_base_url = \"https://switchboard.example\"\n", "");
+        let e = Config::parse(&no_base, "c.toml", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "host.admin_base_url", "{e}");
     }
 
     #[test]

@@ -142,6 +142,8 @@ enum Record {
 struct StoredConfig {
     name: String,
     display_name: Option<String>,
+    #[serde(default = "yes")]
+    manual_client_setup: bool,
     tenant_id: String,
     client_id: String,
     client_secret: String,
@@ -162,6 +164,7 @@ impl From<&IntegrationConfig> for StoredConfig {
         StoredConfig {
             name: c.name.clone(),
             display_name: c.display_name.clone(),
+            manual_client_setup: c.manual_client_setup,
             tenant_id: c.tenant_id.clone(),
             client_id: c.client_id.clone(),
             client_secret: c.client_secret.expose().to_string(),
@@ -184,6 +187,7 @@ impl From<StoredConfig> for IntegrationConfig {
         IntegrationConfig {
             name: c.name,
             display_name: c.display_name,
+            manual_client_setup: c.manual_client_setup,
             tenant_id: c.tenant_id,
             client_id: c.client_id,
             client_secret: Secret::new(c.client_secret),
@@ -199,6 +203,10 @@ impl From<StoredConfig> for IntegrationConfig {
             plugin: c.plugin,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn place(name: &str) -> String {
@@ -262,7 +270,14 @@ impl Launch {
             },
             None => configured_release.clone(),
         };
-        let settings = crate::host::settings_for(&self.host, ic, &key, &token);
+        let mut settings = crate::host::settings_for(&self.host, ic, &key, &token);
+        if !ic.manual_client_setup {
+            // The automated setup: the host's own app, which the customer's admin consented to.
+            settings.client_secret = match &self.host.platform_app {
+                Some(p) => p.client_secret.expose().to_string(),
+                None => anyhow::bail!("it uses the automated setup, and this host has no platform_client_id"),
+            };
+        }
         let allowed_origins = [&self.host.login_base_url, &self.host.graph_base_url]
             .iter()
             .map(|u| url::Url::parse(u).map(|u| allow_list::origin_of(&u)))
@@ -399,6 +414,67 @@ impl Registry {
         let mut next = (**live).clone();
         f(&mut next);
         *live = Arc::new(next);
+    }
+
+    /// The host's own app registration's client id (the automated setup), if it has one.
+    pub fn platform_client_id(&self) -> Option<&str> {
+        self.launch.host.platform_app.as_ref().map(|p| p.client_id.as_str())
+    }
+
+    /// The origin (`scheme://host[:port]`) of Microsoft's sign-in service.
+    pub fn login_origin(&self) -> Option<String> {
+        url::Url::parse(&self.launch.host.login_base_url).ok().map(|u| crate::allow_list::origin_of(&u))
+    }
+
+    /// The admin consent URL for `tenant` (v2: `{login}/{tenant}/v2.0/adminconsent`, all of
+    /// Graph's permissions the app registration lists, `/.default`), coming back to
+    /// `{admin_base_url}/ui/consent` with `state`; `None` without a platform app.
+    pub fn admin_consent_url(&self, tenant: &str, state: &str) -> Option<String> {
+        let app = self.launch.host.platform_app.as_ref()?;
+        let back = format!("{}/ui/consent", self.launch.host.admin_base_url.as_deref()?);
+        let mut u = url::Url::parse(&format!("{}/{tenant}/v2.0/adminconsent", self.launch.host.login_base_url)).ok()?;
+        u.query_pairs_mut()
+            .append_pair("client_id", &app.client_id)
+            .append_pair("scope", "https://graph.microsoft.com/.default")
+            .append_pair("redirect_uri", &back)
+            .append_pair("state", state);
+        Some(u.to_string())
+    }
+
+    /// Re-starts integration `name` on its configuration and state (after its admin consented:
+    /// it signs in at once instead of at its next retry).
+    pub async fn restart(&self, name: &str) -> Result<(), RegistryError> {
+        self.claim(name, |current, _| match current {
+            None => Err(RegistryError::NotFound(name.into())),
+            Some(_) => Ok(()),
+        })?;
+        let config = self.entry(name).expect("claimed").config;
+        if let Some(old) = self.get(name) {
+            drain(&old, DRAIN_WITHIN).await;
+            old.shutdown();
+            old.stopped().await;
+        }
+        let started = self.launch.spawn(&config).await;
+        let mut entries = self.entries.lock().unwrap();
+        let e = entries.get_mut(name).expect("claimed");
+        e.busy = false;
+        match started {
+            Ok((handle, sha)) => {
+                e.configured_sha256 = sha;
+                drop(entries);
+                self.publish(|m| {
+                    m.insert(name.to_string(), handle);
+                });
+                Ok(())
+            }
+            Err(err) => {
+                drop(entries);
+                self.publish(|m| {
+                    m.remove(name);
+                });
+                Err(RegistryError::Start(name.into(), format!("{err:#}")))
+            }
+        }
     }
 
     /// The running integration `name`.

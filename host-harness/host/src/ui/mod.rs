@@ -55,7 +55,20 @@ struct Session {
 pub(crate) struct Sessions {
     map: Mutex<HashMap<[u8; 32], Session>>,
     token: Secret,
+    /// Admin consents asked for and not answered yet, by the SHA-256 of their `state`.
+    consents: Mutex<HashMap<[u8; 32], PendingConsent>>,
 }
+
+/// An admin consent the page sent a browser to.
+struct PendingConsent {
+    integration: String,
+    expires: Instant,
+}
+
+/// How long an admin has to answer Microsoft's consent prompt.
+pub const CONSENT_WITHIN: Duration = Duration::from_secs(30 * 60);
+/// Consents waiting at once; a new one pushes the oldest out.
+pub const MAX_PENDING_CONSENTS: usize = 64;
 
 fn random_hex() -> String {
     let mut b = [0u8; 32];
@@ -102,6 +115,32 @@ impl Sessions {
         map.get(&key).filter(|s| s.expires > Instant::now()).map(|s| s.csrf.clone())
     }
 
+    /// A new `state` for a consent of `integration`'s tenant.
+    fn consent_state(&self, integration: &str) -> String {
+        let state = random_hex();
+        let mut map = self.consents.lock().unwrap();
+        let now = Instant::now();
+        map.retain(|_, c| c.expires > now);
+        if map.len() >= MAX_PENDING_CONSENTS
+            && let Some(oldest) = map.iter().min_by_key(|(_, c)| c.expires).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            Sha256::digest(state.as_bytes()).into(),
+            PendingConsent { integration: integration.into(), expires: now + CONSENT_WITHIN },
+        );
+        state
+    }
+
+    /// The integration a consent's `state` was made for: once (it is then gone), and only
+    /// within [`CONSENT_WITHIN`].
+    fn take_consent(&self, state: &str) -> Option<String> {
+        let key: [u8; 32] = Sha256::digest(state.as_bytes()).into();
+        let c = self.consents.lock().unwrap().remove(&key)?;
+        (c.expires > Instant::now()).then_some(c.integration)
+    }
+
     fn close(&self, headers: &HeaderMap) {
         if let Some(id) = Self::id_of(headers) {
             let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
@@ -118,7 +157,7 @@ struct Ui {
 
 /// The page's routes (they take the session, not the bearer token).
 pub(crate) fn router(app: AppState, admin_token: Secret) -> Router {
-    let sessions = Arc::new(Sessions { map: Default::default(), token: admin_token });
+    let sessions = Arc::new(Sessions { map: Default::default(), token: admin_token, consents: Default::default() });
     Router::new()
         .route("/ui/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], include_str!("style.css")) }))
         .route("/ui/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], include_str!("app.js")) }))
@@ -128,22 +167,33 @@ pub(crate) fn router(app: AppState, admin_token: Secret) -> Router {
         .route("/ui/integrations/new", get(new_form).post(create))
         .route("/ui/integrations/{name}", get(edit_form).post(change))
         .route("/ui/integrations/{name}/users", get(users_list))
-        .with_state(Ui { app, sessions })
-        .layer(axum::middleware::from_fn(headers))
+        .route("/ui/integrations/{name}/consent", get(consent_again))
+        .route("/ui/consent", get(consent_answer))
+        .with_state(Ui { app: app.clone(), sessions })
+        .layer(axum::middleware::from_fn_with_state(Arc::new(csp(&app)), headers))
+}
+
+/// The page's content security policy. Forms go to this origin only, and, with the automated
+/// setup, on to Microsoft's sign-in for the admin consent (a Save redirects there, and
+/// `form-action` covers redirects).
+fn csp(app: &AppState) -> HeaderValue {
+    let consent = match app.registry.platform_client_id() {
+        Some(_) => app.registry.login_origin().map(|o| format!(" {o}")).unwrap_or_default(),
+        None => String::new(),
+    };
+    HeaderValue::from_str(&format!(
+        "default-src 'none'; style-src 'self'; script-src 'self'; form-action 'self'{consent}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    ))
+    .expect("a header value")
 }
 
 /// What every page answer carries.
-async fn headers(req: Request, next: Next) -> Response {
+async fn headers(State(csp): State<Arc<HeaderValue>>, req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; \
-             base-uri 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, (*csp).clone());
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -264,6 +314,9 @@ fn view_of(e: &Entry, mark: Option<pages::Mark>) -> pages::FormView {
         secret_set: !c.client_secret.expose().is_empty(),
         secret_expires: c.client_secret_expires_ms.map(crate::status::date_of).unwrap_or_default(),
         push_line_status: c.push_line_status,
+        manual: c.manual_client_setup,
+        automated_available: false,
+        consent_url: None,
         users: c.users.iter().map(|u| (u.username.clone(), !u.password.expose().is_empty())).collect(),
         mark,
         counts: None,
@@ -287,6 +340,9 @@ fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> page
         secret_set: current.is_some_and(|e| !e.config.client_secret.expose().is_empty()),
         secret_expires: f.get("client_secret_expires").to_string(),
         push_line_status: !f.get("push_line_status").is_empty(),
+        manual: !f.get("manual_client_setup").is_empty(),
+        automated_available: false,
+        consent_url: None,
         users: f.all("username").map(str::trim).filter(|u| !u.is_empty()).map(|u| (u.to_string(), set(u))).collect(),
         mark: None,
         counts: None,
@@ -295,8 +351,14 @@ fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> page
     }
 }
 
+/// Whether the form asks for manual client setup: always, when the host has no app of its
+/// own for the automated setup (the toggle is then disabled, and a disabled box is not sent).
+fn manual_of(f: &Form, automated_available: bool) -> bool {
+    !automated_available || !f.get("manual_client_setup").is_empty()
+}
+
 /// The spec the form describes; what the page does not show is kept from `current`.
-fn spec_of(f: &Form, current: Option<&Entry>) -> IntegrationSpec {
+fn spec_of(f: &Form, current: Option<&Entry>, automated_available: bool) -> IntegrationSpec {
     let c = current.map(|e| &e.config);
     let users = f
         .all("username")
@@ -309,6 +371,7 @@ fn spec_of(f: &Form, current: Option<&Entry>) -> IntegrationSpec {
         .collect();
     IntegrationSpec {
         display_name: Some(f.get("display_name").to_string()),
+        manual_client_setup: Some(manual_of(f, automated_available)),
         tenant_id: f.get("tenant_id").to_string(),
         client_id: f.get("client_id").to_string(),
         client_secret: Some(f.get("client_secret").to_string()).filter(|s| !s.is_empty()),
@@ -352,7 +415,14 @@ fn refused_message(e: &RegistryError) -> String {
 
 async fn new_form(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
-    let v = view_of_form(None, &Form(vec![("push_line_status".into(), "on".into())]), None);
+    let automated = ui.app.registry.platform_client_id().is_some();
+    // The guide's default is the automated setup, where the host has an app of its own.
+    let mut fields = vec![("push_line_status".to_string(), "on".to_string())];
+    if !automated {
+        fields.push(("manual_client_setup".into(), "on".into()));
+    }
+    let mut v = view_of_form(None, &Form(fields), None);
+    v.automated_available = automated;
     page(StatusCode::OK, pages::form(&v, &csrf))
 }
 
@@ -367,6 +437,8 @@ async fn create(State(ui): State<Ui>, headers: HeaderMap, body: Body) -> Respons
     };
     let refuse = |e: RegistryError| {
         let mut v = view_of_form(None, &form, None);
+        v.automated_available = ui.app.registry.platform_client_id().is_some();
+        v.manual = manual_of(&form, v.automated_available);
         v.error = Some(refused_message(&e));
         page(StatusCode::UNPROCESSABLE_ENTITY, pages::form(&v, &csrf))
     };
@@ -377,11 +449,15 @@ async fn create(State(ui): State<Ui>, headers: HeaderMap, body: Body) -> Respons
             reason,
         }));
     }
-    let config = match spec_of(&form, None).into_config(&name, None) {
+    let platform = ui.app.registry.platform_client_id();
+    let config = match spec_of(&form, None, platform.is_some()).into_config(&name, None, platform) {
         Ok(c) => c,
         Err(e) => return refuse(e.into()),
     };
+    let (automated, tenant) = (!config.manual_client_setup, config.tenant_id.clone());
     match ui.app.registry.create(config).await {
+        // The guide: "Upon save you will be redirected to a Microsoft login" for the consent.
+        Ok(()) if automated => to_consent(&ui, &name, &tenant),
         Ok(()) => Redirect::to(&format!("/ui/integrations/{name}?saved=1")).into_response(),
         Err(e) => refuse(e),
     }
@@ -405,6 +481,10 @@ async fn edit_form(
     };
     let s = status_of(&ui, &name).await;
     let mut v = view_of(&e, Some(pages::Mark::of(s.as_ref())));
+    v.automated_available = ui.app.registry.platform_client_id().is_some();
+    if !e.config.manual_client_setup {
+        v.consent_url = Some(format!("/ui/integrations/{name}/consent"));
+    }
     if let Some(h) = ui.app.registry.get(&name) {
         v.counts = tokio::time::timeout(STATUS_WITHIN, h.mapping_counts()).await.ok().and_then(|r| r.ok()).flatten();
     }
@@ -414,6 +494,88 @@ async fn edit_form(
         _ => None,
     };
     page(StatusCode::OK, pages::form(&v, &csrf))
+}
+
+/// Sends the browser to Microsoft's admin consent for `name`'s tenant.
+fn to_consent(ui: &Ui, name: &str, tenant: &str) -> Response {
+    let state = ui.sessions.consent_state(name);
+    match ui.app.registry.admin_consent_url(tenant, &state) {
+        Some(url) => Redirect::to(&url).into_response(),
+        None => Redirect::to(&format!("/ui/integrations/{name}?saved=1")).into_response(),
+    }
+}
+
+/// "Grant admin consent" on the form (again: another admin, a declined consent).
+async fn consent_again(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if ui.sessions.current(&headers).is_none() {
+        return to_login();
+    }
+    match ui.app.registry.entry(&name) {
+        Some(e) if !e.config.manual_client_setup => to_consent(&ui, &name, &e.config.tenant_id),
+        Some(_) => {
+            (StatusCode::CONFLICT, "this integration uses manual client setup: no consent to ask for").into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such integration").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConsentAnswer {
+    state: Option<String>,
+    admin_consent: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// What to do about a refused consent, by its AADSTS code (the `error_description` starts
+/// with it) or its `error`.
+fn consent_hint(error: &str, description: &str) -> (String, &'static str) {
+    let code = description
+        .strip_prefix("AADSTS")
+        .map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("AADSTS{c}"));
+    let hint = match code.as_deref() {
+        Some("AADSTS65004") => "The admin declined the consent. Open the consent again and choose Accept.",
+        Some("AADSTS90094") | Some("AADSTS90008") => {
+            "This account cannot consent for the organization. Sign in with a Global Administrator, Privileged Role Administrator or Cloud Application Administrator of the tenant."
+        }
+        Some("AADSTS50020") => {
+            "The account belongs to another tenant. Sign in with an administrator of this integration's tenant."
+        }
+        Some("AADSTS700016") => "The application is unknown to Microsoft: check the host's platform_client_id.",
+        Some("AADSTS50011") => {
+            "The redirect URI is not registered on the host's app: add {admin_base_url}/ui/consent to it."
+        }
+        Some("AADSTS70011") => "The consent asked for a scope Microsoft refused: report this to the host's operator.",
+        _ if error == "access_denied" => "The admin declined the consent. Open the consent again and choose Accept.",
+        _ => "Open the consent again; if it fails again, the code says why (login.microsoftonline.com/error?code=...).",
+    };
+    (code.unwrap_or_else(|| error.to_string()), hint)
+}
+
+/// Microsoft's answer to an admin consent (the redirect URI). It comes from Microsoft's site,
+/// so the session cookie (`SameSite=Strict`) does not come with it: the single-use `state`
+/// is what ties it to the request this host made.
+async fn consent_answer(State(ui): State<Ui>, Query(a): Query<ConsentAnswer>) -> Response {
+    let Some(name) = a.state.as_deref().and_then(|s| ui.sessions.take_consent(s)) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            pages::consent(None, Err(("state".into(), "This answer belongs to no consent this host asked for, or it was used already, or it is older than 30 minutes. Open the integration and ask for the consent again.".into()))),
+        );
+    };
+    let display = ui.app.registry.entry(&name).and_then(|e| e.config.display_name).unwrap_or_else(|| name.clone());
+    if a.admin_consent.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true")) && a.error.is_none() {
+        // It signs in now rather than at its next retry.
+        if let Err(e) = ui.app.registry.restart(&name).await {
+            tracing::warn!(integration = %name, "could not restart it after the consent: {e}");
+        }
+        tracing::info!(integration = %name, "admin consent granted");
+        return page(StatusCode::OK, pages::consent(Some((&name, &display)), Ok(())));
+    }
+    let (code, hint) = consent_hint(a.error.as_deref().unwrap_or(""), a.error_description.as_deref().unwrap_or(""));
+    tracing::warn!(integration = %name, %code, "admin consent refused");
+    page(StatusCode::OK, pages::consent(Some((&name, &display)), Err((code, hint.to_string()))))
 }
 
 #[derive(serde::Deserialize)]
@@ -489,14 +651,24 @@ async fn change(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<Strin
         _ => {
             let refuse = |e: RegistryError| {
                 let mut v = view_of_form(Some(name.clone()), &form, Some(&current));
+                v.automated_available = ui.app.registry.platform_client_id().is_some();
+                v.manual = manual_of(&form, v.automated_available);
                 v.error = Some(refused_message(&e));
                 page(StatusCode::UNPROCESSABLE_ENTITY, pages::form(&v, &csrf))
             };
-            let config = match spec_of(&form, Some(&current)).into_config(&name, Some(&current.config)) {
+            let platform = ui.app.registry.platform_client_id();
+            let spec = spec_of(&form, Some(&current), platform.is_some());
+            let config = match spec.into_config(&name, Some(&current.config), platform) {
                 Ok(c) => c,
                 Err(e) => return refuse(e.into()),
             };
+            // A consent is asked for when the app or the tenant it is for changed.
+            let consent = !config.manual_client_setup
+                && (current.config.manual_client_setup
+                    || !current.config.tenant_id.eq_ignore_ascii_case(&config.tenant_id));
+            let tenant = config.tenant_id.clone();
             match ui.app.registry.update(config).await {
+                Ok(()) if consent => to_consent(&ui, &name, &tenant),
                 Ok(()) => Redirect::to(&format!("/ui/integrations/{name}?saved=1")).into_response(),
                 Err(e) => refuse(e),
             }
@@ -518,7 +690,7 @@ mod tests {
 
     #[test]
     fn a_session_is_found_by_its_cookie_only_and_the_oldest_goes_first() {
-        let s = Sessions { map: Default::default(), token: Secret::new("t") };
+        let s = Sessions { map: Default::default(), token: Secret::new("t"), consents: Default::default() };
         let (id, csrf) = s.open();
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_str(&format!("other=1; {COOKIE}={id}")).unwrap());

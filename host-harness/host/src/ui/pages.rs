@@ -143,6 +143,12 @@ pub(super) struct FormView {
     pub(super) secret_set: bool,
     pub(super) secret_expires: String,
     pub(super) push_line_status: bool,
+    /// "Manual client setup".
+    pub(super) manual: bool,
+    /// The host has an app of its own (the automated setup can be chosen).
+    pub(super) automated_available: bool,
+    /// Where "Grant admin consent" goes (automated setup).
+    pub(super) consent_url: Option<String>,
     /// Username, and whether a password is set.
     pub(super) users: Vec<(String, bool)>,
     pub(super) mark: Option<Mark>,
@@ -194,13 +200,22 @@ pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
                     " Push line status to Teams"
                 }
                 label.toggle {
-                    input #manual type="checkbox" name="manual_client_setup" checked disabled;
-                    " Manual client setup "
-                    span.muted { "(this host has no application of its own for the automated setup)" }
+                    @if v.automated_available {
+                        input #manual type="checkbox" name="manual_client_setup" checked[v.manual];
+                        " Manual client setup "
+                        span.muted { "(off: this service's own application; on Save you are sent to Microsoft to consent for your organization)" }
+                    } @else {
+                        input #manual type="checkbox" name="manual_client_setup" checked disabled;
+                        " Manual client setup "
+                        span.muted { "(this host has no application of its own for the automated setup)" }
+                    }
+                }
+                @if let Some(u) = &v.consent_url {
+                    p { a #consent href=(u) { "Grant admin consent" } span.muted { " (an administrator of the tenant consents for the organization)" } }
                 }
                 label for="tenant_id" { "Tenant ID" }
                 input #tenant_id type="text" name="tenant_id" value=(v.tenant_id);
-                label for="client_id" { "Client ID" }
+                label for="client_id" { "Client ID " @if v.automated_available { span.muted { "(manual client setup only)" } } }
                 input #client_id type="text" name="client_id" value=(v.client_id);
                 label for="client_secret" { "Client Secret" }
                 input #client_secret type="password" name="client_secret" autocomplete="new-password"
@@ -355,6 +370,25 @@ pub(super) fn users(
                 (list.total) @if list.total == 1 { " user" } @else { " users" } " · page " (ask.page) " of " (pages) " "
                 @if ask.page > 1 { a #prev href=(link(ask.filter, ask.page - 1)) { "‹ previous" } " " }
                 @if ask.page < pages { a #next href=(link(ask.filter, ask.page + 1)) { "next ›" } }
+            }
+        },
+    )
+}
+
+/// Microsoft's answer to an admin consent: granted, or refused with the code and what to do.
+pub(super) fn consent(integration: Option<(&str, &str)>, outcome: Result<(), (String, String)>) -> Markup {
+    layout(
+        "Admin consent",
+        html! {
+            h1 { "Admin consent" @if let Some((_, d)) = integration { ": " (d) } }
+            @match &outcome {
+                Ok(()) => p #consent-result .notice role="status" { span.ok { "✓" } " Admin consent granted: the integration signs in now." },
+                Err((code, hint)) => p #consent-result .error role="alert" { span.bad { "✗" } " " strong { (code) } " " (hint) },
+            }
+            @if let Some((n, _)) = integration {
+                p { a #continue href={ "/ui/integrations/" (n) } { "Continue to the integration" } }
+            } @else {
+                p { a #continue href="/ui" { "Continue" } }
             }
         },
     )
