@@ -26,9 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{AppState, read_body};
 use crate::config::{IntegrationConfig, IntegrationSpec, check_name};
 use crate::registry::{Entry, RegistryError};
+use crate::web::{AppState, read_body};
 
 /// The largest integration body.
 pub const MAX_SPEC_BODY: usize = 1 << 20;
@@ -169,7 +169,7 @@ fn unreadable(e: impl std::fmt::Display) -> Response {
 
 /// The spec in `body`, and for a create its `name`.
 async fn spec_of(body: Body, with_name: bool) -> Result<(Option<String>, IntegrationSpec), Response> {
-    let bytes = read_body(body, MAX_SPEC_BODY, crate::api::BODY_READ_TIMEOUT).await?;
+    let bytes = read_body(body, MAX_SPEC_BODY, crate::web::BODY_READ_TIMEOUT).await?;
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).map_err(unreadable)?;
     let name = if with_name {
         let Some(obj) = v.as_object_mut() else { return Err(unreadable("not a JSON object")) };

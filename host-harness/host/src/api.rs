@@ -9,7 +9,6 @@
 //!   `/readyz`, `/metrics`, the integrations API ([`crate::admin_api`]), and
 //!   whatever routes the platform adds (the workshop's switchboard simulator).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,23 +26,16 @@ use crate::error::{OverrideError, Stopping};
 use crate::host::Host;
 use crate::inbox::{AcceptError, check_envelope};
 use crate::integration::IntegrationHandle;
-use crate::registry::Registry;
 use crate::release::MAX_PLUGIN_BYTES;
 use crate::sandbox::MAX_WEBHOOK_BODY;
 use crate::status::SwapOutcome;
+use crate::web::{AppState, read_body};
 
-/// Time a client has to send a webhook or overrides body once its head arrived.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::web::BODY_READ_TIMEOUT;
 /// Time a client has to send a plugin (up to 64 MiB) once its head arrived.
 pub const PLUGIN_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest overrides list body.
 pub const MAX_OVERRIDES_BODY: usize = 1 << 20;
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) registry: Arc<Registry>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
 
 /// An integration is ready when its actor finished a guest call this recently (it ticks every
 /// second).
@@ -112,17 +104,6 @@ async fn require_admin_token(State(token): State<Secret>, req: Request, next: Ne
             .into_response();
     }
     next.run(req).await
-}
-
-/// Reads a body of at most `limit` bytes within `deadline`.
-pub(crate) async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<axum::body::Bytes, Response> {
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes")).into_response()),
-        Err(_) => {
-            Err((StatusCode::REQUEST_TIMEOUT, format!("the body took over {} s", deadline.as_secs())).into_response())
-        }
-    }
 }
 
 fn stopping() -> Response {

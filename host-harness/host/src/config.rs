@@ -28,6 +28,22 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How much the inbox of one integration may hold; beyond it a notification is answered 503
+/// with `Retry-After` (Graph retries).
+#[derive(Debug, Clone, Copy)]
+pub struct InboxLimits {
+    /// Rows.
+    pub rows: u64,
+    /// Bytes of bodies.
+    pub bytes: u64,
+}
+
+impl Default for InboxLimits {
+    fn default() -> Self {
+        InboxLimits { rows: 20_000, bytes: 256 << 20 }
+    }
+}
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,7 +68,7 @@ pub struct HostConfig {
     /// `header_read_timeout_ms` (default 10000).
     pub public_limits: crate::listener::ListenerLimits,
     /// Bounds of each integration's inbox (`inbox_max_rows`, `inbox_max_mib`).
-    pub inbox_limits: crate::context::InboxLimits,
+    pub inbox_limits: InboxLimits,
     /// Public base URL Graph reaches the listener at; webhook URLs are built from it.
     pub public_base_url: String,
     /// Directory for the SQLite state file.
@@ -339,8 +355,8 @@ impl Config {
             max_connections,
             header_read_timeout: std::time::Duration::from_millis(header_ms),
         };
-        let dl = crate::context::InboxLimits::default();
-        let inbox_limits = crate::context::InboxLimits {
+        let dl = InboxLimits::default();
+        let inbox_limits = InboxLimits {
             rows: h.inbox_max_rows.unwrap_or(dl.rows),
             bytes: h.inbox_max_mib.map(|m| m << 20).unwrap_or(dl.bytes),
         };

@@ -84,21 +84,7 @@ pub struct IntegrationCtx {
 /// cannot grow the host's memory without bound while the store is down.
 pub const MAX_PENDING_WRITE_BYTES: usize = 64 << 20;
 
-/// How much the inbox of one integration may hold; beyond it a notification is answered 503
-/// with `Retry-After` (Graph retries).
-#[derive(Debug, Clone, Copy)]
-pub struct InboxLimits {
-    /// Rows.
-    pub rows: u64,
-    /// Bytes of bodies.
-    pub bytes: u64,
-}
-
-impl Default for InboxLimits {
-    fn default() -> Self {
-        InboxLimits { rows: 20_000, bytes: 256 << 20 }
-    }
-}
+pub use crate::config::InboxLimits;
 
 /// What [`IntegrationCtx`] needs besides its backends.
 pub(crate) struct CtxParts {

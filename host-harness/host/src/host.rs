@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::bindings::sync;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, HostConfig, IntegrationConfig, MatchSource};
+use crate::config::Config;
 use crate::engine::Runtime;
 use crate::http::{HttpClient, ReqwestClient};
 use crate::integration::IntegrationHandle;
-use crate::keys::NotificationKey;
 use crate::listener::{self, ListenerLimits, ListenerStats, Serving};
+pub use crate::registry::settings_for;
 use crate::registry::{Launch, Registry};
 use crate::status::SwapReport;
 use crate::store::{DirLock, SqliteStore, StateStore, secure_dir};
@@ -192,51 +191,5 @@ impl Host {
         for h in integrations.values() {
             h.stopped().await;
         }
-    }
-}
-
-/// The plugin settings of one integration; its webhook URLs carry `webhook_token` (see
-/// [`integration::webhook_token`]).
-pub fn settings_for(
-    host: &HostConfig,
-    ic: &IntegrationConfig,
-    key: &NotificationKey,
-    webhook_token: &str,
-) -> sync::Settings {
-    let base = format!("{}/webhook/{}/{webhook_token}", host.public_base_url, ic.name);
-    sync::Settings {
-        name: ic.name.clone(),
-        tenant_id: ic.tenant_id.clone(),
-        client_id: ic.client_id.clone(),
-        client_secret: ic.client_secret.expose().to_string(),
-        integration_users: ic
-            .users
-            .iter()
-            .map(|u| sync::IntegrationUser { username: u.username.clone(), password: u.password.expose().to_string() })
-            .collect(),
-        login_base_url: host.login_base_url.clone(),
-        graph_base_url: host.graph_base_url.clone(),
-        notification_url: format!("{base}/notifications"),
-        lifecycle_notification_url: format!("{base}/lifecycle"),
-        encryption_certificate: key.cert_base64.clone(),
-        encryption_certificate_id: key.cert_id.clone(),
-        push_line_status: ic.push_line_status,
-        min_call_length_ms: ic.min_call_length_ms,
-        reconcile_interval_ms: ic.reconcile_interval_s * 1000,
-        directory_delta_interval_ms: ic.directory_delta_interval_s * 1000,
-        match_order: ic
-            .match_order
-            .iter()
-            .map(|m| match m {
-                MatchSource::Mail => sync::MatchSource::Mail,
-                MatchSource::ProxyAddresses => sync::MatchSource::ProxyAddresses,
-                MatchSource::Upn => sync::MatchSource::Upn,
-            })
-            .collect(),
-        overrides: ic
-            .overrides
-            .iter()
-            .map(|(s, m)| sync::MappingOverride { switchboard_user_id: s.clone(), microsoft_user: m.clone() })
-            .collect(),
     }
 }

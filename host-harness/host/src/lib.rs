@@ -32,6 +32,7 @@
 //!   public (Graph's webhooks) and admin (behind the token); [`admin_api`]: the integrations
 //!   API; [`ui`]: the admin page (sessions, CSRF); [`listener`]: serving them within
 //!   connection and time limits, with optional TLS.
+//! - `web.rs`: what those routes share (their state, bounded body reads).
 //! - [`registry`]: [`Registry`], the integrations a host runs, created, changed and deleted
 //!   at run time, and which of the file and the admin API wins.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
@@ -79,6 +80,7 @@ pub mod store;
 mod swap;
 pub mod switchboard;
 pub mod ui;
+mod web;
 
 pub use bindings::WIT_VERSION;
 pub use clock::{Clock, SystemClock};

@@ -25,6 +25,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::allow_list;
+use crate::bindings::sync;
 use crate::clock::Clock;
 use crate::config::{ConfigError, HostConfig, IntegrationConfig, MatchSource, Secret, UserConfig};
 use crate::engine::Runtime;
@@ -270,7 +271,7 @@ impl Launch {
             },
             None => configured_release.clone(),
         };
-        let mut settings = crate::host::settings_for(&self.host, ic, &key, &token);
+        let mut settings = settings_for(&self.host, ic, &key, &token);
         if !ic.manual_client_setup {
             // The automated setup: the host's own app, which the customer's admin consented to.
             settings.client_secret = match &self.host.platform_app {
@@ -449,30 +450,36 @@ impl Registry {
             Some(_) => Ok(()),
         })?;
         let config = self.entry(name).expect("claimed").config;
+        let started = self.replace_running(name, &config).await;
+        let mut entries = self.entries.lock().unwrap();
+        let e = entries.get_mut(name).expect("claimed");
+        e.busy = false;
+        let sha = started.map_err(|err| RegistryError::Start(name.into(), format!("{err:#}")))?;
+        e.configured_sha256 = sha;
+        Ok(())
+    }
+
+    /// Stops `name`'s running actor (after its requests in flight, up to [`DRAIN_WITHIN`])
+    /// and starts it on `config`; answers the configured release's SHA-256. When it does not
+    /// start, it is no longer running.
+    async fn replace_running(&self, name: &str, config: &IntegrationConfig) -> anyhow::Result<String> {
         if let Some(old) = self.get(name) {
             drain(&old, DRAIN_WITHIN).await;
             old.shutdown();
             old.stopped().await;
         }
-        let started = self.launch.spawn(&config).await;
-        let mut entries = self.entries.lock().unwrap();
-        let e = entries.get_mut(name).expect("claimed");
-        e.busy = false;
-        match started {
+        match self.launch.spawn(config).await {
             Ok((handle, sha)) => {
-                e.configured_sha256 = sha;
-                drop(entries);
                 self.publish(|m| {
                     m.insert(name.to_string(), handle);
                 });
-                Ok(())
+                Ok(sha)
             }
-            Err(err) => {
-                drop(entries);
+            Err(e) => {
                 self.publish(|m| {
                     m.remove(name);
                 });
-                Err(RegistryError::Start(name.into(), format!("{err:#}")))
+                Err(e)
             }
         }
     }
@@ -596,38 +603,21 @@ impl Registry {
         if let Err(e) = self.launch.write(&name, &Record::Active { config: StoredConfig::from(&config) }) {
             return release(Err(e));
         }
-        if let Some(old) = self.get(&name) {
-            drain(&old, DRAIN_WITHIN).await;
-            old.shutdown();
-            old.stopped().await;
-        }
-        match self.launch.spawn(&config).await {
-            Ok((handle, sha)) => {
-                self.publish(|m| {
-                    m.insert(name.clone(), handle);
-                });
-                let mut entries = self.entries.lock().unwrap();
-                let e = entries.get_mut(&name).expect("claimed");
-                e.config = config;
-                e.source = Source::AdminApi;
+        let started = self.replace_running(&name, &config).await;
+        let mut entries = self.entries.lock().unwrap();
+        let e = entries.get_mut(&name).expect("claimed");
+        e.config = config;
+        e.source = Source::AdminApi;
+        e.busy = false;
+        match started {
+            Ok(sha) => {
                 e.configured_sha256 = sha;
-                e.busy = false;
                 tracing::info!(integration = %name, "integration changed");
                 Ok(())
             }
-            Err(err) => {
-                // The new settings are stored but do not start (a switchboard refused, say):
-                // the integration is shown stopped until a change that starts.
-                self.publish(|m| {
-                    m.remove(&name);
-                });
-                let mut entries = self.entries.lock().unwrap();
-                let e = entries.get_mut(&name).expect("claimed");
-                e.config = config;
-                e.source = Source::AdminApi;
-                e.busy = false;
-                Err(RegistryError::Start(name.clone(), format!("{err:#}")))
-            }
+            // The new settings are stored but do not start (a switchboard refused, say): it is
+            // shown stopped until a change that starts.
+            Err(err) => Err(RegistryError::Start(name.clone(), format!("{err:#}"))),
         }
     }
 
@@ -717,5 +707,51 @@ impl Registry {
             reports.push(r);
         }
         Ok(reports)
+    }
+}
+
+/// The plugin settings of one integration; its webhook URLs carry `webhook_token` (see
+/// [`integration::webhook_token`]).
+pub fn settings_for(
+    host: &HostConfig,
+    ic: &IntegrationConfig,
+    key: &NotificationKey,
+    webhook_token: &str,
+) -> sync::Settings {
+    let base = format!("{}/webhook/{}/{webhook_token}", host.public_base_url, ic.name);
+    sync::Settings {
+        name: ic.name.clone(),
+        tenant_id: ic.tenant_id.clone(),
+        client_id: ic.client_id.clone(),
+        client_secret: ic.client_secret.expose().to_string(),
+        integration_users: ic
+            .users
+            .iter()
+            .map(|u| sync::IntegrationUser { username: u.username.clone(), password: u.password.expose().to_string() })
+            .collect(),
+        login_base_url: host.login_base_url.clone(),
+        graph_base_url: host.graph_base_url.clone(),
+        notification_url: format!("{base}/notifications"),
+        lifecycle_notification_url: format!("{base}/lifecycle"),
+        encryption_certificate: key.cert_base64.clone(),
+        encryption_certificate_id: key.cert_id.clone(),
+        push_line_status: ic.push_line_status,
+        min_call_length_ms: ic.min_call_length_ms,
+        reconcile_interval_ms: ic.reconcile_interval_s * 1000,
+        directory_delta_interval_ms: ic.directory_delta_interval_s * 1000,
+        match_order: ic
+            .match_order
+            .iter()
+            .map(|m| match m {
+                MatchSource::Mail => sync::MatchSource::Mail,
+                MatchSource::ProxyAddresses => sync::MatchSource::ProxyAddresses,
+                MatchSource::Upn => sync::MatchSource::Upn,
+            })
+            .collect(),
+        overrides: ic
+            .overrides
+            .iter()
+            .map(|(s, m)| sync::MappingOverride { switchboard_user_id: s.clone(), microsoft_user: m.clone() })
+            .collect(),
     }
 }

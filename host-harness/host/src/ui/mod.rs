@@ -31,9 +31,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
 
-use crate::api::{AppState, BODY_READ_TIMEOUT, read_body};
 use crate::config::{IntegrationSpec, IntegrationUserSpec, OverrideSpec, Secret};
 use crate::registry::{Entry, RegistryError};
+use crate::web::{AppState, BODY_READ_TIMEOUT, read_body};
 
 /// Sessions open at once; a new one pushes the oldest out.
 pub const MAX_SESSIONS: usize = 64;
@@ -80,21 +80,30 @@ fn ct_eq(a: &str, b: &str) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
+/// Puts `value` under the SHA-256 of `secret` in `map`, after dropping what expired, and the
+/// entry that expires first when `max` are there already.
+fn insert_bounded<V>(
+    map: &mut HashMap<[u8; 32], V>,
+    secret: &str,
+    value: V,
+    max: usize,
+    expires: impl Fn(&V) -> Instant,
+) {
+    let now = Instant::now();
+    map.retain(|_, v| expires(v) > now);
+    if map.len() >= max
+        && let Some(oldest) = map.iter().min_by_key(|(_, v)| expires(v)).map(|(k, _)| *k)
+    {
+        map.remove(&oldest);
+    }
+    map.insert(Sha256::digest(secret.as_bytes()).into(), value);
+}
+
 impl Sessions {
     fn open(&self) -> (String, String) {
         let (id, csrf) = (random_hex(), random_hex());
-        let mut map = self.map.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        map.insert(
-            Sha256::digest(id.as_bytes()).into(),
-            Session { csrf: csrf.clone(), expires: now + SESSION_LIFETIME },
-        );
+        let session = Session { csrf: csrf.clone(), expires: Instant::now() + SESSION_LIFETIME };
+        insert_bounded(&mut self.map.lock().unwrap(), &id, session, MAX_SESSIONS, |s| s.expires);
         (id, csrf)
     }
 
@@ -118,18 +127,8 @@ impl Sessions {
     /// A new `state` for a consent of `integration`'s tenant.
     fn consent_state(&self, integration: &str) -> String {
         let state = random_hex();
-        let mut map = self.consents.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, c| c.expires > now);
-        if map.len() >= MAX_PENDING_CONSENTS
-            && let Some(oldest) = map.iter().min_by_key(|(_, c)| c.expires).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        map.insert(
-            Sha256::digest(state.as_bytes()).into(),
-            PendingConsent { integration: integration.into(), expires: now + CONSENT_WITHIN },
-        );
+        let pending = PendingConsent { integration: integration.into(), expires: Instant::now() + CONSENT_WITHIN };
+        insert_bounded(&mut self.consents.lock().unwrap(), &state, pending, MAX_PENDING_CONSENTS, |c| c.expires);
         state
     }
 
