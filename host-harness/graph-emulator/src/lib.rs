@@ -254,6 +254,24 @@ impl Emulator {
         });
     }
 
+    /// The user `upn` enters `user_code` at the device login page, signs in (with MFA where
+    /// required) and accepts (`accept`) or declines; false when no such code waits.
+    pub fn answer_device_code(&self, user_code: &str, upn: &str, accept: bool) -> bool {
+        self.with_world(|w| {
+            let Some(k) = w.device_codes.iter().find(|(_, d)| d.user_code == user_code).map(|(k, _)| k.clone()) else {
+                return false;
+            };
+            let tenant = w.device_codes[&k].tenant.clone();
+            let Some(user_id) = w.tenants.get_mut(&tenant).and_then(|t| t.user_by_upn(upn)).map(|u| u.id.clone())
+            else {
+                return false;
+            };
+            w.device_codes.get_mut(&k).unwrap().state =
+                if accept { model::DeviceCodeState::Approved(user_id) } else { model::DeviceCodeState::Declined };
+            true
+        })
+    }
+
     /// Makes every access token issued so far expire now (Graph then answers 401).
     pub fn expire_all_tokens(&self) {
         let now = self.inner.clock.now_ms();

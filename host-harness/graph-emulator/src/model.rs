@@ -319,6 +319,51 @@ pub struct World {
     pub early_log: Vec<String>,
     /// Multi-tenant apps by client id.
     pub platform_apps: BTreeMap<String, PlatformApp>,
+    /// Device code sign-ins by device code.
+    pub device_codes: HashMap<String, DeviceCode>,
+    /// Refresh tokens that may still be used (each once: a refresh rotates it).
+    pub refresh_tokens: HashMap<String, RefreshToken>,
+}
+
+/// A device code sign-in in progress.
+#[derive(Debug, Clone)]
+pub struct DeviceCode {
+    /// Tenant key.
+    pub tenant: String,
+    /// The app that asked.
+    pub client_id: String,
+    /// The code the user enters.
+    pub user_code: String,
+    /// When it expires (ms).
+    pub expires_at_ms: u64,
+    /// Least seconds between two polls; a faster poll gets `slow_down`, and 5 s more.
+    pub interval_s: u64,
+    /// The last poll (ms).
+    pub last_poll_ms: Option<u64>,
+    /// What the user did.
+    pub state: DeviceCodeState,
+}
+
+/// What the user did with a device code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCodeState {
+    /// Nothing yet.
+    Pending,
+    /// Signed in (with MFA, where required) and accepted, as this user.
+    Approved(String),
+    /// Declined.
+    Declined,
+}
+
+/// A refresh token.
+#[derive(Debug, Clone)]
+pub struct RefreshToken {
+    /// Tenant key.
+    pub tenant: String,
+    /// The app it was issued to.
+    pub client_id: String,
+    /// The signed-in user.
+    pub user_id: String,
 }
 
 impl Default for World {
@@ -338,6 +383,8 @@ impl Default for World {
             fault_retry_until: HashMap::new(),
             early_log: Vec::new(),
             platform_apps: BTreeMap::new(),
+            device_codes: HashMap::new(),
+            refresh_tokens: HashMap::new(),
         }
     }
 }

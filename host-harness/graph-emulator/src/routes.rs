@@ -17,7 +17,14 @@ use axum::routing::{get, patch, post};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::model::{Grant, TokenInfo};
+use super::model::{DeviceCode, DeviceCodeState, Grant, RefreshToken, TokenInfo};
+
+/// The device code grant's `grant_type`.
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+fn grant_of(w: &super::World, access: &str) -> Grant {
+    w.tokens[access].grant.clone()
+}
 use super::{Emulator, touch};
 use crate::wire::{self, is_guid};
 
@@ -34,6 +41,7 @@ pub(super) fn router(emu: Emulator) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/{tenant}/v2.0/adminconsent", get(admin_consent))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
         .route("/common/.well-known/openid-configuration", get(openid_configuration))
         .route("/common/discovery/keys", get(signing_keys))
         .route("/v1.0/users", get(list_users))
@@ -279,6 +287,67 @@ async fn admin_consent(State(emu): State<Emulator>, Path(tenant): Path<String>, 
     back(&[("admin_consent", "True"), ("tenant", &tid), ("scope", "https://graph.microsoft.com/.default")])
 }
 
+/// Device authorization (<https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-device-code>):
+/// `POST /{tenant}/oauth2/v2.0/devicecode` with `client_id` and `scope`; the user then signs in
+/// elsewhere ([`Emulator::approve_device_code`]) while the client polls the token endpoint.
+async fn device_code(State(emu): State<Emulator>, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let f = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let now = now(&emu);
+    let mut w = emu.inner.world.lock().unwrap();
+    let Some(tkey) = w.tenant_key(&tenant) else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    };
+    if !w.tenants[&tkey].apps.contains_key(f("client_id")) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{}' was not found in the directory.", f("client_id")),
+        );
+    }
+    if f("scope").trim().is_empty() {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain 'scope'.",
+        );
+    }
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).expect("randomness");
+    let device = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let user_code: String = raw.iter().take(8).map(|b| (b'A' + b % 26) as char).collect();
+    let (expires_in, interval) = (900u64, 5u64);
+    w.device_codes.insert(
+        device.clone(),
+        DeviceCode {
+            tenant: tkey,
+            client_id: f("client_id").to_string(),
+            user_code: user_code.clone(),
+            expires_at_ms: now + expires_in * 1000,
+            interval_s: interval,
+            last_poll_ms: None,
+            state: DeviceCodeState::Pending,
+        },
+    );
+    let verification_uri = "https://microsoft.com/devicelogin";
+    let body = json!({
+        "device_code": device,
+        "user_code": user_code,
+        "verification_uri": verification_uri,
+        "expires_in": expires_in,
+        "interval": interval,
+        "message": format!("To sign in, use a web browser to open the page {verification_uri} and enter the code {user_code} to authenticate."),
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body.to_string()).into_response()
+}
+
 async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: Bytes) -> Response {
     let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let f = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
@@ -306,7 +375,7 @@ async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: By
         );
     };
     let grant_type = f("grant_type");
-    if !matches!(grant_type, "client_credentials" | "password") {
+    if !matches!(grant_type, "client_credentials" | "password" | "refresh_token" | DEVICE_CODE_GRANT) {
         return token_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -347,7 +416,70 @@ async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: By
             "The provided client secret keys are expired.",
         );
     }
-    let grant = if grant_type == "client_credentials" {
+    let grant = if grant_type == DEVICE_CODE_GRANT {
+        let code = f("device_code").to_string();
+        let Some(dc) = w.device_codes.get_mut(&code).filter(|d| d.tenant == tkey && d.client_id == app.client_id)
+        else {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "bad_verification_code",
+                70000,
+                "The device code is not known.",
+            );
+        };
+        if now >= dc.expires_at_ms {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "expired_token",
+                70020,
+                "The provided device code has expired.",
+            );
+        }
+        // RFC 8628 3.5: a client that polls sooner than the interval is told to slow down,
+        // and the interval grows by 5 s.
+        let early = dc.last_poll_ms.is_some_and(|t| now < t + dc.interval_s * 1000);
+        dc.last_poll_ms = Some(now);
+        if early {
+            dc.interval_s += 5;
+            return token_error(StatusCode::BAD_REQUEST, "slow_down", 70016, "Polled faster than the interval allows.");
+        }
+        match dc.state.clone() {
+            DeviceCodeState::Pending => {
+                return token_error(
+                    StatusCode::BAD_REQUEST,
+                    "authorization_pending",
+                    70016,
+                    "The provided request has not yet been authorized by the user. The user must input their code.",
+                );
+            }
+            DeviceCodeState::Declined => {
+                w.device_codes.remove(&code);
+                return token_error(
+                    StatusCode::BAD_REQUEST,
+                    "authorization_declined",
+                    70000,
+                    "The user declined the sign-in.",
+                );
+            }
+            DeviceCodeState::Approved(user_id) => {
+                w.device_codes.remove(&code);
+                Grant::Delegated { user_id }
+            }
+        }
+    } else if grant_type == "refresh_token" {
+        // Each refresh token is used once: the answer carries its successor.
+        let Some(rt) =
+            w.refresh_tokens.remove(f("refresh_token")).filter(|r| r.tenant == tkey && r.client_id == app.client_id)
+        else {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                70008,
+                "The provided authorization code or refresh token has expired or was already used.",
+            );
+        };
+        Grant::Delegated { user_id: rt.user_id }
+    } else if grant_type == "client_credentials" {
         if !f("scope").ends_with("/.default") {
             return token_error(
                 StatusCode::BAD_REQUEST,
@@ -416,8 +548,21 @@ async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: By
     );
     let mut body =
         json!({ "token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": access });
-    if grant_type == "password" {
+    if grant_type != "client_credentials" {
         body["scope"] = json!("https://graph.microsoft.com/Presence.Read.All https://graph.microsoft.com/User.Read");
+        if let Grant::Delegated { user_id } = &grant_of(&w, &access)
+            && (grant_type != "password" || f("scope").contains("offline_access"))
+        {
+            let mut raw = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut raw).expect("randomness");
+            let refresh = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            let tenant = w.tokens[&access].tenant.clone();
+            w.refresh_tokens.insert(
+                refresh.clone(),
+                RefreshToken { tenant, client_id: app.client_id.clone(), user_id: user_id.clone() },
+            );
+            body["refresh_token"] = json!(refresh);
+        }
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body.to_string()).into_response()
 }

@@ -384,3 +384,87 @@ async fn admin_consent_creates_the_apps_principal_or_says_why_not() {
     let (s, v) = e.token_raw(DEMO_TENANT, &form).await;
     assert_eq!(s, 200, "consented: {v}");
 }
+
+/// The device code sign-in (for an integration user that must use MFA, whom the password
+/// grant refuses with AADSTS50076): `/devicecode`, then the token endpoint polled no faster
+/// than `interval` (`authorization_pending` until the user signs in; a faster poll gets
+/// `slow_down`, RFC 8628), then a refresh token that works once (each refresh rotates it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_code_sign_in_follows_the_protocol_and_refresh_tokens_rotate() {
+    let e = emu(3).await;
+    let upn = e.seed.integration_user(0);
+    e.emu.with_tenant(DEMO_TENANT, |t| t.user_by_upn(&upn).unwrap().mfa_required = true);
+    let scope = "https://graph.microsoft.com/Presence.Read.All offline_access";
+    let (s, v) = e
+        .token_raw(
+            DEMO_TENANT,
+            &[
+                ("grant_type", "password"),
+                ("client_id", DEMO_CLIENT),
+                ("client_secret", DEMO_SECRET),
+                ("scope", scope),
+                ("username", &upn),
+                ("password", &e.seed.integration_password),
+            ],
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, 50076), "MFA: no password grant: {v}");
+
+    let r = e
+        .http
+        .post(format!("{}/{DEMO_TENANT}/oauth2/v2.0/devicecode", e.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "client_id={DEMO_CLIENT}&scope={}",
+            url::form_urlencoded::byte_serialize(scope.as_bytes()).collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let dc: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!((dc["expires_in"].as_u64(), dc["interval"].as_u64()), (Some(900), Some(5)));
+    assert!(dc["message"].as_str().unwrap().contains(dc["user_code"].as_str().unwrap()));
+    let device = dc["device_code"].as_str().unwrap().to_string();
+    let poll_form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+        ("client_id", DEMO_CLIENT),
+        ("client_secret", DEMO_SECRET),
+        ("device_code", device.as_str()),
+    ];
+    let (s, v) = e.token_raw(DEMO_TENANT, &poll_form).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("authorization_pending")));
+    let (_, v) = e.token_raw(DEMO_TENANT, &poll_form).await;
+    assert_eq!(v["error"], "slow_down", "polled again at once");
+    assert!(e.emu.answer_device_code(dc["user_code"].as_str().unwrap(), &upn, true));
+    // Still within the (grown) interval: slow down; after it, the tokens.
+    e.emu.with_world(|w| w.device_codes.values_mut().for_each(|d| d.last_poll_ms = Some(0)));
+    let (s, v) = e.token_raw(DEMO_TENANT, &poll_form).await;
+    assert_eq!(s, 200, "{v}");
+    let first = v["refresh_token"].as_str().unwrap().to_string();
+    let refresh_form = |token: &str| {
+        [
+            ("grant_type", "refresh_token".to_string()),
+            ("client_id", DEMO_CLIENT.to_string()),
+            ("client_secret", DEMO_SECRET.to_string()),
+            ("refresh_token", token.to_string()),
+            ("scope", scope.to_string()),
+        ]
+    };
+    let (s, v) =
+        e.token_raw(DEMO_TENANT, &refresh_form(&first).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    assert_eq!(s, 200, "{v}");
+    let second = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "rotated");
+    let (s, v) =
+        e.token_raw(DEMO_TENANT, &refresh_form(&first).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    assert_eq!((s, code(&v)), (400, 70008), "a used refresh token is refused: {v}");
+    assert_eq!(
+        e.token_raw(DEMO_TENANT, &refresh_form(&second).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
+            .await
+            .0,
+        200
+    );
+    // The device code is gone once used.
+    assert_eq!(e.token_raw(DEMO_TENANT, &poll_form).await.1["error"], "bad_verification_code");
+}
