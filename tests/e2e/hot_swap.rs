@@ -265,9 +265,32 @@ async fn a_plugin_of_the_previous_minor_wit_version_loads_and_runs() {
     let s = t.wait_status(EVENTUALLY, |s| counter(s, "guest.ticks") >= 2 && s.switchboard_users == 10).await;
     assert_eq!((s.plugin_version.as_str(), s.plugin.wit_version.as_str()), ("wit-3.0-guest", "3.0.0"), "{s:?}");
     assert_eq!(s.switchboard_users, 10);
+    // It has neither `users` (3.3.0) nor `admin` (3.2.0): the users list says so, and a
+    // delete says what it could not clean up.
+    let list = t.admin_client().get(t.admin_url("/integrations/contoso/users")).send().await.unwrap();
+    assert_eq!(list.status(), 501);
+    assert!(list.text().await.unwrap().contains("WIT 3.2 or earlier"));
     // And back to this release.
     let reports = host.swap(presence_demo::PLUGIN_WASM, None).await.expect("it loads");
     assert_eq!(reports[0].outcome, SwapOutcome::Switched, "{:?}", reports[0]);
     let s = t.wait_status(EVENTUALLY, |s| s.state == "ok" && s.plugin.wit_version == presence_host::WIT_VERSION).await;
     assert_eq!(s.plugin_version, "0.1.0");
+}
+
+/// A plugin without the `admin` export (WIT 3.0 or 3.1) cannot retire: its delete still
+/// removes the integration here, and says what stays at Microsoft and for how long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_integration_whose_plugin_cannot_retire_says_what_is_left() {
+    let t = start(10, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    let reports = t.host().swap(&std::fs::read(test_components::WIT_3_0).unwrap(), None).await.expect("it loads");
+    assert_eq!(reports[0].outcome, SwapOutcome::Switched, "{:?}", reports[0]);
+    let r = t.admin_client().delete(t.admin_url("/integrations/contoso")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!((&report["complete"], &report["retired"]), (&serde_json::json!(false), &serde_json::Value::Null));
+    let note = report["note"].as_str().unwrap();
+    assert!(note.contains("WIT 3.0 or 3.1") && note.contains("within 60 minutes"), "{note}");
+    assert!(t.host().integration("contoso").is_none());
+    assert_eq!(t.emulator.subscriptions().len(), 1, "left at Microsoft, to expire");
 }
