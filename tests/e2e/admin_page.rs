@@ -288,3 +288,35 @@ async fn the_automated_setup_sends_the_admin_to_microsofts_consent_and_back() {
     assert_eq!(forged.status(), 400);
     b.client.close().await.unwrap();
 }
+
+/// An integration user with MFA: "Sign in (MFA)" on its row shows the device code and where
+/// to enter it; once the user signed in, the page says so and the integration works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mfa_user_is_signed_in_from_the_page_with_a_device_code() {
+    let t = start(10, 1, |o| o.mfa_users = vec![0]).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "error").await;
+    let b = browser().await;
+    let c = &b.client;
+    let base = t.admin_url("");
+    sign_in(c, &base, t.config.host.admin_token.expose()).await;
+    c.goto(&format!("{base}/ui/integrations/contoso")).await.unwrap();
+    assert!(text(c, "#status").await.contains("AADSTS50076"), "{}", text(c, "#status").await);
+    submit(c, "#users button.sign-in").await;
+    let code = text(c, "#user-code").await;
+    assert!(!code.is_empty());
+    let upn = t.seed.integration_user(0);
+    assert!(t.emulator.answer_device_code(&code, &upn, true));
+    let end = Instant::now() + EVENTUALLY;
+    loop {
+        submit(c, "#check").await;
+        if let Ok(r) = c.find(Locator::Css("#sign-in-result")).await {
+            assert!(r.text().await.unwrap().contains("Signed in"));
+            break;
+        }
+        assert!(Instant::now() < end, "never signed in");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    submit(c, "#continue").await;
+    reload_until(c, "#status", |s| s.contains('✓')).await;
+    b.client.close().await.unwrap();
+}

@@ -11,6 +11,7 @@ mod directory;
 mod hot_swap;
 mod integrations_api;
 mod lifecycle;
+mod mfa_sign_in;
 mod operations;
 mod presence_sync;
 mod process_kill;

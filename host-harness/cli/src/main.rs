@@ -60,6 +60,23 @@ enum Cmd {
         #[arg(long, default_value = "TPS_ADMIN_TOKEN")]
         token_env: String,
     },
+    /// Signs in an integration user who must use multi-factor authentication, with the device
+    /// code flow: prints the code and where to enter it, then waits until the user signed in
+    /// (the host keeps the refresh token, sealed) or it failed.
+    DeviceCode {
+        /// The host's admin base URL (its `admin_listen` address).
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        host: String,
+        /// The integration's name.
+        #[arg(long)]
+        integration: String,
+        /// The integration user (user principal name).
+        #[arg(long)]
+        user: String,
+        /// The environment variable holding the admin token (the host's `admin_token_env`).
+        #[arg(long, default_value = "TPS_ADMIN_TOKEN")]
+        token_env: String,
+    },
     /// Hot swap: sends a plugin component to a running host, which checks it and switches
     /// every integration (or one) to it; prints each integration's report.
     Swap {
@@ -159,6 +176,32 @@ async fn main() -> anyhow::Result<()> {
             let text = r.text().await.unwrap_or_default();
             anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
             println!("{integration}: {text}");
+        }
+        Cmd::DeviceCode { host, integration, user, token_env } => {
+            let token =
+                std::env::var(&token_env).with_context(|| format!("${token_env} (the admin token) is not set"))?;
+            let url = format!("{}/integrations/{integration}/users/{user}/device-code", host.trim_end_matches('/'));
+            let client = reqwest::Client::new();
+            let r = client.post(&url).bearer_auth(&token).send().await.with_context(|| format!("POST {url}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", v["message"].as_str().unwrap_or(&text));
+            // The host polls Entra; this asks the host how it stands.
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let r = client.get(&url).bearer_auth(&token).send().await.with_context(|| format!("GET {url}"))?;
+                let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap_or_default())?;
+                match v["state"].as_str() {
+                    Some("pending") => {}
+                    Some("signed-in") => {
+                        println!("{user}: signed in; the integration uses it now");
+                        break;
+                    }
+                    _ => anyhow::bail!("{user}: the sign-in failed: {} {}", v["code"], v["detail"]),
+                }
+            }
         }
         Cmd::Swap { host, plugin, integration, token_env } => {
             let wasm = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;

@@ -323,6 +323,8 @@ pub struct World {
     pub device_codes: HashMap<String, DeviceCode>,
     /// Refresh tokens that may still be used (each once: a refresh rotates it).
     pub refresh_tokens: HashMap<String, RefreshToken>,
+    /// Device code polls that came sooner than their interval allowed.
+    pub device_code_early_polls: u64,
 }
 
 /// A device code sign-in in progress.
@@ -340,6 +342,8 @@ pub struct DeviceCode {
     pub interval_s: u64,
     /// The last poll (ms).
     pub last_poll_ms: Option<u64>,
+    /// Answer the next poll `slow_down` whatever its timing (a busy service).
+    pub slow_down_next: bool,
     /// What the user did.
     pub state: DeviceCodeState,
 }
@@ -385,6 +389,7 @@ impl Default for World {
             platform_apps: BTreeMap::new(),
             device_codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
+            device_code_early_polls: 0,
         }
     }
 }

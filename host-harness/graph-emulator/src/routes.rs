@@ -333,6 +333,7 @@ async fn device_code(State(emu): State<Emulator>, Path(tenant): Path<String>, bo
             expires_at_ms: now + expires_in * 1000,
             interval_s: interval,
             last_poll_ms: None,
+            slow_down_next: false,
             state: DeviceCodeState::Pending,
         },
     );
@@ -439,8 +440,11 @@ async fn token(State(emu): State<Emulator>, Path(tenant): Path<String>, body: By
         // and the interval grows by 5 s.
         let early = dc.last_poll_ms.is_some_and(|t| now < t + dc.interval_s * 1000);
         dc.last_poll_ms = Some(now);
-        if early {
+        if early || std::mem::take(&mut dc.slow_down_next) {
             dc.interval_s += 5;
+            if early {
+                w.device_code_early_polls += 1;
+            }
             return token_error(StatusCode::BAD_REQUEST, "slow_down", 70016, "Polled faster than the interval allows.");
         }
         match dc.state.clone() {

@@ -7,6 +7,9 @@
 //! - `PUT /integrations/{name}` with a spec: changes it; only it re-starts (`200`).
 //! - `GET /integrations/{name}/users`: the "Teams Presence users" list, paged and searchable,
 //!   with the counts by outcome.
+//! - `POST /integrations/{name}/users/{username}/device-code`: starts the device code sign-in
+//!   of an integration user who must use MFA (`202` with the code to enter and where);
+//!   `GET` the same path: `pending`, `signed-in` or `failed` with Entra's code.
 //! - `DELETE /integrations/{name}`: retires it (users withdrawn, sessions cleared,
 //!   subscriptions deleted at Microsoft), then removes it and its state (`200` with what was
 //!   done).
@@ -41,6 +44,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/integrations", get(list).post(create))
         .route("/integrations/{name}", get(show).put(update).delete(delete))
         .route("/integrations/{name}/users", get(users))
+        .route("/integrations/{name}/users/{username}/device-code", get(sign_in_state).post(start_sign_in))
 }
 
 fn set(v: &str) -> &'static str {
@@ -239,5 +243,19 @@ async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Respons
     match st.registry.delete(&name).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => refused(e),
+    }
+}
+
+async fn start_sign_in(State(st): State<AppState>, Path((name, username)): Path<(String, String)>) -> Response {
+    match st.registry.start_device_sign_in(&name, &username).await {
+        Ok(s) => (StatusCode::ACCEPTED, axum::Json(s)).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn sign_in_state(State(st): State<AppState>, Path((name, username)): Path<(String, String)>) -> Response {
+    match st.registry.sign_in_state(&name, &username) {
+        Some(s) => axum::Json(s).into_response(),
+        None => refused(RegistryError::NotFound(format!("{name}/{username}: no device code sign-in was started"))),
     }
 }

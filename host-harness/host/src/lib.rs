@@ -33,6 +33,7 @@
 //!   API; [`ui`]: the admin page (sessions, CSRF); [`listener`]: serving them within
 //!   connection and time limits, with optional TLS.
 //! - `web.rs`: what those routes share (their state, bounded body reads).
+//! - [`signin`]: the device code sign-in of integration users who must use MFA.
 //! - [`registry`]: [`Registry`], the integrations a host runs, created, changed and deleted
 //!   at run time, and which of the file and the admin API wins.
 //! - [`integration`]: [`IntegrationHandle`], what the host and the platform call.
@@ -75,6 +76,7 @@ pub mod registry;
 pub mod release;
 pub mod sandbox;
 pub mod seal;
+pub mod signin;
 pub mod status;
 pub mod store;
 mod swap;

@@ -122,6 +122,8 @@ pub struct Registry {
     live: RwLock<Arc<BTreeMap<String, IntegrationHandle>>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     launch: Launch,
+    /// Device code sign-ins of integration users ([`crate::signin`]).
+    pub(crate) sign_ins: crate::signin::SignIns,
 }
 
 /// An integration as the state store keeps it (sealed).
@@ -383,7 +385,8 @@ impl Registry {
                 Record::Deleted => {}
             }
         }
-        let registry = Registry { live: Default::default(), entries: Default::default(), launch };
+        let registry =
+            Registry { live: Default::default(), entries: Default::default(), launch, sign_ins: Default::default() };
         let mut deleting = Vec::new();
         for (name, (config, source, is_deleting)) in wanted {
             let (handle, configured_sha256) =
@@ -415,6 +418,30 @@ impl Registry {
         let mut next = (**live).clone();
         f(&mut next);
         *live = Arc::new(next);
+    }
+
+    /// The app an integration signs in with: its own (manual client setup) or the host's.
+    pub(crate) fn client_of(&self, c: &IntegrationConfig) -> (String, String) {
+        match (&self.launch.host.platform_app, c.manual_client_setup) {
+            (Some(p), false) => (p.client_id.clone(), p.client_secret.expose().to_string()),
+            _ => (c.client_id.clone(), c.client_secret.expose().to_string()),
+        }
+    }
+
+    pub(crate) fn login_base_url(&self) -> &str {
+        &self.launch.host.login_base_url
+    }
+
+    pub(crate) fn kek(&self) -> &crate::seal::Kek {
+        &self.launch.host.kek
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn StateStore> {
+        &self.launch.store
+    }
+
+    pub(crate) fn http(&self) -> &Arc<dyn HttpClient> {
+        &self.launch.http
     }
 
     /// The host's own app registration's client id (the automated setup), if it has one.

@@ -37,6 +37,7 @@ struct MemStore {
     /// certain).
     hold_inbox: std::sync::atomic::AtomicBool,
     records: Mutex<BTreeMap<String, Vec<u8>>>,
+    credentials: Mutex<BTreeMap<(String, String), Vec<u8>>>,
 }
 
 impl MemStore {
@@ -142,6 +143,13 @@ impl StateStore for MemStore {
     fn swapped_release(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
+    fn credential(&self, i: &str, u: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.credentials.lock().unwrap().get(&(i.to_string(), u.to_lowercase())).cloned())
+    }
+    fn put_credential(&self, i: &str, u: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.credentials.lock().unwrap().insert((i.to_string(), u.to_lowercase()), sealed.to_vec());
+        Ok(())
+    }
     fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Ok(self.records.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
@@ -154,6 +162,7 @@ impl StateStore for MemStore {
         self.backup.lock().unwrap().retain(|(n, _), _| n != i);
         self.inbox.lock().unwrap().retain(|_, (n, _, _, _)| n != i);
         self.keys.lock().unwrap().remove(i);
+        self.credentials.lock().unwrap().retain(|(n, _), _| n != i);
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ wit_bindgen::generate!({
 });
 
 use exports::teams_presence::plugin::{admin, sync, users};
-use teams_presence::plugin::{clock, crypto, directory, log, outbound_http, presence, scheduler, state, status, types};
+use teams_presence::plugin::{
+    clock, credentials, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
+};
 
 mod convert;
 
@@ -65,6 +67,9 @@ impl core::Env for HostEnv {
     }
     fn keys(&mut self, prefix: &str) -> Vec<String> {
         state::list_keys(prefix)
+    }
+    fn refresh_token(&mut self, username: &str) -> Option<String> {
+        credentials::refresh_token(username)
     }
 }
 
@@ -114,6 +119,9 @@ fn run_effects(core: &mut core::Core) {
                 core::Effect::Log { level, message, fields } => log::emit(level.into(), &message, &fields),
                 core::Effect::RequestTick => scheduler::request_tick(),
                 core::Effect::Withdraw(user_id) => presence::withdraw(&user_id),
+                core::Effect::KeepRefreshToken { username, token } => {
+                    credentials::keep_refresh_token(&username, &token)
+                }
             }
         }
     }

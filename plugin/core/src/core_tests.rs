@@ -19,6 +19,8 @@ struct FakeEnv {
     /// Every request `run_graph` answered (method, URL), and the subscriptions it created.
     seen: Vec<(String, String)>,
     subs_created: usize,
+    /// Refresh tokens the host keeps, by integration user.
+    refresh: HashMap<String, String>,
 }
 
 impl Env for FakeEnv {
@@ -53,6 +55,9 @@ impl Env for FakeEnv {
         keys.sort();
         keys
     }
+    fn refresh_token(&mut self, username: &str) -> Option<String> {
+        self.refresh.get(username).cloned()
+    }
 }
 
 const T0: u64 = 1_800_000_000_000;
@@ -75,6 +80,7 @@ fn env(n: usize) -> FakeEnv {
         revision: 0,
         seen: Vec::new(),
         subs_created: 0,
+        refresh: HashMap::new(),
     }
 }
 
@@ -2072,4 +2078,76 @@ fn the_users_list_says_how_each_user_was_matched_or_why_not_and_counts_the_reaso
     assert_eq!(p2.total, 6);
     assert_eq!(p2.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["U2", "U3"]);
     assert!(core.take_effects().iter().all(|e| !matches!(e, Effect::Http { .. })), "a query sends nothing");
+}
+
+#[test]
+fn an_integration_user_without_a_password_signs_in_with_the_kept_refresh_token_and_hands_back_its_successor() {
+    let mut env = env(3);
+    let mut s = settings(1);
+    s.integration_users[0].password = String::new();
+    // Neither a password nor a refresh token: missing credentials, nothing sent.
+    let mut core = Core::new();
+    core.configure(&mut env, s.clone()).unwrap();
+    assert!(requests(&core.take_effects()).iter().all(|(_, r)| !form(r).contains_key("username")));
+    assert!(
+        matches!(core.status(&env).health, Health::MissingCredentials(ref m) if m.contains(&"integration-users[0].password".to_string()))
+    );
+
+    env.refresh.insert("sync0@x.com".into(), "rt-1".into());
+    let mut core = Core::new();
+    core.configure(&mut env, s).unwrap();
+    let mut effects = core.take_effects();
+    let mut kept = Vec::new();
+    for _ in 0..20 {
+        kept.extend(effects.iter().filter_map(|e| match e {
+            Effect::KeepRefreshToken { username, token } => Some((username.clone(), token.clone())),
+            _ => None,
+        }));
+        let reqs = requests(&effects);
+        if reqs.is_empty() {
+            break;
+        }
+        for (id, r) in reqs {
+            let f = form(&r);
+            let resp = if r.url.ends_with("/oauth2/v2.0/token")
+                && f.get("grant_type").map(String::as_str) == Some("refresh_token")
+            {
+                assert_eq!(f["refresh_token"], "rt-1");
+                assert!(f["scope"].contains("offline_access"));
+                assert!(!f.contains_key("password"));
+                ok(200, serde_json::json!({"access_token": "user-tok", "expires_in": 3599, "refresh_token": "rt-2"}))
+            } else if r.url.ends_with("/oauth2/v2.0/token") {
+                ok(200, serde_json::json!({"access_token": "app-tok", "expires_in": 3599}))
+            } else if let Some(resp) = login_documents(&r) {
+                resp
+            } else if r.url.contains("/v1.0/users") {
+                let value: Vec<_> =
+                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
+                directory_answer(&r, value)
+            } else if r.url.ends_with("/v1.0/subscriptions") {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                ok(201, serde_json::json!({"id": "sub-1", "expirationDateTime": body["expirationDateTime"]}))
+            } else {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                let value: Vec<_> = body["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| serde_json::json!({"id": id, "availability": "Available", "activity": "Available"}))
+                    .collect();
+                ok(200, serde_json::json!({ "value": value }))
+            };
+            core.on_http_response(&mut env, id, resp);
+        }
+        effects = core.take_effects();
+        if effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
+            core.tick(&mut env);
+            effects.extend(core.take_effects());
+        }
+    }
+    assert_eq!(kept, [("sync0@x.com".to_string(), "rt-2".to_string())], "the successor is handed back, once");
+    assert!(
+        core.status(&env).subscriptions.iter().any(|s| s.subscription_id.is_some()),
+        "it subscribed with the user's token"
+    );
 }

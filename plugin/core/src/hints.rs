@@ -17,7 +17,10 @@ pub fn hint(code: &str) -> &'static str {
         "AADSTS7000218" => "No client secret was sent: enter the client secret in the integration.",
         "AADSTS50126" => "Wrong username or password for an integration user: check both in the integration settings.",
         "AADSTS50076" | "AADSTS50079" => {
-            "The integration user is asked for multi-factor authentication, which this sign-in cannot do: exclude the Presence integration users from the MFA Conditional Access policy (and turn off per-user MFA for them)."
+            "The integration user is asked for multi-factor authentication, which a password sign-in cannot do: sign it in with a code (\"Sign in (MFA)\" on its row, or host-harness device-code), or exclude it from the MFA Conditional Access policy."
+        }
+        "AADSTS70008" | "AADSTS700082" | "AADSTS50173" => {
+            "The integration user's sign-in (its refresh token) has expired or was revoked: sign it in again with a code (\"Sign in (MFA)\" on its row, or host-harness device-code)."
         }
         "AADSTS53003" => {
             "A Conditional Access policy blocked the sign-in: exclude the Presence integration users from that policy."
@@ -127,6 +130,9 @@ pub const KNOWN_CODES: &[&str] = &[
     "AADSTS50126",
     "AADSTS50076",
     "AADSTS50079",
+    "AADSTS70008",
+    "AADSTS700082",
+    "AADSTS50173",
     "AADSTS53003",
     "AADSTS65001",
     "AADSTS700016",

@@ -219,6 +219,14 @@ pub enum Effect {
     Publish(PresenceUpdate),
     /// Stop showing a Teams presence for this switchboard user (no longer mapped).
     Withdraw(String),
+    /// Keep this refresh token for the integration user instead of the one just used (WIT
+    /// `credentials.keep-refresh-token`).
+    KeepRefreshToken {
+        /// The integration user.
+        username: String,
+        /// Its new refresh token.
+        token: String,
+    },
     /// Store (`Some`) or delete (`None`) a durable value.
     Store {
         /// Key.
@@ -267,6 +275,12 @@ pub trait Env {
     fn load(&mut self, key: &str) -> Option<Vec<u8>>;
     /// The stored keys that start with `prefix`, sorted.
     fn keys(&mut self, prefix: &str) -> Vec<String>;
+    /// The refresh token the host keeps for an integration user signed in with the device
+    /// code flow (WIT `credentials.refresh-token`); none by default.
+    fn refresh_token(&mut self, username: &str) -> Option<String> {
+        let _ = username;
+        None
+    }
 }
 
 /// A problem an admin can act on.

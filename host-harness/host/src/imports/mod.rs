@@ -3,6 +3,7 @@
 //! switchboard, state store, HTTP client, clock or key).
 
 mod clock;
+pub(crate) mod credentials;
 mod crypto;
 mod directory;
 mod log;

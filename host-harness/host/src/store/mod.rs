@@ -86,12 +86,18 @@ pub trait StateStore: Send + Sync + 'static {
     /// release it named then; a record made under another configuration is dropped.
     fn swapped_release(&self, integration: &str, configured_sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// An integration user's credential the host keeps (a refresh token, sealed), if any.
+    fn credential(&self, integration: &str, username: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keeps an integration user's credential (sealed), replacing the one kept.
+    fn put_credential(&self, integration: &str, username: &str, sealed: &[u8]) -> Result<(), StoreError>;
+
     /// Every integration record the admin API wrote (name, sealed record), by name.
     fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Writes an integration's record, durably (the admin API answers after it).
     fn put_integration_record(&self, integration: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Removes everything the host and the plugin kept for an integration (its state and the
-    /// copy of it, its inbox, its notification key, the release it was swapped to), in one
+    /// copy of it, its inbox, its notification key, its credentials, the release it was
+    /// swapped to), in one
     /// transaction where the store can, but not its record.
     fn purge(&self, integration: &str) -> Result<(), StoreError>;
 }

@@ -68,7 +68,8 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS kv_backup (integration TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (integration, key));
              CREATE TABLE IF NOT EXISTS swapped_release (integration TEXT PRIMARY KEY, configured_sha256 TEXT NOT NULL, wasm BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, integration TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, received_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS integration_record (integration TEXT PRIMARY KEY, record BLOB NOT NULL);",
+             CREATE TABLE IF NOT EXISTS integration_record (integration TEXT PRIMARY KEY, record BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS credential (integration TEXT NOT NULL, username TEXT NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (integration, username));",
         )?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -323,6 +324,29 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
+    fn credential(&self, integration: &str, username: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare_cached("SELECT sealed FROM credential WHERE integration = ?1 AND username = ?2")?;
+        let mut rows = st.query(params![integration, username.to_lowercase()])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    }
+
+    fn put_credential(&self, integration: &str, username: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        // Durable: Microsoft spent the previous refresh token when it answered this one.
+        durable(&c, |c| {
+            c.execute(
+                "INSERT INTO credential (integration, username, sealed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (integration, username) DO UPDATE SET sealed = excluded.sealed",
+                params![integration, username.to_lowercase(), sealed],
+            )
+        })?;
+        Ok(())
+    }
+
     fn integration_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let c = self.conn.lock().unwrap();
         let mut st = c.prepare("SELECT integration, record FROM integration_record ORDER BY integration")?;
@@ -345,7 +369,7 @@ impl StateStore for SqliteStore {
     fn purge(&self, integration: &str) -> Result<(), StoreError> {
         let mut c = self.conn.lock().unwrap();
         let t = c.transaction()?;
-        for table in ["kv", "kv_backup", "keys", "swapped_release", "inbox"] {
+        for table in ["kv", "kv_backup", "keys", "swapped_release", "inbox", "credential"] {
             t.execute(&format!("DELETE FROM {table} WHERE integration = ?1"), params![integration])?;
         }
         t.commit()?;

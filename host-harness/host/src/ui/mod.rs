@@ -168,6 +168,7 @@ pub(crate) fn router(app: AppState, admin_token: Secret) -> Router {
         .route("/ui/integrations/{name}/users", get(users_list))
         .route("/ui/integrations/{name}/consent", get(consent_again))
         .route("/ui/consent", get(consent_answer))
+        .route("/ui/integrations/{name}/sign-in", get(sign_in_state).post(start_sign_in))
         .with_state(Ui { app: app.clone(), sessions })
         .layer(axum::middleware::from_fn_with_state(Arc::new(csp(&app)), headers))
 }
@@ -575,6 +576,40 @@ async fn consent_answer(State(ui): State<Ui>, Query(a): Query<ConsentAnswer>) ->
     let (code, hint) = consent_hint(a.error.as_deref().unwrap_or(""), a.error_description.as_deref().unwrap_or(""));
     tracing::warn!(integration = %name, %code, "admin consent refused");
     page(StatusCode::OK, pages::consent(Some((&name, &display)), Err((code, hint.to_string()))))
+}
+
+/// "Sign in (MFA)" on a user's row: starts the device code sign-in and shows the code.
+async fn start_sign_in(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<String>, body: Body) -> Response {
+    let (form, csrf) = match checked_form(&ui, &headers, body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let user = form.get("user").to_string();
+    match ui.app.registry.start_device_sign_in(&name, &user).await {
+        Ok(state) => page(StatusCode::OK, pages::sign_in(&name, &user, &state, &csrf)),
+        Err(e) => {
+            let state = crate::signin::SignIn::Failed { code: "not-started".into(), detail: e.to_string() };
+            page(StatusCode::UNPROCESSABLE_ENTITY, pages::sign_in(&name, &user, &state, &csrf))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    user: String,
+}
+
+async fn sign_in_state(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<SignInQuery>,
+) -> Response {
+    let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    match ui.app.registry.sign_in_state(&name, &q.user) {
+        Some(state) => page(StatusCode::OK, pages::sign_in(&name, &q.user, &state, &csrf)),
+        None => (StatusCode::NOT_FOUND, "no sign-in was started for this user").into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -159,7 +159,7 @@ pub(super) struct FormView {
     pub(super) notice: Option<String>,
 }
 
-fn user_row(username: &str, password_set: bool) -> Markup {
+fn user_row(username: &str, password_set: bool, sign_in: Option<&str>) -> Markup {
     html! {
         tr {
             td { input type="text" name="username" value=(username) aria-label="Username"; }
@@ -167,7 +167,13 @@ fn user_row(username: &str, password_set: bool) -> Markup {
                 input type="password" name="password" autocomplete="new-password" aria-label="Password"
                     placeholder=(if password_set { "set (leave empty to keep)" } else { "" });
             }
-            td { button.remove-user type="button" title="Remove" { "✕" } }
+            td {
+                button.remove-user type="button" title="Remove" { "✕" }
+                @if let Some(action) = sign_in {
+                    " " button.sign-in type="submit" formaction=(action) name="user" value=(username)
+                        title="Sign in with a code, for a user who must use multi-factor authentication" { "Sign in (MFA)" }
+                }
+            }
         }
     }
 }
@@ -230,11 +236,13 @@ pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
                 table {
                     thead { tr { th { "Username" } th { "Password" } th { button.add-user type="button" title="Add" { "+" } } } }
                     tbody #users {
-                        @for (u, set) in &v.users { (user_row(u, *set)) }
-                        @if v.users.is_empty() { (user_row("", false)) }
+                        @for (u, set) in &v.users {
+                            (user_row(u, *set, v.name.as_ref().map(|n| format!("/ui/integrations/{n}/sign-in")).as_deref()))
+                        }
+                        @if v.users.is_empty() { (user_row("", false, None)) }
                     }
                 }
-                template #user-row { (user_row("", false)) }
+                template #user-row { (user_row("", false, None)) }
                 p.actions {
                     button #save type="submit" name="action" value="save" { "Save" }
                     @if v.name.is_some() {
@@ -390,6 +398,29 @@ pub(super) fn consent(integration: Option<(&str, &str)>, outcome: Result<(), (St
             } @else {
                 p { a #continue href="/ui" { "Continue" } }
             }
+        },
+    )
+}
+
+/// A device code sign-in: the code to enter and where, or how it ended.
+pub(super) fn sign_in(name: &str, user: &str, state: &crate::signin::SignIn, csrf: &str) -> Markup {
+    use crate::signin::SignIn;
+    layout(
+        "Sign in",
+        html! {
+            (nav(csrf))
+            h1 { "Sign in " (user) }
+            @match state {
+                SignIn::Pending { user_code, verification_uri, .. } => {
+                    p { "On any device, open " a #verification href=(verification_uri) target="_blank" rel="noopener noreferrer" { (verification_uri) }
+                        ", enter the code below and sign in as " strong { (user) } " (with its second factor)." }
+                    p #user-code .notice { code { (user_code) } }
+                    p { a #check href={ "/ui/integrations/" (name) "/sign-in?user=" (user) } { "Check again" } span.muted { " (the code is valid for 15 minutes)" } }
+                }
+                SignIn::SignedIn => p #sign-in-result .notice role="status" { span.ok { "✓" } " Signed in: the integration uses this user now." },
+                SignIn::Failed { code, detail } => p #sign-in-result .error role="alert" { span.bad { "✗" } " " strong { (code) } " " (detail) },
+            }
+            p { a #continue href={ "/ui/integrations/" (name) } { "Back to the integration" } }
         },
     )
 }

@@ -444,7 +444,9 @@ impl Core {
             if u.username.trim().is_empty() {
                 missing.push(format!("integration-users[{i}].username"));
             }
-            if u.password.is_empty() {
+            // A user without a password signs in with the refresh token the host keeps
+            // (device code sign-in, for MFA).
+            if u.password.is_empty() && env.refresh_token(&u.username).is_none() {
                 missing.push(format!("integration-users[{i}].password"));
             }
         }
@@ -619,7 +621,7 @@ impl Core {
         let app_token_needed = !self.retiring || self.push.calls.values().any(|c| c.pushed_until.is_some());
         if app_token_needed && self.app_token.wants_request(now) {
             self.app_token.state = TokenState::Requesting;
-            let req = token_request(&settings, None);
+            let req = token_request(&settings, None, None);
             self.start(Pending::AppToken, req);
         }
         if !self.retiring {
@@ -655,7 +657,9 @@ impl Core {
         let Some(access) = token.access(now).map(str::to_owned) else {
             if token.wants_request(now) {
                 self.user_tokens[slot].state = TokenState::Requesting;
-                let req = token_request(settings, Some(&settings.integration_users[slot]));
+                let user = &settings.integration_users[slot];
+                let refresh = env.refresh_token(&user.username);
+                let req = token_request(settings, Some(user), refresh.as_deref());
                 self.start(Pending::UserToken(slot), req);
             }
             return;

@@ -1,4 +1,5 @@
-//! Token answers: the app's (client credentials) and each integration user's (ROPC).
+//! Token answers: the app's (client credentials) and each integration user's (ROPC, or the
+//! refresh token the host keeps for a user signed in with the device code flow, for MFA).
 //! A refusal is kept with its AADSTS code for the status, and retried with backoff.
 
 use super::*;
@@ -34,6 +35,15 @@ impl Core {
             Ok(state) => {
                 self.user_tokens[slot].state = state;
                 self.user_tokens[slot].retry.succeed();
+                // A refresh spends its token: the host keeps the one that came back.
+                let user = &settings.integration_users[slot];
+                if let Ok(r) = &outcome
+                    && let Some(token) = serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v.get("refresh_token").and_then(|t| t.as_str()).map(str::to_owned))
+                {
+                    self.effects.push(Effect::KeepRefreshToken { username: user.username.clone(), token });
+                }
             }
             Err((p, retry_after)) => {
                 self.log(
@@ -51,7 +61,10 @@ impl Core {
     }
 }
 
-pub(super) fn token_request(s: &Settings, user: Option<&IntegrationUser>) -> HttpRequest {
+/// A token request: the app's (`user` none), or an integration user's: with `refresh` (the
+/// refresh token the host keeps for a user signed in with the device code flow) when there is
+/// one, else with its password.
+pub(super) fn token_request(s: &Settings, user: Option<&IntegrationUser>, refresh: Option<&str>) -> HttpRequest {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("client_id", &s.client_id);
     form.append_pair("client_secret", &s.client_secret);
@@ -59,6 +72,11 @@ pub(super) fn token_request(s: &Settings, user: Option<&IntegrationUser>) -> Htt
         None => {
             form.append_pair("grant_type", "client_credentials");
             form.append_pair("scope", "https://graph.microsoft.com/.default");
+        }
+        Some(_) if refresh.is_some() => {
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("scope", "https://graph.microsoft.com/Presence.Read.All offline_access");
+            form.append_pair("refresh_token", refresh.unwrap_or_default());
         }
         Some(u) => {
             form.append_pair("grant_type", "password");
