@@ -247,14 +247,14 @@ async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Respons
 }
 
 async fn start_sign_in(State(st): State<AppState>, Path((name, username)): Path<(String, String)>) -> Response {
-    match st.registry.start_device_sign_in(&name, &username).await {
+    match st.sign_ins.start(&st.registry, &name, &username).await {
         Ok(s) => (StatusCode::ACCEPTED, axum::Json(s)).into_response(),
         Err(e) => refused(e),
     }
 }
 
 async fn sign_in_state(State(st): State<AppState>, Path((name, username)): Path<(String, String)>) -> Response {
-    match st.registry.sign_in_state(&name, &username) {
+    match st.sign_ins.get(&name, &username) {
         Some(s) => axum::Json(s).into_response(),
         None => refused(RegistryError::NotFound(format!("{name}/{username}: no device code sign-in was started"))),
     }

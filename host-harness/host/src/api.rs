@@ -45,7 +45,7 @@ pub const METRICS_STATUS_WITHIN: Duration = Duration::from_secs(2);
 
 impl Host {
     fn app_state(&self) -> AppState {
-        AppState { registry: self.registry.clone(), metrics: self.metrics.clone() }
+        AppState { registry: self.registry.clone(), metrics: self.metrics.clone(), sign_ins: self.sign_ins.clone() }
     }
 
     /// The public routes (what Graph calls, and `GET /healthz`), for a platform that serves

@@ -64,6 +64,8 @@ pub struct Host {
     pub listener_stats: (Arc<ListenerStats>, Arc<ListenerStats>),
     /// What `/metrics` shows besides the statuses.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Device code sign-ins of integration users (MFA).
+    pub sign_ins: Arc<crate::signin::SignIns>,
     server: Option<(Serving, Serving)>,
     /// Held while the host runs: no second host on the state directory.
     _lock: DirLock,
@@ -111,6 +113,7 @@ impl Host {
             public_limits: config.host.public_limits,
             listener_stats: Default::default(),
             metrics,
+            sign_ins: Default::default(),
             server: None,
             _lock: lock,
         })

@@ -122,8 +122,6 @@ pub struct Registry {
     live: RwLock<Arc<BTreeMap<String, IntegrationHandle>>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     launch: Launch,
-    /// Device code sign-ins of integration users ([`crate::signin`]).
-    pub(crate) sign_ins: crate::signin::SignIns,
 }
 
 /// An integration as the state store keeps it (sealed).
@@ -385,8 +383,7 @@ impl Registry {
                 Record::Deleted => {}
             }
         }
-        let registry =
-            Registry { live: Default::default(), entries: Default::default(), launch, sign_ins: Default::default() };
+        let registry = Registry { live: Default::default(), entries: Default::default(), launch };
         let mut deleting = Vec::new();
         for (name, (config, source, is_deleting)) in wanted {
             let (handle, configured_sha256) =

@@ -76,28 +76,28 @@ fn code_of(v: &serde_json::Value, error: &str) -> String {
     v["error_codes"][0].as_u64().map(|c| format!("AADSTS{c}")).unwrap_or_else(|| error.to_string())
 }
 
-impl Registry {
-    /// Starts the device code sign-in of `username`, an integration user of `integration`:
-    /// answers the code to show; the polling goes on in the background
-    /// ([`Registry::sign_in_state`] says how it stands).
-    pub async fn start_device_sign_in(
+impl SignIns {
+    /// Starts the device code sign-in of `username`, an integration user of `integration`
+    /// of `registry`: answers the code to show; the polling goes on in the background
+    /// ([`SignIns::get`] says how it stands).
+    pub async fn start(
         self: &Arc<Self>,
+        registry: &Arc<Registry>,
         integration: &str,
         username: &str,
     ) -> Result<SignIn, RegistryError> {
-        let entry = self.entry(integration).ok_or_else(|| RegistryError::NotFound(integration.into()))?;
+        let entry = registry.entry(integration).ok_or_else(|| RegistryError::NotFound(integration.into()))?;
         let Some(user) = entry.config.users.iter().find(|u| u.username.eq_ignore_ascii_case(username)) else {
             return Err(RegistryError::NotFound(format!("{integration}/{username}")));
         };
-        let (client_id, secret) = self.client_of(&entry.config);
-        let login = self.login_base_url().to_string();
+        let (client_id, secret) = registry.client_of(&entry.config);
+        let login = registry.login_base_url().to_string();
         let tenant = entry.config.tenant_id.clone();
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("client_id", &client_id)
             .append_pair("scope", SCOPE)
             .finish();
-        let r = self
-            .post_form(&format!("{login}/{tenant}/oauth2/v2.0/devicecode"), form)
+        let r = post_form(registry, &format!("{login}/{tenant}/oauth2/v2.0/devicecode"), form)
             .await
             .map_err(|e| RegistryError::Start(integration.into(), format!("device code request: {e}")))?;
         let (v, error) = answer(&r);
@@ -115,19 +115,29 @@ impl Registry {
         let interval = Duration::from_secs(v["interval"].as_u64().unwrap_or(5).max(1));
         let expires = std::time::Instant::now() + Duration::from_secs(v["expires_in"].as_u64().unwrap_or(900));
         let username = user.username.clone();
-        self.sign_ins.set(integration, &username, pending.clone());
-        let (me, integration) = (self.clone(), integration.to_string());
+        self.set(integration, &username, pending.clone());
+        let (me, registry, integration) = (self.clone(), registry.clone(), integration.to_string());
         tokio::spawn(async move {
-            let outcome =
-                me.poll_device_code(&integration, &tenant, &client_id, &secret, &device_code, interval, expires).await;
+            let outcome = poll_device_code(
+                &registry,
+                &integration,
+                &tenant,
+                &client_id,
+                &secret,
+                &device_code,
+                interval,
+                expires,
+            )
+            .await;
             let state = match outcome {
                 Ok(refresh) => {
-                    let sealed =
-                        me.kek().seal(&crate::imports::credentials::place(&integration, &username), refresh.as_bytes());
-                    match me.store().put_credential(&integration, &username, &sealed) {
+                    let sealed = registry
+                        .kek()
+                        .seal(&crate::imports::credentials::place(&integration, &username), refresh.as_bytes());
+                    match registry.store().put_credential(&integration, &username, &sealed) {
                         Ok(()) => {
                             tracing::info!(integration = %integration, user = %username, "signed in with a device code");
-                            if let Err(e) = me.restart(&integration).await {
+                            if let Err(e) = registry.restart(&integration).await {
                                 tracing::warn!(integration = %integration, "could not restart it after the sign-in: {e}");
                             }
                             SignIn::SignedIn
@@ -140,79 +150,74 @@ impl Registry {
                     SignIn::Failed { code, detail }
                 }
             };
-            me.sign_ins.set(&integration, &username, state);
+            me.set(&integration, &username, state);
         });
         Ok(pending)
     }
+}
 
-    /// Where `username`'s device code sign-in for `integration` stands, if one was started.
-    pub fn sign_in_state(&self, integration: &str, username: &str) -> Option<SignIn> {
-        self.sign_ins.get(integration, username)
-    }
-
-    /// Polls the token endpoint until the user signed in (the refresh token), declined, or
-    /// the code expired.
-    #[allow(clippy::too_many_arguments)]
-    async fn poll_device_code(
-        &self,
-        integration: &str,
-        tenant: &str,
-        client_id: &str,
-        secret: &str,
-        device_code: &str,
-        mut interval: Duration,
-        expires: std::time::Instant,
-    ) -> Result<String, (String, String)> {
-        let url = format!("{}/{tenant}/oauth2/v2.0/token", self.login_base_url());
-        loop {
-            tokio::time::sleep(interval).await;
-            if std::time::Instant::now() >= expires {
-                return Err(("expired_token".into(), "the code expired before the user signed in".into()));
+/// Polls the token endpoint until the user signed in (the refresh token), declined, or the
+/// code expired.
+#[allow(clippy::too_many_arguments)]
+async fn poll_device_code(
+    registry: &Registry,
+    integration: &str,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+    device_code: &str,
+    mut interval: Duration,
+    expires: std::time::Instant,
+) -> Result<String, (String, String)> {
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", registry.login_base_url());
+    loop {
+        tokio::time::sleep(interval).await;
+        if std::time::Instant::now() >= expires {
+            return Err(("expired_token".into(), "the code expired before the user signed in".into()));
+        }
+        if registry.entry(integration).is_none() {
+            return Err(("deleted".into(), "the integration was deleted".into()));
+        }
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
+            .append_pair("client_id", client_id)
+            .append_pair("client_secret", secret)
+            .append_pair("device_code", device_code)
+            .finish();
+        let r = match post_form(registry, &url, form).await {
+            Ok(r) => r,
+            // The network: try again at the next interval.
+            Err(e) => {
+                tracing::warn!(integration = %integration, "device code poll failed: {e}");
+                continue;
             }
-            if self.entry(integration).is_none() {
-                return Err(("deleted".into(), "the integration was deleted".into()));
+        };
+        let (v, error) = answer(&r);
+        match error.as_deref() {
+            None => {
+                return v["refresh_token"].as_str().map(str::to_owned).ok_or_else(|| {
+                    ("no-refresh-token".into(), "Entra gave no refresh token (offline_access refused?)".into())
+                });
             }
-            let form = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
-                .append_pair("client_id", client_id)
-                .append_pair("client_secret", secret)
-                .append_pair("device_code", device_code)
-                .finish();
-            let r = match self.post_form(&url, form).await {
-                Ok(r) => r,
-                // The network: try again at the next interval.
-                Err(e) => {
-                    tracing::warn!(integration = %integration, "device code poll failed: {e}");
-                    continue;
-                }
-            };
-            let (v, error) = answer(&r);
-            match error.as_deref() {
-                None => {
-                    return v["refresh_token"].as_str().map(str::to_owned).ok_or_else(|| {
-                        ("no-refresh-token".into(), "Entra gave no refresh token (offline_access refused?)".into())
-                    });
-                }
-                Some("authorization_pending") => {}
-                Some("slow_down") => interval = (interval + Duration::from_secs(5)).min(MAX_INTERVAL),
-                Some(e) => {
-                    let detail = v["error_description"].as_str().unwrap_or("").lines().next().unwrap_or("").to_string();
-                    return Err((code_of(&v, e), detail));
-                }
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval = (interval + Duration::from_secs(5)).min(MAX_INTERVAL),
+            Some(e) => {
+                let detail = v["error_description"].as_str().unwrap_or("").lines().next().unwrap_or("").to_string();
+                return Err((code_of(&v, e), detail));
             }
         }
     }
+}
 
-    async fn post_form(&self, url: &str, form: String) -> Result<crate::http::Response, String> {
-        let url = url::Url::parse(url).map_err(|e| e.to_string())?;
-        let req = OutboundRequest {
-            method: "POST".into(),
-            url,
-            headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
-            body: form.into_bytes(),
-            timeout: Duration::from_secs(30),
-            max_response_bytes: 1 << 20,
-        };
-        self.http().send(req).await.map_err(|e| format!("{e:?}"))
-    }
+async fn post_form(registry: &Registry, url: &str, form: String) -> Result<crate::http::Response, String> {
+    let url = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let req = OutboundRequest {
+        method: "POST".into(),
+        url,
+        headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
+        body: form.into_bytes(),
+        timeout: Duration::from_secs(30),
+        max_response_bytes: 1 << 20,
+    };
+    registry.http().send(req).await.map_err(|e| format!("{e:?}"))
 }

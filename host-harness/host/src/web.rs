@@ -19,6 +19,8 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct AppState {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Device code sign-ins of integration users.
+    pub(crate) sign_ins: Arc<crate::signin::SignIns>,
 }
 
 /// Reads a body of at most `limit` bytes within `deadline`.

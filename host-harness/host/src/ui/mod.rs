@@ -585,7 +585,7 @@ async fn start_sign_in(State(ui): State<Ui>, headers: HeaderMap, Path(name): Pat
         Err(r) => return r,
     };
     let user = form.get("user").to_string();
-    match ui.app.registry.start_device_sign_in(&name, &user).await {
+    match ui.app.sign_ins.start(&ui.app.registry, &name, &user).await {
         Ok(state) => page(StatusCode::OK, pages::sign_in(&name, &user, &state, &csrf)),
         Err(e) => {
             let state = crate::signin::SignIn::Failed { code: "not-started".into(), detail: e.to_string() };
@@ -606,7 +606,7 @@ async fn sign_in_state(
     Query(q): Query<SignInQuery>,
 ) -> Response {
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
-    match ui.app.registry.sign_in_state(&name, &q.user) {
+    match ui.app.sign_ins.get(&name, &q.user) {
         Some(state) => page(StatusCode::OK, pages::sign_in(&name, &q.user, &state, &csrf)),
         None => (StatusCode::NOT_FOUND, "no sign-in was started for this user").into_response(),
     }
