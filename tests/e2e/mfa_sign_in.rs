@@ -20,6 +20,10 @@ async fn an_integration_user_with_mfa_signs_in_with_a_device_code_and_its_refres
     let user_code = started["user_code"].as_str().unwrap().to_string();
     assert!(started["message"].as_str().unwrap().contains(&user_code));
     assert_eq!(t.admin_json(&path).await["state"], "pending");
+    // Asked again while it waits: the same code (one sign-in, one poller, per user).
+    let again = t.admin_client().post(t.admin_url(&path)).send().await.unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again.text().await.unwrap()).unwrap();
+    assert_eq!(again["user_code"], started["user_code"]);
     let unknown = t.admin_client().post(t.admin_url("/integrations/contoso/users/nobody@x.example/device-code"));
     assert_eq!(unknown.send().await.unwrap().status(), 404);
 

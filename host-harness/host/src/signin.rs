@@ -86,6 +86,10 @@ impl SignIns {
         integration: &str,
         username: &str,
     ) -> Result<SignIn, RegistryError> {
+        // One sign-in at a time per user: asked again while one waits, the same code.
+        if let Some(p @ SignIn::Pending { .. }) = self.get(integration, username) {
+            return Ok(p);
+        }
         let entry = registry.entry(integration).ok_or_else(|| RegistryError::NotFound(integration.into()))?;
         let Some(user) = entry.config.users.iter().find(|u| u.username.eq_ignore_ascii_case(username)) else {
             return Err(RegistryError::NotFound(format!("{integration}/{username}")));
