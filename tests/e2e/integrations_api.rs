@@ -165,6 +165,17 @@ async fn integrations_are_created_changed_and_deleted_at_run_time_and_a_delete_l
     }
     assert_eq!(t.host().integrations().len(), 1);
 
+    // Two creates of one name at once: one is created, the other refused; never two.
+    let twice = named(spec(Some("wrong-secret"), Some(&seed2.integration_password)), "race");
+    let (a, b) = tokio::join!(
+        api(&t, Method::POST, "/integrations", Some(twice.clone())),
+        api(&t, Method::POST, "/integrations", Some(twice))
+    );
+    let mut codes = [a.0, b.0];
+    codes.sort();
+    assert_eq!(codes, [201, 409], "{} / {}", a.2, b.2);
+    assert_eq!(api(&t, Method::DELETE, "/integrations/race", None).await.0, 200);
+
     // Created again through the API, with a wrong secret: the status shows Entra's code.
     let (code, created, text) = api(
         &t,

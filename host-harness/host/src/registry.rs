@@ -561,16 +561,24 @@ impl Registry {
     /// Creates and starts an integration; the others do not pause.
     pub async fn create(&self, config: IntegrationConfig) -> Result<(), RegistryError> {
         let name = config.name.clone();
-        self.claim(&name, |current, entries| match current {
-            Some(_) => Err(RegistryError::Exists(name.clone())),
-            None => Self::check_conflicts(&config, entries),
-        })?;
-        // Held as a busy placeholder while it starts, so that no second create of the name
-        // passes the check meanwhile.
-        self.entries.lock().unwrap().insert(
-            name.clone(),
-            Entry { config: config.clone(), source: Source::AdminApi, configured_sha256: String::new(), busy: true },
-        );
+        {
+            // Checked and held (as a busy placeholder while it starts) under one lock, so that
+            // no second create of the name, or of the same app in the tenant, passes meanwhile.
+            let mut entries = self.entries.lock().unwrap();
+            if entries.contains_key(&name) {
+                return Err(RegistryError::Exists(name));
+            }
+            Self::check_conflicts(&config, &entries)?;
+            entries.insert(
+                name.clone(),
+                Entry {
+                    config: config.clone(),
+                    source: Source::AdminApi,
+                    configured_sha256: String::new(),
+                    busy: true,
+                },
+            );
+        }
         let started = async {
             self.launch.write(&name, &Record::Active { config: StoredConfig::from(&config) })?;
             match self.launch.spawn(&config).await {
