@@ -71,6 +71,9 @@ impl Core {
                 }
             }
             other => {
+                // Counted: a creation that failed (Graph's validation request did not get
+                // through, say) is retried, and each POST must be accounted for.
+                self.count("subscriptions.create-failed");
                 let (p, ra) = graph_failure(&other, "POST /subscriptions");
                 self.sub_failed(slot, p, now, ra, jitter);
             }
