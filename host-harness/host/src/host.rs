@@ -87,10 +87,7 @@ impl Host {
         };
         let rt = Runtime::new(config.host.limits, Some(config.host.plugin_cache_dir.clone()))?;
         let default_release = match &config.host.plugin {
-            Some(path) => {
-                let wasm = std::fs::read(path).with_context(|| format!("reading the plugin {}", path.display()))?;
-                rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))?
-            }
+            Some(path) => crate::registry::load_file(&rt, path)?,
             None => rt.load(plugin).context("loading the plugin")?,
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());

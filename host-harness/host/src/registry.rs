@@ -219,7 +219,8 @@ fn same(a: &IntegrationConfig, b: &IntegrationConfig) -> bool {
     serde_json::to_vec(&StoredConfig::from(a)).ok() == serde_json::to_vec(&StoredConfig::from(b)).ok()
 }
 
-fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release>> {
+/// Reads and loads a plugin component from `path`.
+pub(crate) fn load_file(rt: &Runtime, path: &std::path::Path) -> anyhow::Result<Arc<Release>> {
     let wasm = std::fs::read(path).with_context(|| format!("reading the plugin {}", path.display()))?;
     rt.load(&wasm).with_context(|| format!("loading the plugin {}", path.display()))
 }
