@@ -10,6 +10,10 @@ pub enum StoreError {
     /// The storage failed; the payload says how. Nothing was written.
     #[error("state storage unavailable: {0}")]
     Unavailable(String),
+    /// This host does not hold the integration's lease (another host runs it now): nothing
+    /// was written. The payload is the integration.
+    #[error("this host no longer holds the lease of integration {0}: another host runs it; nothing was written")]
+    Fenced(String),
 }
 
 /// Why an integration did not take a line event.

@@ -25,6 +25,8 @@ impl state::Host for HostState {
         self.ctx.write_state(&key, Some(&value)).map_err(|e| match e {
             StoreError::Quota(q) => state::StateError::QuotaExceeded(q),
             StoreError::Unavailable(r) => state::StateError::Unavailable(r),
+            // The host stops the integration: another host runs it now.
+            e @ StoreError::Fenced(_) => state::StateError::Unavailable(e.to_string()),
         })
     }
     fn delete(&mut self, key: String) {

@@ -6,8 +6,12 @@
 //! [`StateStore`]. Calls are synchronous: they run inside a guest call or a webhook handler and
 //! must be short.
 
+#[cfg(test)]
+mod behaviour;
+pub mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::path::Path;
@@ -209,5 +213,100 @@ impl DirLock {
         let _ = f.set_len(0);
         let _ = writeln!(f, "{}", std::process::id());
         Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_shows_the_store_behaviour() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        behaviour::all(&|| Box::new(SqliteStore::open(&dir).unwrap()));
+    }
+
+    fn scratch() -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(postgres::scratch_database(&postgres::test_server_url(), "store")).unwrap()
+    }
+
+    #[test]
+    fn postgres_shows_the_store_behaviour() {
+        let url = scratch();
+        behaviour::all(&|| Box::new(PgStore::connect(&url, false).unwrap()));
+    }
+
+    /// Hosts starting together migrate once; a schema newer than the host knows is refused
+    /// with a clear error, and nothing is written to it.
+    #[test]
+    fn postgres_migrates_once_and_refuses_a_newer_schema() {
+        let url = scratch();
+        let hosts: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || PgStore::connect(&url, false).map(|_| ()))
+            })
+            .collect();
+        for h in hosts {
+            h.join().unwrap().unwrap();
+        }
+        let s = PgStore::connect(&url, false).unwrap();
+        let (n, newest): (i64, i32) = s.block({
+            let pool = s.pool().clone();
+            async move {
+                let c = pool.get().await.unwrap();
+                let r = c.query_one("SELECT COUNT(*), MAX(version) FROM refinery_schema_history", &[]).await.unwrap();
+                (r.get(0), r.get(1))
+            }
+        });
+        assert_eq!(n as i32, newest, "each migration applied once");
+        s.block({
+            let pool = s.pool().clone();
+            async move {
+                let c = pool.get().await.unwrap();
+                c.execute(
+                    "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (9999, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            }
+        });
+        let e = PgStore::connect(&url, false).err().expect("refused");
+        let e = format!("{e:#}");
+        assert!(e.contains("schema is version 9999, newer than this host knows"), "{e}");
+    }
+
+    /// With fencing, a write of an integration's state needs the lease's current token: none
+    /// held, an old one after a takeover, both write nothing.
+    #[test]
+    fn postgres_fencing_refuses_writes_without_the_current_token() {
+        let url = scratch();
+        let s = PgStore::connect(&url, true).unwrap();
+        let sql = |q: &'static str| {
+            let pool = s.pool().clone();
+            s.block(async move { pool.get().await.unwrap().execute(q, &[]).await.unwrap() })
+        };
+        sql(
+            "INSERT INTO lease (integration, owner, token, expires_at) VALUES ('f', 'me', 7, now() + interval '1 minute')",
+        );
+        assert_eq!(s.set("f", "k", b"v"), Err(StoreError::Fenced("f".into())), "no lease held");
+        s.hold("f", 7);
+        s.set("f", "k", b"v").unwrap();
+        let row = s.inbox_push("f", "notifications", b"x", 0).unwrap();
+        // Another host takes the lease over.
+        sql("UPDATE lease SET owner = 'other', token = 8 WHERE integration = 'f'");
+        assert_eq!(s.set("f", "k", b"stale"), Err(StoreError::Fenced("f".into())));
+        assert_eq!(s.put_credential("f", "u@x", b"t"), Err(StoreError::Fenced("f".into())));
+        s.inbox_delete_many(&[row]).unwrap();
+        assert_eq!(s.inbox_size("f").unwrap().0, 1, "the old owner's delete removed nothing");
+        assert_eq!(s.get("f", "k").unwrap(), Some(b"v".to_vec()), "nothing the fenced host wrote");
+        s.hold("f", 8);
+        s.inbox_delete_many(&[row]).unwrap();
+        assert_eq!(s.inbox_size("f").unwrap().0, 0);
+        s.let_go("f");
+        assert!(s.delete("f", "k").is_err());
     }
 }
