@@ -171,8 +171,19 @@ pub async fn spawn_host_with(
     args: &[&str],
     rust_log: Option<&str>,
 ) -> (tokio::process::Child, HostAddrs) {
+    spawn_host_env(config, args, rust_log, &[]).await
+}
+
+/// [`spawn_host_with`] with more environment variables (a database URL, say).
+pub async fn spawn_host_env(
+    config: &std::path::Path,
+    args: &[&str],
+    rust_log: Option<&str>,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, HostAddrs) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(host_binary())
+        .envs(env.iter().copied())
         .args(args)
         .arg("run")
         .arg("--config")
@@ -257,4 +268,30 @@ pub fn inject_fault(sc: &Scenario, method: &str, path: &str, status: u16, retry_
             after: 0,
         })
     });
+}
+
+/// A round-robin TCP load balancer on loopback in front of `backends` (what stands before
+/// several hosts): each connection goes to the next backend that accepts one, a dead one is
+/// skipped. Runs until the test ends; answers its address.
+pub async fn round_robin(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let backends = backends.clone();
+            let first = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                for k in 0..backends.len() {
+                    let to = backends[(first + k) % backends.len()];
+                    let connect = tokio::net::TcpStream::connect(to);
+                    if let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

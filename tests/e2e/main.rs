@@ -8,6 +8,7 @@ mod chaos;
 mod config_file;
 mod custom_switchboard;
 mod directory;
+mod fleet;
 mod hot_swap;
 mod integrations_api;
 mod lifecycle;

@@ -271,6 +271,7 @@ impl Scenario {
                 kek: presence_host::seal::Kek::random(),
                 public_base_url: format!("http://{addr}"),
                 state_dir: opts.state_dir.clone(),
+                database: None,
                 graph_base_url: emulator_url.clone(),
                 login_base_url: emulator_url.clone(),
                 limits: opts.limits,

@@ -114,12 +114,46 @@ fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("no such {what}")).into_response()
 }
 
+/// What a webhook reaches: the integration running here, or (several hosts) the shared
+/// inbox of one that runs on another host.
+enum Target {
+    Here(IntegrationHandle),
+    Elsewhere(std::sync::Arc<crate::registry::Registry>, String),
+}
+
+impl Target {
+    fn webhook_token_matches(&self, token: &str) -> bool {
+        match self {
+            Target::Here(h) => h.webhook_token_matches(token),
+            Target::Elsewhere(r, name) => {
+                bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), r.webhook_token_of(name).as_bytes()))
+            }
+        }
+    }
+    fn count(&self, what: &str) {
+        match self {
+            Target::Here(h) => h.count(what),
+            Target::Elsewhere(r, _) => r.count_elsewhere(what),
+        }
+    }
+    async fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
+        match self {
+            Target::Here(h) => h.accept(kind, body).await,
+            Target::Elsewhere(r, name) => r.accept_elsewhere(name, kind, body).await,
+        }
+    }
+}
+
 async fn webhook(
     State(st): State<AppState>,
     Path((name, token, kind)): Path<(String, String, String)>,
     req: Request,
 ) -> Response {
-    let Some(h) = st.registry.get(&name) else { return not_found("webhook") };
+    let h = match st.registry.get(&name) {
+        Some(h) => Target::Here(h),
+        None if st.registry.runs_elsewhere(&name) => Target::Elsewhere(st.registry.clone(), name.clone()),
+        None => return not_found("webhook"),
+    };
     // The secret path segment, before anything is read: a forged request costs a compare.
     if !h.webhook_token_matches(&token) {
         h.count("rejected.webhook-path");

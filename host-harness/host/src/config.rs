@@ -71,8 +71,11 @@ pub struct HostConfig {
     pub inbox_limits: InboxLimits,
     /// Public base URL Graph reaches the listener at; webhook URLs are built from it.
     pub public_base_url: String,
-    /// Directory for the SQLite state file.
+    /// Directory for the SQLite state file (and the compile cache).
     pub state_dir: PathBuf,
+    /// Several hosts on one PostgreSQL database (`database_url_env`, `host_id`): `None`, the
+    /// embedded SQLite file in `state_dir` and every integration runs here.
+    pub database: Option<Database>,
     /// Graph base URL (default `https://graph.microsoft.com`).
     pub graph_base_url: String,
     /// Login base URL (default `https://login.microsoftonline.com`).
@@ -95,6 +98,25 @@ pub struct HostConfig {
     /// The host's own multi-tenant app registration, for the product guide's automated setup
     /// ("Manual client setup" off): a customer's admin consents to it once per tenant.
     pub platform_app: Option<PlatformApp>,
+}
+
+/// The machine's name and a random suffix: a host id new at each start.
+fn default_host_id() -> String {
+    let machine = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let machine: String = machine.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", if machine.is_empty() { "host" } else { &machine }, &suffix[..8])
+}
+
+/// The shared PostgreSQL database of several hosts.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Its connection string (`postgres://user:password@host:port/db`): a secret, read from
+    /// the environment variable `database_url_env` names.
+    pub url: Secret,
+    /// This host's id among the hosts (`host_id`; default: the machine's name and a random
+    /// suffix, new at each start).
+    pub host_id: String,
 }
 
 /// The host's own app registration (`platform_client_id`, `platform_client_secret_env`).
@@ -183,6 +205,8 @@ struct RawHost {
     admin_base_url: Option<String>,
     platform_client_id: Option<String>,
     platform_client_secret_env: Option<String>,
+    database_url_env: Option<String>,
+    host_id: Option<String>,
     admin_listen: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -461,6 +485,34 @@ impl Config {
             }
         };
         let state_dir = base.join(h.state_dir.unwrap_or_else(|| "state".into()));
+        let database = match (h.database_url_env, h.host_id) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(err("host.host_id", "only with database_url_env (several hosts on PostgreSQL)".into()));
+            }
+            (Some(var), id) => {
+                let url = env(&var).ok_or_else(|| err("host.database_url_env", format!("${var} is not set")))?;
+                crate::store::postgres::parse_url(&url)
+                    .map_err(|e| err("host.database_url_env", format!("${var}: {e}")))?;
+                let host_id = match id {
+                    Some(id)
+                        if !id.is_empty()
+                            && id.len() <= 64
+                            && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+                    {
+                        id
+                    }
+                    Some(id) => {
+                        return Err(err(
+                            "host.host_id",
+                            format!("'{id}' is not a host id: 1 to 64 letters, digits, '-', '_' or '.'"),
+                        ));
+                    }
+                    None => default_host_id(),
+                };
+                Some(Database { url: Secret::new(url), host_id })
+            }
+        };
         let host = HostConfig {
             limits,
             plugin: h.plugin.map(|p| base.join(p)),
@@ -479,6 +531,7 @@ impl Config {
             inbox_limits,
             public_base_url: h.public_base_url.trim_end_matches('/').to_string(),
             state_dir,
+            database,
             graph_base_url: graph_base_url.trim_end_matches('/').to_string(),
             login_base_url: login_base_url.trim_end_matches('/').to_string(),
         };

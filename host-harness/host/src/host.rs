@@ -16,11 +16,12 @@ use crate::config::Config;
 use crate::engine::Runtime;
 use crate::http::{HttpClient, ReqwestClient};
 use crate::integration::IntegrationHandle;
+use crate::lease::Leases;
 use crate::listener::{self, ListenerLimits, ListenerStats, Serving};
 pub use crate::registry::settings_for;
 use crate::registry::{Launch, Registry};
 use crate::status::SwapReport;
-use crate::store::{DirLock, SqliteStore, StateStore, secure_dir};
+use crate::store::{DirLock, PgStore, SqliteStore, StateStore, secure_dir};
 use crate::switchboard::Switchboards;
 
 /// What a host runs on: a state store, an HTTP client, a clock, and where each integration's
@@ -36,17 +37,29 @@ pub struct Backends {
     /// integration name serves a host whose integrations are all known at start). An
     /// integration without one is refused.
     pub switchboards: Arc<dyn Switchboards>,
+    /// Several hosts on one PostgreSQL database: this host's leases there (`store` must be
+    /// that database's [`PgStore`], fenced). `None`: this host runs every integration.
+    pub leases: Option<Arc<Leases>>,
 }
 
 impl Backends {
-    /// The defaults: SQLite in `config.host.state_dir`, reqwest, the system clock; and these
-    /// switchboards.
+    /// The defaults: SQLite in `config.host.state_dir` (or, with `database_url_env`, the
+    /// shared PostgreSQL database and this host's leases there), reqwest, the system clock;
+    /// and these switchboards.
     pub fn defaults(config: &Config, switchboards: impl Switchboards) -> anyhow::Result<Self> {
+        let (store, leases): (Arc<dyn StateStore>, _) = match &config.host.database {
+            None => (Arc::new(SqliteStore::open(&config.host.state_dir)?), None),
+            Some(db) => {
+                let pg = Arc::new(PgStore::connect(db.url.expose(), true).context("opening the PostgreSQL database")?);
+                (pg.clone(), Some(Leases::new(pg, db.host_id.clone())))
+            }
+        };
         Ok(Backends {
-            store: Arc::new(SqliteStore::open(&config.host.state_dir)?),
+            store,
             http: Arc::new(ReqwestClient::new().context("building the HTTP client")?),
             clock: Arc::new(SystemClock),
             switchboards: Arc::new(switchboards),
+            leases,
         })
     }
 }
@@ -67,6 +80,8 @@ pub struct Host {
     /// Device code sign-ins of integration users (MFA).
     pub sign_ins: Arc<crate::signin::SignIns>,
     server: Option<(Serving, Serving)>,
+    /// Several hosts: the task that keeps this host's leases.
+    keeper: Option<tokio::task::JoinHandle<()>>,
     /// Held while the host runs: no second host on the state directory.
     _lock: DirLock,
 }
@@ -100,8 +115,10 @@ impl Host {
             switchboards: backends.switchboards,
             metrics: metrics.clone(),
             default_release,
+            leases: backends.leases,
         };
         let registry = Arc::new(Registry::start(launch, &config.integrations).await?);
+        let keeper = crate::registry::keep(registry.clone());
         Ok(Host {
             registry,
             clock: backends.clock,
@@ -112,6 +129,7 @@ impl Host {
             metrics,
             sign_ins: Default::default(),
             server: None,
+            keeper,
             _lock: lock,
         })
     }
@@ -179,8 +197,14 @@ impl Host {
         self.registry.swap(wasm, only).await
     }
 
-    /// Stops the listener and the integrations.
+    /// Stops the listener and the integrations (several hosts: hands their leases over, so
+    /// that the others take them at once).
     pub async fn stop(mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+            let _ = k.await;
+            self.registry.hand_over().await;
+        }
         let integrations = self.integrations();
         for h in integrations.values() {
             h.shutdown();

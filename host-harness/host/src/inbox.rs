@@ -50,7 +50,42 @@ pub enum AcceptError {
 
 /// Where inbox rows are sealed.
 fn place(ctx: &IntegrationCtx) -> String {
-    format!("inbox/{}", ctx.name)
+    row_place(&ctx.name)
+}
+
+/// Where the inbox rows of `integration` are sealed (any host of a fleet seals them alike).
+pub(crate) fn row_place(integration: &str) -> String {
+    format!("inbox/{integration}")
+}
+
+/// Persists a notification body for an integration another host runs (several hosts on one
+/// database): sealed, within the inbox's bounds as the database counts them. The caller
+/// then wakes the owner (`NOTIFY`).
+pub(crate) fn accept_elsewhere(
+    store: &dyn crate::store::StateStore,
+    kek: &crate::seal::Kek,
+    limits: crate::context::InboxLimits,
+    name: &str,
+    kind: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<(), AcceptError> {
+    let sealed = kek.seal(&row_place(name), body);
+    let (rows, bytes) = store.inbox_size(name)?;
+    if rows + 1 > limits.rows || bytes + sealed.len() as u64 > limits.bytes {
+        return Err(AcceptError::Full { rows, bytes });
+    }
+    store.inbox_push(name, kind, &sealed, now_ms)?;
+    Ok(())
+}
+
+/// Another host put rows in the inbox: recounted from the store, and the actor woken.
+pub(crate) fn arrived(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
+    if let Ok((rows, bytes)) = ctx.store.inbox_size(&ctx.name) {
+        ctx.inbox_rows.store(rows, Ordering::SeqCst);
+        ctx.inbox_bytes.store(bytes, Ordering::SeqCst);
+    }
+    wake(ctx, tx);
 }
 
 /// Persists a notification body, sealed (it survives a crash from here on, and its

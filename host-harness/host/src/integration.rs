@@ -60,6 +60,12 @@ impl IntegrationHandle {
             .unwrap_or_else(|e| Err(AcceptError::Store(crate::error::StoreError::Unavailable(e.to_string()))))
     }
 
+    /// Rows were put in the inbox by another host (several hosts): the actor takes them.
+    /// Reads the inbox's size from the store: call it off the runtime's workers.
+    pub(crate) fn inbox_arrived(&self) {
+        inbox::arrived(&self.ctx, &self.tx);
+    }
+
     /// Whether `token` is this integration's webhook path segment (constant time).
     pub fn webhook_token_matches(&self, token: &str) -> bool {
         bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), self.ctx.webhook_token.as_bytes()))

@@ -48,6 +48,8 @@
 //! - [`bindings`]: the only `bindgen!` of the host.
 //! - [`sandbox`]: every limit (CPU per call, memory, size caps, log allowance);
 //!   [`allow_list`]: where the plugin may send requests.
+//! - [`lease`]: several hosts on one PostgreSQL database, each integration run by the host
+//!   that holds its lease (fencing, balance, failover).
 //! - [`keys`]: the per-integration RSA key; [`seal`]: sealing keys, plugin state and inbox
 //!   rows at rest under the key-encryption key; [`status`]: what the admin sees;
 //!   [`config`]: the TOML configuration; [`error`]: typed errors and [`SwapOutcome`].
@@ -70,6 +72,7 @@ pub mod inbox;
 mod instance;
 pub mod integration;
 pub mod keys;
+pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod registry;
@@ -93,5 +96,5 @@ pub use http::{HttpClient, ReqwestClient};
 pub use integration::IntegrationHandle;
 pub use registry::Registry;
 pub use status::{StatusView, SwapOutcome, SwapReport};
-pub use store::{SqliteStore, StateStore};
+pub use store::{PgStore, SqliteStore, StateStore};
 pub use switchboard::{Switchboard, Switchboards};

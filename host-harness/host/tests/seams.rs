@@ -271,6 +271,7 @@ async fn start_with(store: Arc<MemStore>, inbox_limits: presence_host::context::
             "contoso".to_string(),
             Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
         )])),
+        leases: None,
     };
     let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
     Fixture { host, store, http, _dir: dir }
@@ -451,6 +452,7 @@ async fn redirects_are_not_followed_so_nothing_leaves_the_allow_list() {
             "contoso".to_string(),
             Arc::new(ThreeUsers::default()) as Arc<dyn Switchboard>,
         )])),
+        leases: None,
     };
     let host = Host::start(&config, presence_plugin_wasm::PLUGIN_WASM, backends).await.unwrap();
     let f = Fixture { host, store, http: Arc::new(DownHttp::default()), _dir: dir };

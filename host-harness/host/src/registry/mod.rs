@@ -16,6 +16,10 @@
 //! subscriptions, mapping and inbox carry over; webhooks arriving meanwhile wait in the
 //! inbox). A delete retires it first (WIT `admin.retire`: users withdrawn, sessions cleared,
 //! subscriptions deleted at Microsoft), then removes its state, inbox and key.
+//!
+//! Several hosts on one PostgreSQL database (`fleet`): every host knows every integration
+//! (the records are shared, and a change is announced to the others), but runs only those
+//! whose lease it holds (see [`crate::lease`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,6 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+mod fleet;
+
+pub(crate) use fleet::keep;
 
 use crate::allow_list;
 use crate::bindings::sync;
@@ -115,6 +123,8 @@ pub(crate) struct Launch {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The release integrations run unless they name their own.
     pub(crate) default_release: Arc<Release>,
+    /// Several hosts: this host's leases (`None`: it runs every integration).
+    pub(crate) leases: Option<Arc<crate::lease::Leases>>,
 }
 
 /// The integrations of a host. See the module docs.
@@ -250,7 +260,12 @@ impl Launch {
     /// Starts `ic`; answers its handle and the SHA-256 of the release its configuration
     /// names.
     async fn spawn(&self, ic: &IntegrationConfig) -> anyhow::Result<(IntegrationHandle, String)> {
-        let switchboard = self.switchboards.switchboard(ic)?;
+        let mut switchboard = self.switchboards.switchboard(ic)?;
+        let mut http = self.http.clone();
+        if let Some(leases) = &self.leases {
+            // Nothing reaches Microsoft or the switchboard once the lease may have run out.
+            (http, switchboard) = fleet::fenced(leases, &ic.name, http, switchboard);
+        }
         let kek = self.host.kek.clone();
         let key = NotificationKey::load_or_create(self.store.as_ref(), &ic.name, &kek)?;
         let token = integration::webhook_token(&kek, &ic.name);
@@ -289,7 +304,7 @@ impl Launch {
             Spawn {
                 settings,
                 allowed_origins,
-                http: self.http.clone(),
+                http,
                 store: self.store.clone(),
                 switchboard: switchboard.clone(),
                 key,
@@ -385,6 +400,18 @@ impl Registry {
             }
         }
         let registry = Registry { live: Default::default(), entries: Default::default(), launch };
+        if let Some(leases) = registry.launch.leases.clone() {
+            // Several hosts: each integration runs where its lease is taken (`keep`).
+            let names: Vec<String> = wanted.keys().cloned().collect();
+            {
+                let mut entries = registry.entries.lock().unwrap();
+                for (name, (config, source, is_deleting)) in wanted {
+                    entries.insert(name, Entry { config, source, configured_sha256: String::new(), busy: is_deleting });
+                }
+            }
+            leases.ensure(names).await?;
+            return Ok(registry);
+        }
         let mut deleting = Vec::new();
         for (name, (config, source, is_deleting)) in wanted {
             let (handle, configured_sha256) =
@@ -582,8 +609,13 @@ impl Registry {
         }
         let started = async {
             self.launch.write(&name, &Record::Active { config: StoredConfig::from(&config) })?;
+            if self.launch.leases.is_some() {
+                // Several hosts: it runs where its lease is taken, here or on another host.
+                self.announce(&name).await.map_err(|e| RegistryError::Store(format!("{e:#}")))?;
+                return Ok(None);
+            }
             match self.launch.spawn(&config).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(Some(r)),
                 Err(e) => {
                     // Not started: nothing of it stays.
                     let _ = self.launch.write(&name, &Record::Deleted);
@@ -594,7 +626,7 @@ impl Registry {
         }
         .await;
         match started {
-            Ok((handle, sha)) => {
+            Ok(Some((handle, sha))) => {
                 self.publish(|m| {
                     m.insert(name.clone(), handle);
                 });
@@ -603,6 +635,11 @@ impl Registry {
                 e.configured_sha256 = sha;
                 e.busy = false;
                 tracing::info!(integration = %name, "integration created");
+                Ok(())
+            }
+            Ok(None) => {
+                self.entries.lock().unwrap().get_mut(&name).expect("claimed").busy = false;
+                tracing::info!(integration = %name, "integration created; it starts on the host that takes its lease");
                 Ok(())
             }
             Err(e) => {
@@ -636,6 +673,17 @@ impl Registry {
         if let Err(e) = self.launch.write(&name, &Record::Active { config: StoredConfig::from(&config) }) {
             return release(Err(e));
         }
+        if let Err(e) = self.announce(&name).await {
+            tracing::warn!(integration = %name, "the other hosts did not hear of the change: {e:#}");
+        }
+        if self.launch.leases.is_some() && self.get(&name).is_none() {
+            // It runs on another host, which re-starts it on the change.
+            if let Some(e) = self.entries.lock().unwrap().get_mut(&name) {
+                e.config = config;
+                e.source = Source::AdminApi;
+            }
+            return release(Ok(()));
+        }
         let started = self.replace_running(&name, &config).await;
         let mut entries = self.entries.lock().unwrap();
         let e = entries.get_mut(&name).expect("claimed");
@@ -667,6 +715,22 @@ impl Registry {
                 e.busy = false;
             }
             return Err(e);
+        }
+        if self.launch.leases.is_some() && self.get(name).is_none() {
+            // It runs on another host (or none yet): the host that runs it retires it.
+            if let Err(e) = self.announce(name).await {
+                tracing::warn!(integration = %name, "the other hosts did not hear of the delete: {e:#}");
+            }
+            return Ok(DeleteReport {
+                name: name.into(),
+                retired: None,
+                complete: false,
+                note: Some(
+                    "it runs on another host, which retires it (users withdrawn, sessions cleared, subscriptions \
+                     deleted) and removes it within seconds"
+                        .into(),
+                ),
+            });
         }
         Ok(self.finish_delete(name).await)
     }
@@ -713,6 +777,9 @@ impl Registry {
         self.launch.metrics.remove_integration(name);
         self.launch.switchboards.removed(name);
         self.entries.lock().unwrap().remove(name);
+        if let Err(e) = self.forget(name).await {
+            tracing::error!(integration = %name, "could not remove its lease: {e:#}");
+        }
         tracing::info!(integration = %name, complete, "integration deleted");
         DeleteReport { name: name.into(), retired, complete, note }
     }
