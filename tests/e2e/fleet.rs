@@ -28,6 +28,9 @@ fn tenant(t: usize) -> String {
 }
 
 struct Fleet {
+    integrations: usize,
+    /// Hosts paused with SIGSTOP: not asked anything (they would not answer).
+    paused: Vec<bool>,
     dirs: Vec<PathBuf>,
     ports: Vec<u16>,
     hosts: Vec<Option<(tokio::process::Child, HostAddrs)>>,
@@ -54,6 +57,9 @@ impl Fleet {
         let mut out: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
         for (i, h) in self.hosts.iter().enumerate() {
             let Some((_, a)) = h else { continue };
+            if self.paused[i] {
+                continue;
+            }
             let Some(s) = admin_get(&format!("{}/status", a.admin_base())).await else { continue };
             for st in s["integrations"].as_array().cloned().unwrap_or_default() {
                 out.entry(st["name"].as_str().unwrap().to_string())
@@ -70,7 +76,7 @@ impl Fleet {
         let start = Instant::now();
         loop {
             let p = self.placement().await;
-            let placed = p.len() == INTEGRATIONS && p.values().all(|v| v.len() == 1 && v[0].1 == "ok");
+            let placed = p.len() == self.integrations && p.values().all(|v| v.len() == 1 && v[0].1 == "ok");
             if placed {
                 return start.elapsed();
             }
@@ -89,10 +95,10 @@ impl Fleet {
                 *per_host.entry(v[0].0).or_default() += 1;
             }
             let live = self.hosts.iter().filter(|h| h.is_some()).count();
-            if p.len() == INTEGRATIONS
+            if p.len() == self.integrations
                 && p.values().all(|v| v.len() == 1 && v[0].1 == "ok")
                 && per_host.len() == live
-                && per_host.values().all(|n| *n == INTEGRATIONS / live)
+                && per_host.values().all(|n| *n == self.integrations / live)
             {
                 return;
             }
@@ -117,6 +123,7 @@ client_secret = "{DEMO_SECRET}"
 switchboard_csv = "t{t}.csv"
 users = [{{ username = "{}", password = "{}" }}]
 reconcile_interval_s = 3600
+push_line_status = true
 "#,
             tenant(t),
             seed.integration_user(0),
@@ -144,12 +151,22 @@ host_id = "{host_id}"
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
+/// What a fleet test runs on: the hosts, the emulator, the database.
+struct Setup {
+    fleet: Fleet,
+    emu: graph_emulator::Emulator,
+    db: String,
+    _root: tempfile::TempDir,
+}
+
+/// `hosts` host processes on one fresh database behind a round-robin balancer, sharing
+/// `integrations` integrations (one tenant each), started and balanced. Every write of an
+/// integration's state is audited (which host made it, and which host held the lease then).
+async fn setup(hosts: usize, integrations: usize) -> Setup {
     let db = scratch_database(&test_server_url(), "fleet").await.unwrap();
     let clock = Arc::new(TestClock::default());
     let emu = graph_emulator::Emulator::new(clock.clone());
-    let seeds: Vec<_> = (0..INTEGRATIONS)
+    let seeds: Vec<_> = (0..integrations)
         .map(|t| {
             graph_emulator::TenantSeed::new(&tenant(t), &format!("t{t}.example"), DEMO_CLIENT, DEMO_SECRET, USERS, 1)
         })
@@ -159,10 +176,10 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
     }
     let emu_url = emu.start().await.unwrap();
 
-    // Three hosts on fixed ports behind one balancer, which Graph's notifications reach.
+    // Hosts on fixed ports behind one balancer, which Graph's notifications reach.
     let root = tempfile::tempdir().unwrap();
     let ports: Vec<u16> =
-        (0..HOSTS).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        (0..hosts).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
     let lb = round_robin(ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect()).await;
     let public = format!("http://{lb}");
     let mut dirs = Vec::new();
@@ -186,42 +203,110 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
         write_config(&dir, *port, &public, &emu_url, &format!("host-{i}"), &seeds);
         dirs.push(dir);
     }
-    let mut fleet = Fleet { dirs, ports, hosts: (0..HOSTS).map(|_| None).collect(), db: db.clone() };
-    for i in 0..HOSTS {
+    // The schema first (a store migrates it), then the audit on it.
+    let store = presence_host::PgStore::connect(&db, false).unwrap();
+    sql(&store, AUDIT);
+    let mut fleet = Fleet {
+        integrations,
+        paused: vec![false; hosts],
+        dirs,
+        ports,
+        hosts: (0..hosts).map(|_| None).collect(),
+        db: db.clone(),
+    };
+    for i in 0..hosts {
         fleet.start_host(i).await;
     }
     fleet.wait_placed(Duration::from_secs(60)).await;
     fleet.wait_balanced(Duration::from_secs(60)).await;
+    Setup { fleet, emu, db, _root: root }
+}
 
-    // Presence changes all along: every change is one notification to the balancer.
-    let stop = Arc::new(AtomicBool::new(false));
-    let changes = Arc::new(AtomicU64::new(0));
-    let user_ids: Vec<Vec<String>> = (0..INTEGRATIONS)
+/// Records each write of an integration's state: the connection's host, and the owner of
+/// the integration's lease at that moment (inside the write's transaction). Inbox rows are
+/// written by any host; only their removal is the owner's.
+const AUDIT: &str = r#"
+CREATE TABLE audit (app TEXT, tbl TEXT, op TEXT, integration TEXT, owner TEXT, at TIMESTAMPTZ DEFAULT clock_timestamp());
+CREATE FUNCTION audit_write() RETURNS trigger AS $$
+DECLARE i TEXT;
+BEGIN
+  IF TG_OP = 'DELETE' THEN i := OLD.integration; ELSE i := NEW.integration; END IF;
+  INSERT INTO audit (app, tbl, op, integration, owner)
+  VALUES (current_setting('application_name'), TG_TABLE_NAME, TG_OP, i, (SELECT owner FROM lease WHERE integration = i));
+  RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON kv FOR EACH ROW EXECUTE FUNCTION audit_write();
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON kv_backup FOR EACH ROW EXECUTE FUNCTION audit_write();
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON notification_key FOR EACH ROW EXECUTE FUNCTION audit_write();
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON credential FOR EACH ROW EXECUTE FUNCTION audit_write();
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON swapped_release FOR EACH ROW EXECUTE FUNCTION audit_write();
+CREATE TRIGGER audit AFTER DELETE ON inbox FOR EACH ROW EXECUTE FUNCTION audit_write();
+"#;
+
+fn sql(store: &presence_host::PgStore, q: &'static str) {
+    let pool = store.pool().clone();
+    store.block(async move { pool.get().await.unwrap().batch_execute(q).await.unwrap() });
+}
+
+/// (writes audited, writes made by a host that did not hold the integration's lease then).
+fn audited(store: &presence_host::PgStore) -> (i64, i64, Vec<String>) {
+    let pool = store.pool().clone();
+    store.block(async move {
+        let c = pool.get().await.unwrap();
+        let all: i64 = c.query_one("SELECT COUNT(*) FROM audit", &[]).await.unwrap().get(0);
+        let bad = c
+            .query(
+                "SELECT app || ' wrote ' || tbl || ' ' || op || ' of ' || integration || ' while ' || COALESCE(owner, 'nobody') || ' held it'
+                 FROM audit WHERE owner IS NULL OR app <> 'teams-presence-sync/' || owner",
+                &[],
+            )
+            .await
+            .unwrap();
+        (all, bad.len() as i64, bad.iter().take(5).map(|r| r.get(0)).collect())
+    })
+}
+
+/// Changes presence in every tenant, `per_second` times a second, until `stop`.
+fn presence_load(
+    emu: &graph_emulator::Emulator,
+    integrations: usize,
+    per_second: u64,
+    stop: Arc<AtomicBool>,
+    changes: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let user_ids: Vec<Vec<String>> = (0..integrations)
         .map(|t| {
             emu.with_world(|w| {
                 w.tenants.values().find(|x| x.id == tenant(t)).unwrap().users.iter().map(|u| u.id.clone()).collect()
             })
         })
         .collect();
-    let load = {
-        let (emu, stop, changes) = (emu.clone(), stop.clone(), changes.clone());
-        tokio::spawn(async move {
-            let states =
-                [("Available", "Available"), ("Busy", "InAMeeting"), ("Away", "Away"), ("DoNotDisturb", "Presenting")];
-            let mut tick = tokio::time::interval(Duration::from_millis(2)); // 500 a second
-            let mut k = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let t = k % INTEGRATIONS;
-                let u = &user_ids[t][(k / INTEGRATIONS) % USERS];
-                let (a, act) = states[(k / (INTEGRATIONS * USERS)) % states.len()];
-                emu.set_presence(&tenant(t), u, a, act, false);
-                changes.fetch_add(1, Ordering::Relaxed);
-                k += 1;
-            }
-        })
-    };
+    let emu = emu.clone();
+    tokio::spawn(async move {
+        let states =
+            [("Available", "Available"), ("Busy", "InAMeeting"), ("Away", "Away"), ("DoNotDisturb", "Presenting")];
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+        let mut k = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let t = k % integrations;
+            let u = &user_ids[t][(k / integrations) % USERS];
+            let (a, act) = states[(k / (integrations * USERS)) % states.len()];
+            emu.set_presence(&tenant(t), u, a, act, false);
+            changes.fetch_add(1, Ordering::Relaxed);
+            k += 1;
+        }
+    })
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
+    let Setup { mut fleet, emu, db, _root } = setup(HOSTS, INTEGRATIONS).await;
+    let started = Instant::now();
+    // 500 presence changes a second all along: each is one notification to the balancer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let load = presence_load(&emu, INTEGRATIONS, 500, stop.clone(), changes.clone());
     // Kill each host in turn under load; its integrations resume on the others in time;
     // started again, it takes its share back.
     let mut handovers = Vec::new();
@@ -232,6 +317,8 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
         fleet.start_host(i).await;
         fleet.wait_balanced(Duration::from_secs(60)).await;
     }
+    // At least 60 s of load.
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     eprintln!("{} presence changes; handovers after SIGKILL: {handovers:?}", changes.load(Ordering::Relaxed));
@@ -294,4 +381,146 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
         );
     }
     assert_eq!(seen.len(), INTEGRATIONS);
+
+    // Every write of an integration's state came from the host that held its lease.
+    let (writes, stale, examples) = audited(&store);
+    assert!(writes > 0);
+    assert_eq!(stale, 0, "writes by a host without the lease: {examples:?}");
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a host process.
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_paused_past_its_lease_writes_nothing_when_it_resumes() {
+    let Setup { mut fleet, emu, db, _root } = setup(2, 2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let load = presence_load(&emu, 2, 100, stop.clone(), changes.clone());
+    let placement = fleet.placement().await;
+    let victim = placement.iter().find(|(_, v)| v[0].0 == 0).map(|(n, _)| n.clone()).expect("host 0 runs one");
+
+    // Paused (SIGSTOP) while its integration's notifications keep coming: the other host
+    // takes the lease over once it runs out.
+    signal(&fleet.hosts[0].as_ref().unwrap().0, "STOP");
+    fleet.paused[0] = true;
+    let took_over = fleet.wait_placed(HANDOVER_WITHIN).await;
+    assert_eq!(fleet.placement().await[&victim][0].0, 1, "host 1 runs {victim}");
+
+    // Resumed: it finds its lease gone, stops the integration, and writes nothing for it
+    // (every write is checked against the lease's token inside its transaction).
+    signal(&fleet.hosts[0].as_ref().unwrap().0, "CONT");
+    fleet.paused[0] = false;
+    let base = fleet.hosts[0].as_ref().unwrap().1.admin_base();
+    let end = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let f = admin_get(&format!("{base}/fleet")).await.unwrap_or_default();
+        if f["keeper"]["lost"].as_u64().unwrap_or(0) >= 1 {
+            break f;
+        }
+        assert!(Instant::now() < end, "host 0 never noticed it lost {victim}: {f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // It takes its share back in time, with a new token; the fleet converges.
+    fleet.wait_balanced(Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let store = presence_host::PgStore::connect(&db, false).unwrap();
+    let (writes, stale, examples) = audited(&store);
+    eprintln!(
+        "taken over after {took_over:?}; {writes} writes audited; host 0 after resuming: {}",
+        after["fenced_writes"]
+    );
+    assert!(writes > 0);
+    assert_eq!(stale, 0, "writes by a host without the lease: {examples:?}");
+    let mut seen = BTreeSet::new();
+    for s in emu.subscriptions() {
+        assert!(seen.insert((s.tenant.clone(), s.creator_id.clone())), "a duplicate subscription: {}", s.id);
+    }
+}
+
+/// Waits until `f` holds, or fails with `what`.
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < end, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_and_line_events_reach_the_owner_from_any_host() {
+    let Setup { fleet, emu, db, _root } = setup(2, 2).await;
+    let placement = fleet.placement().await;
+    let client = e2e_tests::admin_client();
+    for (name, on) in &placement {
+        let t: usize = name[1..].parse().unwrap();
+        let other = 1 - on[0].0;
+        let base = fleet.hosts[other].as_ref().unwrap().1.admin_base();
+        // Status and the users list, asked of the host that does not run it.
+        let r = client.get(format!("{base}/status/{name}")).send().await.unwrap();
+        let code = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, 200, "the owner's status, through the other host: {text}");
+        let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((s["name"].as_str(), s["state"].as_str()), (Some(name.as_str()), Some("ok")));
+        let users = admin_get(&format!("{base}/integrations/{name}/users?limit=5")).await.expect("users");
+        assert_eq!(users["total"], USERS);
+        let list = admin_get(&format!("{base}/integrations")).await.unwrap();
+        let mine = list["integrations"].as_array().unwrap().iter().find(|i| i["name"] == name.as_str()).unwrap();
+        assert_eq!(mine["status"]["state"], "ok", "the list shows the owner's status: {mine}");
+
+        // A line event taken by the other host puts "In a call" in Teams, and its end clears it.
+        let user0 = emu.with_world(|w| w.tenants.values().find(|x| x.id == tenant(t)).unwrap().users[0].id.clone());
+        for (state, want) in [("connected", "InACall"), ("ended", "Available")] {
+            let r = client
+                .post(format!("{base}/switchboard/{name}/users/sb-00000/line-events"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"state": "{state}"}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            until(&format!("{name}: Teams shows {want}"), async || emu.truth(&tenant(t))[&user0].1 == want).await;
+        }
+        // Sync now, through the other host.
+        let r = client.post(format!("{base}/integrations/{name}/sync-now")).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+    }
+
+    // A delete through the host that does not run it: the owner retires it (its subscription
+    // goes at Microsoft) and removes it; both hosts forget it.
+    let (name, on) = placement.iter().next().unwrap();
+    let t: usize = name[1..].parse().unwrap();
+    let other = 1 - on[0].0;
+    let base = fleet.hosts[other].as_ref().unwrap().1.admin_base();
+    let r = client.delete(format!("{base}/integrations/{name}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    until("the deleted integration's subscription is gone at Microsoft", async || {
+        !emu.subscriptions().iter().any(|s| s.tenant == tenant(t))
+    })
+    .await;
+    for h in fleet.hosts.iter().flatten() {
+        let url = format!("{}/integrations/{name}", h.1.admin_base());
+        until("both hosts forget it", async || client.get(&url).send().await.unwrap().status() == 404).await;
+    }
+    let store = presence_host::PgStore::connect(&db, false).unwrap();
+    let pool = store.pool().clone();
+    let n = name.clone();
+    let leases: i64 = store.block(async move {
+        pool.get()
+            .await
+            .unwrap()
+            .query_one("SELECT COUNT(*) FROM lease WHERE integration = $1", &[&n])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(leases, 0, "its lease row went with it");
+    let (_, stale, examples) = audited(&store);
+    assert_eq!(stale, 0, "{examples:?}");
 }

@@ -75,10 +75,27 @@ pub(crate) fn view(c: &IntegrationConfig, source: crate::registry::Source) -> se
 /// The short status of a listing: state, code, hint, users (`null` fields when it did not
 /// answer in time).
 async fn brief(st: &AppState, name: &str) -> serde_json::Value {
+    if st.registry.runs_elsewhere(name) {
+        return brief_elsewhere(st, name).await;
+    }
     let Some(h) = st.registry.get(name) else { return json!({ "state": "stopped" }) };
     match tokio::time::timeout(LIST_STATUS_WITHIN, h.status()).await {
         Ok(Ok(s)) => json!({ "state": s.state, "code": s.code, "hint": s.hint, "users": s.users }),
         _ => json!({ "state": null }),
+    }
+}
+
+/// The short status of an integration another host runs, asked of that host.
+async fn brief_elsewhere(st: &AppState, name: &str) -> serde_json::Value {
+    let req = axum::http::Request::get(format!("/status/{name}")).body(axum::body::Body::empty()).expect("a request");
+    let asked = tokio::time::timeout(LIST_STATUS_WITHIN, st.registry.call_owner(name, req)).await;
+    let status = match asked {
+        Ok(r) if r.status().is_success() => axum::body::to_bytes(r.into_body(), 1 << 20).await.ok(),
+        _ => None,
+    };
+    match status.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        Some(s) => json!({ "state": s["state"], "code": s["code"], "hint": s["hint"], "users": s["users"] }),
+        None => json!({ "state": null }),
     }
 }
 

@@ -6,7 +6,7 @@
 //!   <admin token>`, checked in constant time before any body is read: `/status` and
 //!   `/status/{integration}`, `/integrations/{integration}/sync-now`,
 //!   `/integrations/{integration}/overrides`, `PUT /admin/plugin` (hot swap), `/healthz`,
-//!   `/readyz`, `/metrics`, the integrations API ([`crate::admin_api`]), and
+//!   `/readyz`, `/metrics`, `/fleet` (several hosts), the integrations API ([`crate::admin_api`]), and
 //!   whatever routes the platform adds (the workshop's switchboard simulator).
 
 use std::time::Duration;
@@ -61,7 +61,7 @@ impl Host {
     /// The admin routes, merged with `extra` (a platform's own, or the switchboard
     /// simulator's), all behind the admin token; for a platform that serves them itself.
     pub fn admin_router(&self, extra: Router) -> Router {
-        let protected = Router::new()
+        let routes = Router::new()
             .route("/status", get(status_all))
             .route("/status/{name}", get(status_one))
             .route("/integrations/{name}/sync-now", post(sync_now))
@@ -70,9 +70,15 @@ impl Host {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz_admin))
             .route("/metrics", get(metrics))
+            .route("/fleet", get(fleet))
             .merge(crate::admin_api::routes())
             .with_state(self.app_state())
-            .merge(extra)
+            .merge(extra);
+        // Several hosts: what another host forwards runs on these routes, past the token
+        // check the first host made.
+        self.registry.set_call_router(routes.clone());
+        let protected = routes
+            .layer(axum::middleware::from_fn_with_state(self.app_state(), to_owner))
             .layer(axum::middleware::from_fn_with_state(self.admin_token.clone(), require_admin_token));
         // The admin page takes a session (signed in with the same token) instead.
         Router::new().merge(protected).merge(crate::ui::router(self.app_state(), self.admin_token.clone())).fallback(
@@ -102,6 +108,18 @@ async fn require_admin_token(State(token): State<Secret>, req: Request, next: Ne
             "missing or wrong admin token (Authorization: Bearer ...)",
         )
             .into_response();
+    }
+    next.run(req).await
+}
+
+/// Several hosts: a call about an integration another host runs goes to that host (see
+/// `registry::calls`), after the token check.
+async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(name) = crate::registry::owner_path(req.uri().path())
+        && st.registry.runs_elsewhere(name)
+    {
+        let name = name.to_string();
+        return st.registry.call_owner(&name, req).await;
     }
     next.run(req).await
 }
@@ -257,6 +275,23 @@ async fn status_all(State(st): State<AppState>) -> Response {
         all.push(status_json(h).await);
     }
     axum::Json(json!({ "integrations": all })).into_response()
+}
+
+/// Several hosts on one database: this host's id, the integrations whose lease it holds, what
+/// its lease keeper did, the webhooks it took for integrations other hosts run, and the
+/// writes refused because a lease was gone. 404 on a host on its own.
+async fn fleet(State(st): State<AppState>) -> Response {
+    let Some(l) = st.registry.leases() else {
+        return (StatusCode::NOT_FOUND, "this host runs on its own (no database_url_env)").into_response();
+    };
+    axum::Json(json!({
+        "host_id": l.me,
+        "held": l.held(),
+        "keeper": l.stats(),
+        "webhooks_for_other_hosts": l.elsewhere_counters(),
+        "fenced_writes": l.store().fenced_writes(),
+    }))
+    .into_response()
 }
 
 async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {

@@ -50,7 +50,9 @@ impl Backends {
         let (store, leases): (Arc<dyn StateStore>, _) = match &config.host.database {
             None => (Arc::new(SqliteStore::open(&config.host.state_dir)?), None),
             Some(db) => {
-                let pg = Arc::new(PgStore::connect(db.url.expose(), true).context("opening the PostgreSQL database")?);
+                let pg = Arc::new(
+                    PgStore::connect_host(db.url.expose(), &db.host_id).context("opening the PostgreSQL database")?,
+                );
                 (pg.clone(), Some(Leases::new(pg, db.host_id.clone())))
             }
         };

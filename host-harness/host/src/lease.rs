@@ -48,6 +48,11 @@ pub const RELEASE_PER_ROUND: usize = 8;
 pub const INBOX_CHANNEL: &str = "presence_inbox";
 /// The channel the admin API notifies when it created, changed or deleted an integration.
 pub const REGISTRY_CHANNEL: &str = "presence_registry";
+/// The channel a host notifies when it wrote an admin call or line event for an integration
+/// another host runs (payload: the integration).
+pub const CALL_CHANNEL: &str = "presence_call";
+/// The channel the owner notifies when it answered a call (payload: `<caller>/<call id>`).
+pub const ANSWER_CHANNEL: &str = "presence_answer";
 
 /// A lease this host holds.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +155,7 @@ impl Leases {
     }
 
     /// Runs `f` on the store's runtime.
-    async fn db<T: Send + 'static>(
+    pub(crate) async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(deadpool_postgres::Pool) -> futures_util::future::BoxFuture<'static, anyhow::Result<T>>
         + Send
@@ -341,7 +346,7 @@ impl Leases {
         .await
     }
 
-    /// Listens to [`INBOX_CHANNEL`] and [`REGISTRY_CHANNEL`] on a connection of its own
+    /// Listens to the fleet's channels on a connection of its own
     /// (reconnecting after a failure): each notification is sent as `(channel, payload)`.
     pub fn listen(&self, tx: mpsc::Sender<(String, String)>) {
         let config = self.store.config().clone();
@@ -379,7 +384,11 @@ async fn listen_once(config: &tokio_postgres::Config, tx: &mpsc::Sender<(String,
         }
         Ok(())
     });
-    client.batch_execute(&format!("LISTEN {INBOX_CHANNEL}; LISTEN {REGISTRY_CHANNEL}")).await?;
+    client
+        .batch_execute(&format!(
+            "LISTEN {INBOX_CHANNEL}; LISTEN {REGISTRY_CHANNEL}; LISTEN {CALL_CHANNEL}; LISTEN {ANSWER_CHANNEL}"
+        ))
+        .await?;
     while let Some(n) = nrx.recv().await {
         if tx.send(n).await.is_err() {
             driver.abort();

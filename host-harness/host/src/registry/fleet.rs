@@ -292,6 +292,14 @@ async fn notified(registry: &Arc<Registry>, channel: &str, payload: &str) {
                 let _ = tokio::task::spawn_blocking(move || h.inbox_arrived()).await;
             }
         }
+        lease::CALL_CHANNEL => {
+            if registry.get(payload).is_some()
+                && let Some(leases) = registry.leases().cloned()
+            {
+                registry.answer_calls(&leases, vec![payload.to_string()]).await;
+            }
+        }
+        lease::ANSWER_CHANNEL => registry.answered(payload),
         lease::REGISTRY_CHANNEL => {
             if let Err(e) = registry.reload().await {
                 tracing::error!("could not read the integrations' records: {e:#}");
@@ -361,6 +369,8 @@ async fn round(registry: &Arc<Registry>, leases: &Arc<Leases>) {
         }
     }
     wake_waiting(registry, leases).await;
+    // Calls whose notification was missed.
+    registry.answer_calls(leases, registry.snapshot().keys().cloned().collect()).await;
 }
 
 /// Starts the integrations whose leases were just taken, some at once.

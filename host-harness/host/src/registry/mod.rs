@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+mod calls;
 mod fleet;
 
+pub(crate) use calls::owner_path;
 pub(crate) use fleet::keep;
 
 use crate::allow_list;
@@ -132,6 +134,8 @@ pub struct Registry {
     live: RwLock<Arc<BTreeMap<String, IntegrationHandle>>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     launch: Launch,
+    /// Several hosts: calls forwarded to, and answered for, other hosts.
+    calls: calls::Calls,
 }
 
 /// An integration as the state store keeps it (sealed).
@@ -399,7 +403,8 @@ impl Registry {
                 Record::Deleted => {}
             }
         }
-        let registry = Registry { live: Default::default(), entries: Default::default(), launch };
+        let registry =
+            Registry { live: Default::default(), entries: Default::default(), launch, calls: Default::default() };
         if let Some(leases) = registry.launch.leases.clone() {
             // Several hosts: each integration runs where its lease is taken (`keep`).
             let names: Vec<String> = wanted.keys().cloned().collect();
@@ -720,6 +725,10 @@ impl Registry {
             // It runs on another host (or none yet): the host that runs it retires it.
             if let Err(e) = self.announce(name).await {
                 tracing::warn!(integration = %name, "the other hosts did not hear of the delete: {e:#}");
+            }
+            // Forgotten here when the owner's "deleted" arrives.
+            if let Some(e) = self.entries.lock().unwrap().get_mut(name) {
+                e.busy = false;
             }
             return Ok(DeleteReport {
                 name: name.into(),

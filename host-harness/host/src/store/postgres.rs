@@ -47,6 +47,8 @@ pub struct PgStore {
     /// that lost the lease writes nothing. `None`: no fencing (one host on the database).
     fences: Option<RwLock<HashMap<String, i64>>>,
     config: tokio_postgres::Config,
+    /// Writes refused because this host did not hold the integration's current lease.
+    fenced_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -93,16 +95,31 @@ pub fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
         .map_err(|e| anyhow::anyhow!("the PostgreSQL connection string is not valid: {e}"))?;
     c.connect_timeout(POOL_WAIT);
     c.options(format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
-    c.application_name("teams-presence-sync");
+    c.application_name(APPLICATION_NAME);
     Ok(c)
 }
+
+/// The `application_name` of this store's connections (`/<host id>` follows on a host of a
+/// fleet: `pg_stat_activity` shows which host holds which connection).
+pub const APPLICATION_NAME: &str = "teams-presence-sync";
 
 impl PgStore {
     /// Connects to `url`, applies the migrations this host has and the database lacks, and
     /// checks that the database's schema is not newer. `fenced`: every write of an
     /// integration's state requires the lease this host holds (several hosts).
     pub fn connect(url: &str, fenced: bool) -> anyhow::Result<PgStore> {
-        let config = parse_url(url)?;
+        Self::open(parse_url(url)?, fenced)
+    }
+
+    /// Connects host `host_id` of a fleet: fenced, its connections named
+    /// `teams-presence-sync/<host_id>`.
+    pub fn connect_host(url: &str, host_id: &str) -> anyhow::Result<PgStore> {
+        let mut config = parse_url(url)?;
+        config.application_name(format!("{APPLICATION_NAME}/{host_id}"));
+        Self::open(config, true)
+    }
+
+    fn open(config: tokio_postgres::Config, fenced: bool) -> anyhow::Result<PgStore> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("state-postgres")
@@ -121,7 +138,14 @@ impl PgStore {
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("building the PostgreSQL pool")?;
-        let store = PgStore { pool, rt: Some(rt), handle, fences: fenced.then(Default::default), config };
+        let store = PgStore {
+            pool,
+            rt: Some(rt),
+            handle,
+            fences: fenced.then(Default::default),
+            config,
+            fenced_writes: Default::default(),
+        };
         store.block(migrate(store.config.clone()))?;
         Ok(store)
     }
@@ -157,6 +181,11 @@ impl PgStore {
         }
     }
 
+    /// Writes refused so far because this host did not hold the integration's current lease.
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced_writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// This host let go of `integration`'s lease (or lost it): its writes are refused.
     pub fn let_go(&self, integration: &str) {
         if let Some(f) = &self.fences {
@@ -169,7 +198,10 @@ impl PgStore {
     fn fence(&self, integration: &str) -> Result<Option<i64>, StoreError> {
         match &self.fences {
             None => Ok(None),
-            Some(f) => f.read().unwrap().get(integration).copied().map(Some).ok_or_else(|| fenced(integration)),
+            Some(f) => f.read().unwrap().get(integration).copied().map(Some).ok_or_else(|| {
+                self.fenced_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                fenced(integration)
+            }),
         }
     }
 
@@ -189,6 +221,7 @@ impl PgStore {
         let fence = self.fence(integration)?;
         let pool = self.pool.clone();
         let integration = integration.to_string();
+        let refused = self.fenced_writes.clone();
         self.block(async move {
             let mut c = pool.get().await?;
             let t = c.transaction().await?;
@@ -200,6 +233,7 @@ impl PgStore {
                     )
                     .await?;
                 if held.is_none() {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Err(fenced(&integration));
                 }
             }
