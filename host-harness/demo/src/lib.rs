@@ -121,6 +121,8 @@ pub struct ScenarioOptions {
     /// The switchboard's users live in this CSV (written at the start, watched for edits,
     /// and where changes through its API go), as `host-harness run` does it.
     pub switchboard_csv: Option<PathBuf>,
+    /// State in this PostgreSQL database (a fleet of one host) instead of SQLite.
+    pub database: Option<String>,
 }
 
 impl ScenarioOptions {
@@ -147,6 +149,7 @@ impl ScenarioOptions {
             switchboard_users: None,
             switchboard_csv: None,
             platform_app: false,
+            database: None,
         }
     }
 }
@@ -271,7 +274,10 @@ impl Scenario {
                 kek: presence_host::seal::Kek::random(),
                 public_base_url: format!("http://{addr}"),
                 state_dir: opts.state_dir.clone(),
-                database: None,
+                database: opts.database.as_ref().map(|url| presence_host::config::Database {
+                    url: Secret::new(url.clone()),
+                    host_id: "scenario".into(),
+                }),
                 graph_base_url: emulator_url.clone(),
                 login_base_url: emulator_url.clone(),
                 limits: opts.limits,
@@ -521,6 +527,12 @@ pub async fn start_host(
     let mut backends = Backends::defaults(config, sims.clone())?;
     backends.clock = clock;
     let mut host = Host::start(config, PLUGIN_WASM, backends).await?;
+    // On a database, the integrations start once this host took their leases (at once: it
+    // is the only host).
+    let end = Instant::now() + Duration::from_secs(30);
+    while host.integrations().len() < config.integrations.len() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let routes = switchboard_sim::routes(sims, host.registry.clone());
     host.serve(listener, admin, routes)?;
     Ok(host)
