@@ -8,8 +8,15 @@ use crate::common::*;
 
 /// Webhook ingest through the whole harness, and a bare 202 server with the same load.
 pub(crate) async fn ingest(n: usize) -> anyhow::Result<(f64, f64, u64)> {
+    ingest_on(n, None).await
+}
+
+/// [`ingest`], the state in the PostgreSQL database `db` when given (else SQLite).
+pub(crate) async fn ingest_on(n: usize, db: Option<String>) -> anyhow::Result<(f64, f64, u64)> {
     let dir = state_dir("ingest");
-    let sc = Scenario::start(ScenarioOptions::new(650, 1, dir.clone())).await?;
+    let mut opts = ScenarioOptions::new(650, 1, dir.clone());
+    opts.database = db;
+    let sc = Scenario::start(opts).await?;
     sc.wait_status(Duration::from_secs(60), |s| s.state == "ok").await;
     let sub = sc.emulator.subscriptions()[0].id.clone();
     let ids: Vec<String> = (0..650).map(|i| sc.ms_user(i)).collect();

@@ -11,9 +11,16 @@ use crate::common::*;
 /// ones are done), 650 users. Returns the ms from sending each notification until the
 /// switchboard shows it, for those sent after the first half second (warm-up).
 pub(crate) async fn latency_at_rate(rate: usize, seconds: usize) -> anyhow::Result<Vec<f64>> {
+    latency_at_rate_on(rate, seconds, None).await
+}
+
+/// [`latency_at_rate`], the state in the PostgreSQL database `db` when given (else SQLite).
+pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<String>) -> anyhow::Result<Vec<f64>> {
     let dir = state_dir("latency");
     let users = 650;
-    let sc = Scenario::start(ScenarioOptions::new(users, 1, dir.clone())).await?;
+    let mut opts = ScenarioOptions::new(users, 1, dir.clone());
+    opts.database = db;
+    let sc = Scenario::start(opts).await?;
     let left = sc.wait_in_sync(users, Duration::from_secs(60)).await;
     anyhow::ensure!(left.is_empty(), "{} users never synced", left.len());
     let sub = sc.emulator.subscriptions()[0].id.clone();

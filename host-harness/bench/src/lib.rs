@@ -15,17 +15,21 @@
 //! - cost per notification, component vs the same core compiled natively;
 //! - Graph requests per 1,000 users per hour at steady state;
 //! - memory: the host process's RSS and each instance's linear memory;
-//! - a forged flood: handshake, status and a genuine change under it; the inbox commit's cost.
+//! - a forged flood: handshake, status and a genuine change under it; the inbox commit's cost;
+//! - several hosts on PostgreSQL: one host on PostgreSQL next to SQLite, the fleet's total
+//!   with 1, 2 and 3 hosts, the takeover after a host loss, and a simulation of the lease
+//!   keepers of 10,000 small integrations on 4 hosts.
 //!
 //! ## Layout
 //! One module per section (`sync`, `directory`, `latency`, `flood`, `ingest`, `line`, `swap` (plugin load and the
-//! swap pause), `cost`, `steady`, `memory`), what they share in `common`, and `report`, which
+//! swap pause), `cost`, `steady`, `memory`, `fleet`), what they share in `common`, and `report`, which
 //! runs the chosen sections and writes the report with its goals table.
 
 mod activation;
 mod common;
 mod cost;
 mod directory;
+mod fleet;
 mod flood;
 mod ingest;
 mod latency;
@@ -75,13 +79,19 @@ pub struct BenchOptions {
     pub flood_samples: usize,
     /// Commits per mode of the inbox commit figure.
     pub commits: usize,
+    /// Notifications of the fleet figure (spread over 1, 2 and 3 hosts).
+    pub fleet_notifications: usize,
+    /// Rate and seconds of the one-host latency figure, SQLite next to PostgreSQL.
+    pub fleet_latency: (usize, usize),
+    /// The lease simulation: integrations, seconds of steady state (4 hosts).
+    pub sim: (usize, u64),
     /// Only these sections (all when empty): sync, directory, latency, flood, ingest, line,
     /// load, swap, cost, steady, memory.
     pub only: Vec<String>,
 }
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 12] = [
+pub const SECTIONS: [&str; 13] = [
     "sync",
     "activation",
     "directory",
@@ -94,6 +104,7 @@ pub const SECTIONS: [&str; 12] = [
     "cost",
     "steady",
     "memory",
+    "fleet",
 ];
 
 impl BenchOptions {
@@ -120,6 +131,9 @@ impl BenchOptions {
             flood_clients: 8,
             flood_samples: 5,
             commits: 2000,
+            fleet_notifications: 3000,
+            fleet_latency: (500, 4),
+            sim: (10_000, 20),
             only: vec![],
         }
     }
@@ -143,6 +157,9 @@ impl BenchOptions {
             flood_clients: 2,
             flood_samples: 1,
             commits: 50,
+            fleet_notifications: 60,
+            fleet_latency: (100, 1),
+            sim: (40, 3),
             only: vec![],
         }
     }

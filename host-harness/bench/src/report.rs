@@ -450,6 +450,104 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
             )?;
         }
     }
+    if opts.wants("fleet") {
+        eprintln!("bench: several hosts on PostgreSQL");
+        let server = crate::fleet::Server::start()?;
+        writeln!(md, "\n## Several hosts on PostgreSQL\n")?;
+        writeln!(
+            md,
+            "PostgreSQL 15 (Debian's package, a throwaway cluster on loopback on this machine, `fsync=on`, default `synchronous_commit`), the same machine's cores shared by the database, the hosts, the emulator and the load. Each figure below is one run (median of {} where stated).\n",
+            opts.runs
+        )?;
+        writeln!(
+            md,
+            "### One host: SQLite next to PostgreSQL\n\nThe ingest and latency sections' runs (650 users, one integration), once with the embedded SQLite file and once with the state on PostgreSQL (the host then holds the integration's lease, and every write of its state checks the fencing token). Ingest: {} notifications posted by 8 clients until all are processed. Latency: {} notifications a second for {} s, open loop, from each POST to the switchboard showing it.\n",
+            opts.notifications, opts.fleet_latency.0, opts.fleet_latency.1
+        )?;
+        writeln!(
+            md,
+            "| store | native RSA-OAEP decrypts a second, one core (ceiling) | notifications processed a second | latency p50 ms | latency p99 ms |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|")?;
+        // Per store: the RSA ceilings, ingest rates, p50s and p99s of the runs.
+        type Runs = (&'static str, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+        let mut rows: Vec<Runs> = Vec::new();
+        for _ in 0..opts.runs {
+            let rsa = rsa_decrypts_per_second(2000);
+            for (k, (store, ingest, p50, p99)) in
+                crate::fleet::one_host(&server, opts.notifications, opts.fleet_latency.0, opts.fleet_latency.1)
+                    .await?
+                    .into_iter()
+                    .enumerate()
+            {
+                if rows.len() <= k {
+                    rows.push((store, vec![], vec![], vec![], vec![]));
+                }
+                rows[k].1.push(rsa);
+                rows[k].2.push(ingest);
+                rows[k].3.push(p50);
+                rows[k].4.push(p99);
+            }
+        }
+        for (store, rsa, ingest, p50, p99) in rows {
+            let (rsa, ingest, p50, p99) = (median(rsa), median(ingest), median(p50), median(p99));
+            writeln!(
+                md,
+                "| {store} | {rsa:.0} | {ingest:.0} ({:.2} of the ceiling) | {p50:.2} | {p99:.2} |",
+                ingest / rsa
+            )?;
+        }
+        let rsa = rsa_decrypts_per_second(2000);
+        let f = crate::fleet::fleet(&server, opts.fleet_notifications, opts.sim.0, opts.sim.1).await?;
+        writeln!(
+            md,
+            "\n### The fleet's total with 1, 2 and 3 hosts\n\n{} integrations of 100 users, each host a `Host` of its own in the benchmark's process (its own listeners, integrations and leases; one shared tokio runtime, so the hosts share the machine's {} cores with each other, the database, the emulator and the load). {} notifications spread round-robin over the hosts (what a balancer does; a host that does not run the integration writes the notification to the shared inbox and notifies the owner), until every one is processed. On one machine more hosts add failover, not throughput: the total stays bound by the machine's RSA rate ({rsa:.0} decrypts a second on one core in this run).\n",
+            6,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            opts.fleet_notifications
+        )?;
+        writeln!(md, "| hosts | notifications processed a second, all hosts |")?;
+        writeln!(md, "|---:|---:|")?;
+        for (n, rate) in &f.totals {
+            writeln!(md, "| {n} | {rate:.0} |")?;
+        }
+        writeln!(
+            md,
+            "\n### Rebalancing after a host loss\n\nOn the 3-host fleet (2 integrations each), one host stops as a killed one would (`Host::abandon`: its leases are not handed over). Its 2 integrations ran again on the other two, OK, after **{:.1} s** (lease life 10 s, renewed every 2 s, plus the start). Started again, it ran its share again (2/2/2, all OK) after {:.1} s (the others hand over at most 8 leases a round).\n",
+            f.takeover_s, f.rejoin_s
+        )?;
+        goals.push((
+            "a lost host's integrations run elsewhere within 30 s".into(),
+            format!("{:.1} s", f.takeover_s),
+            f.takeover_s < 30.0,
+        ));
+        let s = &f.sim;
+        writeln!(
+            md,
+            "### Simulation: {} small integrations on {} hosts\n\nMethod: {} lease rows in a fresh database; {} simulated hosts in this process, each with its own connection pool and the host's own lease keeper code (`Leases`: one renewal transaction for all its leases every 2 s, one look at the fleet, then `lease::plan`: take free leases or hand some over), but no integrations running, so what is measured is the keepers' load alone. Measured: the time to share the leases from nothing, {:.0} s of steady state (PostgreSQL's own counters from `pg_stat_database` for the whole database, and each round's duration), and the time for the 3 others to take over the leases of one host that stops renewing.\n",
+            s.integrations, s.hosts, s.integrations, s.hosts, s.steady_s
+        )?;
+        writeln!(md, "| figure | value |")?;
+        writeln!(md, "|---|---:|")?;
+        writeln!(
+            md,
+            "| time to share {} leases from nothing ({} each) | {:.1} s |",
+            s.integrations,
+            s.integrations / s.hosts,
+            s.converge_s
+        )?;
+        writeln!(md, "| keeper rounds a second, all hosts | {:.1} |", s.rounds_per_s)?;
+        writeln!(md, "| lease renewals a second (each lease every 2 s) | {:.0} |", s.leases_renewed_per_s)?;
+        writeln!(md, "| rows updated a second (pg_stat_database) | {:.0} |", s.rows_updated_per_s)?;
+        writeln!(md, "| transactions a second (pg_stat_database) | {:.1} |", s.commits_per_s)?;
+        writeln!(md, "| keeper round, mean / max | {:.1} / {:.1} ms |", s.mean_round_ms, s.max_round_ms)?;
+        writeln!(
+            md,
+            "| time for 3 hosts to take over a stopped host's {} leases | {:.1} s |",
+            s.integrations / s.hosts,
+            s.takeover_s
+        )?;
+    }
     if !goals.is_empty() {
         let mut table = String::from("## Goals\n\n| goal | measured (median) | met |\n|---|---|---|\n");
         for (goal, measured, met) in &goals {

@@ -102,7 +102,7 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
         /// Only these sections (comma-separated): sync, directory, latency, flood, ingest, line,
-        /// load, swap, cost, steady, memory. The report then holds only them.
+        /// load, swap, cost, steady, memory, fleet. The report then holds only them.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

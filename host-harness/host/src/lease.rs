@@ -72,7 +72,14 @@ pub struct Leases {
     pub(crate) stats: Mutex<LeaseStats>,
     /// What happened to webhooks taken here for integrations other hosts run.
     elsewhere: Mutex<BTreeMap<String, u64>>,
+    /// Integrations that did not start here, and when: not taken again for
+    /// [`START_FAILED_PAUSE`] (another host may start them; a broken one does not bounce
+    /// between hosts every round).
+    failed: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a host leaves alone an integration that did not start on it.
+pub const START_FAILED_PAUSE: Duration = Duration::from_secs(30);
 
 /// What the keeper did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -91,16 +98,40 @@ pub struct LeaseStats {
 
 /// What the keeper saw of the fleet in one round.
 #[derive(Debug, Clone)]
-pub(crate) struct View {
+pub struct View {
     /// Hosts seen within [`LEASE_TTL`], and the leases each holds, by id.
     pub live: BTreeMap<String, usize>,
     /// Integrations (lease rows).
     pub total: usize,
 }
 
+/// What a host does in a round, holding `have` leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Take up to this many free leases.
+    Take(i64),
+    /// Hand this many over (stopping each first).
+    HandOver(usize),
+    /// Nothing to change.
+    Hold,
+}
+
+/// The round's plan of host `me`, holding `have` leases: towards [`share`], at most
+/// [`ACQUIRE_PER_ROUND`] taken and [`RELEASE_PER_ROUND`] handed over.
+pub fn plan(view: &View, me: &str, have: usize) -> Plan {
+    let want = share(view, me);
+    if have < want {
+        Plan::Take(((want - have) as i64).min(ACQUIRE_PER_ROUND))
+    } else if have > want {
+        Plan::HandOver((have - want).min(RELEASE_PER_ROUND))
+    } else {
+        Plan::Hold
+    }
+}
+
 /// How many leases host `me` should hold, so that every integration runs and the hosts hold
 /// `total / n` each, the `total % n` that hold most one more (ties by id).
-pub(crate) fn share(view: &View, me: &str) -> usize {
+pub fn share(view: &View, me: &str) -> usize {
     let n = view.live.len().max(1);
     let (each, extra) = (view.total / n, view.total % n);
     let mut order: Vec<(&String, &usize)> = view.live.iter().collect();
@@ -118,7 +149,18 @@ impl Leases {
             held: Default::default(),
             stats: Default::default(),
             elsewhere: Default::default(),
+            failed: Default::default(),
         })
+    }
+
+    /// Counts a keeper round; answers whether this host may take or hand over leases in it:
+    /// not in its first, which only announces it (hosts starting together then see each
+    /// other before any takes a share, instead of the first taking everything and handing
+    /// most of it over again).
+    pub fn next_round(&self) -> bool {
+        let mut s = self.stats.lock().unwrap();
+        s.rounds += 1;
+        s.rounds > 1
     }
 
     /// What the keeper did so far.
@@ -195,10 +237,10 @@ impl Leases {
         .await
     }
 
-    /// Announces this host and renews its leases; answers the ones it lost (taken over while
+    /// Announces this host and renews its leases (one transaction); answers the ones it lost (taken over while
     /// it could not renew). A failure renews nothing: the leases run out by this host's
     /// clock.
-    pub(crate) async fn renew(&self) -> anyhow::Result<Vec<String>> {
+    pub async fn renew(&self) -> anyhow::Result<Vec<String>> {
         let started = Instant::now();
         let held: Vec<(String, i64)> = self.held.lock().unwrap().iter().map(|(n, h)| (n.clone(), h.token)).collect();
         let (names, tokens): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
@@ -244,7 +286,7 @@ impl Leases {
     }
 
     /// The hosts alive and what they hold.
-    pub(crate) async fn view(&self) -> anyhow::Result<View> {
+    pub async fn view(&self) -> anyhow::Result<View> {
         let ttl = LEASE_TTL.as_millis() as f64 / 1000.0;
         self.db(move |pool| {
             Box::pin(async move {
@@ -266,10 +308,20 @@ impl Leases {
         .await
     }
 
+    /// `name` did not start here: it is not taken again for [`START_FAILED_PAUSE`].
+    pub fn start_failed(&self, name: &str) {
+        self.failed.lock().unwrap().insert(name.to_string(), Instant::now());
+    }
+
     /// Takes up to `n` free leases; answers them (this host may act for them from now).
-    pub(crate) async fn acquire(&self, n: i64) -> anyhow::Result<Vec<String>> {
+    pub async fn acquire(&self, n: i64) -> anyhow::Result<Vec<String>> {
         let started = Instant::now();
         let me = self.me.clone();
+        let skip: Vec<String> = {
+            let mut failed = self.failed.lock().unwrap();
+            failed.retain(|_, at| at.elapsed() < START_FAILED_PAUSE);
+            failed.keys().cloned().collect()
+        };
         let ttl = LEASE_TTL.as_millis() as f64 / 1000.0;
         let taken: Vec<(String, i64)> = self
             .db(move |pool| {
@@ -279,10 +331,10 @@ impl Leases {
                         .query(
                             "UPDATE lease SET owner = $1, token = token + 1, expires_at = now() + make_interval(secs => $3)
                              WHERE integration IN (
-                                 SELECT integration FROM lease WHERE expires_at <= now()
+                                 SELECT integration FROM lease WHERE expires_at <= now() AND integration <> ALL($4)
                                  ORDER BY integration LIMIT $2 FOR UPDATE SKIP LOCKED)
                              RETURNING integration, token",
-                            &[&me, &n, &ttl],
+                            &[&me, &n, &ttl, &skip],
                         )
                         .await?;
                     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -299,7 +351,7 @@ impl Leases {
     }
 
     /// Lets go of `name` (its integration stopped here): free for any host at once.
-    pub(crate) async fn release(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn release(&self, name: &str) -> anyhow::Result<()> {
         let Some(h) = self.held.lock().unwrap().remove(name) else { return Ok(()) };
         self.store.let_go(name);
         let (n, me) = (name.to_string(), self.me.clone());

@@ -316,7 +316,7 @@ async fn notified(registry: &Arc<Registry>, channel: &str, payload: &str) {
 }
 
 async fn round(registry: &Arc<Registry>, leases: &Arc<Leases>) {
-    leases.stats.lock().unwrap().rounds += 1;
+    let may_move = leases.next_round();
     match leases.renew().await {
         Ok(lost) => {
             for name in lost {
@@ -343,6 +343,9 @@ async fn round(registry: &Arc<Registry>, leases: &Arc<Leases>) {
             let _ = leases.release(&name).await;
         }
     }
+    if !may_move {
+        return;
+    }
     let view = match leases.view().await {
         Ok(v) => v,
         Err(e) => {
@@ -350,23 +353,21 @@ async fn round(registry: &Arc<Registry>, leases: &Arc<Leases>) {
             return;
         }
     };
-    let want = lease::share(&view, &leases.me);
-    let have = leases.held().len();
-    if have < want {
-        let n = ((want - have) as i64).min(lease::ACQUIRE_PER_ROUND);
-        match leases.acquire(n).await {
+    match lease::plan(&view, &leases.me, leases.held().len()) {
+        lease::Plan::Take(n) => match leases.acquire(n).await {
             Ok(taken) => start_all(registry, leases, taken).await,
             Err(e) => tracing::error!("could not take leases: {e:#}"),
+        },
+        lease::Plan::HandOver(n) => {
+            // The last by name: the same ones each round, whichever host holds them.
+            let mut held = leases.held();
+            for name in held.split_off(held.len() - n) {
+                tracing::info!(integration = %name, "handing over to balance the hosts");
+                registry.stop_here(&name).await;
+                let _ = leases.release(&name).await;
+            }
         }
-    } else if have > want {
-        // The last by name: the same ones each round, whichever host holds them.
-        let mut held = leases.held();
-        let extra = (have - want).min(lease::RELEASE_PER_ROUND);
-        for name in held.split_off(held.len() - extra) {
-            tracing::info!(integration = %name, "handing over to balance the hosts");
-            registry.stop_here(&name).await;
-            let _ = leases.release(&name).await;
-        }
+        lease::Plan::Hold => {}
     }
     wake_waiting(registry, leases).await;
     // Calls whose notification was missed.
@@ -386,7 +387,12 @@ async fn start_all(registry: &Arc<Registry>, leases: &Arc<Leases>, names: Vec<St
             match registry.run_here(&name).await {
                 Ok(()) => tracing::info!(integration = %name, ms = started.elapsed().as_millis() as u64, "lease taken"),
                 Err(e) => {
-                    tracing::error!(integration = %name, "does not start here ({e:#}); letting go of its lease");
+                    tracing::error!(
+                        integration = %name,
+                        "does not start here ({e:#}); letting go of its lease (not taken here again for {} s)",
+                        lease::START_FAILED_PAUSE.as_secs()
+                    );
+                    leases.start_failed(&name);
                     let _ = leases.release(&name).await;
                 }
             }
