@@ -524,3 +524,67 @@ async fn admin_calls_and_line_events_reach_the_owner_from_any_host() {
     let (_, stale, examples) = audited(&store);
     assert_eq!(stale, 0, "{examples:?}");
 }
+
+/// On PostgreSQL an inbox row's id is given when it is written, not when it commits: a row
+/// that commits after a row with a greater id was taken is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_row_that_commits_late_is_still_taken() {
+    let db = scratch_database(&test_server_url(), "late").await.unwrap();
+    let sc = e2e_tests::start(20, 1, |o| o.database = Some(db.clone())).await;
+    let left = sc.wait_in_sync(16, e2e_tests::EVENTUALLY).await;
+    assert!(left.is_empty(), "{left:?}");
+    let sub = sc.emulator.subscriptions()[0].id.clone();
+    let body = |user: usize, a: &str, b: &str| {
+        let item = sc.emulator.notification_for(&sub, &sc.ms_user(user), a, b).expect("a notification");
+        sc.emulator.batch_body(&sub, vec![item]).to_string()
+    };
+    // A state each user does not show yet.
+    let other_than = |user: &str| {
+        let now = sc.switchboard.shown(user).map(|s| s.activity).unwrap_or_default();
+        [("Busy", "InAMeeting"), ("Away", "Away")].into_iter().find(|(_, act)| *act != now).unwrap()
+    };
+    let (a_state, b_state) = (other_than("sb-00001"), other_than("sb-00002"));
+    // Row A is written (its id given) but its transaction stays open.
+    let sealed = sc.config.host.kek.seal("inbox/contoso", body(1, a_state.0, a_state.1).as_bytes());
+    let store = presence_host::PgStore::connect(&db, false).unwrap();
+    let pool = store.pool().clone();
+    let (commit, committed) = tokio::sync::oneshot::channel::<()>();
+    let (written, id_of_a) = tokio::sync::oneshot::channel::<i64>();
+    let writer = store.handle().spawn(async move {
+        let mut c = pool.get().await.unwrap();
+        let t = c.transaction().await.unwrap();
+        let id: i64 = t
+            .query_one(
+                "INSERT INTO inbox (integration, kind, body, received_ms) VALUES ('contoso', 'notifications', $1, 0) RETURNING id",
+                &[&sealed],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        written.send(id).unwrap();
+        committed.await.unwrap();
+        t.commit().await.unwrap();
+    });
+    let a = id_of_a.await.unwrap();
+    // Row B comes after it, through the webhook, and is taken.
+    let (code, _) =
+        e2e_tests::post(&sc.notification_url(), "application/json", body(2, b_state.0, b_state.1).into_bytes()).await;
+    assert_eq!(code, 202);
+    let end = Instant::now() + e2e_tests::EVENTUALLY;
+    while sc.switchboard.shown("sb-00002").is_none_or(|s| s.activity != b_state.1) {
+        assert!(Instant::now() < end, "row B was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Row A commits now, after B (a greater id) was taken: it is taken too.
+    commit.send(()).unwrap();
+    writer.await.unwrap();
+    while sc.switchboard.shown("sb-00001").is_none_or(|s| s.activity != a_state.1) {
+        assert!(Instant::now() < end, "row {a}, committed after a later row was taken, was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And removed, as B was.
+    while store.inbox_size("contoso").unwrap() != (0, 0) {
+        assert!(Instant::now() < end, "rows left: {:?}", store.inbox_size("contoso").unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -54,7 +54,8 @@ pub(crate) struct Actor {
     pub(crate) last_swap: Option<SwapReport>,
     /// Counters of the releases that ran before a swap, so that the status counts since start.
     pub(crate) carried: BTreeMap<String, u64>,
-    /// The id of the last inbox row the plugin took: the next one is after it.
+    /// The id of the last inbox row the plugin took in this step (rows not removed yet): the
+    /// next one is after it. Back to 0 once they are removed.
     inbox_cursor: i64,
     /// Rows the plugin took in this step (id, stored bytes), removed together at its end.
     taken: Vec<(i64, u64)>,
@@ -276,7 +277,13 @@ impl Actor {
         };
         let full = rows.len() == inbox::STEP;
         self.take_rows(rows).await;
-        inbox::taken(&self.ctx, &std::mem::take(&mut self.taken));
+        if inbox::taken(&self.ctx, &std::mem::take(&mut self.taken)) {
+            // What the plugin took is gone: the next step reads from the inbox's start. An id
+            // is given when a row is written, not when it commits: on a store with several
+            // writers (PostgreSQL) a row can show up after one with a greater id was read,
+            // and a cursor past it would never see it.
+            self.inbox_cursor = 0;
+        }
         if full && !self.inbox_blocked {
             inbox::wake(&self.ctx, &self.tx);
         }

@@ -183,20 +183,25 @@ pub(crate) async fn offer(
 
 /// Removes the batches the plugin took from the inbox, in one commit (`rows`: their ids and
 /// their bytes there). A crash before it only replays batches the plugin has seen: it drops
-/// them by their sequence numbers.
-pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) {
+/// them by their sequence numbers. Answers whether they are gone.
+pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) -> bool {
     if rows.is_empty() {
-        return;
+        return true;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    if let Err(e) = ctx.store.inbox_delete_many(&ids) {
-        tracing::error!(integration = %ctx.name, "inbox delete failed: {e:#}");
-    }
+    let gone = match ctx.store.inbox_delete_many(&ids) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(integration = %ctx.name, "inbox delete failed: {e:#}");
+            false
+        }
+    };
     let n = rows.len() as u64;
     let bytes: u64 = rows.iter().map(|r| r.1).sum();
     let _ = ctx.inbox_rows.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(n)));
     let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(bytes)));
     ctx.count_by("inbox.processed", n);
+    gone
 }
 
 #[cfg(test)]

@@ -401,15 +401,14 @@ async fn start_all(registry: &Arc<Registry>, leases: &Arc<Leases>, names: Vec<St
     while set.join_next().await.is_some() {}
 }
 
-/// Wakes each integration running here whose inbox holds rows it does not know of (a
-/// notification missed): one query for all of them.
+/// Wakes each integration running here whose inbox holds rows (a notification missed, or a
+/// row that committed after rows written after it were taken): one query for all of them.
 async fn wake_waiting(registry: &Arc<Registry>, leases: &Arc<Leases>) {
-    let running = registry.snapshot();
-    let idle: Vec<String> = running.iter().filter(|(_, h)| h.inbox_size().0 == 0).map(|(n, _)| n.clone()).collect();
-    if idle.is_empty() {
+    let running: Vec<String> = registry.snapshot().keys().cloned().collect();
+    if running.is_empty() {
         return;
     }
-    let waiting = match leases.with_inbox_rows(idle).await {
+    let waiting = match leases.with_inbox_rows(running).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!("could not look at the inbox: {e:#}");
