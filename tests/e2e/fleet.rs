@@ -492,6 +492,35 @@ async fn admin_calls_and_line_events_reach_the_owner_from_any_host() {
         assert_eq!(r.status(), 202);
     }
 
+    // The admin page of either host shows both integrations' status, and the users of the
+    // one it does not run.
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        let base = h.as_ref().unwrap().1.admin_base();
+        let r = browser
+            .post(format!("{base}/ui/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={}", e2e_tests::E2E_ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let page = |path: String| {
+            let (browser, cookie) = (browser.clone(), cookie.clone());
+            async move {
+                let r = browser.get(path).header("cookie", cookie).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let (code, list) = page(format!("{base}/ui")).await;
+        assert_eq!(code, 200);
+        assert_eq!(list.matches("title=\"Ok\"").count(), 2, "host {i}'s list shows both OK: {list}");
+        let elsewhere = placement.iter().find(|(_, on)| on[0].0 != i).map(|(n, _)| n.clone()).unwrap();
+        let (code, users) = page(format!("{base}/ui/integrations/{elsewhere}/users")).await;
+        assert_eq!(code, 200, "{users}");
+        assert!(users.contains("data-id=\"sb-00000\""), "host {i} lists the users of {elsewhere}: {users}");
+    }
+
     // A delete through the host that does not run it: the owner retires it (its subscription
     // goes at Microsoft) and removes it; both hosts forget it.
     let (name, on) = placement.iter().next().unwrap();

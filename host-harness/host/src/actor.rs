@@ -118,18 +118,24 @@ fn users_page_view(p: users::UsersPage) -> UsersPageView {
                 active: r.active,
                 microsoft_user_id: r.microsoft_user_id.map(text),
                 microsoft_user: r.microsoft_user.map(text),
-                matched_by: r.matched_by.map(|m| match m {
-                    users::MatchedBy::Override => "override",
-                    users::MatchedBy::Mail => "mail",
-                    users::MatchedBy::Alias => "alias",
-                    users::MatchedBy::Upn => "upn",
+                matched_by: r.matched_by.map(|m| {
+                    match m {
+                        users::MatchedBy::Override => "override",
+                        users::MatchedBy::Mail => "mail",
+                        users::MatchedBy::Alias => "alias",
+                        users::MatchedBy::Upn => "upn",
+                    }
+                    .into()
                 }),
-                unmatched: r.unmatched.map(|u| match u {
-                    users::UnmatchedReason::NoAddress => "no-address",
-                    users::UnmatchedReason::NoMatch => "no-match",
-                    users::UnmatchedReason::Conflict => "conflict",
-                    users::UnmatchedReason::UnresolvedOverride => "unresolved-override",
-                    users::UnmatchedReason::DirectoryNotRead => "directory-not-read",
+                unmatched: r.unmatched.map(|u| {
+                    match u {
+                        users::UnmatchedReason::NoAddress => "no-address",
+                        users::UnmatchedReason::NoMatch => "no-match",
+                        users::UnmatchedReason::Conflict => "conflict",
+                        users::UnmatchedReason::UnresolvedOverride => "unresolved-override",
+                        users::UnmatchedReason::DirectoryNotRead => "directory-not-read",
+                    }
+                    .into()
                 }),
                 presence: r.presence.map(|p| (text(p.availability), text(p.activity))),
                 integration_user: r.integration_user.map(text),

@@ -407,9 +407,14 @@ impl Leases {
                 match listen_once(&config, &tx).await {
                     Ok(()) => return, // nobody listens any more
                     Err(e) => {
+                        if tx.is_closed() {
+                            return; // the host stopped meanwhile
+                        }
                         tracing::warn!("PostgreSQL notifications lost ({e:#}); listening again in 1 s");
                         // What was missed is found at the next round anyway.
-                        let _ = tx.send(("reconnected".into(), String::new())).await;
+                        if tx.send(("reconnected".into(), String::new())).await.is_err() {
+                            return;
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -441,11 +446,21 @@ async fn listen_once(config: &tokio_postgres::Config, tx: &mpsc::Sender<(String,
             "LISTEN {INBOX_CHANNEL}; LISTEN {REGISTRY_CHANNEL}; LISTEN {CALL_CHANNEL}; LISTEN {ANSWER_CHANNEL}"
         ))
         .await?;
-    while let Some(n) = nrx.recv().await {
+    loop {
+        let n = tokio::select! {
+            n = nrx.recv() => n,
+            // The host stopped: nobody listens any more.
+            _ = tx.closed() => None,
+        };
+        let Some(n) = n else { break };
         if tx.send(n).await.is_err() {
             driver.abort();
             return Ok(());
         }
+    }
+    if tx.is_closed() {
+        driver.abort();
+        return Ok(());
     }
     drop(client);
     match driver.await {

@@ -23,7 +23,7 @@ pub const SCOPE: &str = "https://graph.microsoft.com/Presence.Read.All offline_a
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where a sign-in stands.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum SignIn {
     /// Waiting for the user: open `verification_uri` and enter `user_code`.

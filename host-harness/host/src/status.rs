@@ -508,7 +508,7 @@ pub enum UsersFilter {
 }
 
 /// A row of the list (the guest's words, capped and made printable).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UserRowView {
     /// Switchboard user id.
     pub switchboard_user_id: String,
@@ -523,9 +523,9 @@ pub struct UserRowView {
     /// Microsoft user (UPN or mail).
     pub microsoft_user: Option<String>,
     /// `override`, `mail`, `alias` or `upn`.
-    pub matched_by: Option<&'static str>,
+    pub matched_by: Option<std::borrow::Cow<'static, str>>,
     /// `no-address`, `no-match`, `conflict`, `unresolved-override` or `directory-not-read`.
-    pub unmatched: Option<&'static str>,
+    pub unmatched: Option<std::borrow::Cow<'static, str>>,
     /// Availability and activity.
     pub presence: Option<(String, String)>,
     /// The integration user whose subscription covers it.
@@ -535,7 +535,7 @@ pub struct UserRowView {
 }
 
 /// A page of the list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UsersPageView {
     /// Users matching the query.
     pub total: u32,
@@ -544,7 +544,7 @@ pub struct UsersPageView {
 }
 
 /// Switchboard users by outcome (WIT `users.mapping-counts`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct MappingCountsView {
     /// Read.
     pub switchboard_users: u32,

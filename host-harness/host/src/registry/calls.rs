@@ -178,6 +178,26 @@ impl Registry {
         r
     }
 
+    /// Runs `method path` (with a JSON `body`) for `name` on the host that runs it, and
+    /// answers its status and JSON body (`Null` when it is not JSON).
+    pub(crate) async fn ask_owner(
+        &self,
+        name: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default()).expect("a request");
+        let r = self.call_owner(name, req).await;
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), MAX_CALL_BODY).await.unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
     /// An answer arrived (`<caller>/<id>`): wakes the call waiting for it, if this host's.
     pub(super) fn answered(&self, payload: &str) {
         let Some(leases) = &self.launch.leases else { return };

@@ -129,6 +129,8 @@ impl Registry {
         });
         h.shutdown();
         h.stopped().await;
+        // Its metrics are the new owner's to show.
+        self.launch.metrics.remove_integration(name);
         tracing::info!(integration = %name, "integration stopped here");
     }
 

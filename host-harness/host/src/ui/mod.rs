@@ -275,6 +275,59 @@ async fn status_of(ui: &Ui, name: &str) -> Option<crate::status::StatusView> {
     tokio::time::timeout(STATUS_WITHIN, h.status()).await.ok()?.ok()
 }
 
+/// `s` as a URL path segment.
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The status mark and synced users of `name`, from the host that runs it (this one, or,
+/// several hosts, another one, asked through the database).
+async fn brief_of(ui: &Ui, name: &str) -> (pages::Mark, Option<u32>) {
+    if ui.app.registry.runs_elsewhere(name) {
+        let path = format!("/status/{name}");
+        let asked = tokio::time::timeout(STATUS_WITHIN, ui.app.registry.ask_owner(name, "GET", &path, None));
+        return match asked.await {
+            Ok((StatusCode::OK, s)) => (pages::Mark::of_json(&s), s["users"].as_u64().map(|u| u as u32)),
+            _ => (pages::Mark::None, None),
+        };
+    }
+    let s = status_of(ui, name).await;
+    (pages::Mark::of(s.as_ref()), s.map(|s| s.users))
+}
+
+/// A page of the users list and the counts, from the host that runs `name`; `None` when its
+/// plugin has no users list (or it did not answer).
+async fn users_of(
+    ui: &Ui,
+    name: &str,
+    q: crate::status::UsersQuery,
+) -> Option<(crate::status::UsersPageView, crate::status::MappingCountsView)> {
+    if ui.app.registry.runs_elsewhere(name) {
+        let filter = serde_json::to_value(q.filter).ok()?;
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("search", &q.search)
+            .append_pair("filter", filter.as_str().unwrap_or("all"))
+            .append_pair("offset", &q.offset.to_string())
+            .append_pair("limit", &q.limit.to_string())
+            .finish();
+        let (code, v) =
+            ui.app.registry.ask_owner(name, "GET", &format!("/integrations/{name}/users?{query}"), None).await;
+        if code != StatusCode::OK {
+            return None;
+        }
+        let page = crate::status::UsersPageView {
+            total: v["total"].as_u64()? as u32,
+            rows: serde_json::from_value(v["rows"].clone()).ok()?,
+        };
+        return Some((page, serde_json::from_value(v["counts"].clone()).ok()?));
+    }
+    let h = ui.app.registry.get(name)?;
+    match (h.users_page(q).await, h.mapping_counts().await) {
+        (Ok(Some(list)), Ok(Some(counts))) => Some((list, counts)),
+        _ => None,
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ListQuery {
     deleted: Option<String>,
@@ -285,12 +338,12 @@ async fn list(State(ui): State<Ui>, headers: HeaderMap, Query(q): Query<ListQuer
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
     let mut rows = Vec::new();
     for e in ui.app.registry.entries() {
-        let s = status_of(&ui, &e.config.name).await;
+        let (mark, users) = brief_of(&ui, &e.config.name).await;
         rows.push(pages::Row {
             display_name: e.config.display_name.clone().unwrap_or_else(|| e.config.name.clone()),
             name: e.config.name,
-            users: s.as_ref().map(|s| s.users),
-            mark: pages::Mark::of(s.as_ref()),
+            users,
+            mark,
         });
     }
     rows.sort_by_key(|r| r.display_name.to_lowercase());
@@ -479,14 +532,17 @@ async fn edit_form(
     let Some(e) = ui.app.registry.entry(&name) else {
         return (StatusCode::NOT_FOUND, "no such integration").into_response();
     };
-    let s = status_of(&ui, &name).await;
-    let mut v = view_of(&e, Some(pages::Mark::of(s.as_ref())));
+    let (mark, _) = brief_of(&ui, &name).await;
+    let mut v = view_of(&e, Some(mark));
     v.automated_available = ui.app.registry.platform_client_id().is_some();
     if !e.config.manual_client_setup {
         v.consent_url = Some(format!("/ui/integrations/{name}/consent"));
     }
     if let Some(h) = ui.app.registry.get(&name) {
         v.counts = tokio::time::timeout(STATUS_WITHIN, h.mapping_counts()).await.ok().and_then(|r| r.ok()).flatten();
+    } else if ui.app.registry.runs_elsewhere(&name) {
+        let one = crate::status::UsersQuery { search: String::new(), filter: Default::default(), offset: 0, limit: 1 };
+        v.counts = tokio::time::timeout(STATUS_WITHIN, users_of(&ui, &name, one)).await.ok().flatten().map(|(_, c)| c);
     }
     v.notice = match (q.saved, q.synced) {
         (Some(_), _) => Some("Saved.".into()),
@@ -585,6 +641,24 @@ async fn start_sign_in(State(ui): State<Ui>, headers: HeaderMap, Path(name): Pat
         Err(r) => return r,
     };
     let user = form.get("user").to_string();
+    if ui.app.registry.runs_elsewhere(&name) {
+        // Its sign-in runs where the integration runs (which keeps the refresh token).
+        let path = format!("/integrations/{name}/users/{}/device-code", encode(&user));
+        return match ui.app.registry.ask_owner(&name, "POST", &path, None).await {
+            (StatusCode::ACCEPTED, v) => match serde_json::from_value::<crate::signin::SignIn>(v) {
+                Ok(state) => page(StatusCode::OK, pages::sign_in(&name, &user, &state, &csrf)),
+                Err(_) => (StatusCode::BAD_GATEWAY, "the host that runs it answered something else").into_response(),
+            },
+            (code, v) => {
+                let detail = v["error"].as_str().unwrap_or("the host that runs it did not start it").to_string();
+                let state = crate::signin::SignIn::Failed { code: "not-started".into(), detail };
+                page(
+                    if code.is_client_error() { code } else { StatusCode::BAD_GATEWAY },
+                    pages::sign_in(&name, &user, &state, &csrf),
+                )
+            }
+        };
+    }
     match ui.app.sign_ins.start(&ui.app.registry, &name, &user).await {
         Ok(state) => page(StatusCode::OK, pages::sign_in(&name, &user, &state, &csrf)),
         Err(e) => {
@@ -606,6 +680,16 @@ async fn sign_in_state(
     Query(q): Query<SignInQuery>,
 ) -> Response {
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
+    if ui.app.registry.runs_elsewhere(&name) {
+        let path = format!("/integrations/{name}/users/{}/device-code", encode(&q.user));
+        return match ui.app.registry.ask_owner(&name, "GET", &path, None).await {
+            (StatusCode::OK, v) => match serde_json::from_value::<crate::signin::SignIn>(v) {
+                Ok(state) => page(StatusCode::OK, pages::sign_in(&name, &q.user, &state, &csrf)),
+                Err(_) => (StatusCode::BAD_GATEWAY, "the host that runs it answered something else").into_response(),
+            },
+            _ => (StatusCode::NOT_FOUND, "no sign-in was started for this user").into_response(),
+        };
+    }
     match ui.app.sign_ins.get(&name, &q.user) {
         Some(state) => page(StatusCode::OK, pages::sign_in(&name, &q.user, &state, &csrf)),
         None => (StatusCode::NOT_FOUND, "no sign-in was started for this user").into_response(),
@@ -631,9 +715,12 @@ async fn users_list(
     q: Result<Query<UsersAskQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
-    let (Some(e), Some(h)) = (ui.app.registry.entry(&name), ui.app.registry.get(&name)) else {
+    let Some(e) = ui.app.registry.entry(&name) else {
         return (StatusCode::NOT_FOUND, "no such integration").into_response();
     };
+    if ui.app.registry.get(&name).is_none() && !ui.app.registry.runs_elsewhere(&name) {
+        return (StatusCode::NOT_FOUND, "no such integration").into_response();
+    }
     let Ok(Query(q)) = q else { return (StatusCode::BAD_REQUEST, "unknown filter or page").into_response() };
     let page = q.page.unwrap_or(1).max(1);
     let query = crate::status::UsersQuery {
@@ -642,7 +729,7 @@ async fn users_list(
         offset: (page - 1).saturating_mul(USERS_PER_PAGE),
         limit: USERS_PER_PAGE,
     };
-    let (Ok(Some(list)), Ok(Some(counts))) = (h.users_page(query.clone()).await, h.mapping_counts().await) else {
+    let Some((list, counts)) = users_of(&ui, &name, query.clone()).await else {
         return (StatusCode::NOT_IMPLEMENTED, "this integration's plugin has no users list (WIT 3.2 or earlier)")
             .into_response();
     };
@@ -667,6 +754,8 @@ async fn change(State(ui): State<Ui>, headers: HeaderMap, Path(name): Path<Strin
         "sync-now" => {
             if let Some(h) = ui.app.registry.get(&name) {
                 let _ = h.sync_now().await;
+            } else if ui.app.registry.runs_elsewhere(&name) {
+                let _ = ui.app.registry.ask_owner(&name, "POST", &format!("/integrations/{name}/sync-now"), None).await;
             }
             Redirect::to(&format!("/ui/integrations/{name}?synced=1")).into_response()
         }

@@ -34,6 +34,25 @@ impl Mark {
         }
     }
 
+    /// The mark of a status as the API shows it (an integration another host runs).
+    pub(super) fn of_json(s: &serde_json::Value) -> Mark {
+        let text = |k: &str| s[k].as_str().map(str::to_string);
+        match s["state"].as_str() {
+            Some("ok") => Mark::Ok { code: None, hint: None },
+            Some("degraded") => Mark::Ok { code: text("code"), hint: text("hint") },
+            Some("missing-credentials") => {
+                let missing: Vec<&str> =
+                    s["missing"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+                Mark::Bad { code: "Missing credentials".into(), hint: format!("Enter: {}.", missing.join(", ")) }
+            }
+            Some("error") => Mark::Bad {
+                code: text("code").unwrap_or_else(|| "error".into()),
+                hint: text("hint").unwrap_or_default(),
+            },
+            _ => Mark::None,
+        }
+    }
+
     fn render(&self) -> Markup {
         match self {
             Mark::Ok { code: None, .. } => html! { span.ok title="Ok" { "✓" } " Ok" },
@@ -364,8 +383,8 @@ pub(super) fn users(
                             td { (r.emails.join(", ")) }
                             td.ms { @if let Some(m) = &r.microsoft_user { (m) } @else { span.bad { "–" } } }
                             td.how {
-                                @if let Some(m) = r.matched_by { (m) }
-                                @if let Some(u) = r.unmatched { span.bad { (u) } }
+                                @if let Some(m) = &r.matched_by { (m) }
+                                @if let Some(u) = &r.unmatched { span.bad { (u) } }
                                 @if let Some(c) = &r.conflict { br; span.muted { "conflict: " (c) } }
                             }
                             td { @if let Some((a, act)) = &r.presence { (a) " / " (act) } }
