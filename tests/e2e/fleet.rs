@@ -289,8 +289,9 @@ fn presence_load(
         let mut k = 0usize;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
+            // User 0 of each tenant is left alone (the tests put it in calls).
             let t = k % integrations;
-            let u = &user_ids[t][(k / integrations) % USERS];
+            let u = &user_ids[t][1 + (k / integrations) % (USERS - 1)];
             let (a, act) = states[(k / (integrations * USERS)) % states.len()];
             emu.set_presence(&tenant(t), u, a, act, false);
             changes.fetch_add(1, Ordering::Relaxed);
@@ -310,10 +311,33 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
     // Kill each host in turn under load; its integrations resume on the others in time;
     // started again, it takes its share back.
     let mut handovers = Vec::new();
+    let client = e2e_tests::admin_client();
     for i in 0..HOSTS {
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // A call on the mobile line of a user of an integration this host runs: Teams shows
+        // "In a call" (set by this host).
+        let name = fleet.placement().await.into_iter().find(|(_, on)| on[0].0 == i).map(|(n, _)| n).unwrap();
+        let t: usize = name[1..].parse().unwrap();
+        let user0 = emu.with_world(|w| w.tenants.values().find(|x| x.id == tenant(t)).unwrap().users[0].id.clone());
+        emu.set_presence(&tenant(t), &user0, "Available", "Available", false);
+        let base = fleet.hosts[i].as_ref().unwrap().1.admin_base();
+        let r = client
+            .post(format!("{base}/switchboard/{name}/users/sb-00000/line-events"))
+            .header("content-type", "application/json")
+            .body(r#"{"state": "connected"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        until(&format!("{name}: Teams shows In a call"), async || emu.truth(&tenant(t))[&user0].1 == "InACall").await;
         fleet.kill(i).await;
         handovers.push(fleet.wait_placed(HANDOVER_WITHIN).await);
+        // The host that took it over finds no such call in its switchboard: "In a call" is
+        // cleared, not left until the session runs out at Microsoft.
+        until(&format!("{name}: In a call cleared after the takeover"), async || {
+            emu.truth(&tenant(t))[&user0].1 != "InACall"
+        })
+        .await;
         fleet.start_host(i).await;
         fleet.wait_balanced(Duration::from_secs(60)).await;
     }

@@ -87,15 +87,12 @@ async fn brief(st: &AppState, name: &str) -> serde_json::Value {
 
 /// The short status of an integration another host runs, asked of that host.
 async fn brief_elsewhere(st: &AppState, name: &str) -> serde_json::Value {
-    let req = axum::http::Request::get(format!("/status/{name}")).body(axum::body::Body::empty()).expect("a request");
-    let asked = tokio::time::timeout(LIST_STATUS_WITHIN, st.registry.call_owner(name, req)).await;
-    let status = match asked {
-        Ok(r) if r.status().is_success() => axum::body::to_bytes(r.into_body(), 1 << 20).await.ok(),
-        _ => None,
-    };
-    match status.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
-        Some(s) => json!({ "state": s["state"], "code": s["code"], "hint": s["hint"], "users": s["users"] }),
-        None => json!({ "state": null }),
+    let path = format!("/status/{name}");
+    match tokio::time::timeout(LIST_STATUS_WITHIN, st.registry.ask_owner(name, "GET", &path, None)).await {
+        Ok((StatusCode::OK, s)) => {
+            json!({ "state": s["state"], "code": s["code"], "hint": s["hint"], "users": s["users"] })
+        }
+        _ => json!({ "state": null }),
     }
 }
 

@@ -119,7 +119,12 @@ async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> Respo
         && st.registry.runs_elsewhere(name)
     {
         let name = name.to_string();
-        return st.registry.call_owner(&name, req).await;
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, crate::registry::MAX_CALL_BODY, BODY_READ_TIMEOUT).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return st.registry.call_owner(&name, parts, &body).await;
     }
     next.run(req).await
 }

@@ -92,21 +92,17 @@ impl Registry {
         let _ = self.calls.router.set(router);
     }
 
-    /// Runs `req` (for integration `name`, which runs on another host) on its owner.
-    pub(crate) async fn call_owner(&self, name: &str, req: Request<Body>) -> Response {
+    /// Runs a request (its head, and its body, read by the caller: at most [`MAX_CALL_BODY`])
+    /// for integration `name`, which runs on another host, on its owner.
+    pub(crate) async fn call_owner(&self, name: &str, parts: axum::http::request::Parts, body: &[u8]) -> Response {
         let Some(leases) = self.launch.leases.clone() else {
             return answer(StatusCode::NOT_FOUND, "no such integration");
-        };
-        let (parts, body) = req.into_parts();
-        let body = match crate::web::read_body(body, MAX_CALL_BODY, crate::web::BODY_READ_TIMEOUT).await {
-            Ok(b) => b,
-            Err(r) => return r,
         };
         let wire = WireRequest {
             method: parts.method.to_string(),
             uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| parts.uri.path().to_string()),
             content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string),
-            body: b64(&body),
+            body: b64(body),
         };
         let sealed = self.launch.host.kek.seal(&place(name), &serde_json::to_vec(&wire).expect("serializable"));
         let (n, me) = (name.to_string(), leases.me.clone());
@@ -191,8 +187,9 @@ impl Registry {
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default()).expect("a request");
-        let r = self.call_owner(name, req).await;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (parts, _) = req.body(()).expect("a request").into_parts();
+        let r = self.call_owner(name, parts, body.as_bytes()).await;
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), MAX_CALL_BODY).await.unwrap_or_default();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))

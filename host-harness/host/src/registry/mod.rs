@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 mod calls;
 mod fleet;
 
+pub use calls::MAX_CALL_BODY;
 pub(crate) use calls::owner_path;
 pub(crate) use fleet::keep;
 
