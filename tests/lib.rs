@@ -270,28 +270,21 @@ pub fn inject_fault(sc: &Scenario, method: &str, path: &str, status: u16, retry_
     });
 }
 
-/// A round-robin TCP load balancer on loopback in front of `backends` (what stands before
-/// several hosts): each connection goes to the next backend that accepts one, a dead one is
-/// skipped. Runs until the test ends; answers its address.
+/// A round-robin TCP load balancer on loopback in front of `backends` (see
+/// [`presence_demo::round_robin`]); answers its address.
 pub async fn round_robin(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let addr = listener.local_addr().expect("its address");
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let backends = backends.clone();
-            let first = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                for k in 0..backends.len() {
-                    let to = backends[(first + k) % backends.len()];
-                    let connect = tokio::net::TcpStream::connect(to);
-                    if let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    presence_demo::round_robin(backends).await.expect("a loopback port for the balancer")
+}
+
+/// Posts a line event (`connected`, `ended`, ...) of switchboard user `user` of integration
+/// `name` to the admin listener at `admin_base`; answers the status and body.
+pub async fn line_event(admin_base: &str, name: &str, user: &str, state: &str) -> (u16, String) {
+    let r = admin_client()
+        .post(format!("{admin_base}/switchboard/{name}/users/{user}/line-events"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"state": "{state}"}}"#))
+        .send()
+        .await
+        .expect("the host answers");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
 }

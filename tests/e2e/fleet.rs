@@ -311,7 +311,6 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
     // Kill each host in turn under load; its integrations resume on the others in time;
     // started again, it takes its share back.
     let mut handovers = Vec::new();
-    let client = e2e_tests::admin_client();
     for i in 0..HOSTS {
         tokio::time::sleep(Duration::from_secs(3)).await;
         // A call on the mobile line of a user of an integration this host runs: Teams shows
@@ -321,14 +320,7 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
         let user0 = emu.with_world(|w| w.tenants.values().find(|x| x.id == tenant(t)).unwrap().users[0].id.clone());
         emu.set_presence(&tenant(t), &user0, "Available", "Available", false);
         let base = fleet.hosts[i].as_ref().unwrap().1.admin_base();
-        let r = client
-            .post(format!("{base}/switchboard/{name}/users/sb-00000/line-events"))
-            .header("content-type", "application/json")
-            .body(r#"{"state": "connected"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        assert_eq!(e2e_tests::line_event(&base, &name, "sb-00000", "connected").await.0, 202);
         until(&format!("{name}: Teams shows In a call"), async || emu.truth(&tenant(t))[&user0].1 == "InACall").await;
         fleet.kill(i).await;
         handovers.push(fleet.wait_placed(HANDOVER_WITHIN).await);
@@ -501,14 +493,8 @@ async fn admin_calls_and_line_events_reach_the_owner_from_any_host() {
         // A line event taken by the other host puts "In a call" in Teams, and its end clears it.
         let user0 = emu.with_world(|w| w.tenants.values().find(|x| x.id == tenant(t)).unwrap().users[0].id.clone());
         for (state, want) in [("connected", "InACall"), ("ended", "Available")] {
-            let r = client
-                .post(format!("{base}/switchboard/{name}/users/sb-00000/line-events"))
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"state": "{state}"}}"#))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            let (code, body) = e2e_tests::line_event(&base, name, "sb-00000", state).await;
+            assert_eq!(code, 202, "{body}");
             until(&format!("{name}: Teams shows {want}"), async || emu.truth(&tenant(t))[&user0].1 == want).await;
         }
         // Sync now, through the other host.

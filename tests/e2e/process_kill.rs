@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use presence_demo::{DEMO_CLIENT, DEMO_TENANT, switchboard_users};
 use switchboard_sim::Switchboard;
 
-use e2e_tests::{admin_client, admin_get as get, spawn_host_on_any_port as spawn};
+use e2e_tests::{admin_get as get, spawn_host_on_any_port as spawn};
 
 /// Waits until the host process has nothing on its way: the emulator delivered every
 /// notification it queued, the host processed every one it took, and the plugin waits for
@@ -63,14 +63,7 @@ async fn sigkill_mid_call_leaves_teams_right_within_the_session_expiry() {
     let user0 = emu.with_world(|w| w.tenants.values().next().unwrap().users[0].id.clone());
     let teams = || emu.truth(DEMO_TENANT)[&user0].clone();
     assert_eq!(teams(), ("Available".into(), "Available".into()));
-    let r = admin_client()
-        .post(format!("{base}/switchboard/contoso/users/sb-00000/line-events"))
-        .header("content-type", "application/json")
-        .body(r#"{"state": "connected"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(e2e_tests::line_event(&base, "contoso", "sb-00000", "connected").await.0, 202);
     let end = Instant::now() + Duration::from_secs(30);
     while teams().1 != "InACall" && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;

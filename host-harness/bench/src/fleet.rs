@@ -162,7 +162,7 @@ impl Fleet {
         let ports: Vec<u16> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
             .collect::<Result<_, _>>()?;
-        let lb = round_robin(ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect()).await?;
+        let lb = presence_demo::round_robin(ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect()).await?;
         let public = format!("http://{lb}");
         let configs = (0..n)
             .map(|i| config(i, ports[i], &public, dir.path(), &emu_url, db, &kek))
@@ -298,30 +298,6 @@ async fn fleet_total(server: &Server, n: usize, notifications: usize) -> anyhow:
     }
     fleet.stop().await;
     Ok((rate, None))
-}
-
-/// A round-robin TCP balancer on loopback in front of `backends` (a dead one is skipped);
-/// runs until the process ends.
-async fn round_robin(backends: Vec<std::net::SocketAddr>) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let backends = backends.clone();
-            let first = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                for k in 0..backends.len() {
-                    let connect = tokio::net::TcpStream::connect(backends[(first + k) % backends.len()]);
-                    if let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// Posts each (url, body) with `concurrency` clients.

@@ -720,3 +720,28 @@ fn print_sample(sc: &Scenario, n: usize) {
         );
     }
 }
+
+/// A round-robin TCP balancer on loopback in front of `backends` (what stands before several
+/// hosts): each connection goes to the next backend that accepts one, a dead one is skipped.
+/// Runs until the process ends; answers its address.
+pub async fn round_robin(backends: Vec<std::net::SocketAddr>) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let backends = backends.clone();
+            let first = next.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                for k in 0..backends.len() {
+                    let connect = tokio::net::TcpStream::connect(backends[(first + k) % backends.len()]);
+                    if let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}

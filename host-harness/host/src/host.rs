@@ -202,30 +202,25 @@ impl Host {
     /// Stops this host as a crash would (a failover drill, the benchmarks): its listeners and
     /// integrations stop where they are, and its leases are not handed over: the other hosts
     /// take them when they run out.
-    pub async fn abandon(mut self) {
-        if let Some(k) = self.keeper.take() {
-            k.abort();
-            let _ = k.await;
-        }
-        let integrations = self.integrations();
-        for h in integrations.values() {
-            h.shutdown();
-        }
-        if let Some((p, a)) = self.server.take() {
-            tokio::join!(p.stop(), a.stop());
-        }
-        for h in integrations.values() {
-            h.stopped().await;
-        }
+    pub async fn abandon(self) {
+        self.halt(false).await;
     }
 
     /// Stops the listener and the integrations (several hosts: hands their leases over, so
     /// that the others take them at once).
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.halt(true).await;
+    }
+
+    /// Stops the keeper (handing the leases over, or not, as a crash), the integrations and
+    /// the listeners.
+    async fn halt(mut self, hand_over: bool) {
         if let Some(k) = self.keeper.take() {
             k.abort();
             let _ = k.await;
-            self.registry.hand_over().await;
+            if hand_over {
+                self.registry.hand_over().await;
+            }
         }
         let integrations = self.integrations();
         for h in integrations.values() {
