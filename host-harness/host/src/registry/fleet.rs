@@ -85,10 +85,9 @@ impl Registry {
         self.launch.leases.as_ref()
     }
 
-    /// Starts `name` here (this host just took its lease), on its configuration as the
-    /// shared records have it now; finishes its delete when one was under way.
-    async fn run_here(&self, name: &str) -> anyhow::Result<()> {
-        let record = self.launch.records()?.remove(name);
+    /// Starts `name` here (this host just took its lease), on its configuration as its shared
+    /// `record` has it now (none: the file's); finishes its delete when one was under way.
+    async fn run_here(&self, name: &str, record: Option<Record>) -> anyhow::Result<()> {
         let (config, source, deleting) = match (record, self.entry(name)) {
             (Some(Record::Active { config }), _) => (IntegrationConfig::from(config), Source::AdminApi, false),
             (Some(Record::Deleting { config }), _) => (IntegrationConfig::from(config), Source::AdminApi, true),
@@ -378,15 +377,28 @@ async fn round(registry: &Arc<Registry>, leases: &Arc<Leases>) {
 
 /// Starts the integrations whose leases were just taken, some at once.
 async fn start_all(registry: &Arc<Registry>, leases: &Arc<Leases>, names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    // The shared records, read (and opened) once for all of them.
+    let mut records = registry.launch.records().map_err(|e| format!("{e:#}"));
     let mut set = tokio::task::JoinSet::new();
     for name in names {
+        let record = match &mut records {
+            Ok(all) => Ok(all.remove(&name)),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
         while set.len() >= START_CONCURRENCY {
             set.join_next().await;
         }
         let (registry, leases) = (registry.clone(), leases.clone());
         set.spawn(async move {
             let started = Instant::now();
-            match registry.run_here(&name).await {
+            let started_here = match record {
+                Ok(record) => registry.run_here(&name, record).await,
+                Err(e) => Err(e),
+            };
+            match started_here {
                 Ok(()) => tracing::info!(integration = %name, ms = started.elapsed().as_millis() as u64, "lease taken"),
                 Err(e) => {
                     tracing::error!(
