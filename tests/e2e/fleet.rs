@@ -592,6 +592,9 @@ async fn an_inbox_row_that_commits_late_is_still_taken() {
     let writer = store.handle().spawn(async move {
         let mut c = pool.get().await.unwrap();
         let t = c.transaction().await.unwrap();
+        // Held open for as long as the test needs (the store's sessions end after 5 s idle
+        // inside a transaction).
+        t.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0").await.unwrap();
         let id: i64 = t
             .query_one(
                 "INSERT INTO inbox (integration, kind, body, received_ms) VALUES ('contoso', 'notifications', $1, 0) RETURNING id",

@@ -497,4 +497,55 @@ mod tests {
             assert_eq!(["a", "b", "c", "d"].map(|h| share(&v, h)).iter().sum::<usize>(), total);
         }
     }
+
+    /// A host frozen inside a transaction (SIGSTOP while a write held the lease row) does not
+    /// keep the others from taking its integration over: the server ends its session.
+    #[test]
+    fn a_host_frozen_inside_a_transaction_holds_no_lease_hostage() {
+        use crate::store::StateStore;
+        use crate::store::postgres::{IDLE_IN_TRANSACTION, scratch_database, test_server_url};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = rt.block_on(scratch_database(&test_server_url(), "lease")).unwrap();
+        let frozen = PgStore::connect_host(&url, "frozen").unwrap();
+        let pool = frozen.pool().clone();
+        // The frozen host's write: the lease row locked as every fenced write locks it, a
+        // row of the integration's state written, and then nothing more is ever sent.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        frozen.handle().spawn(async move {
+            let mut c = pool.get().await.unwrap();
+            c.batch_execute(
+                "INSERT INTO lease (integration, owner, token, expires_at) VALUES ('f', 'frozen', 1, now() + interval '1 second')",
+            )
+            .await
+            .unwrap();
+            let t = c.transaction().await.unwrap();
+            t.batch_execute(
+                "SELECT token FROM lease WHERE integration = 'f' FOR SHARE;
+                 INSERT INTO kv (integration, key, value) VALUES ('f', 'k', 'frozen')",
+            )
+            .await
+            .unwrap();
+            locked.send(()).unwrap();
+            // Holds the transaction (and the connection) as a stopped process would.
+            std::future::pending::<()>().await;
+            drop(t);
+        });
+        is_locked.recv().unwrap();
+        let other = Arc::new(PgStore::connect_host(&url, "other").unwrap());
+        let leases = Leases::new(other.clone(), "other".into());
+        let start = Instant::now();
+        loop {
+            if rt.block_on(leases.acquire(1)).unwrap() == ["f"] {
+                break;
+            }
+            assert!(
+                start.elapsed() < LEASE_TTL + IDLE_IN_TRANSACTION * 4,
+                "the lease of a host frozen inside a transaction was never taken over"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The new owner writes the state the frozen host had locked.
+        other.set("f", "k", b"mine").unwrap();
+        assert_eq!(other.get("f", "k").unwrap(), Some(b"mine".to_vec()));
+    }
 }

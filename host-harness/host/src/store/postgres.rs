@@ -32,6 +32,13 @@ mod embedded {
 pub const POOL_WAIT: Duration = Duration::from_secs(5);
 /// The longest a statement may run (`statement_timeout`).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session may sit inside a transaction without sending anything
+/// (`idle_in_transaction_session_timeout`): a host frozen there (SIGSTOP, a paused VM, a
+/// partition) holds row locks, the lease row's among them, and would keep any other host
+/// from taking its integrations over; the server ends its session, and the locks go with it,
+/// well before the lease runs out ([`crate::lease::LEASE_TTL`]). The host's transactions
+/// send their statements back to back, never waiting on anything else in between.
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// Connections per host.
 pub const POOL_SIZE: usize = 16;
 /// The advisory lock hosts take to migrate one at a time.
@@ -94,7 +101,11 @@ pub fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     let mut c = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("the PostgreSQL connection string is not valid: {e}"))?;
     c.connect_timeout(POOL_WAIT);
-    c.options(format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
+    c.options(format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION.as_millis()
+    ));
     c.application_name(APPLICATION_NAME);
     Ok(c)
 }
