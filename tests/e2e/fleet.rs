@@ -35,13 +35,23 @@ struct Fleet {
     ports: Vec<u16>,
     hosts: Vec<Option<(tokio::process::Child, HostAddrs)>>,
     db: String,
+    /// The journal every host's switchboard writes each update to: what one switchboard that
+    /// all hosts feed receives, in order (see `switchboard_sim::Journal`).
+    journal: PathBuf,
 }
 
 impl Fleet {
     async fn start_host(&mut self, i: usize) {
-        let (child, addrs) =
-            spawn_host_env(&self.dirs[i].join("host.toml"), &[], None, &[("PRESENCE_DATABASE_URL", self.db.as_str())])
-                .await;
+        let (child, addrs) = spawn_host_env(
+            &self.dirs[i].join("host.toml"),
+            &[],
+            None,
+            &[
+                ("PRESENCE_DATABASE_URL", self.db.as_str()),
+                (switchboard_sim::JOURNAL_ENV, self.journal.to_str().unwrap()),
+            ],
+        )
+        .await;
         assert_eq!(addrs.public.port(), self.ports[i]);
         self.hosts[i] = Some((child, addrs));
     }
@@ -213,6 +223,7 @@ async fn setup(hosts: usize, integrations: usize) -> Setup {
         ports,
         hosts: (0..hosts).map(|_| None).collect(),
         db: db.clone(),
+        journal: root.path().join("switchboard-journal"),
     };
     for i in 0..hosts {
         fleet.start_host(i).await;
@@ -402,6 +413,109 @@ async fn three_hosts_share_the_integrations_and_each_sigkill_is_taken_over() {
     let (writes, stale, examples) = audited(&store);
     assert!(writes > 0);
     assert_eq!(stale, 0, "writes by a host without the lease: {examples:?}");
+
+    // One switchboard fed by all hosts: nothing from a host that had lost the lease, and it
+    // shows what Teams shows.
+    let r = assert_one_switchboard_shows_teams(&fleet, &emu).await;
+    eprintln!("the switchboard took {} updates, {} shown again unchanged by a new owner", r.updates, r.repeated);
+}
+
+/// What the switchboard that all hosts feed received, from the fleet's journal.
+struct Received {
+    /// Updates in all.
+    updates: usize,
+    /// Updates that came from a host after another host, holding a newer lease of the
+    /// integration, had shown something: presence shown twice, the older after the newer.
+    stale: Vec<String>,
+    /// Updates shown again by the next owner exactly as shown before (a replay after a
+    /// takeover; nothing visible changes).
+    repeated: usize,
+    /// What it shows at the end: (integration, user) → (Microsoft user, availability, activity).
+    shown: BTreeMap<(String, String), (String, String, String)>,
+}
+
+fn received(journal: &Path) -> Received {
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    let mut greatest: BTreeMap<String, i64> = BTreeMap::new();
+    let mut owner_of: BTreeMap<(String, i64), String> = BTreeMap::new();
+    let mut r = Received { updates: 0, stale: vec![], repeated: 0, shown: BTreeMap::new() };
+    let mut last_token: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for line in text.lines() {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("journal line {line}: {e}"));
+        let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+        let (integration, user) = (s("integration"), s("user"));
+        let token = l["token"].as_i64().expect("every update of a fleet's host carries its lease's token");
+        r.updates += 1;
+        // One host per token.
+        let host = owner_of.entry((integration.clone(), token)).or_insert_with(|| s("host"));
+        assert_eq!(*host, s("host"), "two hosts published {integration} under token {token}");
+        let g = greatest.entry(integration.clone()).or_insert(token);
+        if token < *g {
+            r.stale.push(format!("{} published {} {user} under token {token} after token {g}", s("host"), s("op")));
+            continue; // the switchboard drops it (the fence rule)
+        }
+        *g = token;
+        let key = (integration, user);
+        let value = (s("microsoft_user"), s("availability"), s("activity"));
+        let before = last_token.insert(key.clone(), token);
+        if s("op") == "withdraw" {
+            r.shown.remove(&key);
+        } else {
+            if before.is_some_and(|b| b < token) && r.shown.get(&key) == Some(&value) {
+                r.repeated += 1;
+            }
+            r.shown.insert(key, value);
+        }
+    }
+    r
+}
+
+/// The journal's reading finds an update from a host after its successor's, and a replay.
+#[test]
+fn the_journal_check_finds_a_stale_update_and_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let line = |host: &str, token: i64, act: &str| {
+        format!(
+            r#"{{"integration":"t0","op":"publish","user":"sb-1","microsoft_user":"m1","availability":"Busy","activity":"{act}","origin":"teams","host":"{host}","token":{token},"dropped":false}}"#
+        )
+    };
+    let lines =
+        [line("h0", 1, "InACall"), line("h1", 2, "InACall"), line("h0", 1, "Away"), line("h1", 2, "InAMeeting")];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let r = received(&path);
+    assert_eq!(r.updates, 4);
+    assert_eq!(r.stale, ["h0 published publish sb-1 under token 1 after token 2"]);
+    assert_eq!(r.repeated, 1, "h1 showed InACall again");
+    assert_eq!(r.shown[&("t0".to_string(), "sb-1".to_string())].2, "InAMeeting");
+}
+
+/// The switchboard that all hosts feed never got an update from a host that had lost the
+/// lease to one that already showed something, and shows what Teams shows for every user.
+async fn assert_one_switchboard_shows_teams(fleet: &Fleet, emu: &graph_emulator::Emulator) -> Received {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = received(&fleet.journal);
+        assert!(r.stale.is_empty(), "a host published after it lost the lease: {:?}", r.stale);
+        let mut wrong = Vec::new();
+        for t in 0..fleet.integrations {
+            let truth = emu.truth(&tenant(t));
+            for ((i, user), (ms, a, act)) in r.shown.iter().filter(|((i, _), _)| *i == format!("t{t}")) {
+                if truth.get(ms).is_none_or(|(ta, tact)| ta != a || tact != act) {
+                    wrong.push(format!("{i}/{user}: {a}/{act}, Teams: {:?}", truth.get(ms)));
+                }
+            }
+            let shown = r.shown.keys().filter(|(i, _)| *i == format!("t{t}")).count();
+            if shown != USERS {
+                wrong.push(format!("t{t}: {shown} of {USERS} users show a presence"));
+            }
+        }
+        if wrong.is_empty() {
+            return r;
+        }
+        assert!(Instant::now() < end, "the switchboard does not show what Teams shows: {wrong:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a host process.
@@ -457,6 +571,9 @@ async fn a_host_paused_past_its_lease_writes_nothing_when_it_resumes() {
     for s in emu.subscriptions() {
         assert!(seen.insert((s.tenant.clone(), s.creator_id.clone())), "a duplicate subscription: {}", s.id);
     }
+    // Nor did it show anything after host 1 took over.
+    let r = assert_one_switchboard_shows_teams(&fleet, &emu).await;
+    eprintln!("the switchboard took {} updates", r.updates);
 }
 
 /// Waits until `f` holds, or fails with `what`.

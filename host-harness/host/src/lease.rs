@@ -189,6 +189,17 @@ impl Leases {
         self.held.lock().unwrap().get(integration).is_some_and(|h| h.valid_until > Instant::now())
     }
 
+    /// The fence under which this host acts for `integration` now, if it may (see
+    /// [`Leases::may_act`]).
+    pub fn fence(&self, integration: &str) -> Option<crate::switchboard::Fence> {
+        self.held
+            .lock()
+            .unwrap()
+            .get(integration)
+            .filter(|h| h.valid_until > Instant::now())
+            .map(|h| crate::switchboard::Fence { host: self.me.clone(), token: h.token })
+    }
+
     /// The integrations whose lease this host holds.
     pub fn held(&self) -> Vec<String> {
         let mut v: Vec<String> = self.held.lock().unwrap().keys().cloned().collect();

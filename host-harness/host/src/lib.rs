@@ -97,4 +97,4 @@ pub use integration::IntegrationHandle;
 pub use registry::Registry;
 pub use status::{StatusView, SwapOutcome, SwapReport};
 pub use store::{PgStore, SqliteStore, StateStore};
-pub use switchboard::{Switchboard, Switchboards};
+pub use switchboard::{Fence, Switchboard, Switchboards};

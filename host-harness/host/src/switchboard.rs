@@ -17,6 +17,17 @@ pub use crate::bindings::types::{PresenceOrigin, TeamsPresence};
 #[error("no switchboard user {0}")]
 pub struct UnknownUser(pub String);
 
+/// The lease under which a host of a fleet (several hosts on one PostgreSQL database) shows
+/// an integration's presence: the host's id and the lease's fencing token, which grows with
+/// every takeover of that integration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The host's id (`[host] host_id`).
+    pub host: String,
+    /// The lease's fencing token.
+    pub token: i64,
+}
+
 /// One customer's switchboard, as an integration sees it.
 pub trait Switchboard: Send + Sync + 'static {
     /// Users from position `start`, at most `count` of them (fewer at the end), in a stable
@@ -34,6 +45,24 @@ pub trait Switchboard: Send + Sync + 'static {
     /// Shows a user's Teams presence in the console. `update.origin` tells why (see
     /// [`PresenceOrigin`]: an `own-line-status` update must never become a line-status change).
     fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser>;
+
+    /// [`Switchboard::publish`] by a host of a fleet, under `fence`. A host checks its lease
+    /// before each update, but a host paused (SIGSTOP, a VM stall) between that check and
+    /// the update may deliver it after another host took the integration over. A switchboard
+    /// that several hosts feed should therefore keep, per integration, the greatest token it
+    /// took and drop (answering `Ok`) an update under a smaller one: then nothing stale is
+    /// ever shown after the new owner's first update. The default ignores the fence (one host).
+    fn publish_fenced(&self, update: PresenceUpdate, fence: &Fence) -> Result<(), UnknownUser> {
+        let _ = fence;
+        self.publish(update)
+    }
+
+    /// [`Switchboard::withdraw`] by a host of a fleet, under `fence` (the same rule as
+    /// [`Switchboard::publish_fenced`]).
+    fn withdraw_fenced(&self, user_id: &str, fence: &Fence) {
+        let _ = fence;
+        self.withdraw(user_id)
+    }
 
     /// Stops showing a Teams presence for a user that is no longer mapped to a Microsoft user
     /// (WIT `presence.withdraw`): the console shows it as a user without Teams until the next

@@ -22,6 +22,9 @@ use serde::Serialize;
 pub use directory::{MAX_FIELD, Summary, User, read_csv};
 pub use routes::routes;
 
+/// The environment variable naming a journal file (see [`Journal`]).
+pub const JOURNAL_ENV: &str = "PRESENCE_SWITCHBOARD_JOURNAL";
+
 /// How often a watched CSV's size and modification time are looked at.
 pub const CSV_POLL: Duration = Duration::from_secs(1);
 
@@ -65,6 +68,61 @@ pub struct Switchboard {
     /// Re-reads of the watched CSV that failed, and why the last one did.
     csv_errors: AtomicU64,
     last_csv_error: std::sync::Mutex<Option<String>>,
+    /// The fence rule of a switchboard that several hosts feed (see
+    /// [`seam::Switchboard::publish_fenced`]): the greatest token taken, and the updates
+    /// dropped under a smaller one. Held while an update is shown, so that the order of the
+    /// decisions is the order of what is shown.
+    fence: std::sync::Mutex<FenceState>,
+    /// Where every update is also written, if anywhere.
+    journal: std::sync::Mutex<Option<Journal>>,
+}
+
+#[derive(Default)]
+struct FenceState {
+    greatest: Option<i64>,
+    stale: u64,
+}
+
+/// A journal of every update a switchboard takes, one JSON object a line, appended to a file
+/// (workshop: the fleet tests give each host process's simulator the same file, named by
+/// [`JOURNAL_ENV`], and read it as what one switchboard that all hosts feed would have
+/// received, in order: each line is one `write` to a file opened for appending, so lines
+/// of different processes never mix and their order is the order of the writes).
+///
+/// A line: `{"integration", "op": "publish"|"withdraw", "user", "microsoft_user",
+/// "availability", "activity", "origin", "host", "token", "dropped"}`; `host` and `token` are null outside a fleet;
+/// `dropped`: refused under a smaller token than one taken before (by this process).
+pub struct Journal {
+    integration: String,
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Appends to `path` (created if missing) for `integration`.
+    pub fn open(path: &Path, integration: &str) -> anyhow::Result<Journal> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the switchboard journal {}", path.display()))?;
+        Ok(Journal { integration: integration.to_string(), file })
+    }
+
+    fn write(&mut self, line: serde_json::Value) {
+        use std::io::Write;
+        let mut l = serde_json::Value::Object(
+            [("integration".to_string(), serde_json::Value::String(self.integration.clone()))].into_iter().collect(),
+        );
+        if let (Some(o), serde_json::Value::Object(add)) = (l.as_object_mut(), line) {
+            o.extend(add);
+        }
+        let mut bytes = l.to_string().into_bytes();
+        bytes.push(b'\n');
+        // One write of the whole line.
+        if let Err(e) = self.file.write_all(&bytes) {
+            tracing::warn!("the switchboard journal was not written: {e}");
+        }
+    }
 }
 
 impl Default for Switchboard {
@@ -80,6 +138,8 @@ impl Default for Switchboard {
             recording: std::sync::Mutex::default(),
             csv_errors: AtomicU64::new(0),
             last_csv_error: std::sync::Mutex::default(),
+            fence: std::sync::Mutex::default(),
+            journal: std::sync::Mutex::default(),
         }
     }
 }
@@ -283,6 +343,84 @@ impl Switchboard {
         self.changed.notify_waiters();
     }
 
+    /// Writes every update from now on to `journal` too.
+    pub fn set_journal(&self, journal: Journal) {
+        *self.journal.lock().unwrap() = Some(journal);
+    }
+
+    /// Updates dropped because they came under a smaller fencing token than one taken before
+    /// (see [`seam::Switchboard::publish_fenced`]).
+    pub fn stale_dropped(&self) -> u64 {
+        self.fence.lock().unwrap().stale
+    }
+
+    /// Applies the fence rule to an update under `fence` (none: one host) and journals it;
+    /// answers whether it is shown. Called with the fence state locked.
+    fn admit(
+        &self,
+        f: &mut FenceState,
+        op: &str,
+        user: &str,
+        update: Option<&PresenceUpdate>,
+        fence: Option<&seam::Fence>,
+    ) -> bool {
+        let dropped = match (fence, f.greatest) {
+            (Some(fc), Some(g)) => fc.token < g,
+            _ => false,
+        };
+        if let Some(j) = self.journal.lock().unwrap().as_mut() {
+            j.write(serde_json::json!({
+                "op": op, "user": user,
+                "microsoft_user": update.map_or("", |u| u.microsoft_user_id.as_str()),
+                "availability": update.map_or("", |u| u.presence.availability.as_str()),
+                "activity": update.map_or("", |u| u.presence.activity.as_str()),
+                "origin": update.map_or("", |u| seam::origin_name(u.origin)),
+                "host": fence.map(|f| f.host.clone()), "token": fence.map(|f| f.token), "dropped": dropped,
+            }));
+        }
+        if dropped {
+            f.stale += 1;
+            return false;
+        }
+        if let Some(fc) = fence {
+            f.greatest = Some(fc.token);
+        }
+        true
+    }
+
+    fn show(&self, u: PresenceUpdate, fence: Option<&seam::Fence>) -> Result<(), UnknownUser> {
+        if !self.has_user(&u.user_id) {
+            return Err(UnknownUser(u.user_id));
+        }
+        let mut f = self.fence.lock().unwrap();
+        if !self.admit(&mut f, "publish", &u.user_id, Some(&u), fence) {
+            return Ok(());
+        }
+        let origin = seam::origin_name(u.origin);
+        Switchboard::publish(
+            self,
+            &u.user_id,
+            Shown {
+                availability: u.presence.availability,
+                activity: u.presence.activity,
+                origin: origin.into(),
+                microsoft_user_id: u.microsoft_user_id,
+                observed_at_ms: u.observed_at_ms,
+                updates: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn hide(&self, user_id: &str, fence: Option<&seam::Fence>) {
+        let mut f = self.fence.lock().unwrap();
+        if self.admit(&mut f, "withdraw", user_id, None, fence)
+            && self.presence.write().unwrap().remove(user_id).is_some()
+        {
+            self.changed.notify_waiters();
+        }
+    }
+
     /// Starts recording every publish with its arrival time (benchmarks).
     pub fn start_recording(&self) {
         *self.recording.lock().unwrap() = Some(Vec::new());
@@ -339,28 +477,19 @@ impl seam::Switchboard for Switchboard {
     }
 
     fn publish(&self, u: PresenceUpdate) -> Result<(), UnknownUser> {
-        if !self.has_user(&u.user_id) {
-            return Err(UnknownUser(u.user_id));
-        }
-        Switchboard::publish(
-            self,
-            &u.user_id,
-            Shown {
-                availability: u.presence.availability,
-                activity: u.presence.activity,
-                origin: seam::origin_name(u.origin).into(),
-                microsoft_user_id: u.microsoft_user_id,
-                observed_at_ms: u.observed_at_ms,
-                updates: 0,
-            },
-        );
-        Ok(())
+        self.show(u, None)
+    }
+
+    fn publish_fenced(&self, u: PresenceUpdate, fence: &seam::Fence) -> Result<(), UnknownUser> {
+        self.show(u, Some(fence))
     }
 
     fn withdraw(&self, user_id: &str) {
-        if self.presence.write().unwrap().remove(user_id).is_some() {
-            self.changed.notify_waiters();
-        }
+        self.hide(user_id, None)
+    }
+
+    fn withdraw_fenced(&self, user_id: &str, fence: &seam::Fence) {
+        self.hide(user_id, Some(fence))
     }
 
     fn calls_in_progress(&self) -> Vec<LineEvent> {
@@ -384,12 +513,14 @@ impl seam::Switchboard for Switchboard {
 #[derive(Default)]
 pub struct Switchboards {
     map: RwLock<BTreeMap<String, Arc<Switchboard>>>,
+    /// Each new switchboard writes a [`Journal`] here.
+    journal: Option<PathBuf>,
 }
 
 impl Switchboards {
     /// These switchboards.
     pub fn new(map: BTreeMap<String, Arc<Switchboard>>) -> Arc<Switchboards> {
-        Arc::new(Switchboards { map: RwLock::new(map) })
+        Arc::new(Switchboards { map: RwLock::new(map), journal: None })
     }
 
     /// Integration `name`'s switchboard.
@@ -415,6 +546,9 @@ impl Switchboards {
             }
             None => Arc::new(Switchboard::default()),
         };
+        if let Some(path) = &self.journal {
+            sb.set_journal(Journal::open(path, &ic.name)?);
+        }
         Ok(self.map.write().unwrap().entry(ic.name.clone()).or_insert(sb).clone())
     }
 }
@@ -429,11 +563,68 @@ impl seam::Switchboards for Switchboards {
 }
 
 /// One simulator per integration of `config`: its `switchboard_csv`, watched for changes
-/// ([`Switchboard::watch_csv`]), or none (no users). Call it inside a tokio runtime.
+/// ([`Switchboard::watch_csv`]), or none (no users); each writes a [`Journal`] to the file
+/// [`JOURNAL_ENV`] names, if set. Call it inside a tokio runtime.
 pub fn from_config(config: &presence_host::Config) -> anyhow::Result<Arc<Switchboards>> {
-    let sims = Arc::new(Switchboards::default());
+    let journal = std::env::var_os(JOURNAL_ENV).map(PathBuf::from);
+    let sims = Arc::new(Switchboards { journal, ..Default::default() });
     for ic in &config.integrations {
         sims.for_integration(ic)?;
     }
     Ok(sims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_host::switchboard::{Fence, PresenceOrigin, Switchboard as _, TeamsPresence};
+
+    fn update(activity: &str) -> PresenceUpdate {
+        PresenceUpdate {
+            user_id: "a".into(),
+            microsoft_user_id: "m".into(),
+            presence: TeamsPresence { availability: "Busy".into(), activity: activity.into() },
+            origin: PresenceOrigin::Teams,
+            observed_at_ms: 1,
+        }
+    }
+
+    /// Several hosts feed one switchboard: once an update under a greater token was shown,
+    /// one under a smaller token (a host that lost the lease) is dropped, journalled as such.
+    #[test]
+    fn updates_under_an_older_lease_are_dropped_and_journalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let user = User { id: "a".into(), name: "A".into(), emails: vec![], line_number: None, active: true };
+        let sb = Switchboard::new(vec![user]);
+        sb.set_journal(Journal::open(&path, "t0").unwrap());
+        let (old, new) = (Fence { host: "h0".into(), token: 1 }, Fence { host: "h1".into(), token: 2 });
+        sb.publish_fenced(update("InACall"), &old).unwrap();
+        sb.publish_fenced(update("InAMeeting"), &new).unwrap();
+        sb.publish_fenced(update("Stale"), &old).unwrap();
+        sb.withdraw_fenced("a", &old);
+        assert_eq!(sb.shown("a").unwrap().activity, "InAMeeting");
+        assert_eq!(sb.stale_dropped(), 2);
+        sb.publish_fenced(update("Presenting"), &new).unwrap();
+        assert_eq!(sb.shown("a").unwrap().activity, "Presenting");
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (l["op"].as_str().unwrap(), l["activity"].as_str().unwrap(), l["token"].as_i64(), l["dropped"] == true)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("publish", "InACall", Some(1), false),
+                ("publish", "InAMeeting", Some(2), false),
+                ("publish", "Stale", Some(1), true),
+                ("withdraw", "", Some(1), true),
+                ("publish", "Presenting", Some(2), false),
+            ]
+        );
+        assert!(lines.iter().all(|l| l["integration"] == "t0"));
+    }
 }

@@ -63,15 +63,15 @@ impl Switchboard for FencedSwitchboard {
         self.inner.revision()
     }
     fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser> {
-        if !self.leases.may_act(&self.name) {
+        let Some(fence) = self.leases.fence(&self.name) else {
             tracing::warn!(integration = %self.name, "presence not shown: this host no longer holds the lease");
             return Ok(());
-        }
-        self.inner.publish(update)
+        };
+        self.inner.publish_fenced(update, &fence)
     }
     fn withdraw(&self, user_id: &str) {
-        if self.leases.may_act(&self.name) {
-            self.inner.withdraw(user_id);
+        if let Some(fence) = self.leases.fence(&self.name) {
+            self.inner.withdraw_fenced(user_id, &fence);
         }
     }
     fn calls_in_progress(&self) -> Vec<LineEvent> {
