@@ -648,6 +648,27 @@ async fn admin_calls_and_line_events_reach_the_owner_from_any_host() {
         assert!(users.contains("data-id=\"sb-00000\""), "host {i} lists the users of {elsewhere}: {users}");
     }
 
+    // The device-code sign-in of an integration user (MFA), started and followed through the
+    // host that does not run it: the owner runs it, and the code is used once.
+    let (name, on) = placement.iter().last().unwrap();
+    let t: usize = name[1..].parse().unwrap();
+    let base = fleet.hosts[1 - on[0].0].as_ref().unwrap().1.admin_base();
+    let upn = graph_emulator::TenantSeed::new(&tenant(t), &format!("t{t}.example"), DEMO_CLIENT, DEMO_SECRET, USERS, 1)
+        .integration_user(0);
+    let url = format!("{base}/integrations/{name}/users/{upn}/device-code");
+    let r = client.post(&url).send().await.unwrap();
+    let code = r.status();
+    let started: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(code, 202, "{started}");
+    assert_eq!(started["state"], "pending", "{started}");
+    let user_code = started["user_code"].as_str().unwrap().to_string();
+    assert!(emu.answer_device_code(&user_code, &upn, true));
+    until("signed in, as seen through the other host", async || {
+        admin_get(&url).await.is_some_and(|s| s["state"] == "signed-in")
+    })
+    .await;
+    assert!(emu.with_world(|w| w.device_codes.is_empty()), "the code was used");
+
     // A delete through the host that does not run it: the owner retires it (its subscription
     // goes at Microsoft) and removes it; both hosts forget it.
     let (name, on) = placement.iter().next().unwrap();
