@@ -2,6 +2,7 @@
 //! emulator, all in-process on loopback. One test binary, one module per feature.
 
 mod admin_page;
+mod alerts;
 mod bad_input;
 mod capacity;
 mod chaos;

@@ -123,6 +123,8 @@ pub struct ScenarioOptions {
     pub switchboard_csv: Option<PathBuf>,
     /// State in this PostgreSQL database (a fleet of one host) instead of SQLite.
     pub database: Option<String>,
+    /// Alerts go to this webhook.
+    pub alert_url: Option<String>,
 }
 
 impl ScenarioOptions {
@@ -150,6 +152,7 @@ impl ScenarioOptions {
             switchboard_csv: None,
             platform_app: false,
             database: None,
+            alert_url: None,
         }
     }
 }
@@ -285,6 +288,10 @@ impl Scenario {
                 plugin_cache_dir: opts.state_dir.join("plugin-cache"),
                 admin_token: Secret::new(opts.admin_token.clone()),
                 admin_base_url: Some(format!("http://{}", admin.local_addr()?)),
+                alerts: opts
+                    .alert_url
+                    .clone()
+                    .map(|url| presence_host::alerts::AlertConfig { url, token: Some(Secret::new("alert-token")) }),
                 platform_app: opts.platform_app.then(|| presence_host::config::PlatformApp {
                     client_id: PLATFORM_CLIENT.into(),
                     client_secret: Secret::new(PLATFORM_SECRET),

@@ -98,6 +98,8 @@ pub struct HostConfig {
     /// The host's own multi-tenant app registration, for the product guide's automated setup
     /// ("Manual client setup" off): a customer's admin consents to it once per tenant.
     pub platform_app: Option<PlatformApp>,
+    /// Where alerts go when an integration leaves `ok` (see [`crate::alerts`]).
+    pub alerts: Option<crate::alerts::AlertConfig>,
 }
 
 /// The machine's name and a random suffix: a host id new at each start.
@@ -226,6 +228,8 @@ struct RawHost {
     plugin_cache_dir: Option<PathBuf>,
     admin_token_env: Option<String>,
     admin_token_file: Option<PathBuf>,
+    alert_url: Option<String>,
+    alert_token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -513,7 +517,22 @@ impl Config {
                 Some(Database { url: Secret::new(url), host_id })
             }
         };
+        let alerts = match (h.alert_url, h.alert_token_env) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(err("host.alert_token_env", "only with alert_url".into())),
+            (Some(url), var) => {
+                check_base_url(&url).map_err(|e| err("host.alert_url", e))?;
+                let token = match var {
+                    Some(var) => Some(Secret::new(
+                        env(&var).ok_or_else(|| err("host.alert_token_env", format!("${var} is not set")))?,
+                    )),
+                    None => None,
+                };
+                Some(crate::alerts::AlertConfig { url, token })
+            }
+        };
         let host = HostConfig {
+            alerts,
             limits,
             plugin: h.plugin.map(|p| base.join(p)),
             plugin_cache_dir: h
@@ -1022,6 +1041,34 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
         assert_eq!(e.field, "host.public_base_url");
         let ok = GOOD.replace("https://presence.example.com", "http://127.0.0.1:9");
         assert!(Config::parse(&ok, "c.toml", Path::new("."), &env).is_ok());
+    }
+
+    #[test]
+    fn the_alert_webhook_loads_with_its_token_and_a_bad_one_names_the_field() {
+        let with = |lines: &str| GOOD.replace("kek_env = \"KEK\"\n", &format!("kek_env = \"KEK\"\n{lines}\n"));
+        let c = Config::parse(
+            &with("alert_url = \"https://alerts.example.com/hook\"\nalert_token_env = \"ADMIN_TOKEN\""),
+            "c.toml",
+            Path::new("."),
+            &env,
+        )
+        .unwrap();
+        let a = c.host.alerts.as_ref().expect("alerts");
+        assert_eq!(
+            (a.url.as_str(), a.token.as_ref().map(|t| t.expose())),
+            ("https://alerts.example.com/hook", Some("an-admin-token-of-32-characters!"))
+        );
+        assert!(!format!("{c:?}").contains("an-admin-token"), "the token is a secret");
+        assert!(Config::parse(GOOD, "c.toml", Path::new("."), &env).unwrap().host.alerts.is_none());
+        for (lines, field, says) in [
+            ("alert_url = \"http://alerts.example.com/hook\"", "host.alert_url", "plain http"),
+            ("alert_url = \"https://alerts.example.com\"\nalert_token_env = \"NOPE\"", "host.alert_token_env", "NOPE"),
+            ("alert_token_env = \"ADMIN_TOKEN\"", "host.alert_token_env", "alert_url"),
+        ] {
+            let e = Config::parse(&with(lines), "c.toml", Path::new("."), &env).unwrap_err();
+            assert_eq!(e.field, field, "{lines}");
+            assert!(e.reason.contains(says), "{lines}: {}", e.reason);
+        }
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Host {
     server: Option<(Serving, Serving)>,
     /// Several hosts: the task that keeps this host's leases.
     keeper: Option<tokio::task::JoinHandle<()>>,
+    /// The task that watches the statuses for alerts, if alerts are configured.
+    alerts: Option<tokio::task::JoinHandle<()>>,
     /// Held while the host runs: no second host on the state directory.
     _lock: DirLock,
 }
@@ -121,7 +123,18 @@ impl Host {
         };
         let registry = Arc::new(Registry::start(launch, &config.integrations).await?);
         let keeper = crate::registry::keep(registry.clone());
+        let alerts = match &config.host.alerts {
+            Some(a) => Some(crate::alerts::watch(
+                registry.clone(),
+                backends.clock.clone(),
+                a.clone(),
+                metrics.alerts.clone(),
+                config.host.database.as_ref().map_or_else(|| "host".to_string(), |d| d.host_id.clone()),
+            )?),
+            None => None,
+        };
         Ok(Host {
+            alerts,
             registry,
             clock: backends.clock,
             admin_token: config.host.admin_token.clone(),
@@ -215,6 +228,9 @@ impl Host {
     /// Stops the keeper (handing the leases over, or not, as a crash), the integrations and
     /// the listeners.
     async fn halt(mut self, hand_over: bool) {
+        if let Some(a) = self.alerts.take() {
+            a.abort();
+        }
         if let Some(k) = self.keeper.take() {
             k.abort();
             let _ = k.await;

@@ -56,6 +56,7 @@
 
 mod actor;
 pub mod admin_api;
+pub mod alerts;
 pub mod allow_list;
 pub mod api;
 pub mod bindings;

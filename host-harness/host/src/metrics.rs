@@ -55,6 +55,12 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertOutcome {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct State {
     integration: String,
     state: String,
@@ -73,6 +79,8 @@ pub struct Metrics {
     graph_throttled: Family<Route, Counter>,
     graph_seconds: Histograms,
     processing_seconds: Histograms,
+    /// What the alerts did (see [`crate::alerts`]).
+    pub alerts: std::sync::Arc<crate::alerts::AlertStats>,
 }
 
 impl Default for Metrics {
@@ -82,6 +90,7 @@ impl Default for Metrics {
             graph_throttled: Family::default(),
             graph_seconds: Family::new_with_constructor(seconds),
             processing_seconds: Family::new_with_constructor(seconds),
+            alerts: Default::default(),
         }
     }
 }
@@ -210,6 +219,26 @@ impl Metrics {
         }
         r.register("users", "Users by kind: mapped, microsoft, switchboard, uncovered", users);
         r.register("integration_state", "1 for the integration's state (ok, degraded, error, starting, ...)", states);
+        let alerts = Family::<AlertOutcome, Counter>::default();
+        let a = &self.alerts;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        for (kind, outcome, n) in [
+            ("incident", "raised", load(&a.incidents)),
+            ("recovered", "raised", load(&a.recoveries)),
+            ("any", "sent", load(&a.sent)),
+            ("any", "retried", load(&a.retried)),
+            ("any", "failed", load(&a.failed)),
+        ] {
+            alerts.get_or_create(&AlertOutcome { kind: kind.into(), outcome: outcome.into() }).inc_by(n);
+        }
+        r.register(
+            "alerts",
+            "Alerts raised (incident, recovered) and their delivery to the alert webhook (sent, retried, failed)",
+            alerts,
+        );
+        let open = Gauge::<i64>::default();
+        open.set(load(&a.open) as i64);
+        r.register("incidents_open", "Integrations this host runs that are in an incident (not ok)", open);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
         out

@@ -1,0 +1,332 @@
+//! Alerts: when an integration leaves `ok` the host tells a configured webhook (`[host]
+//! alert_url`), once per incident, and once more when the integration is `ok` again; an
+//! admin learns that sync stopped without watching the admin page.
+//!
+//! An incident opens when an integration's state turns `error`, `missing-credentials` or
+//! `degraded` (a change of code while it lasts is the same incident); it closes when the
+//! state is `ok` again, or when the integration is deleted. `starting` opens and closes
+//! nothing. Each alert is one `POST` of a JSON [`Alert`] (with `Authorization: Bearer` when
+//! `alert_token_env` names a token), retried with a doubling backoff while the receiver
+//! fails or answers 408, 429 or 5xx; alerts go out one at a time, in order. `/metrics`
+//! counts them (`tps_alerts_total` by kind and outcome) and shows the incidents open
+//! (`tps_incidents_open`).
+//!
+//! Several hosts: each host watches the integrations it runs; an integration that moves
+//! while in incident is announced again by its new host (the incident's `since_ms` then
+//! says when that host saw it begin).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Secret;
+use crate::status::StatusView;
+
+/// How often the host looks at the statuses.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Attempts per alert before it is given up (counted as failed).
+pub const ATTEMPTS: u32 = 8;
+/// The first retry's wait; it doubles, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Alerts waiting to be sent at most; beyond, new ones are dropped (counted).
+pub const QUEUE: usize = 1024;
+/// Time for one attempt.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where alerts go.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// The webhook (`http://` or `https://`).
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`, if any.
+    pub token: Option<Secret>,
+}
+
+/// One alert, as the webhook receives it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Alert {
+    /// `incident` (the integration left `ok`) or `recovered` (it is `ok` again, or deleted).
+    pub kind: String,
+    /// The integration.
+    pub integration: String,
+    /// Its state now (`error`, `missing-credentials`, `degraded`; `ok` or `deleted` when
+    /// recovered).
+    pub state: String,
+    /// The incident's code (AADSTS, Graph's, or ours), as the status shows it.
+    pub code: Option<String>,
+    /// What to do, as the status shows it.
+    pub hint: Option<String>,
+    /// When the incident began (ms since the epoch).
+    pub since_ms: u64,
+    /// When this alert was raised (ms since the epoch).
+    pub at_ms: u64,
+    /// The host that raised it (`[host] host_id` of a fleet, or `host`).
+    pub host: String,
+}
+
+/// What [`Incidents`] looks at of a status.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The integration.
+    pub name: String,
+    /// Its state.
+    pub state: String,
+    /// Its code.
+    pub code: Option<String>,
+    /// Its hint.
+    pub hint: Option<String>,
+}
+
+impl From<&StatusView> for Seen {
+    fn from(s: &StatusView) -> Seen {
+        Seen { name: s.name.clone(), state: s.state.clone(), code: s.code.clone(), hint: s.hint.clone() }
+    }
+}
+
+struct Open {
+    since_ms: u64,
+    code: Option<String>,
+}
+
+/// The incidents open, from the statuses observed (no I/O).
+#[derive(Default)]
+pub struct Incidents {
+    open: BTreeMap<String, Open>,
+}
+
+fn bad(state: &str) -> bool {
+    matches!(state, "error" | "missing-credentials" | "degraded")
+}
+
+impl Incidents {
+    /// Looks at `s` (seen at `now_ms`): the alert it raises, if any.
+    pub fn observe(&mut self, s: &Seen, now_ms: u64, host: &str) -> Option<Alert> {
+        let alert = |kind: &str, since_ms: u64, code: Option<String>, hint: Option<String>| Alert {
+            kind: kind.into(),
+            integration: s.name.clone(),
+            state: s.state.clone(),
+            code,
+            hint,
+            since_ms,
+            at_ms: now_ms,
+            host: host.into(),
+        };
+        match (self.open.contains_key(&s.name), bad(&s.state), s.state == "ok") {
+            (false, true, _) => {
+                self.open.insert(s.name.clone(), Open { since_ms: now_ms, code: s.code.clone() });
+                Some(alert("incident", now_ms, s.code.clone(), s.hint.clone()))
+            }
+            (true, _, true) => {
+                let o = self.open.remove(&s.name).expect("open");
+                Some(alert("recovered", o.since_ms, o.code, None))
+            }
+            _ => None,
+        }
+    }
+
+    /// Closes the incidents of integrations no longer here (deleted, or moved to another
+    /// host): `recovered` with the state `deleted` for those `deleted` names.
+    pub fn keep_only(
+        &mut self,
+        here: &BTreeSet<String>,
+        deleted: &dyn Fn(&str) -> bool,
+        now_ms: u64,
+        host: &str,
+    ) -> Vec<Alert> {
+        let gone: Vec<String> = self.open.keys().filter(|n| !here.contains(*n)).cloned().collect();
+        let mut out = Vec::new();
+        for name in gone {
+            let o = self.open.remove(&name).expect("open");
+            if deleted(&name) {
+                out.push(Alert {
+                    kind: "recovered".into(),
+                    integration: name,
+                    state: "deleted".into(),
+                    code: o.code,
+                    hint: None,
+                    since_ms: o.since_ms,
+                    at_ms: now_ms,
+                    host: host.into(),
+                });
+            }
+        }
+        out
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+/// What the alerts did (shown in `/metrics`).
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    /// Incidents raised.
+    pub incidents: AtomicU64,
+    /// Recoveries raised.
+    pub recoveries: AtomicU64,
+    /// Alerts the webhook took (2xx).
+    pub sent: AtomicU64,
+    /// Attempts that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Alerts given up (refused with a 4xx other than 408 and 429, or failed [`ATTEMPTS`]
+    /// times), or dropped because [`QUEUE`] were waiting.
+    pub failed: AtomicU64,
+    /// Incidents open now.
+    pub open: AtomicU64,
+}
+
+/// The sending side: a queue and the task that empties it.
+pub struct Sender {
+    tx: tokio::sync::mpsc::Sender<Alert>,
+    stats: Arc<AlertStats>,
+}
+
+impl Sender {
+    /// Starts the task that sends to `config`'s webhook.
+    pub fn start(config: AlertConfig, stats: Arc<AlertStats>) -> anyhow::Result<Sender> {
+        let client = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Alert>(QUEUE);
+        let st = stats.clone();
+        tokio::spawn(async move {
+            while let Some(alert) = rx.recv().await {
+                deliver(&client, &config, &alert, &st).await;
+            }
+        });
+        Ok(Sender { tx, stats })
+    }
+
+    /// Queues `alert` (dropped, counted as failed, when the queue is full).
+    pub fn send(&self, alert: Alert) {
+        let c = if alert.kind == "incident" { &self.stats.incidents } else { &self.stats.recoveries };
+        c.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(alert).is_err() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("an alert was dropped: {QUEUE} are waiting to be sent");
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, config: &AlertConfig, alert: &Alert, stats: &AlertStats) {
+    let mut wait = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let mut req = client
+            .post(&config.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(alert).expect("an alert serializes"));
+        if let Some(t) = &config.token {
+            req = req.bearer_auth(t.expose());
+        }
+        let why = match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(r) => {
+                let code = r.status().as_u16();
+                if (400..500).contains(&code) && code != 408 && code != 429 {
+                    tracing::warn!(integration = %alert.integration, kind = %alert.kind, status = code, "the alert webhook refused an alert; not retried");
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                format!("status {code}")
+            }
+            // Never the URL's query (it may hold a key): only what failed.
+            Err(e) => format!("{}", e.without_url()),
+        };
+        if attempt == ATTEMPTS {
+            tracing::warn!(integration = %alert.integration, kind = %alert.kind, "the alert webhook failed {ATTEMPTS} times ({why}); alert given up");
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats.retried.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(integration = %alert.integration, kind = %alert.kind, "the alert webhook failed ({why}); trying again in {wait:?}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Watches the integrations `registry` runs every [`CHECK_EVERY`] and sends the alerts
+/// their statuses raise to `config`'s webhook, as host `host`.
+pub fn watch(
+    registry: Arc<crate::registry::Registry>,
+    clock: Arc<dyn crate::clock::Clock>,
+    config: AlertConfig,
+    stats: Arc<AlertStats>,
+    host: String,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let sender = Sender::start(config, stats.clone())?;
+    Ok(tokio::spawn(async move {
+        let mut incidents = Incidents::default();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let live = registry.snapshot();
+            for h in live.values() {
+                // A status that does not come in time (the integration is busy or stopping)
+                // is looked at next time.
+                if let Ok(Ok(s)) = tokio::time::timeout(CHECK_EVERY, h.status()).await
+                    && let Some(a) = incidents.observe(&Seen::from(&s), clock.now_ms(), &host)
+                {
+                    sender.send(a);
+                }
+            }
+            let here: BTreeSet<String> = live.keys().cloned().collect();
+            for a in incidents.keep_only(&here, &|n| registry.entry(n).is_none(), clock.now_ms(), &host) {
+                sender.send(a);
+            }
+            stats.open.store(incidents.len() as u64, Ordering::Relaxed);
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, state: &str, code: Option<&str>) -> Seen {
+        Seen { name: name.into(), state: state.into(), code: code.map(str::to_string), hint: None }
+    }
+
+    #[test]
+    fn one_alert_per_incident_and_one_when_it_is_over() {
+        let mut i = Incidents::default();
+        assert_eq!(i.observe(&status("a", "starting", None), 1, "h"), None);
+        assert_eq!(i.observe(&status("a", "ok", None), 2, "h"), None);
+        let open = i.observe(&status("a", "error", Some("AADSTS7000215")), 3, "h").unwrap();
+        assert_eq!((open.kind.as_str(), open.code.as_deref(), open.since_ms), ("incident", Some("AADSTS7000215"), 3));
+        // The same incident, whatever it shows meanwhile.
+        for (t, (state, code)) in [("error", Some("x")), ("degraded", None), ("starting", None)].into_iter().enumerate()
+        {
+            assert_eq!(i.observe(&status("a", state, code), 4 + t as u64, "h"), None);
+        }
+        assert_eq!(i.len(), 1);
+        let over = i.observe(&status("a", "ok", None), 10, "h").unwrap();
+        assert_eq!(
+            (over.kind.as_str(), over.since_ms, over.at_ms, over.code.as_deref()),
+            ("recovered", 3, 10, Some("AADSTS7000215"))
+        );
+        assert!(i.is_empty());
+        assert_eq!(i.observe(&status("a", "ok", None), 11, "h"), None);
+        // A new incident is a new alert.
+        assert!(i.observe(&status("a", "missing-credentials", None), 12, "h").is_some());
+        // Deleted while open: closed as deleted; moved away: closed silently.
+        assert!(i.observe(&status("b", "degraded", None), 13, "h").is_some());
+        let closed = i.keep_only(&BTreeSet::new(), &|n| n == "a", 14, "h");
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].integration.as_str(), closed[0].state.as_str()), ("a", "deleted"));
+        assert!(i.is_empty());
+    }
+}
