@@ -115,3 +115,51 @@ async fn an_incident_alerts_once_and_its_end_once_and_a_failing_webhook_is_retri
     // Nothing more came meanwhile (one alert per incident).
     assert_eq!(rx.got.lock().unwrap().len(), 4);
 }
+
+/// A subscription that did not deliver while its users changed: the periodic re-read finds
+/// the changes, and that is an incident (the state stays ok); the next re-read that finds
+/// nothing missed ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_that_never_came_are_an_incident_until_a_re_read_finds_none_missed() {
+    let rx = Arc::new(Receiver::default());
+    let url = receive(rx.clone()).await;
+    let t = start(40, 1, |o| o.alert_url = Some(url)).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty());
+    // The watcher has looked at the integration (its baseline) before anything is lost: a
+    // round that began after the integration was ok has ended.
+    let rounds = || async {
+        let m = t.admin_client().get(t.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("tps_alert_rounds_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rounds().await;
+    let end = Instant::now() + EVENTUALLY;
+    while rounds().await < before + 2 {
+        assert!(Instant::now() < end, "the alert watcher never looked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A state the user does not have yet, whose notification is lost.
+    let now = t.emulator.truth(&t.seed.tenant_id)[&t.ms_user(3)].1.clone();
+    let (a, act) = [("DoNotDisturb", "Presenting"), ("Away", "Away")].into_iter().find(|(_, x)| *x != now).unwrap();
+    assert!(t.emulator.set_presence_losing_notification(&t.seed.tenant_id, &t.ms_user(3), a, act));
+    t.settle(EVENTUALLY).await;
+    assert_eq!(t.mismatches(40).len(), 1, "nothing delivered it");
+    t.clock.advance(Duration::from_secs(5 * 60 + 1));
+    assert!(t.wait_in_sync(40, EVENTUALLY).await.is_empty());
+    let got = wait_alerts(&rx, 1).await;
+    assert_eq!(
+        (got[0]["kind"].as_str(), got[0]["code"].as_str(), got[0]["state"].as_str()),
+        (Some("incident"), Some(presence_host::alerts::MISSED), Some("ok"))
+    );
+    // The next re-read finds nothing missed: over.
+    t.clock.advance(Duration::from_secs(5 * 60 + 1));
+    let got = wait_alerts(&rx, 2).await;
+    assert_eq!(
+        (got[1]["kind"].as_str(), got[1]["code"].as_str()),
+        (Some("recovered"), Some(presence_host::alerts::MISSED))
+    );
+    assert_eq!(rx.got.lock().unwrap().len(), 2);
+}

@@ -3,9 +3,12 @@
 //! admin learns that sync stopped without watching the admin page.
 //!
 //! An incident opens when an integration's state turns `error`, `missing-credentials` or
-//! `degraded` (a change of code while it lasts is the same incident); it closes when the
-//! state is `ok` again, or when the integration is deleted. `starting` opens and closes
-//! nothing. Each alert is one `POST` of a JSON [`Alert`] (with `Authorization: Bearer` when
+//! `degraded` (a change of code while it lasts is the same incident), or when a periodic
+//! presence re-read found changes that no notification brought (the plugin's
+//! `reconcile.corrected` grew: a subscription did not deliver while its users changed; code
+//! [`MISSED`]). It closes when the state is `ok` again and a re-read that ended after the
+//! last such finding found nothing more, or when the integration is deleted. `starting`
+//! opens and closes nothing. Each alert is one `POST` of a JSON [`Alert`] (with `Authorization: Bearer` when
 //! `alert_token_env` names a token), retried with a doubling backoff while the receiver
 //! fails or answers 408, 429 or 5xx; alerts go out one at a time, in order. `/metrics`
 //! counts them (`tps_alerts_total` by kind and outcome) and shows the incidents open
@@ -37,6 +40,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const QUEUE: usize = 1024;
 /// Time for one attempt.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The code of an incident of notifications that did not come.
+pub const MISSED: &str = "notifications-missed";
 
 /// Where alerts go.
 #[derive(Debug, Clone)]
@@ -80,11 +86,22 @@ pub struct Seen {
     pub code: Option<String>,
     /// Its hint.
     pub hint: Option<String>,
+    /// Changes the periodic re-reads found that no notification brought, so far.
+    pub corrected: u64,
+    /// When the last re-read ended.
+    pub last_reconcile_ms: Option<u64>,
 }
 
 impl From<&StatusView> for Seen {
     fn from(s: &StatusView) -> Seen {
-        Seen { name: s.name.clone(), state: s.state.clone(), code: s.code.clone(), hint: s.hint.clone() }
+        Seen {
+            name: s.name.clone(),
+            state: s.state.clone(),
+            code: s.code.clone(),
+            hint: s.hint.clone(),
+            corrected: s.counters.get("reconcile.corrected").copied().unwrap_or(0),
+            last_reconcile_ms: s.last_reconcile_ms,
+        }
     }
 }
 
@@ -93,10 +110,20 @@ struct Open {
     code: Option<String>,
 }
 
+/// What was seen of an integration's re-reads.
+#[derive(Default)]
+struct Reads {
+    corrected: Option<u64>,
+    /// When the re-reads were last seen to have found missed changes, until one that ended
+    /// later found none.
+    missed_at: Option<u64>,
+}
+
 /// The incidents open, from the statuses observed (no I/O).
 #[derive(Default)]
 pub struct Incidents {
     open: BTreeMap<String, Open>,
+    reads: BTreeMap<String, Reads>,
 }
 
 fn bad(state: &str) -> bool {
@@ -116,10 +143,35 @@ impl Incidents {
             at_ms: now_ms,
             host: host.into(),
         };
-        match (self.open.contains_key(&s.name), bad(&s.state), s.state == "ok") {
+        let r = self.reads.entry(s.name.clone()).or_default();
+        // The first look is the baseline (a restart or a takeover starts the plugin's
+        // counters again).
+        if r.corrected.is_some_and(|c| s.corrected > c) {
+            r.missed_at = Some(now_ms);
+        } else if r.missed_at.is_some_and(|at| s.last_reconcile_ms.is_some_and(|end| end > at)) {
+            r.missed_at = None;
+        }
+        r.corrected = Some(s.corrected);
+        let missed = r.missed_at.is_some();
+        match (self.open.contains_key(&s.name), bad(&s.state), s.state == "ok" && !missed) {
             (false, true, _) => {
                 self.open.insert(s.name.clone(), Open { since_ms: now_ms, code: s.code.clone() });
                 Some(alert("incident", now_ms, s.code.clone(), s.hint.clone()))
+            }
+            (false, false, false) if missed => {
+                self.open.insert(s.name.clone(), Open { since_ms: now_ms, code: Some(MISSED.into()) });
+                Some(alert(
+                    "incident",
+                    now_ms,
+                    Some(MISSED.into()),
+                    Some(
+                        "A presence re-read found changes that no change notification brought: a subscription \
+                         did not deliver (Microsoft lost notifications, or deleted the subscription). They are \
+                         shown now, and the subscription is checked and created again if it is gone; this ends \
+                         when a later re-read finds nothing missed."
+                            .into(),
+                    ),
+                ))
             }
             (true, _, true) => {
                 let o = self.open.remove(&s.name).expect("open");
@@ -138,6 +190,7 @@ impl Incidents {
         now_ms: u64,
         host: &str,
     ) -> Vec<Alert> {
+        self.reads.retain(|n, _| here.contains(n));
         let gone: Vec<String> = self.open.keys().filter(|n| !here.contains(*n)).cloned().collect();
         let mut out = Vec::new();
         for name in gone {
@@ -185,6 +238,8 @@ pub struct AlertStats {
     pub failed: AtomicU64,
     /// Incidents open now.
     pub open: AtomicU64,
+    /// Rounds of looking at the statuses done.
+    pub rounds: AtomicU64,
 }
 
 /// The sending side: a queue and the task that empties it.
@@ -288,6 +343,7 @@ pub fn watch(
                 sender.send(a);
             }
             stats.open.store(incidents.len() as u64, Ordering::Relaxed);
+            stats.rounds.fetch_add(1, Ordering::Relaxed);
         }
     }))
 }
@@ -297,7 +353,40 @@ mod tests {
     use super::*;
 
     fn status(name: &str, state: &str, code: Option<&str>) -> Seen {
-        Seen { name: name.into(), state: state.into(), code: code.map(str::to_string), hint: None }
+        Seen {
+            name: name.into(),
+            state: state.into(),
+            code: code.map(str::to_string),
+            hint: None,
+            corrected: 0,
+            last_reconcile_ms: None,
+        }
+    }
+
+    /// A re-read that finds changes no notification brought opens an incident, while the
+    /// state stays ok; a re-read that ended later and found nothing more ends it.
+    #[test]
+    fn missed_notifications_are_an_incident_until_a_later_re_read_finds_none() {
+        let mut i = Incidents::default();
+        let seen = |corrected: u64, reconcile: u64| Seen {
+            corrected,
+            last_reconcile_ms: Some(reconcile),
+            ..status("a", "ok", None)
+        };
+        // The first look is the baseline, whatever the counter says.
+        assert_eq!(i.observe(&seen(5, 100), 110, "h"), None);
+        assert_eq!(i.observe(&seen(5, 100), 120, "h"), None);
+        let open = i.observe(&seen(7, 100), 130, "h").unwrap();
+        assert_eq!((open.kind.as_str(), open.code.as_deref(), open.state.as_str()), ("incident", Some(MISSED), "ok"));
+        // The re-read that found them ends (before it was seen to find them: not a clean one).
+        assert_eq!(i.observe(&seen(7, 125), 140, "h"), None);
+        // More found later: the same incident.
+        assert_eq!(i.observe(&seen(8, 125), 150, "h"), None);
+        assert_eq!(i.observe(&seen(8, 149), 160, "h"), None);
+        // A re-read that ended after the last finding, with nothing more: over.
+        let over = i.observe(&seen(8, 155), 170, "h").unwrap();
+        assert_eq!((over.kind.as_str(), over.code.as_deref(), over.since_ms), ("recovered", Some(MISSED), 130));
+        assert_eq!(i.observe(&seen(8, 200), 210, "h"), None);
     }
 
     #[test]

@@ -239,6 +239,9 @@ impl Metrics {
         let open = Gauge::<i64>::default();
         open.set(load(&a.open) as i64);
         r.register("incidents_open", "Integrations this host runs that are in an incident (not ok)", open);
+        let rounds = Counter::<u64>::default();
+        rounds.inc_by(load(&a.rounds));
+        r.register("alert_rounds", "Rounds of the alert watcher's look at the statuses", rounds);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
         out
