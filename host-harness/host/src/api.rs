@@ -267,17 +267,19 @@ async fn metrics(State(st): State<AppState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], st.metrics.render(&statuses)).into_response()
 }
 
-async fn status_json(h: &IntegrationHandle) -> serde_json::Value {
+/// An integration's status; one that is stopping (deleted, changed, or handed to another
+/// host) has no other: `{"name", "state": "stopping"}`.
+async fn status_json(name: &str, h: &IntegrationHandle) -> serde_json::Value {
     match h.status().await {
         Ok(s) => serde_json::to_value(s).unwrap_or_default(),
-        Err(Stopping) => serde_json::Value::Null,
+        Err(Stopping) => json!({ "name": name, "state": "stopping" }),
     }
 }
 
 async fn status_all(State(st): State<AppState>) -> Response {
     let mut all = Vec::new();
-    for h in st.registry.snapshot().values() {
-        all.push(status_json(h).await);
+    for (name, h) in st.registry.snapshot().iter() {
+        all.push(status_json(name, h).await);
     }
     axum::Json(json!({ "integrations": all })).into_response()
 }
@@ -301,7 +303,7 @@ async fn fleet(State(st): State<AppState>) -> Response {
 
 async fn status_one(State(st): State<AppState>, Path(name): Path<String>) -> Response {
     match st.registry.get(&name) {
-        Some(h) => axum::Json(status_json(&h).await).into_response(),
+        Some(h) => axum::Json(status_json(&name, &h).await).into_response(),
         None => not_found("integration"),
     }
 }
