@@ -76,7 +76,7 @@ pub struct Alert {
 }
 
 /// What [`Incidents`] looks at of a status.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Seen {
     /// The integration.
     pub name: String,
@@ -101,6 +101,22 @@ impl From<&StatusView> for Seen {
             hint: s.hint.clone(),
             corrected: s.counters.get("reconcile.corrected").copied().unwrap_or(0),
             last_reconcile_ms: s.last_reconcile_ms,
+        }
+    }
+}
+
+impl Seen {
+    /// The alert of `kind` about what was seen, for the incident begun at `since_ms`.
+    fn alert(&self, kind: &str, since_ms: u64, code: Option<String>, hint: Option<String>, at: (u64, &str)) -> Alert {
+        Alert {
+            kind: kind.into(),
+            integration: self.name.clone(),
+            state: self.state.clone(),
+            code,
+            hint,
+            since_ms,
+            at_ms: at.0,
+            host: at.1.into(),
         }
     }
 }
@@ -133,15 +149,8 @@ fn bad(state: &str) -> bool {
 impl Incidents {
     /// Looks at `s` (seen at `now_ms`): the alert it raises, if any.
     pub fn observe(&mut self, s: &Seen, now_ms: u64, host: &str) -> Option<Alert> {
-        let alert = |kind: &str, since_ms: u64, code: Option<String>, hint: Option<String>| Alert {
-            kind: kind.into(),
-            integration: s.name.clone(),
-            state: s.state.clone(),
-            code,
-            hint,
-            since_ms,
-            at_ms: now_ms,
-            host: host.into(),
+        let alert = |kind: &str, since_ms: u64, code: Option<String>, hint: Option<String>| {
+            s.alert(kind, since_ms, code, hint, (now_ms, host))
         };
         let r = self.reads.entry(s.name.clone()).or_default();
         // The first look is the baseline (a restart or a takeover starts the plugin's
@@ -196,16 +205,8 @@ impl Incidents {
         for name in gone {
             let o = self.open.remove(&name).expect("open");
             if deleted(&name) {
-                out.push(Alert {
-                    kind: "recovered".into(),
-                    integration: name,
-                    state: "deleted".into(),
-                    code: o.code,
-                    hint: None,
-                    since_ms: o.since_ms,
-                    at_ms: now_ms,
-                    host: host.into(),
-                });
+                let seen = Seen { name, state: "deleted".into(), ..Default::default() };
+                out.push(seen.alert("recovered", o.since_ms, o.code, None, (now_ms, host)));
             }
         }
         out
@@ -353,14 +354,7 @@ mod tests {
     use super::*;
 
     fn status(name: &str, state: &str, code: Option<&str>) -> Seen {
-        Seen {
-            name: name.into(),
-            state: state.into(),
-            code: code.map(str::to_string),
-            hint: None,
-            corrected: 0,
-            last_reconcile_ms: None,
-        }
+        Seen { name: name.into(), state: state.into(), code: code.map(str::to_string), ..Default::default() }
     }
 
     /// A re-read that finds changes no notification brought opens an incident, while the
