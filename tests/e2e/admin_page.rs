@@ -320,3 +320,52 @@ async fn an_mfa_user_is_signed_in_from_the_page_with_a_device_code() {
     reload_until(c, "#status", |s| s.contains('✓')).await;
     b.client.close().await.unwrap();
 }
+
+/// The "Sync policy" part of the form: an operator excludes a user and sets working hours; a
+/// bad time zone is refused naming the field (nothing changes); the saved policy applies (the
+/// excluded user is withdrawn) and shows again in the form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_edits_the_sync_policy_on_the_admin_page() {
+    let t = start(10, 1, |_| {}).await;
+    t.wait_status(EVENTUALLY, |s| s.state == "ok").await;
+    assert!(t.wait_in_sync(10, EVENTUALLY).await.is_empty());
+    let b = browser().await;
+    let c = &b.client;
+    let base = t.admin_url("");
+    sign_in(c, &base, t.config.host.admin_token.expose()).await;
+    c.goto(&format!("{base}/ui/integrations/contoso")).await.unwrap();
+    fill(c, "#policy_excluded", &format!("sb-00003\n{}", t.seed.user_email(5))).await;
+    fill(c, "#policy_time_zone", "Europe/Nowhere").await;
+    fill(c, "#policy_start", "08:00").await;
+    fill(c, "#policy_end", "17:00").await;
+    click(c, "#working-hours input[value=mon]").await;
+    click(c, "#policy_dnd").await;
+    submit(c, "#save").await;
+    let refused = text(c, ".error").await;
+    assert!(refused.contains("policy.working_hours.time_zone"), "{refused}");
+    assert!(t.host().registry.entry("contoso").unwrap().config.policy.is_default(), "nothing saved");
+    // What the operator typed is still there; the time zone corrected, it saves.
+    assert!(c.find(Locator::Css("#policy_dnd")).await.unwrap().is_selected().await.unwrap());
+    fill(c, "#policy_time_zone", "Europe/Copenhagen").await;
+    submit(c, "#save").await;
+    let policy = t.host().registry.entry("contoso").unwrap().config.policy;
+    assert_eq!(policy.excluded_users, vec!["sb-00003".to_string(), t.seed.user_email(5)]);
+    assert!(policy.do_not_disturb_in_call);
+    let hours = policy.working_hours.expect("working hours");
+    assert_eq!(
+        (hours.time_zone.as_str(), hours.start.as_str(), hours.end.as_str()),
+        ("Europe/Copenhagen", "08:00", "17:00")
+    );
+    assert_eq!(hours.days, vec!["mon".to_string()]);
+    assert!(
+        t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00003").is_none()
+            && t.switchboard.shown("sb-00005").is_none())
+            .await,
+        "the excluded users are withdrawn"
+    );
+    c.goto(&format!("{base}/ui/integrations/contoso")).await.unwrap();
+    let excluded =
+        c.find(Locator::Css("#policy_excluded")).await.unwrap().prop("value").await.unwrap().unwrap_or_default();
+    assert_eq!(excluded, format!("sb-00003\n{}", t.seed.user_email(5)));
+    b.client.close().await.unwrap();
+}

@@ -15,6 +15,7 @@ mod integrations_api;
 mod lifecycle;
 mod mfa_sign_in;
 mod operations;
+mod policy;
 mod presence_sync;
 mod process_kill;
 mod push;

@@ -125,6 +125,8 @@ pub struct ScenarioOptions {
     pub database: Option<String>,
     /// Alerts go to this webhook.
     pub alert_url: Option<String>,
+    /// The integration's sync policy.
+    pub policy: presence_host::policy::PolicyConfig,
 }
 
 impl ScenarioOptions {
@@ -153,6 +155,7 @@ impl ScenarioOptions {
             platform_app: false,
             database: None,
             alert_url: None,
+            policy: Default::default(),
         }
     }
 }
@@ -319,6 +322,7 @@ impl Scenario {
                 overrides: vec![],
                 switchboard_csv: None,
                 plugin: None,
+                policy: opts.policy.clone(),
             }],
         };
         let second = opts.second_integration.as_ref().map(|name| {

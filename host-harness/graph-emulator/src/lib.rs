@@ -14,6 +14,11 @@
 //! One deliberate difference: `notificationUrl` may be plain `http` when it points to
 //! loopback, so tests need no TLS certificates. Anything else must be `https`, as in Graph.
 //!
+//! Groups (`Tenant::set_group`, or `PUT /_emulator/tenants/{t}/groups/{id}`) answer
+//! `/groups/{id}/transitiveMembers` (and its `microsoft.graph.user` cast) with nested members
+//! flattened, typed by `@odata.type`, paged like `/users`, and only to an app token with
+//! `GroupMember.Read.All`, `Group.Read.All` or `Directory.Read.All`.
+//!
 //! The control API under `/_emulator` changes a user's Teams presence (as if the user did it
 //! in Teams), toggles MFA, lists subscriptions and injects faults.
 

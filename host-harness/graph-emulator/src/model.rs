@@ -115,6 +115,8 @@ pub struct Tenant {
     pub delta_epoch: u64,
     /// The tenant's admin declines admin consent (`error=access_denied`, AADSTS65004).
     pub refuse_consent: bool,
+    /// Security groups by object id: their direct members (user or group ids).
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// A multi-tenant app registration of the switchboard vendor (the product guide's automated
@@ -182,6 +184,37 @@ impl Tenant {
         self.reindex();
         true
     }
+    /// Sets a group's direct members (user or group ids), creating the group.
+    pub fn set_group(&mut self, id: &str, members: Vec<String>) {
+        self.groups.insert(id.to_ascii_lowercase(), members);
+    }
+
+    /// A group's transitive members (through nested groups, each once, cycles allowed), in a
+    /// stable order: `(id, is_group)`; `None` if there is no such group.
+    pub fn transitive_members(&self, id: &str) -> Option<Vec<(String, bool)>> {
+        let root = id.to_ascii_lowercase();
+        self.groups.get(&root)?;
+        let mut seen = BTreeSet::from([root.clone()]);
+        let mut out = Vec::new();
+        let mut queue = vec![root];
+        while let Some(g) = queue.pop() {
+            for m in self.groups.get(&g).into_iter().flatten() {
+                let key = m.to_ascii_lowercase();
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                if self.groups.contains_key(&key) {
+                    out.push((key.clone(), true));
+                    queue.push(key);
+                } else if self.by_id.contains_key(m.as_str()) {
+                    out.push((m.clone(), false));
+                }
+            }
+        }
+        out.sort();
+        Some(out)
+    }
+
     /// A user by UPN (case-insensitive).
     pub fn user_by_upn(&mut self, upn: &str) -> Option<&mut User> {
         self.users.iter_mut().find(|u| u.upn.eq_ignore_ascii_case(upn))
@@ -550,6 +583,7 @@ impl TenantSeed {
             removed: Vec::new(),
             delta_epoch: 0,
             refuse_consent: false,
+            groups: BTreeMap::new(),
         };
         t.reindex();
         t

@@ -47,6 +47,8 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/v1.0/users", get(list_users))
         .route("/v1.0/users/delta", get(users_delta))
         .route("/v1.0/users/delta()", get(users_delta))
+        .route("/v1.0/groups/{id}/transitiveMembers", get(transitive_members))
+        .route("/v1.0/groups/{id}/transitiveMembers/{cast}", get(transitive_members_cast))
         .route("/v1.0/users/{id}/presence", get(get_presence))
         .route("/v1.0/communications/presences/{id}", get(get_presence))
         .route("/v1.0/communications/getPresencesByUserId", post(get_presences))
@@ -61,6 +63,7 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/_emulator/tenants/{tenant}/users", get(control_users))
         .route("/_emulator/tenants/{tenant}/users/{id}/presence", post(control_presence))
         .route("/_emulator/tenants/{tenant}/users/{upn}/mfa", post(control_mfa))
+        .route("/_emulator/tenants/{tenant}/groups/{id}", axum::routing::put(control_group))
         .route("/_emulator/subscriptions", get(control_subscriptions))
         .route("/_emulator/subscriptions/{id}", axum::routing::delete(control_delete_subscription))
         .route("/_emulator/faults", post(control_fault))
@@ -678,6 +681,160 @@ async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q)
         body["@odata.nextLink"] = json!(format!("{}/v1.0/users?{}", emu.inner.base_url.read().unwrap(), ser.finish()));
     }
     json_response(StatusCode::OK, body)
+}
+
+/// `GET /groups/{id}/transitiveMembers`: every nested member, as directoryObjects with their
+/// `@odata.type` (<https://learn.microsoft.com/en-us/graph/api/group-list-transitivemembers>).
+async fn transitive_members(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    members_page(&emu, &headers, &id, false, q)
+}
+
+/// The OData cast `.../transitiveMembers/microsoft.graph.user` (the OpenAPI description
+/// spells it `graph.user`): users only.
+async fn transitive_members_cast(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    Path((id, cast)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    match cast.as_str() {
+        "microsoft.graph.user" | "graph.user" => members_page(&emu, &headers, &id, true, q),
+        "microsoft.graph.group" | "graph.group" | "microsoft.graph.device" | "microsoft.graph.orgContact" => {
+            json_response(StatusCode::OK, json!({"value": []}))
+        }
+        _ => graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            &format!("'{cast}' is not a supported member type."),
+        ),
+    }
+}
+
+fn members_page(emu: &Emulator, headers: &HeaderMap, id: &str, users_only: bool, q: Option<String>) -> Response {
+    let t = match auth(emu, headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if !has_role(
+        &t,
+        &[
+            "GroupMember.Read.All",
+            "Group.Read.All",
+            "Group.ReadWrite.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+    ) {
+        return denied();
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
+    let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let top = match p("$top").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "Request_UnsupportedQuery",
+                &format!(
+                    "Invalid page size specified: '{}'. Must be between 1 and 999 inclusive.",
+                    p("$top").unwrap_or_default()
+                ),
+            );
+        }
+    };
+    let offset = match p("$skiptoken") {
+        None => 0,
+        Some(tok) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&tok)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
+        {
+            Some(n) => n,
+            None => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "Directory_ExpiredPageToken",
+                    "The specified page token value has expired or is invalid.",
+                );
+            }
+        },
+    };
+    let select: Option<BTreeSet<String>> = p("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let w = emu.inner.world.lock().unwrap();
+    let tenant = &w.tenants[&t.tenant];
+    let Some(all) = tenant.transitive_members(id) else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            ),
+        );
+    };
+    let all: Vec<(String, bool)> = all.into_iter().filter(|(_, g)| !users_only || !g).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(top)
+        .map(|(mid, is_group)| {
+            if *is_group {
+                json!({"@odata.type": "#microsoft.graph.group", "id": mid})
+            } else {
+                let u = &tenant.users[tenant.by_id[mid.as_str()]];
+                let mut v = user_json(u, select.as_ref());
+                v["@odata.type"] = json!("#microsoft.graph.user");
+                v
+            }
+        })
+        .collect();
+    let mut body = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
+        "value": page,
+    });
+    if offset + top < all.len() {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = p("$select") {
+            ser.append_pair("$select", &s);
+        }
+        ser.append_pair("$top", &top.to_string());
+        ser.append_pair(
+            "$skiptoken",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{}", offset + top)),
+        );
+        let cast = if users_only { "/microsoft.graph.user" } else { "" };
+        body["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/groups/{id}/transitiveMembers{cast}?{}",
+            emu.inner.base_url.read().unwrap(),
+            ser.finish()
+        ));
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// `PUT /_emulator/tenants/{tenant}/groups/{id}` with `{"members": [ids]}` (users or groups).
+async fn control_group(
+    State(emu): State<Emulator>,
+    Path((tenant, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        members: Vec<String>,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body must be {\"members\": [ids]}").into_response();
+    };
+    let mut w = emu.inner.world.lock().unwrap();
+    let Some(key) = w.tenant_key(&tenant) else { return StatusCode::NOT_FOUND.into_response() };
+    w.tenants.get_mut(&key).unwrap().set_group(&id, b.members);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// A user as `/users` and `/users/delta` return it: `$select`ed properties (and `id`), or the

@@ -17,7 +17,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use wasmtime::Store;
 
-use crate::bindings::{status, sync, users};
+use crate::bindings::{policy, status, sync, users};
 use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::engine::{Runtime, wt};
@@ -38,6 +38,8 @@ pub(crate) struct Actor {
     /// The actor's own queue (for the ticks the plugin asks for, and to yield during a flood).
     tx: mpsc::Sender<Command>,
     pub(crate) settings: sync::Settings,
+    /// The sync policy the host holds for the integration.
+    pub(crate) policy: crate::policy::PolicyConfig,
     pub(crate) release: Arc<Release>,
     pub(crate) store: Store<HostState>,
     pub(crate) bindings: Plugin,
@@ -76,11 +78,12 @@ pub(crate) enum Configured {
     Trapped(wasmtime::Error),
 }
 
-/// Configures a fresh instance.
+/// Configures a fresh instance, and sets its sync policy.
 pub(crate) async fn configure_instance(
     store: &mut Store<HostState>,
     bindings: &Plugin,
     settings: &sync::Settings,
+    policy_config: &crate::policy::PolicyConfig,
 ) -> Configured {
     arm(store, false);
     let sync = bindings.teams_presence_plugin_sync();
@@ -95,10 +98,45 @@ pub(crate) async fn configure_instance(
         }
         Err(e) => return Configured::Trapped(e),
     }
+    match (bindings.policy(), policy_config.to_wit()) {
+        (Some(p), Ok(wanted)) => {
+            arm(store, false);
+            match p.call_set_policy(&mut *store, &wanted).await {
+                Ok(Ok(())) => {}
+                Ok(Err(policy::PolicyError::Invalid(r))) => {
+                    return Configured::Refused(format!("invalid policy: {}", printable(&cap(r, 512))));
+                }
+                Err(e) => return Configured::Trapped(e),
+            }
+        }
+        (None, _) if policy_config.is_default() => {}
+        (None, _) => {
+            return Configured::Refused(
+                "this plugin release has no policy export (WIT 3.5.0): its sync policy is not applied".into(),
+            );
+        }
+        (Some(_), Err((field, reason))) => return Configured::Refused(format!("invalid {field}: {reason}")),
+    }
     arm(store, false);
     match sync.call_plugin_version(&mut *store).await {
         Ok(v) => Configured::Ok(printable(&cap(v, 128))),
         Err(e) => Configured::Trapped(e),
+    }
+}
+
+/// A dry run's entry as the host shows it: the guest's words capped and printable.
+fn dry_run_view(e: policy::DryRunEntry) -> crate::status::DryRunView {
+    let shows = |c: policy::CallPresence| match c {
+        policy::CallPresence::None => "none",
+        policy::CallPresence::InACall => "in-a-call",
+        policy::CallPresence::DoNotDisturb => "do-not-disturb",
+    };
+    crate::status::DryRunView {
+        user_id: printable(&cap(e.user_id, 256)),
+        microsoft_user_id: printable(&cap(e.microsoft_user_id, 256)),
+        now: shows(e.now).into(),
+        after: shows(e.after).into(),
+        reason: printable(&cap(e.reason, 512)),
     }
 }
 
@@ -161,6 +199,7 @@ impl Actor {
         ctx: Arc<IntegrationCtx>,
         tx: mpsc::Sender<Command>,
         settings: sync::Settings,
+        policy: crate::policy::PolicyConfig,
         release: Arc<Release>,
     ) -> anyhow::Result<Actor> {
         let mut store = rt.new_store(ctx.clone());
@@ -172,6 +211,7 @@ impl Actor {
             ctx,
             tx,
             settings,
+            policy,
             release,
             store,
             bindings,
@@ -194,7 +234,7 @@ impl Actor {
     }
 
     async fn configure(&mut self) {
-        match configure_instance(&mut self.store, &self.bindings, &self.settings).await {
+        match configure_instance(&mut self.store, &self.bindings, &self.settings, &self.policy).await {
             Configured::Ok(v) => {
                 self.config_error = None;
                 self.plugin_version = v;
@@ -334,7 +374,7 @@ impl Actor {
         let started = Instant::now();
         let started_cpu = thread_cpu();
         let kind = cmd.name();
-        if matches!(cmd, Command::UsersPage(..) | Command::MappingCounts(..)) {
+        if matches!(cmd, Command::UsersPage(..) | Command::MappingCounts(..) | Command::DryRun(..)) {
             extend(&mut self.store, Duration::from_millis(crate::sandbox::ADMIN_QUERY_DEADLINE_MS));
         }
         let sync = self.bindings.teams_presence_plugin_sync();
@@ -363,8 +403,25 @@ impl Actor {
             Command::SyncNow => sync.call_sync_now(&mut self.store).await,
             Command::Status(reply) => match sync.call_status(&mut self.store).await {
                 Ok(s) => {
-                    let _ = reply.send(self.view(Some(s)));
-                    Ok(())
+                    let mut view = self.view(Some(s));
+                    let policy = match self.bindings.policy() {
+                        Some(p) => {
+                            arm(&mut self.store, false);
+                            p.call_status(&mut self.store).await.map(|s| Some(s.into()))
+                        }
+                        None => Ok(None),
+                    };
+                    match policy {
+                        Ok(p) => {
+                            view.policy = p;
+                            let _ = reply.send(view);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = reply.send(view);
+                            Err(e)
+                        }
+                    }
                 }
                 Err(e) => {
                     let _ = reply.send(self.view(None));
@@ -405,6 +462,18 @@ impl Actor {
                         let _ = reply.send(Some(users_page_view(p)));
                     })
                 }
+                None => {
+                    let _ = reply.send(None);
+                    Ok(())
+                }
+            },
+            Command::DryRun(proposed, reply) => match self.bindings.policy() {
+                Some(p) => p.call_dry_run(&mut self.store, &proposed).await.map(|r| {
+                    let _ = reply.send(Some(
+                        r.map(|entries| entries.into_iter().take(10_000).map(dry_run_view).collect())
+                            .map_err(|policy::PolicyError::Invalid(m)| printable(&cap(m, 1024))),
+                    ));
+                }),
                 None => {
                     let _ = reply.send(None);
                     Ok(())

@@ -10,6 +10,9 @@
 //! - `POST /integrations/{name}/users/{username}/device-code`: starts the device code sign-in
 //!   of an integration user who must use MFA (`202` with the code to enter and where);
 //!   `GET` the same path: `pending`, `signed-in` or `failed` with Entra's code.
+//! - `POST /integrations/{name}/policy/dry-run` with a policy (the `policy` of the spec):
+//!   what it would do to the users now in a call (`{"changes": [{"user_id",
+//!   "microsoft_user_id", "now", "after", "reason"}]}`), without doing it.
 //! - `DELETE /integrations/{name}`: retires it (users withdrawn, sessions cleared,
 //!   subscriptions deleted at Microsoft), then removes it and its state (`200` with what was
 //!   done).
@@ -44,6 +47,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/integrations", get(list).post(create))
         .route("/integrations/{name}", get(show).put(update).delete(delete))
         .route("/integrations/{name}/users", get(users))
+        .route("/integrations/{name}/policy/dry-run", axum::routing::post(dry_run))
         .route("/integrations/{name}/users/{username}/device-code", get(sign_in_state).post(start_sign_in))
 }
 
@@ -69,7 +73,60 @@ pub(crate) fn view(c: &IntegrationConfig, source: crate::registry::Source) -> se
         "directory_delta_interval_s": c.directory_delta_interval_s,
         "match_order": c.match_order,
         "overrides": c.overrides.iter().map(|(s, m)| json!({"switchboard_user": s, "microsoft_user": m})).collect::<Vec<_>>(),
+        "policy": c.policy,
     })
+}
+
+/// What a proposed policy would do to the users now in a call, asked of the host that runs
+/// the integration.
+async fn dry_run(State(st): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
+    let bytes = match read_body(body, MAX_SPEC_BODY, crate::web::BODY_READ_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let policy: crate::policy::PolicyConfig = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": format!("the body must be a policy as JSON (the \"policy\" of GET /integrations/{{name}}): {e}"), "field": null })),
+            )
+                .into_response();
+        }
+    };
+    let wit = match policy.to_wit() {
+        Ok(w) => w,
+        Err((field, reason)) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({ "error": format!("{field}: {reason}"), "field": field })),
+            )
+                .into_response();
+        }
+    };
+    if st.registry.runs_elsewhere(&name) {
+        let path = format!("/integrations/{name}/policy/dry-run");
+        let body = serde_json::to_value(&policy).unwrap_or_default();
+        let (status, answer) = st.registry.ask_owner(&name, "POST", &path, Some(body)).await;
+        return (status, axum::Json(answer)).into_response();
+    }
+    let Some(h) = st.registry.get(&name) else { return refused(RegistryError::NotFound(name)) };
+    match h.dry_run(wit).await {
+        Ok(Some(Ok(changes))) => axum::Json(json!({ "changes": changes })).into_response(),
+        Ok(Some(Err(reason))) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({ "error": reason, "field": "policy" })))
+                .into_response()
+        }
+        Ok(None) => (
+            StatusCode::NOT_IMPLEMENTED,
+            axum::Json(json!({
+                "error": "this integration's plugin has no sync policy (it was built against WIT 3.4 or earlier)",
+                "field": null,
+            })),
+        )
+            .into_response(),
+        Err(crate::error::Stopping) => (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response(),
+    }
 }
 
 /// The short status of a listing: state, code, hint, users (`null` fields when it did not

@@ -9,13 +9,13 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::teams_presence::plugin::{admin, sync, users};
+pub use exports::teams_presence::plugin::{admin, policy, sync, users};
 pub use teams_presence::plugin::{
     clock, credentials, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
 };
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "3.4.0";
+pub const WIT_VERSION: &str = "3.5.0";
 
 /// The WIT package the plugin's export belongs to.
 pub const WIT_PACKAGE: &str = "teams-presence:plugin";

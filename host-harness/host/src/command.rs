@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::bindings::{outbound_http, presence, sync};
+use crate::bindings::{outbound_http, policy, presence, sync};
 use crate::error::{LineEventError, OverrideError};
 use crate::release::Release;
 use crate::status::{StatusView, SwapReport};
@@ -38,6 +38,9 @@ pub enum Command {
     UsersPage(crate::status::UsersQuery, oneshot::Sender<Option<crate::status::UsersPageView>>),
     /// The users by outcome; `None` when the plugin cannot.
     MappingCounts(oneshot::Sender<Option<crate::status::MappingCountsView>>),
+    /// What a policy would do to the users in a call; `None` when the plugin cannot (no
+    /// `policy` export); `Err`: the plugin refused the policy (`field: reason`).
+    DryRun(policy::SyncPolicy, oneshot::Sender<Option<Result<Vec<crate::status::DryRunView>, String>>>),
     /// Switch to another plugin release (hot swap), with where to send the outcome.
     Swap(Arc<Release>, oneshot::Sender<SwapReport>),
     /// Make the next guest call hit its deadline at once (a real epoch-interruption trap):
@@ -63,6 +66,7 @@ impl Command {
             Command::Retire(..) => "retire",
             Command::UsersPage(..) => "users-page",
             Command::MappingCounts(..) => "mapping-counts",
+            Command::DryRun(..) => "policy-dry-run",
             Command::Swap(..) => "swap",
             Command::InterruptNextCall => "interrupt-next-call",
             Command::Shutdown => "shutdown",

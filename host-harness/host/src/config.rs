@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::policy::PolicyConfig;
 use serde::Deserialize;
 
 /// A secret value (client secret, password). Never printed.
@@ -169,6 +170,8 @@ pub struct IntegrationConfig {
     pub switchboard_csv: Option<PathBuf>,
     /// This integration's own plugin component (a canary release), instead of the host's.
     pub plugin: Option<PathBuf>,
+    /// The sync policy (scope, direction, push rules).
+    pub policy: PolicyConfig,
 }
 
 /// An address source for matching (`match_order`).
@@ -260,6 +263,8 @@ struct RawIntegration {
     overrides: Vec<RawOverride>,
     switchboard_csv: Option<PathBuf>,
     plugin: Option<PathBuf>,
+    #[serde(default)]
+    policy: PolicyConfig,
 }
 
 /// A date as TOML writes it (`2027-05-01`, or a date-time) or as a string.
@@ -611,6 +616,8 @@ pub struct IntegrationSpec {
     /// Explicit mappings.
     #[serde(default)]
     pub overrides: Vec<OverrideSpec>,
+    /// The sync policy; `None`: keep the one set (the default on create).
+    pub policy: Option<PolicyConfig>,
 }
 
 /// An integration user in an [`IntegrationSpec`].
@@ -681,6 +688,7 @@ impl IntegrationSpec {
                 .collect(),
             switchboard_csv: current.and_then(|c| c.switchboard_csv.clone()),
             plugin: current.and_then(|c| c.plugin.clone()),
+            policy: self.policy.or_else(|| current.map(|c| c.policy.clone())).unwrap_or_default(),
         };
         integration_of(raw, &|p| p, &|_| None, platform).map_err(|(field, reason)| ConfigError {
             file: "request body".into(),
@@ -750,6 +758,7 @@ fn integration_of(
             ));
         }
     }
+    r.policy.check()?;
     check_name(&r.name).map_err(|reason| e("name", reason))?;
     let display_name = match r.display_name.map(|d| d.trim().to_string()) {
         Some(d) if d.is_empty() => None,
@@ -804,6 +813,7 @@ fn integration_of(
         overrides: r.overrides.into_iter().map(|o| (o.switchboard_user, o.microsoft_user)).collect(),
         switchboard_csv: r.switchboard_csv.map(path),
         plugin: r.plugin.map(path),
+        policy: r.policy,
     })
 }
 
@@ -1069,6 +1079,40 @@ users = [{ username = "sync1@contoso.com", password = "pw" }]
             assert_eq!(e.field, field, "{lines}");
             assert!(e.reason.contains(says), "{lines}: {}", e.reason);
         }
+    }
+
+    #[test]
+    fn the_sync_policy_loads_from_its_table_and_a_bad_one_names_the_field() {
+        let with = |lines: &str| format!("{GOOD}\n[integration.policy]\n{lines}\n");
+        let c = Config::parse(
+            &with(
+                "groups = [\"5d2f0a7c-1b3e-4c5d-9e8f-0a1b2c3d4e5f\"]\nexcluded_users = [\"ceo@contoso.com\"]\n\
+                 do_not_disturb_in_call = true\n\
+                 working_hours = { time_zone = \"Europe/Copenhagen\", days = [\"mon\", \"fri\"], start = \"08:00\", end = \"16:30\" }",
+            ),
+            "c.toml",
+            Path::new("."),
+            &env,
+        )
+        .unwrap();
+        let p = &c.integrations[0].policy;
+        assert_eq!(p.groups.len(), 1);
+        assert!(p.do_not_disturb_in_call);
+        let w = p.to_wit().unwrap().working_hours.unwrap();
+        assert_eq!((w.start_minute, w.end_minute, w.days.len()), (480, 990, 2));
+        assert!(Config::parse(GOOD, "c.toml", Path::new("."), &env).unwrap().integrations[0].policy.is_default());
+        for (lines, field) in [
+            ("groups = [\"sales\"]", "integration[0].policy.groups[0]"),
+            (
+                "working_hours = { time_zone = \"UTC\", start = \"8am\", end = \"17:00\" }",
+                "integration[0].policy.working_hours.start",
+            ),
+        ] {
+            let e = Config::parse(&with(lines), "c.toml", Path::new("."), &env).unwrap_err();
+            assert_eq!(e.field, field, "{lines}: {}", e.reason);
+        }
+        let e = Config::parse(&with("call_replace = [\"Away\"]"), "c.toml", Path::new("."), &env).unwrap_err();
+        assert!(e.reason.contains("call_replace"), "an unknown key is named: {}", e.reason);
     }
 
     #[test]

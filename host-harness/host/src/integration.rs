@@ -150,6 +150,14 @@ impl IntegrationHandle {
         self.ask(Command::MappingCounts).await
     }
 
+    /// What `policy` would do to the users in a call (see [`Command::DryRun`]).
+    pub async fn dry_run(
+        &self,
+        policy: crate::bindings::policy::SyncPolicy,
+    ) -> Result<Option<Result<Vec<crate::status::DryRunView>, String>>, Stopping> {
+        self.ask(|tx| Command::DryRun(policy, tx)).await
+    }
+
     /// Hot swap: switches this integration to `release` (see [`SwapReport`]).
     pub async fn swap(&self, release: Arc<Release>) -> Result<SwapReport, Stopping> {
         self.ask(|tx| Command::Swap(release, tx)).await
@@ -181,6 +189,9 @@ impl IntegrationHandle {
 pub struct Spawn {
     /// Settings (with secrets).
     pub settings: sync::Settings,
+    /// The sync policy, set right after every `configure` (a plugin without the `policy`
+    /// export runs without it, and its status says so when it is not the default).
+    pub policy: crate::policy::PolicyConfig,
     /// Origins the plugin may call (`scheme://host:port`).
     pub allowed_origins: Vec<String>,
     /// Sends the plugin's requests.
@@ -241,7 +252,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
     ));
     let handle =
         IntegrationHandle { name: ctx.name.clone(), tx: tx.clone(), ctx: ctx.clone(), task: Default::default() };
-    let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.release).await?;
+    let mut actor = Actor::start(rt, ctx.clone(), tx.clone(), s.settings, s.policy, s.release).await?;
     // Notifications acknowledged before a crash but never processed: the actor takes them,
     // oldest first, before anything else reaches the new instance.
     inbox::replay(&ctx)?;

@@ -76,6 +76,7 @@ pub mod keys;
 pub mod lease;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod release;
 pub mod sandbox;

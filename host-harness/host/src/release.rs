@@ -22,20 +22,21 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, sync, users};
+use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, policy, sync, users};
 use crate::instance::HostState;
 
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-/// A release's exports, looked up once: `sync`, and `admin` (since WIT 3.2.0) and `users`
-/// (since 3.3.0) when the plugin has them (a plugin built against an earlier 3.x lacks them,
+/// A release's exports, looked up once: `sync`, and `admin` (since WIT 3.2.0), `users`
+/// (since 3.3.0) and `policy` (since 3.5.0) when the plugin has them (a plugin built against an earlier 3.x lacks them,
 /// and runs without them).
 pub(crate) struct PluginPre {
     pre: InstancePre<HostState>,
     sync: sync::GuestIndices,
     admin: Option<admin::GuestIndices>,
     users: Option<users::GuestIndices>,
+    policy: Option<policy::GuestIndices>,
 }
 
 impl PluginPre {
@@ -43,7 +44,8 @@ impl PluginPre {
         let sync = sync::GuestIndices::new(&pre)?;
         let admin = admin::GuestIndices::new(&pre).ok();
         let users = users::GuestIndices::new(&pre).ok();
-        Ok(PluginPre { pre, sync, admin, users })
+        let policy = policy::GuestIndices::new(&pre).ok();
+        Ok(PluginPre { pre, sync, admin, users, policy })
     }
 
     /// A new instance in `store`.
@@ -58,7 +60,11 @@ impl PluginPre {
             Some(u) => Some(u.load(&mut *store, &instance)?),
             None => None,
         };
-        Ok(Plugin { sync, admin, users })
+        let policy = match &self.policy {
+            Some(p) => Some(p.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Plugin { sync, admin, users, policy })
     }
 }
 
@@ -67,6 +73,7 @@ pub(crate) struct Plugin {
     sync: sync::Guest,
     admin: Option<admin::Guest>,
     users: Option<users::Guest>,
+    policy: Option<policy::Guest>,
 }
 
 impl Plugin {
@@ -83,6 +90,11 @@ impl Plugin {
     /// The `users` export, if the plugin has it.
     pub(crate) fn users(&self) -> Option<&users::Guest> {
         self.users.as_ref()
+    }
+
+    /// The `policy` export, if the plugin has it.
+    pub(crate) fn policy(&self) -> Option<&policy::Guest> {
+        self.policy.as_ref()
     }
 }
 

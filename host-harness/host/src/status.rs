@@ -119,6 +119,67 @@ pub struct StatusView {
     /// What needs the admin soon although the integration works now (a client secret that
     /// expires within [`SECRET_WARN_DAYS`] days, or has expired).
     pub warnings: Vec<WarningView>,
+    /// How the sync policy applies now; `None`: the plugin has no `policy` export (WIT
+    /// 3.5.0), or the status was read without it.
+    pub policy: Option<PolicyView>,
+}
+
+/// How an integration's sync policy applies now (WIT `policy.policy-status`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PolicyView {
+    /// Mapped users the policy lets sync.
+    pub in_scope: u32,
+    /// Mapped users in none of the policy's groups.
+    pub outside_groups: u32,
+    /// Mapped users excluded by name.
+    pub excluded: u32,
+    /// Users in scope whose calls are never pushed.
+    pub teams_to_switchboard_only: u32,
+    /// Members read over all groups (`null`: not read).
+    pub group_members: Option<u32>,
+    /// When the groups were last read in full (ms since the epoch).
+    pub groups_read_at_ms: Option<u64>,
+    /// Why the groups could not be read: code and hint.
+    pub groups_code: Option<String>,
+    /// What to do about it.
+    pub groups_hint: Option<String>,
+    /// Whether calls are pushed now (within working hours, or none set).
+    pub within_working_hours: bool,
+    /// Entries of the policy's user lists that name nobody.
+    pub unknown_entries: Vec<String>,
+}
+
+impl From<crate::bindings::policy::PolicyStatus> for PolicyView {
+    fn from(s: crate::bindings::policy::PolicyStatus) -> Self {
+        use crate::sandbox::{cap, printable};
+        PolicyView {
+            in_scope: s.in_scope,
+            outside_groups: s.outside_groups,
+            excluded: s.excluded,
+            teams_to_switchboard_only: s.teams_to_switchboard_only,
+            group_members: s.group_members,
+            groups_read_at_ms: s.groups_read_at_ms,
+            groups_code: s.groups_problem.as_ref().map(|p| printable(&cap(p.code.clone(), 128))),
+            groups_hint: s.groups_problem.map(|p| printable(&cap(p.hint, 1024))),
+            within_working_hours: s.within_working_hours,
+            unknown_entries: s.unknown_entries.into_iter().take(100).map(|e| printable(&cap(e, 256))).collect(),
+        }
+    }
+}
+
+/// What a proposed policy would do to one user in a call (`POST .../policy/dry-run`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DryRunView {
+    /// Switchboard user id.
+    pub user_id: String,
+    /// Microsoft user id.
+    pub microsoft_user_id: String,
+    /// What Teams shows for the call now: `none`, `in-a-call`, `do-not-disturb`.
+    pub now: String,
+    /// What it would show under the proposed policy.
+    pub after: String,
+    /// The rule that decides.
+    pub reason: String,
 }
 
 /// Days before the client secret's expiry from which the status warns.
@@ -251,6 +312,7 @@ impl StatusView {
             state_write_error: a.state_error.clone(),
             client_secret_expires_ms: a.client_secret_expires_ms,
             warnings: a.client_secret_expires_ms.and_then(|e| secret_warning(e, a.now_ms)).into_iter().collect(),
+            policy: None,
         };
         let Some(s) = s else {
             v.code = Some("plugin-trap".into());

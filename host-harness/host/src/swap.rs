@@ -69,7 +69,7 @@ impl Actor {
         let instantiated = release.pre.instantiate_async(&mut store).await;
         let instantiate_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let outcome = match instantiated {
-            Ok(bindings) => match configure_instance(&mut store, &bindings, &self.settings).await {
+            Ok(bindings) => match configure_instance(&mut store, &bindings, &self.settings, &self.policy).await {
                 Configured::Ok(version) => Ok((bindings, version)),
                 Configured::Refused(msg) => Err(format!("the new release refused the settings: {msg}")),
                 Configured::Trapped(e) => Err(format!("the new release trapped while configuring: {e:#}")),

@@ -305,3 +305,113 @@ impl From<core::MappingCounts> for users::MappingCounts {
         }
     }
 }
+
+impl From<policy::Weekday> for core::Weekday {
+    fn from(d: policy::Weekday) -> Self {
+        match d {
+            policy::Weekday::Monday => core::Weekday::Monday,
+            policy::Weekday::Tuesday => core::Weekday::Tuesday,
+            policy::Weekday::Wednesday => core::Weekday::Wednesday,
+            policy::Weekday::Thursday => core::Weekday::Thursday,
+            policy::Weekday::Friday => core::Weekday::Friday,
+            policy::Weekday::Saturday => core::Weekday::Saturday,
+            policy::Weekday::Sunday => core::Weekday::Sunday,
+        }
+    }
+}
+
+impl From<core::Weekday> for policy::Weekday {
+    fn from(d: core::Weekday) -> Self {
+        match d {
+            core::Weekday::Monday => policy::Weekday::Monday,
+            core::Weekday::Tuesday => policy::Weekday::Tuesday,
+            core::Weekday::Wednesday => policy::Weekday::Wednesday,
+            core::Weekday::Thursday => policy::Weekday::Thursday,
+            core::Weekday::Friday => policy::Weekday::Friday,
+            core::Weekday::Saturday => policy::Weekday::Saturday,
+            core::Weekday::Sunday => policy::Weekday::Sunday,
+        }
+    }
+}
+
+impl From<policy::SyncPolicy> for core::SyncPolicy {
+    fn from(p: policy::SyncPolicy) -> Self {
+        core::SyncPolicy {
+            groups: p.groups,
+            excluded_users: p.excluded_users,
+            teams_to_switchboard_only: p.teams_to_switchboard_only,
+            call_replaces: p.call_replaces,
+            do_not_disturb_in_call: p.do_not_disturb_in_call,
+            working_hours: p.working_hours.map(|w| core::WorkingHours {
+                time_zone: w.time_zone,
+                days: w.days.into_iter().map(Into::into).collect(),
+                start_minute: w.start_minute,
+                end_minute: w.end_minute,
+            }),
+        }
+    }
+}
+
+impl From<core::SyncPolicy> for policy::SyncPolicy {
+    fn from(p: core::SyncPolicy) -> Self {
+        policy::SyncPolicy {
+            groups: p.groups,
+            excluded_users: p.excluded_users,
+            teams_to_switchboard_only: p.teams_to_switchboard_only,
+            call_replaces: p.call_replaces,
+            do_not_disturb_in_call: p.do_not_disturb_in_call,
+            working_hours: p.working_hours.map(|w| policy::WorkingHours {
+                time_zone: w.time_zone,
+                days: w.days.into_iter().map(Into::into).collect(),
+                start_minute: w.start_minute,
+                end_minute: w.end_minute,
+            }),
+        }
+    }
+}
+
+impl From<core::PolicyError> for policy::PolicyError {
+    fn from(e: core::PolicyError) -> Self {
+        match e {
+            core::PolicyError::Invalid(r) => policy::PolicyError::Invalid(r),
+        }
+    }
+}
+
+impl From<core::CallPresence> for policy::CallPresence {
+    fn from(c: core::CallPresence) -> Self {
+        match c {
+            core::CallPresence::None => policy::CallPresence::None,
+            core::CallPresence::InACall => policy::CallPresence::InACall,
+            core::CallPresence::DoNotDisturb => policy::CallPresence::DoNotDisturb,
+        }
+    }
+}
+
+impl From<core::DryRunEntry> for policy::DryRunEntry {
+    fn from(e: core::DryRunEntry) -> Self {
+        policy::DryRunEntry {
+            user_id: e.user_id,
+            microsoft_user_id: e.microsoft_user_id,
+            now: e.now.into(),
+            after: e.after.into(),
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<core::PolicyStatus> for policy::PolicyStatus {
+    fn from(s: core::PolicyStatus) -> Self {
+        policy::PolicyStatus {
+            in_scope: s.in_scope,
+            outside_groups: s.outside_groups,
+            excluded: s.excluded,
+            teams_to_switchboard_only: s.teams_to_switchboard_only,
+            group_members: s.group_members,
+            groups_read_at_ms: s.groups_read_at_ms,
+            groups_problem: s.groups_problem.map(Into::into),
+            within_working_hours: s.within_working_hours,
+            unknown_entries: s.unknown_entries,
+        }
+    }
+}

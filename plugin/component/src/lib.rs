@@ -7,7 +7,7 @@
 //! ## Layout
 //! - `HostEnv`: the core's [`presence_core::Env`] backed by WIT imports.
 //! - `run_effects`: performs effects until none are left.
-//! - `Plugin`: the `sync`, `admin` and `users` exports.
+//! - `Plugin`: the `sync`, `admin`, `users` and `policy` exports.
 //! - `convert`: `From` impls between WIT and core types.
 
 #![allow(missing_docs)] // generated bindings
@@ -22,7 +22,7 @@ wit_bindgen::generate!({
     world: "presence-sync",
 });
 
-use exports::teams_presence::plugin::{admin, sync, users};
+use exports::teams_presence::plugin::{admin, policy, sync, users};
 use teams_presence::plugin::{
     clock, credentials, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
 };
@@ -195,6 +195,26 @@ impl users::Guest for Plugin {
 
     fn counts() -> users::MappingCounts {
         with_core(|core, env| core.mapping_counts(env).into())
+    }
+}
+
+impl policy::Guest for Plugin {
+    fn set_policy(p: policy::SyncPolicy) -> Result<(), policy::PolicyError> {
+        with_core(|core, env| core.set_policy(env, p.into()).map_err(Into::into))
+    }
+
+    fn get_policy() -> policy::SyncPolicy {
+        with_core(|core, _| core.policy().clone().into())
+    }
+
+    fn dry_run(p: policy::SyncPolicy) -> Result<Vec<policy::DryRunEntry>, policy::PolicyError> {
+        with_core(|core, env| {
+            core.dry_run(env, &p.into()).map(|v| v.into_iter().map(Into::into).collect()).map_err(Into::into)
+        })
+    }
+
+    fn status() -> policy::PolicyStatus {
+        with_core(|core, env| core.policy_status(env).into())
     }
 }
 

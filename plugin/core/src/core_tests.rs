@@ -21,6 +21,14 @@ struct FakeEnv {
     subs_created: usize,
     /// Refresh tokens the host keeps, by integration user.
     refresh: HashMap<String, String>,
+    /// Entra groups and their transitive members (ids), as `run_graph` answers them; a
+    /// group not here is answered 404. `groups_status`: answer every group read so instead.
+    groups: HashMap<String, Vec<String>>,
+    groups_status: Option<u16>,
+    /// Every effect `run_graph` saw, in order.
+    log: Vec<Effect>,
+    /// What `run_graph` answers to a presence read (availability, activity).
+    own_presence: (String, String),
 }
 
 impl Env for FakeEnv {
@@ -81,6 +89,10 @@ fn env(n: usize) -> FakeEnv {
         seen: Vec::new(),
         subs_created: 0,
         refresh: HashMap::new(),
+        groups: HashMap::new(),
+        groups_status: None,
+        log: Vec::new(),
+        own_presence: ("Available".into(), "Available".into()),
     }
 }
 
@@ -180,6 +192,7 @@ fn run_graph_observed(
             }
         }
         published.extend(publishes(&effects));
+        env.log.extend(effects.iter().cloned());
         let reqs = requests(&effects);
         if reqs.is_empty() {
             // The host calls `tick` when the core asks for the next step of its work.
@@ -199,6 +212,27 @@ fn run_graph_observed(
                 ok(
                     200,
                     serde_json::json!({"access_token": format!("tok-{}", form(&r)["grant_type"]), "expires_in": 3599}),
+                )
+            } else if let Some(rest) = r.url.strip_prefix("https://graph.test/v1.0/groups/") {
+                let group = rest.split('/').next().unwrap();
+                match (env.groups_status, env.groups.get(group)) {
+                    (Some(status), _) => ok(
+                        status,
+                        serde_json::json!({"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges to complete the operation."}}),
+                    ),
+                    (None, Some(members)) => ok(
+                        200,
+                        serde_json::json!({"value": members.iter().map(|id| serde_json::json!({"@odata.type": "#microsoft.graph.user", "id": id})).collect::<Vec<_>>()}),
+                    ),
+                    (None, None) => ok(404, serde_json::json!({"error": {"code": "Request_ResourceNotFound"}})),
+                }
+            } else if r.url.ends_with("/presence/setPresence") || r.url.ends_with("/presence/clearPresence") {
+                ok(200, serde_json::json!({}))
+            } else if r.url.ends_with("/presence") && r.method == "GET" {
+                let id = r.url.trim_end_matches("/presence").rsplit('/').next().unwrap();
+                ok(
+                    200,
+                    serde_json::json!({"id": id, "availability": env.own_presence.0, "activity": env.own_presence.1}),
                 )
             } else if r.url.contains("/v1.0/users") {
                 let value: Vec<_> =
@@ -2151,3 +2185,5 @@ fn an_integration_user_without_a_password_signs_in_with_the_kept_refresh_token_a
         "it subscribed with the user's token"
     );
 }
+
+mod policy;

@@ -460,3 +460,108 @@ pub fn is_guid(s: &str) -> bool {
     parts.len() == 5
         && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+/// A day of the week (`policy.weekday`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Weekday {
+    /// Monday.
+    Monday,
+    /// Tuesday.
+    Tuesday,
+    /// Wednesday.
+    Wednesday,
+    /// Thursday.
+    Thursday,
+    /// Friday.
+    Friday,
+    /// Saturday.
+    Saturday,
+    /// Sunday.
+    Sunday,
+}
+
+/// When calls are pushed (`policy.working-hours`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkingHours {
+    /// IANA time zone name.
+    pub time_zone: String,
+    /// Days the hours apply to; empty = every day.
+    pub days: Vec<Weekday>,
+    /// Start, minutes after local midnight.
+    pub start_minute: u32,
+    /// End (exclusive), minutes after local midnight; before the start: spans midnight.
+    pub end_minute: u32,
+}
+
+/// An integration's sync policy (`policy.sync-policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncPolicy {
+    /// Entra group ids whose (transitive) members sync; empty = everyone.
+    pub groups: Vec<String>,
+    /// Users who do not sync at all.
+    pub excluded_users: Vec<String>,
+    /// Users whose calls are never pushed to Teams.
+    pub teams_to_switchboard_only: Vec<String>,
+    /// Availabilities a call may replace; empty = Available and Busy.
+    pub call_replaces: Vec<String>,
+    /// Show a call as DoNotDisturb/Presenting instead of Busy/InACall.
+    pub do_not_disturb_in_call: bool,
+    /// When calls are pushed; `None` = always.
+    pub working_hours: Option<WorkingHours>,
+}
+
+/// Why a policy was refused (`policy.policy-error`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyError {
+    /// `field: reason`.
+    Invalid(String),
+}
+
+/// What the plugin shows in Teams for a user in a call (`policy.call-presence`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallPresence {
+    /// Nothing.
+    None,
+    /// Busy/InACall.
+    InACall,
+    /// DoNotDisturb/Presenting.
+    DoNotDisturb,
+}
+
+/// What a policy would change for a user in a call (`policy.dry-run-entry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DryRunEntry {
+    /// Switchboard user id.
+    pub user_id: String,
+    /// Microsoft user id.
+    pub microsoft_user_id: String,
+    /// Under the policy in force.
+    pub now: CallPresence,
+    /// Under the proposed policy.
+    pub after: CallPresence,
+    /// The deciding rule.
+    pub reason: String,
+}
+
+/// How the policy in force applies (`policy.policy-status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// Mapped users in scope.
+    pub in_scope: u32,
+    /// Mapped users outside the groups.
+    pub outside_groups: u32,
+    /// Mapped users excluded by name.
+    pub excluded: u32,
+    /// Users in scope whose calls are never pushed.
+    pub teams_to_switchboard_only: u32,
+    /// Members read over all groups.
+    pub group_members: Option<u32>,
+    /// When the groups were last read in full.
+    pub groups_read_at_ms: Option<u64>,
+    /// Why the groups could not be read.
+    pub groups_problem: Option<Problem>,
+    /// Whether calls are pushed now.
+    pub within_working_hours: bool,
+    /// List entries that name nobody.
+    pub unknown_entries: Vec<String>,
+}

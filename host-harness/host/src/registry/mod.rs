@@ -173,6 +173,8 @@ struct StoredConfig {
     overrides: Vec<(String, String)>,
     switchboard_csv: Option<std::path::PathBuf>,
     plugin: Option<std::path::PathBuf>,
+    #[serde(default)]
+    policy: crate::policy::PolicyConfig,
 }
 
 impl From<&IntegrationConfig> for StoredConfig {
@@ -194,6 +196,7 @@ impl From<&IntegrationConfig> for StoredConfig {
             overrides: c.overrides.clone(),
             switchboard_csv: c.switchboard_csv.clone(),
             plugin: c.plugin.clone(),
+            policy: c.policy.clone(),
         }
     }
 }
@@ -217,6 +220,7 @@ impl From<StoredConfig> for IntegrationConfig {
             overrides: c.overrides,
             switchboard_csv: c.switchboard_csv,
             plugin: c.plugin,
+            policy: c.policy,
         }
     }
 }
@@ -308,6 +312,7 @@ impl Launch {
             self.rt.clone(),
             Spawn {
                 settings,
+                policy: ic.policy.clone(),
                 allowed_origins,
                 http,
                 store: self.store.clone(),

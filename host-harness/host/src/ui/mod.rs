@@ -375,6 +375,7 @@ fn view_of(e: &Entry, mark: Option<pages::Mark>) -> pages::FormView {
         counts: None,
         error: None,
         notice: None,
+        policy: c.policy.clone(),
     }
 }
 
@@ -401,6 +402,28 @@ fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> page
         counts: None,
         error: None,
         notice: None,
+        policy: policy_of(f),
+    }
+}
+
+/// The sync policy the form describes: lists one entry per line (or comma-separated),
+/// working hours when a time zone is given.
+fn policy_of(f: &Form) -> crate::policy::PolicyConfig {
+    let list = |k: &str| -> Vec<String> {
+        f.get(k).split(['\n', ',']).map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()
+    };
+    crate::policy::PolicyConfig {
+        groups: list("policy_groups"),
+        excluded_users: list("policy_excluded"),
+        teams_to_switchboard_only: list("policy_teams_only"),
+        call_replaces: list("policy_call_replaces"),
+        do_not_disturb_in_call: !f.get("policy_dnd").is_empty(),
+        working_hours: (!f.get("policy_time_zone").is_empty()).then(|| crate::policy::WorkingHoursConfig {
+            time_zone: f.get("policy_time_zone").to_string(),
+            days: f.all("policy_days").map(str::to_string).collect(),
+            start: f.get("policy_start").to_string(),
+            end: f.get("policy_end").to_string(),
+        }),
     }
 }
 
@@ -443,6 +466,7 @@ fn spec_of(f: &Form, current: Option<&Entry>, automated_available: bool) -> Inte
                     .collect()
             })
             .unwrap_or_default(),
+        policy: Some(policy_of(f)),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
+use crate::policy::PolicyConfig;
 use crate::status::{MappingCountsView, StatusView, UsersFilter, UsersPageView};
 
 /// An integration's status as the list and the form show it: the product guide's ✓ / ✗ /
@@ -176,6 +177,46 @@ pub(super) struct FormView {
     /// A refused save: the field and why.
     pub(super) error: Option<String>,
     pub(super) notice: Option<String>,
+    /// The sync policy as the form shows it.
+    pub(super) policy: PolicyConfig,
+}
+
+const WEEKDAYS: [(&str, &str); 7] =
+    [("mon", "Mon"), ("tue", "Tue"), ("wed", "Wed"), ("thu", "Thu"), ("fri", "Fri"), ("sat", "Sat"), ("sun", "Sun")];
+
+/// The "Sync policy" part of the form: who syncs, which way, and when calls are pushed.
+fn policy_fields(p: &PolicyConfig) -> Markup {
+    let hours = p.working_hours.as_ref();
+    let day_on = |d: &str| hours.is_some_and(|w| w.days.iter().any(|x| x.eq_ignore_ascii_case(d)));
+    html! {
+        h2 { "Sync policy" }
+        label for="policy_groups" { "Only members of these Entra groups " span.muted { "(object ids, one per line; nested groups count; empty: everyone; needs GroupMember.Read.All)" } }
+        textarea #policy_groups name="policy_groups" rows="2" { (p.groups.join("\n")) }
+        label for="policy_excluded" { "Users who do not sync " span.muted { "(switchboard user id, Microsoft user id or email, one per line)" } }
+        textarea #policy_excluded name="policy_excluded" rows="2" { (p.excluded_users.join("\n")) }
+        label for="policy_teams_only" { "Users whose calls are not shown in Teams " span.muted { "(Teams to switchboard only; one per line)" } }
+        textarea #policy_teams_only name="policy_teams_only" rows="2" { (p.teams_to_switchboard_only.join("\n")) }
+        label for="policy_call_replaces" { "A call may replace " span.muted { "(Teams availabilities, comma-separated; empty: Available, Busy)" } }
+        input #policy_call_replaces type="text" name="policy_call_replaces" value=(p.call_replaces.join(", ")) placeholder="Available, Busy";
+        label.toggle {
+            input #policy_dnd type="checkbox" name="policy_dnd" checked[p.do_not_disturb_in_call];
+            " Show calls as Do not disturb " span.muted { "(Teams silences notifications during calls)" }
+        }
+        fieldset #working-hours {
+            legend { "Working hours " span.muted { "(calls are pushed only within them; no time zone: at any hour)" } }
+            label for="policy_time_zone" { "Time zone " span.muted { "(IANA, e.g. Europe/Copenhagen)" } }
+            input #policy_time_zone type="text" name="policy_time_zone" value=(hours.map_or("", |w| w.time_zone.as_str()));
+            p.days {
+                @for (value, label) in WEEKDAYS {
+                    label.toggle { input type="checkbox" name="policy_days" value=(value) checked[day_on(value)]; " " (label) " " }
+                }
+            }
+            label for="policy_start" { "From" }
+            input #policy_start type="text" name="policy_start" placeholder="08:00" value=(hours.map_or("", |w| w.start.as_str()));
+            label for="policy_end" { "To" }
+            input #policy_end type="text" name="policy_end" placeholder="17:00" value=(hours.map_or("", |w| w.end.as_str()));
+        }
+    }
 }
 
 fn user_row(username: &str, password_set: bool, sign_in: Option<&str>) -> Markup {
@@ -262,6 +303,7 @@ pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
                     }
                 }
                 template #user-row { (user_row("", false, None)) }
+                (policy_fields(&v.policy))
                 p.actions {
                     button #save type="submit" name="action" value="save" { "Save" }
                     @if v.name.is_some() {

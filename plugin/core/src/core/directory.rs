@@ -280,6 +280,8 @@ impl Core {
 
     /// Asks for a full resync as soon as possible.
     pub(super) fn request_full_resync(&mut self) {
+        // The policy's groups are read again with it.
+        self.groups.next_at = 0;
         self.dir.full_due_at = 0;
         self.dir.next_at = 0;
         self.dir.retry.succeed();
@@ -462,7 +464,7 @@ impl Core {
         }
     }
 
-    fn delta_interval_ms(&self) -> u64 {
+    pub(super) fn delta_interval_ms(&self) -> u64 {
         match self.settings.as_ref().map_or(0, |s| s.directory_delta_interval_ms) {
             0 => DEFAULT_DELTA_INTERVAL_MS,
             n => n,

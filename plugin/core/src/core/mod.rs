@@ -7,6 +7,7 @@
 //! most one request per concern is in flight, so responses can never interleave badly.
 
 pub(crate) mod directory;
+mod policy;
 mod presence_reads;
 mod push;
 mod retire;
@@ -16,6 +17,7 @@ mod tokens;
 mod users_view;
 mod validation;
 
+pub use policy::{MAX_GROUPS, MAX_POLICY_ENTRIES, within_hours};
 pub use retire::RetireProgress;
 pub use users_view::{
     MAX_USERS_PAGE, MappingCounts, MatchedBy, Unmatched, UserRow, UsersFilter, UsersPage, UsersQuery,
@@ -85,6 +87,7 @@ enum Pending {
     Presences(usize),
     VerifySub(usize),
     Push(Vec<(String, PushOp)>),
+    GroupMembers,
     OpenIdConfig,
     Jwks,
 }
@@ -102,7 +105,7 @@ enum Scope {
 impl Scope {
     fn of(p: &Pending) -> Option<Scope> {
         Some(match p {
-            Pending::UsersPage => Scope::Directory,
+            Pending::UsersPage | Pending::GroupMembers => Scope::Directory,
             Pending::CreateSub { .. }
             | Pending::RenewSub(_)
             | Pending::DeleteSub(_)
@@ -383,6 +386,13 @@ pub struct Core {
     retiring: bool,
     /// Switchboard users the retirement withdrew.
     retire_withdrawn: u32,
+    /// The sync policy in force (`policy.rs`), and its working hours' time zone.
+    policy: SyncPolicy,
+    policy_tz: Option<jiff::tz::TimeZone>,
+    /// The policy's groups and their membership.
+    groups: policy::Groups,
+    /// What the policy made of the last mapping.
+    applied: policy::Applied,
 }
 
 impl Core {
@@ -537,6 +547,7 @@ impl Core {
                 .unwrap_or_default();
             self.stored_counters = self.counters.clone();
         }
+        self.restore_policy(env);
         self.restore_directory(env);
         self.restore_keys(env);
         self.restore_calls(env);
@@ -626,6 +637,7 @@ impl Core {
         }
         if !self.retiring {
             self.drive_directory(&settings, now);
+            self.drive_groups(&settings, now);
             self.drive_keys(&settings, now);
         }
         // While users are being assigned to shards, the shards are half updated: subscriptions
@@ -842,6 +854,7 @@ impl Core {
             Pending::AppToken => self.on_app_token(outcome, now, jitter),
             Pending::UserToken(slot) => self.on_user_token(&settings, slot, outcome, now, jitter),
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
+            Pending::GroupMembers => self.on_group_page(env, &settings, outcome, now, jitter),
             Pending::OpenIdConfig => self.on_openid_config(&settings, outcome, now, jitter),
             Pending::Jwks => self.on_jwks(env, outcome, now, jitter),
             Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
@@ -864,6 +877,11 @@ impl Core {
     /// for the next), so that no call runs long; a small one completes in this call.
     fn rebuild_mapping(&mut self, env: &mut dyn Env) {
         if self.retiring {
+            return;
+        }
+        if self.groups_pending() {
+            // The policy's groups are being read for the first time: the build follows it.
+            self.groups.rebuild_after = true;
             return;
         }
         if let Some(old) = self.building.take() {
@@ -933,13 +951,15 @@ impl Core {
             }
         }
         let Some(build) = self.building.as_mut() else { return };
-        let Some(mapping) = build.step(self.dir.users.as_deref().unwrap_or_default(), MAPPING_STEP) else {
+        let Some(mut mapping) = build.step(self.dir.users.as_deref().unwrap_or_default(), MAPPING_STEP) else {
             self.count("mapping.steps");
             self.effects.push(Effect::RequestTick);
             return;
         };
         let build = self.building.take().unwrap();
         let sb = build.switchboard();
+        // The policy's scope: pairs outside it are not mapped (so withdrawn, and their calls end).
+        self.apply_scope(&mut mapping, sb);
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.clone()).collect();
         // Switchboard users mapped before and not now, but still in the switchboard: their
@@ -1103,9 +1123,7 @@ impl Core {
         let presence = TeamsPresence { availability: p.availability, activity: p.activity };
         // Loop safety: Busy/InACall while our own session is up is our own doing. It is shown
         // as such and never taken as the user's Teams state (which decides future pushes).
-        let own = self.own_session(&p.id)
-            && presence.availability.eq_ignore_ascii_case("busy")
-            && presence.activity.eq_ignore_ascii_case("inacall");
+        let own = self.is_own_presence(&p.id, &presence);
         let origin = if own { PresenceOrigin::OwnLineStatus } else { origin };
         if !own {
             self.presence.insert(p.id.clone(), presence.clone());
@@ -1311,6 +1329,10 @@ impl Core {
         } else if let Some(p) = self.keys.problem.as_ref().filter(|_| !self.keys.waiting_is_empty()) {
             Health::Degraded(p.clone())
         } else if let Some(p) = &self.dir.problem {
+            Health::Degraded(p.clone())
+        } else if let Some(p) = self.groups.problem.as_ref().filter(|_| !self.policy.groups.is_empty()) {
+            // The policy's groups: the last good membership stays in force (or, before the
+            // first read, nobody of them syncs).
             Health::Degraded(p.clone())
         } else if self.ms_clock.offset_ms.abs() > CLOCK_OFFSET_SHOWN_MS {
             let o = self.ms_clock.offset_ms;

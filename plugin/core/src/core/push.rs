@@ -8,7 +8,9 @@
 //!   "In a call" for at most five minutes.
 //! - A call is pushed only over `Available` or `Busy` (the user's own Teams state, never our
 //!   own session's); DoNotDisturb, BeRightBack, Away, Offline, Presenting are left alone. An
-//!   unknown state is read (`GET /users/{id}/presence`) before deciding.
+//!   unknown state is read (`GET /users/{id}/presence`) before deciding. The sync policy
+//!   (`policy.rs`) may name other availabilities, show the call as Do not disturb, keep a
+//!   user's calls out of Teams, or push only within working hours.
 //! - At most one request per user is in flight; events arriving meanwhile only change the
 //!   wanted state, so a burst costs one write per state that lasts and the last state wins.
 //! - Requests stay under Graph's presence limit (1,500 per 30 s per app per tenant) with a
@@ -45,6 +47,11 @@ pub(super) struct Call {
     pub(super) not_before: u64,
     /// `pushed_until` before the Set in flight (restored if it fails).
     pub(super) before_set: Option<u64>,
+    /// The session shows (or the Set in flight sets) DoNotDisturb/Presenting rather than
+    /// Busy/InACall.
+    pub(super) dnd: bool,
+    /// `dnd` before the Set in flight (restored if it fails).
+    pub(super) before_dnd: bool,
 }
 
 /// What to do for a user.
@@ -81,6 +88,8 @@ impl Core {
         let Some(ms) = self.mapping.by_switchboard.get(&ev.user_id).cloned() else {
             return Err(LineEventError::UnmappedUser(ev.user_id));
         };
+        // A user whose calls are never pushed (the policy's Teams to switchboard only) is
+        // followed all the same: made two-way during a call, the call shows at once.
         let now = env.now_ms();
         // The call's length counts from when the switchboard saw the change (a call replayed
         // after a restart keeps its age); unknown (0) or ahead of our clock counts as now.
@@ -101,6 +110,17 @@ impl Core {
         self.push.calls.get(ms).is_some_and(|c| c.pushed_until.is_some() || (c.inflight && c.in_call))
     }
 
+    /// Whether `presence` of `ms` is our own session's doing: the session is up (or being
+    /// set) and the presence is the pair it sets.
+    pub(super) fn is_own_presence(&self, ms: &str, presence: &TeamsPresence) -> bool {
+        let Some(c) = self.push.calls.get(ms) else { return false };
+        if !(c.pushed_until.is_some() || (c.inflight && c.in_call)) {
+            return false;
+        }
+        let (a, act) = session_pair(c.dnd);
+        presence.availability.eq_ignore_ascii_case(a) && presence.activity.eq_ignore_ascii_case(act)
+    }
+
     pub(super) fn restore_calls(&mut self, env: &mut dyn Env) {
         let Some(saved) = env.load(STATE_CALLS).and_then(|b| serde_json::from_slice::<BTreeMap<String, u64>>(&b).ok())
         else {
@@ -110,7 +130,11 @@ impl Core {
         for (ms, until) in saved {
             if until > now {
                 // Cleared at the next drive unless the host replays a call for this user.
-                self.push.calls.insert(ms, Call { pushed_until: Some(until), since_ms: now, ..Call::default() });
+                let dnd = self.policy.do_not_disturb_in_call;
+                self.push.calls.insert(
+                    ms,
+                    Call { pushed_until: Some(until), since_ms: now, dnd, before_dnd: dnd, ..Call::default() },
+                );
             }
         }
     }
@@ -138,19 +162,26 @@ impl Core {
             return;
         }
         let mut budget = self.presence_budget.available(now);
+        let hours_open = self.within_working_hours(now);
+        let dnd = self.policy.do_not_disturb_in_call;
         let mut ops: Vec<(String, PushOp)> = Vec::new();
         let mut finished = Vec::new();
         for (ms, c) in &self.push.calls {
             if c.inflight || now < c.not_before {
                 continue;
             }
-            let want = push_on && c.in_call && now.saturating_sub(c.since_ms) >= settings.min_call_length_ms;
+            let want = push_on
+                && c.in_call
+                && self.push_allowed(ms, hours_open)
+                && now.saturating_sub(c.since_ms) >= settings.min_call_length_ms;
             let op = match (want, c.pushed_until) {
+                // The policy changed which pair a call shows: set the other one.
+                (true, Some(_)) if c.dnd != dnd => Some(PushOp::Set),
                 (true, Some(until)) if now + KEEPALIVE_MARGIN_MS >= until => Some(PushOp::Set),
                 (true, Some(_)) => None,
                 (true, None) => match self.presence.get(ms) {
                     None => Some(PushOp::Read),
-                    Some(p) if overridable(p) => Some(PushOp::Set),
+                    Some(p) if policy::may_replace(&self.policy, p) => Some(PushOp::Set),
                     Some(_) => None,
                 },
                 (false, Some(_)) => Some(PushOp::Clear),
@@ -184,6 +215,8 @@ impl Core {
                 // answer, the restarted plugin must still know to clear it.
                 c.before_set = c.pushed_until;
                 c.pushed_until = Some(now + SESSION_LIFETIME_MS);
+                c.before_dnd = c.dnd;
+                c.dnd = dnd;
                 persist = true;
             }
             self.presence_budget.take(now, 1);
@@ -195,7 +228,7 @@ impl Core {
         for chunk in ops.chunks(MAX_BATCH) {
             if chunk.len() == 1 {
                 let (ms, op) = &chunk[0];
-                let (method, url, body) = op_request(settings, ms, *op);
+                let (method, url, body) = op_request(settings, ms, *op, dnd);
                 let req = request(method, &format!("{}/v1.0{url}", settings.graph_base_url), &token, body);
                 self.start(Pending::Push(chunk.to_vec()), req);
             } else {
@@ -203,7 +236,7 @@ impl Core {
                     .iter()
                     .enumerate()
                     .map(|(i, (ms, op))| {
-                        let (method, url, body) = op_request(settings, ms, *op);
+                        let (method, url, body) = op_request(settings, ms, *op, dnd);
                         let mut r = serde_json::json!({ "id": (i + 1).to_string(), "method": method, "url": url });
                         if let Some(b) = body {
                             r["headers"] = serde_json::json!({ "Content-Type": "application/json" });
@@ -270,6 +303,7 @@ impl Core {
             if op == PushOp::Set && !(200..300).contains(&status) {
                 // Not pushed after all (unless it was already before this Set).
                 c.pushed_until = c.before_set;
+                c.dnd = c.before_dnd;
                 changed = true;
             }
             match (op, status) {
@@ -334,23 +368,27 @@ impl Core {
     }
 }
 
-/// Whether a user's own Teams presence may be overridden by "In a call": only Available and
-/// Busy, as the product has always done.
-fn overridable(p: &TeamsPresence) -> bool {
-    let a = p.availability.to_ascii_lowercase();
-    let act = p.activity.to_ascii_lowercase();
-    (a == "available" || a == "busy") && act != "presenting"
+/// The pair our session sets: Busy/InACall, or DoNotDisturb/Presenting (the one Do not
+/// disturb pair setPresence takes).
+pub(super) fn session_pair(dnd: bool) -> (&'static str, &'static str) {
+    if dnd { ("DoNotDisturb", "Presenting") } else { ("Busy", "InACall") }
 }
 
-fn op_request(settings: &Settings, ms: &str, op: PushOp) -> (&'static str, String, Option<serde_json::Value>) {
+fn op_request(
+    settings: &Settings,
+    ms: &str,
+    op: PushOp,
+    dnd: bool,
+) -> (&'static str, String, Option<serde_json::Value>) {
+    let (availability, activity) = session_pair(dnd);
     match op {
         PushOp::Set => (
             "POST",
             format!("/users/{ms}/presence/setPresence"),
             Some(serde_json::json!({
                 "sessionId": settings.client_id,
-                "availability": "Busy",
-                "activity": "InACall",
+                "availability": availability,
+                "activity": activity,
                 "expirationDuration": "PT5M",
             })),
         ),

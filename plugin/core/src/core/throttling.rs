@@ -24,7 +24,7 @@ impl Core {
         // A 401 means Graph refused the token: forget it so the next drive fetches a new one.
         if matches!(outcome, Ok(r) if r.status == 401) {
             match pending {
-                Pending::UsersPage => self.app_token.state = TokenState::Empty,
+                Pending::UsersPage | Pending::GroupMembers => self.app_token.state = TokenState::Empty,
                 Pending::CreateSub { slot, .. }
                 | Pending::RenewSub(slot)
                 | Pending::DeleteSub(slot)

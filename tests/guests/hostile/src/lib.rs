@@ -27,7 +27,7 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "presence-sync" });
 
-use exports::teams_presence::plugin::{admin, sync, users};
+use exports::teams_presence::plugin::{admin, policy, sync, users};
 use teams_presence::plugin::{log, outbound_http, presence, state, status, types};
 
 const MODES: [&str; 7] =
@@ -227,6 +227,38 @@ impl users::Guest for Hostile {
             directory_not_read: 0,
             uncovered: 0,
             passive: 0,
+        }
+    }
+}
+
+impl policy::Guest for Hostile {
+    fn set_policy(_: policy::SyncPolicy) -> Result<(), policy::PolicyError> {
+        Ok(())
+    }
+    fn get_policy() -> policy::SyncPolicy {
+        policy::SyncPolicy {
+            groups: vec![],
+            excluded_users: vec![],
+            teams_to_switchboard_only: vec![],
+            call_replaces: vec![],
+            do_not_disturb_in_call: false,
+            working_hours: None,
+        }
+    }
+    fn dry_run(_: policy::SyncPolicy) -> Result<Vec<policy::DryRunEntry>, policy::PolicyError> {
+        Ok(vec![])
+    }
+    fn status() -> policy::PolicyStatus {
+        policy::PolicyStatus {
+            in_scope: 0,
+            outside_groups: 0,
+            excluded: 0,
+            teams_to_switchboard_only: 0,
+            group_members: None,
+            groups_read_at_ms: None,
+            groups_problem: None,
+            within_working_hours: true,
+            unknown_entries: vec![],
         }
     }
 }
