@@ -14,6 +14,7 @@ mod hot_swap;
 mod integrations_api;
 mod lifecycle;
 mod mfa_sign_in;
+mod notes;
 mod operations;
 mod policy;
 mod presence_sync;

@@ -70,6 +70,8 @@ pub(crate) struct Delivery {
     activity: String,
     sequence: String,
     client_id: String,
+    /// `statusMessage` and `outOfOfficeSettings` of the new presence.
+    note: (serde_json::Value, serde_json::Value),
 }
 
 impl Delivery {
@@ -90,6 +92,7 @@ impl Delivery {
             activity: activity.to_string(),
             sequence: sequence_string(seq),
             client_id: s.client_id.clone(),
+            note: (serde_json::Value::Null, serde_json::Value::Null),
         }
     }
 }
@@ -318,6 +321,46 @@ impl Emulator {
         self.change_presence(tenant, user_id, availability, activity, preferred, true)
     }
 
+    /// Sets (or clears: `None`) a user's status message as if the user typed it in Teams:
+    /// `(text, expiry ms)`. Notifies subscribers.
+    pub fn set_status_message(&self, tenant: &str, user_id: &str, message: Option<(&str, Option<u64>)>) -> bool {
+        self.change_note(tenant, user_id, |u, now| {
+            u.status_message = message.map(|(content, expires_at_ms)| model::StatusMessage {
+                content: content.into(),
+                expires_at_ms,
+                published_ms: now,
+            })
+        })
+    }
+
+    /// Turns a user's out of office (automatic replies) on with `message`, or off. Notifies
+    /// subscribers.
+    pub fn set_out_of_office(&self, tenant: &str, user_id: &str, message: Option<&str>) -> bool {
+        self.change_note(tenant, user_id, |u, _| u.out_of_office = message.map(str::to_string))
+    }
+
+    /// A user's status message now (its text).
+    pub fn status_message(&self, tenant: &str, user_id: &str) -> Option<String> {
+        let now = self.inner.clock.now_ms();
+        let w = self.inner.world.lock().unwrap();
+        let key = w.tenant_key(tenant)?;
+        let t = &w.tenants[&key];
+        let u = &t.users[*t.by_id.get(user_id)?];
+        u.status_message_at(now).map(|m| m.content.clone())
+    }
+
+    fn change_note(&self, tenant: &str, user_id: &str, f: impl FnOnce(&mut model::User, u64)) -> bool {
+        let now = self.inner.clock.now_ms();
+        let mut w = self.inner.world.lock().unwrap();
+        let Some(key) = w.tenant_key(tenant) else { return false };
+        let Some(user) = w.tenants.get_mut(&key).and_then(|t| t.user_mut(user_id)) else { return false };
+        f(user, now);
+        let deliveries = touch(&mut w, &key, user_id, now);
+        drop(w);
+        self.send(deliveries);
+        true
+    }
+
     /// Like [`Emulator::set_presence`] on the Teams-client session, but the change
     /// notification is lost (never delivered), as happens to real ones now and then.
     pub fn set_presence_losing_notification(
@@ -531,7 +574,11 @@ async fn expire_sessions(inner: std::sync::Weak<Inner>) {
                 if pref_gone {
                     u.preferred = None;
                 }
-                if before != u.sessions.len() || pref_gone {
+                let message_gone = u.status_message.as_ref().is_some_and(|m| m.expires_at_ms.is_some_and(|e| e <= now));
+                if message_gone {
+                    u.status_message = None;
+                }
+                if before != u.sessions.len() || pref_gone || message_gone {
                     expired.push((tk.clone(), u.id.clone()));
                 }
             }
@@ -555,17 +602,20 @@ pub(crate) fn touch(w: &mut World, tenant: &str, user_id: &str, now: u64) -> Vec
     let seq = w.sequence;
     let Some(user) = w.tenants.get_mut(tenant).and_then(|t| t.user_mut(user_id)) else { return vec![] };
     let agg = user.aggregate(now);
-    if agg == user.last_aggregate {
+    let note = (user.status_message_at(now).cloned(), user.out_of_office.clone());
+    if agg == user.last_aggregate && note == user.last_note {
         return vec![];
     }
     user.last_aggregate = agg.clone();
+    user.last_note = note;
     user.sequence = seq;
+    let note_json = user.note_json(now);
     w.subscriptions
         .values()
         .filter(|s| {
             s.tenant == tenant && s.expires_at_ms > now && !s.reauthorization_required && s.user_ids.contains(user_id)
         })
-        .map(|s| Delivery::new(s, user_id, &agg.0, &agg.1, seq))
+        .map(|s| Delivery { note: note_json.clone(), ..Delivery::new(s, user_id, &agg.0, &agg.1, seq) })
         .collect()
 }
 
@@ -597,6 +647,8 @@ fn notification_item(d: &Delivery) -> anyhow::Result<serde_json::Value> {
             "availability": d.availability,
             "activity": d.activity,
             "sequenceNumber": d.sequence,
+            "statusMessage": d.note.0,
+            "outOfOfficeSettings": d.note.1,
         });
         let mut key = [0u8; 32];
         aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("randomness"))?;

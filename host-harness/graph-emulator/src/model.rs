@@ -67,9 +67,51 @@ pub struct User {
     pub last_aggregate: (String, String),
     /// The tenant's directory version when this user last changed (delta queries).
     pub dir_version: u64,
+    /// The status message the user typed in Teams, or an app set (`setStatusMessage`).
+    pub status_message: Option<StatusMessage>,
+    /// Out of office (automatic replies on), with this message.
+    pub out_of_office: Option<String>,
+    /// The note (status message, out of office) last notified.
+    pub last_note: (Option<StatusMessage>, Option<String>),
+}
+
+/// A presence status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMessage {
+    /// Its text.
+    pub content: String,
+    /// When it expires (ms), if it does.
+    pub expires_at_ms: Option<u64>,
+    /// When it was set (ms).
+    pub published_ms: u64,
 }
 
 impl User {
+    /// The status message in force at `now` (an expired one is gone).
+    pub fn status_message_at(&self, now: u64) -> Option<&StatusMessage> {
+        self.status_message.as_ref().filter(|m| m.expires_at_ms.is_none_or(|e| e > now))
+    }
+
+    /// `statusMessage` and `outOfOfficeSettings` as the presence resource carries them.
+    pub fn note_json(&self, now: u64) -> (serde_json::Value, serde_json::Value) {
+        let message = match self.status_message_at(now) {
+            None => serde_json::Value::Null,
+            Some(m) => serde_json::json!({
+                "message": {"content": m.content, "contentType": "text"},
+                "expiryDateTime": m.expires_at_ms.map(|e| serde_json::json!({
+                    "dateTime": crate::wire::graph_time(e).trim_end_matches('Z').to_string(),
+                    "timeZone": "UTC",
+                })),
+                "publishedDateTime": crate::wire::graph_time(m.published_ms),
+            }),
+        };
+        let ooo = serde_json::json!({
+            "isOutOfOffice": self.out_of_office.is_some(),
+            "message": self.out_of_office,
+        });
+        (message, ooo)
+    }
+
     /// The aggregated presence at `now`.
     pub fn aggregate(&self, now: u64) -> (String, String) {
         let live: Vec<&Session> = self.sessions.values().filter(|s| s.expires_at_ms.is_none_or(|e| e > now)).collect();
@@ -161,6 +203,9 @@ impl Tenant {
             sequence: 0,
             last_aggregate: ("Offline".into(), "Offline".into()),
             dir_version: self.dir_version,
+            status_message: None,
+            out_of_office: None,
+            last_note: (None, None),
         });
         self.reindex();
         id
@@ -546,6 +591,9 @@ impl TenantSeed {
                 sequence: 0,
                 last_aggregate: Default::default(),
                 dir_version: 0,
+                status_message: None,
+                out_of_office: None,
+                last_note: (None, None),
             });
         }
         for n in 0..self.integration_users {
@@ -563,6 +611,9 @@ impl TenantSeed {
                 sequence: 0,
                 last_aggregate: Default::default(),
                 dir_version: 0,
+                status_message: None,
+                out_of_office: None,
+                last_note: (None, None),
             });
         }
         let app = App {

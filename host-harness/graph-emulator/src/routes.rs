@@ -54,6 +54,7 @@ pub(super) fn router(emu: Emulator) -> Router {
         .route("/v1.0/communications/getPresencesByUserId", post(get_presences))
         .route("/v1.0/users/{id}/presence/setPresence", post(set_presence))
         .route("/v1.0/users/{id}/presence/clearPresence", post(clear_presence))
+        .route("/v1.0/users/{id}/presence/setStatusMessage", post(set_status_message))
         .route("/v1.0/$batch", post(batch))
         .route("/v1.0/subscriptions", post(create_subscription).get(list_subscriptions))
         // No GET of one subscription: Graph has it, but the operations we were given
@@ -1036,12 +1037,14 @@ fn may_read_presence(t: &TokenInfo) -> bool {
 
 fn presence_json(u: &super::model::User, now: u64) -> Value {
     let (a, b) = u.aggregate(now);
+    let (message, ooo) = u.note_json(now);
     json!({
         "id": u.id,
         "availability": a,
         "activity": b,
         "sequenceNumber": super::sequence_string(u.sequence),
-        "statusMessage": null,
+        "statusMessage": message,
+        "outOfOfficeSettings": ooo,
     })
 }
 
@@ -1187,6 +1190,65 @@ fn write_session(
     emu.inner.writes.lock().unwrap().insert(id.to_string(), std::time::Instant::now());
     emu.send(d);
     StatusCode::OK.into_response()
+}
+
+/// `setStatusMessage` (<https://learn.microsoft.com/en-us/graph/api/presence-setstatusmessage>):
+/// `statusMessage.message.content` (empty: no message) and an optional `expiryDateTime`
+/// (`dateTime` with `timeZone` `UTC`, or an offset in `dateTime`). Application permission
+/// `Presence.ReadWrite.All`; `200` with no body.
+async fn set_status_message(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let t = match presence_writer(&emu, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid JSON.");
+    };
+    let Some(sm) = b.get("statusMessage").filter(|v| v.is_object()) else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "statusMessage is required.");
+    };
+    let content = sm.pointer("/message/content").and_then(Value::as_str).unwrap_or("").to_string();
+    if content.chars().count() > 280 {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "The status message is longer than 280 characters.");
+    }
+    let expiry = match sm.get("expiryDateTime").filter(|v| !v.is_null()) {
+        None => None,
+        Some(e) => {
+            let dt = e.get("dateTime").and_then(Value::as_str).unwrap_or("");
+            let tz = e.get("timeZone").and_then(Value::as_str).unwrap_or("UTC");
+            let has_offset = dt.ends_with('Z') || dt.get(10..).is_some_and(|rest| rest.contains(['+', '-']));
+            let with_zone = if has_offset {
+                dt.to_string()
+            } else if tz.eq_ignore_ascii_case("UTC") {
+                format!("{dt}Z")
+            } else {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("Time zone '{tz}' is not supported here."),
+                );
+            };
+            match super::wire::parse_time(&with_zone) {
+                Some(ms) => Some(ms),
+                None => {
+                    return graph_error(StatusCode::BAD_REQUEST, "BadRequest", &format!("'{dt}' is not a date-time."));
+                }
+            }
+        }
+    };
+    write_session(&emu, &t, &id, |user, now| {
+        user.status_message = (!content.is_empty()).then_some(super::model::StatusMessage {
+            content,
+            expires_at_ms: expiry,
+            published_ms: now,
+        });
+        Ok(())
+    })
 }
 
 async fn clear_presence(

@@ -17,7 +17,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use wasmtime::Store;
 
-use crate::bindings::{policy, status, sync, users};
+use crate::bindings::{absence, policy, status, sync, users};
 use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::engine::{Runtime, wt};
@@ -431,6 +431,21 @@ impl Actor {
             Command::Line(ev, reply) => sync.call_on_line_event(&mut self.store, &ev).await.map(|r| {
                 let _ = reply.send(r.map_err(line_event_error));
             }),
+            Command::Absence(ev, reply) => match self.bindings.absence() {
+                Some(a) => a.call_on_absence(&mut self.store, &ev).await.map(|r| {
+                    let _ = reply.send(r.map_err(|e| match e {
+                        absence::AbsenceError::UnmappedUser(u) => {
+                            crate::error::AbsenceError::UnmappedUser(printable(&cap(u, 256)))
+                        }
+                        absence::AbsenceError::TooLong(n) => crate::error::AbsenceError::TooLong(n),
+                        absence::AbsenceError::PushDisabled => crate::error::AbsenceError::PushDisabled,
+                    }));
+                }),
+                None => {
+                    let _ = reply.send(Err(crate::error::AbsenceError::NotSupported));
+                    Ok(())
+                }
+            },
             Command::Retire(reply) => match self.bindings.admin() {
                 Some(admin) => admin.call_retire(&mut self.store).await.map(|p| {
                     let _ = reply.send(Some(crate::status::Retirement {

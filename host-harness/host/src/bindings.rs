@@ -9,9 +9,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::teams_presence::plugin::{admin, policy, sync, users};
+pub use exports::teams_presence::plugin::{absence, admin, policy, sync, users};
 pub use teams_presence::plugin::{
-    clock, credentials, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
+    clock, credentials, crypto, directory, log, notes, outbound_http, presence, scheduler, state, status, types,
 };
 
 /// The WIT package version this host implements.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::bindings::{outbound_http, policy, presence, sync};
+use crate::bindings::{absence, outbound_http, policy, presence, sync};
 use crate::error::{LineEventError, OverrideError};
 use crate::release::Release;
 use crate::status::{StatusView, SwapReport};
@@ -31,6 +31,8 @@ pub enum Command {
     GetOverrides(oneshot::Sender<Vec<sync::MappingOverride>>),
     /// A line event.
     Line(presence::LineEvent, oneshot::Sender<Result<(), LineEventError>>),
+    /// A switchboard absence starts, changes or ends.
+    Absence(absence::AbsenceEvent, oneshot::Sender<Result<(), crate::error::AbsenceError>>),
     /// Retire the integration (it is being deleted): the progress, or `None` when the plugin
     /// cannot (it lacks the `admin` export).
     Retire(oneshot::Sender<Option<crate::status::Retirement>>),
@@ -63,6 +65,7 @@ impl Command {
             Command::SetOverrides(..) => "set-overrides",
             Command::GetOverrides(..) => "get-overrides",
             Command::Line(..) => "line-event",
+            Command::Absence(..) => "absence",
             Command::Retire(..) => "retire",
             Command::UsersPage(..) => "users-page",
             Command::MappingCounts(..) => "mapping-counts",

@@ -33,6 +33,27 @@ pub enum LineEventError {
     Stopping,
 }
 
+/// Why an integration did not take a switchboard absence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbsenceError {
+    /// The switchboard user is not mapped to a Microsoft user (or is outside the policy's
+    /// scope).
+    #[error("switchboard user {0} is not mapped to a Microsoft user")]
+    UnmappedUser(String),
+    /// The message is longer than Teams takes.
+    #[error("the message has {0} characters; a Teams status message takes at most 280")]
+    TooLong(u32),
+    /// "Push line status to Teams" is off: nothing is written to Teams.
+    #[error("\"Push line status to Teams\" is off for this integration")]
+    PushDisabled,
+    /// The integration's plugin has no `absence` export (built against WIT 3.4 or earlier).
+    #[error("this integration's plugin does not take absences (it was built against WIT 3.4 or earlier)")]
+    NotSupported,
+    /// The integration is stopping.
+    #[error("the integration is stopping")]
+    Stopping,
+}
+
 /// Why overrides were not set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OverrideError {

@@ -119,6 +119,11 @@ impl IntegrationHandle {
         self.ask(|tx| Command::Line(ev, tx)).await.map_err(|_| LineEventError::Stopping)?
     }
 
+    /// A switchboard absence starts, changes or ends (WIT `absence.on-absence`).
+    pub async fn absence(&self, ev: crate::switchboard::AbsenceEvent) -> Result<(), crate::error::AbsenceError> {
+        self.ask(|tx| Command::Absence(ev, tx)).await.map_err(|_| crate::error::AbsenceError::Stopping)?
+    }
+
     /// "Sync now": re-read the directory at once.
     pub async fn sync_now(&self) -> Result<(), Stopping> {
         self.tx.send(Command::SyncNow).await.map_err(|_| Stopping)

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{WIT_PACKAGE, WIT_VERSION, admin, policy, sync, users};
+use crate::bindings::{WIT_PACKAGE, WIT_VERSION, absence, admin, policy, sync, users};
 use crate::instance::HostState;
 
 /// Largest component accepted.
@@ -37,6 +37,7 @@ pub(crate) struct PluginPre {
     admin: Option<admin::GuestIndices>,
     users: Option<users::GuestIndices>,
     policy: Option<policy::GuestIndices>,
+    absence: Option<absence::GuestIndices>,
 }
 
 impl PluginPre {
@@ -45,7 +46,8 @@ impl PluginPre {
         let admin = admin::GuestIndices::new(&pre).ok();
         let users = users::GuestIndices::new(&pre).ok();
         let policy = policy::GuestIndices::new(&pre).ok();
-        Ok(PluginPre { pre, sync, admin, users, policy })
+        let absence = absence::GuestIndices::new(&pre).ok();
+        Ok(PluginPre { pre, sync, admin, users, policy, absence })
     }
 
     /// A new instance in `store`.
@@ -64,7 +66,11 @@ impl PluginPre {
             Some(p) => Some(p.load(&mut *store, &instance)?),
             None => None,
         };
-        Ok(Plugin { sync, admin, users, policy })
+        let absence = match &self.absence {
+            Some(a) => Some(a.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Plugin { sync, admin, users, policy, absence })
     }
 }
 
@@ -74,6 +80,7 @@ pub(crate) struct Plugin {
     admin: Option<admin::Guest>,
     users: Option<users::Guest>,
     policy: Option<policy::Guest>,
+    absence: Option<absence::Guest>,
 }
 
 impl Plugin {
@@ -95,6 +102,11 @@ impl Plugin {
     /// The `policy` export, if the plugin has it.
     pub(crate) fn policy(&self) -> Option<&policy::Guest> {
         self.policy.as_ref()
+    }
+
+    /// The `absence` export, if the plugin has it.
+    pub(crate) fn absence(&self) -> Option<&absence::Guest> {
+        self.absence.as_ref()
     }
 }
 

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
+pub use crate::bindings::absence::AbsenceEvent;
 pub use crate::bindings::directory::SwitchboardUser;
+pub use crate::bindings::notes::TeamsNote;
 pub use crate::bindings::presence::{LineEvent, LineState, PresenceUpdate};
 pub use crate::bindings::types::{PresenceOrigin, TeamsPresence};
 
@@ -66,13 +68,29 @@ pub trait Switchboard: Send + Sync + 'static {
 
     /// Stops showing a Teams presence for a user that is no longer mapped to a Microsoft user
     /// (WIT `presence.withdraw`): the console shows it as a user without Teams until the next
-    /// `publish` for it. An unknown user is ignored.
+    /// `publish` for it; its Teams note ([`Switchboard::show_note`]) goes too. An unknown
+    /// user is ignored.
     fn withdraw(&self, user_id: &str);
 
     /// The lines in a call now (`connected` or `on-hold`), each as the event that put it in
     /// that state (with its time, or 0 if unknown): the host replays them to the plugin after
     /// a restart, so that it keeps the sessions of calls still going on and clears the rest.
     fn calls_in_progress(&self) -> Vec<LineEvent>;
+
+    /// Shows a user's Teams status message and out of office in the console (WIT
+    /// `notes.show-note`), whenever they change. A note with `set_by_plugin` carries the status
+    /// message the plugin set from this switchboard's absence: never turn it into an absence
+    /// again. The default shows nothing (a console without notes).
+    fn show_note(&self, user_id: &str, microsoft_user_id: &str, note: &TeamsNote) {
+        let _ = (user_id, microsoft_user_id, note);
+    }
+
+    /// The absences in force now (a message, and when each ends): the host replays them to
+    /// the plugin after a restart, as it does the calls. The default: none (a switchboard
+    /// without absences).
+    fn absences_in_progress(&self) -> Vec<AbsenceEvent> {
+        Vec::new()
+    }
 }
 
 /// The wire name of a presence origin (`teams`, `own-line-status`, `snapshot`).

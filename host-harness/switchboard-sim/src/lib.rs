@@ -75,6 +75,25 @@ pub struct Switchboard {
     fence: std::sync::Mutex<FenceState>,
     /// Where every update is also written, if anywhere.
     journal: std::sync::Mutex<Option<Journal>>,
+    /// User id → the Teams note (status message, out of office) the console shows.
+    notes: RwLock<HashMap<String, Note>>,
+    /// User id → the absence in force (message, until ms).
+    absences: RwLock<HashMap<String, (String, Option<u64>)>>,
+}
+
+/// A Teams status message and out of office, as the console shows them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Note {
+    /// The status message.
+    pub status_message: Option<String>,
+    /// When it expires (ms since the epoch).
+    pub status_message_expires_ms: Option<u64>,
+    /// Out of office.
+    pub out_of_office: bool,
+    /// The out-of-office message.
+    pub out_of_office_message: Option<String>,
+    /// The status message was set by the plugin from this switchboard's absence.
+    pub set_by_plugin: bool,
 }
 
 #[derive(Default)]
@@ -140,6 +159,8 @@ impl Default for Switchboard {
             last_csv_error: std::sync::Mutex::default(),
             fence: std::sync::Mutex::default(),
             journal: std::sync::Mutex::default(),
+            notes: RwLock::default(),
+            absences: RwLock::default(),
         }
     }
 }
@@ -415,7 +436,8 @@ impl Switchboard {
     fn hide(&self, user_id: &str, fence: Option<&seam::Fence>) {
         let mut f = self.fence.lock().unwrap();
         if self.admit(&mut f, "withdraw", user_id, None, fence)
-            && self.presence.write().unwrap().remove(user_id).is_some()
+            && (self.presence.write().unwrap().remove(user_id).is_some()
+                | self.notes.write().unwrap().remove(user_id).is_some())
         {
             self.changed.notify_waiters();
         }
@@ -445,6 +467,20 @@ impl Switchboard {
     /// What the console shows for a user.
     pub fn shown(&self, user_id: &str) -> Option<Shown> {
         self.presence.read().unwrap().get(user_id).cloned()
+    }
+
+    /// The Teams note the console shows for a user.
+    pub fn note(&self, user_id: &str) -> Option<Note> {
+        self.notes.read().unwrap().get(user_id).cloned()
+    }
+
+    /// Records a user's absence (`None`: it ended).
+    pub fn set_absence(&self, user_id: &str, absence: Option<(String, Option<u64>)>) {
+        let mut a = self.absences.write().unwrap();
+        match absence {
+            Some(x) => a.insert(user_id.to_string(), x),
+            None => a.remove(user_id),
+        };
     }
 
     /// What the console shows for every user with a presence.
@@ -490,6 +526,27 @@ impl seam::Switchboard for Switchboard {
 
     fn withdraw_fenced(&self, user_id: &str, fence: &seam::Fence) {
         self.hide(user_id, Some(fence))
+    }
+
+    fn show_note(&self, user_id: &str, _microsoft_user_id: &str, note: &seam::TeamsNote) {
+        let n = Note {
+            status_message: note.status_message.clone(),
+            status_message_expires_ms: note.status_message_expires_ms,
+            out_of_office: note.out_of_office,
+            out_of_office_message: note.out_of_office_message.clone(),
+            set_by_plugin: note.set_by_plugin,
+        };
+        self.notes.write().unwrap().insert(user_id.to_string(), n);
+        self.changed.notify_waiters();
+    }
+
+    fn absences_in_progress(&self) -> Vec<seam::AbsenceEvent> {
+        self.absences
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(u, (m, until))| seam::AbsenceEvent { user_id: u.clone(), message: m.clone(), until_ms: *until })
+            .collect()
     }
 
     fn calls_in_progress(&self) -> Vec<LineEvent> {

@@ -6,7 +6,10 @@
 //! - `POST /switchboard/{integration}/users/changes` `{"upsert": [user...], "remove": [id...]}`:
 //!   many changes at once, all or nothing; answers what changed;
 //! - `POST /switchboard/{integration}/users/{id}/line-events` `{"state": "connected"}`: a line
-//!   event, recorded and handed to the integration.
+//!   event, recorded and handed to the integration;
+//! - `POST /switchboard/{integration}/users/{id}/absence` `{"message": "At lunch", "until_ms":
+//!   1764331200000}` (an empty message ends it): an absence, recorded and handed to the
+//!   integration, which shows it as the user's Teams status message.
 //!
 //! Every change moves the directory's change counter, which the plugin reads each tick. Bad
 //! input is answered `400` (unreadable JSON) or `422` (a bad user) naming the problem, and
@@ -43,6 +46,7 @@ pub fn routes(switchboards: Arc<Switchboards>, integrations: Arc<Registry>) -> R
         .route("/switchboard/{name}/users/changes", post(changes).layer(DefaultBodyLimit::max(MAX_CHANGE_BODY)))
         .route("/switchboard/{name}/users/{id}", get(user).put(put_user).delete(delete_user))
         .route("/switchboard/{name}/users/{id}/line-events", post(line_event))
+        .route("/switchboard/{name}/users/{id}/absence", post(absence))
         .with_state(Sims { switchboards, integrations })
 }
 
@@ -58,7 +62,8 @@ async fn users(State(st): State<Sims>, Path(name): Path<String>) -> Response {
         .into_iter()
         .map(|u| {
             let p = shown.get(&u.id).cloned();
-            json!({ "user": u, "teams_presence": p })
+            let note = sb.note(&u.id);
+            json!({ "user": u, "teams_presence": p, "teams_note": note })
         })
         .collect();
     axum::Json(json!({ "revision": sb.revision(), "csv_error": sb.last_csv_error(), "users": users })).into_response()
@@ -161,6 +166,50 @@ async fn user(State(st): State<Sims>, Path((name, id)): Path<(String, String)>) 
     match sb.user(&id) {
         Some(u) => axum::Json(json!({ "user": u, "teams_presence": sb.shown(&id) })).into_response(),
         None => not_found("user"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbsenceBody {
+    message: String,
+    #[serde(default)]
+    until_ms: Option<u64>,
+}
+
+async fn absence(
+    State(st): State<Sims>,
+    Path((name, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (Some(sb), Some(h)) = (st.switchboards.get(&name), st.integrations.get(&name)) else {
+        return not_found("integration");
+    };
+    let b = match serde_json::from_slice::<AbsenceBody>(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("body must be {{\"message\": \"...\", \"until_ms\": ms}}: {e}"))
+                .into_response();
+        }
+    };
+    if !sb.has_user(&id) {
+        return not_found("user");
+    }
+    let message = b.message.trim().to_string();
+    let ev = presence_host::switchboard::AbsenceEvent {
+        user_id: id.clone(),
+        message: message.clone(),
+        until_ms: b.until_ms,
+    };
+    match h.absence(ev).await {
+        Ok(()) => {
+            sb.set_absence(&id, (!message.is_empty()).then_some((message, b.until_ms)));
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(presence_host::error::AbsenceError::Stopping) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "integration is stopping").into_response()
+        }
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
     }
 }
 

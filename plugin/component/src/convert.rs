@@ -415,3 +415,15 @@ impl From<core::PolicyStatus> for policy::PolicyStatus {
         }
     }
 }
+
+impl From<core::TeamsNote> for notes::TeamsNote {
+    fn from(n: core::TeamsNote) -> Self {
+        notes::TeamsNote {
+            status_message: n.status_message,
+            status_message_expires_ms: n.status_message_expires_ms,
+            out_of_office: n.out_of_office,
+            out_of_office_message: n.out_of_office_message,
+            set_by_plugin: n.own,
+        }
+    }
+}

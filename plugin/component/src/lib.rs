@@ -7,7 +7,7 @@
 //! ## Layout
 //! - `HostEnv`: the core's [`presence_core::Env`] backed by WIT imports.
 //! - `run_effects`: performs effects until none are left.
-//! - `Plugin`: the `sync`, `admin`, `users` and `policy` exports.
+//! - `Plugin`: the `sync`, `admin`, `users`, `policy` and `absence` exports.
 //! - `convert`: `From` impls between WIT and core types.
 
 #![allow(missing_docs)] // generated bindings
@@ -22,9 +22,9 @@ wit_bindgen::generate!({
     world: "presence-sync",
 });
 
-use exports::teams_presence::plugin::{admin, policy, sync, users};
+use exports::teams_presence::plugin::{absence, admin, policy, sync, users};
 use teams_presence::plugin::{
-    clock, credentials, crypto, directory, log, outbound_http, presence, scheduler, state, status, types,
+    clock, credentials, crypto, directory, log, notes, outbound_http, presence, scheduler, state, status, types,
 };
 
 mod convert;
@@ -119,6 +119,9 @@ fn run_effects(core: &mut core::Core) {
                 core::Effect::Log { level, message, fields } => log::emit(level.into(), &message, &fields),
                 core::Effect::RequestTick => scheduler::request_tick(),
                 core::Effect::Withdraw(user_id) => presence::withdraw(&user_id),
+                core::Effect::ShowNote { user_id, microsoft_user_id, note } => {
+                    notes::show_note(&user_id, &microsoft_user_id, &note.into())
+                }
                 core::Effect::KeepRefreshToken { username, token } => {
                     credentials::keep_refresh_token(&username, &token)
                 }
@@ -215,6 +218,22 @@ impl policy::Guest for Plugin {
 
     fn status() -> policy::PolicyStatus {
         with_core(|core, env| core.policy_status(env).into())
+    }
+}
+
+impl absence::Guest for Plugin {
+    fn on_absence(event: absence::AbsenceEvent) -> Result<(), absence::AbsenceError> {
+        with_core(|core, env| {
+            core.on_absence(
+                env,
+                core::AbsenceEvent { user_id: event.user_id, message: event.message, until_ms: event.until_ms },
+            )
+            .map_err(|e| match e {
+                core::AbsenceError::UnmappedUser(u) => absence::AbsenceError::UnmappedUser(u),
+                core::AbsenceError::TooLong(n) => absence::AbsenceError::TooLong(n),
+                core::AbsenceError::PushDisabled => absence::AbsenceError::PushDisabled,
+            })
+        })
     }
 }
 

@@ -29,6 +29,9 @@ struct FakeEnv {
     log: Vec<Effect>,
     /// What `run_graph` answers to a presence read (availability, activity).
     own_presence: (String, String),
+    /// Status messages by Microsoft user, as `run_graph`'s presence reads answer them and
+    /// its `setStatusMessage` sets them.
+    status_messages: HashMap<String, String>,
 }
 
 impl Env for FakeEnv {
@@ -93,6 +96,7 @@ fn env(n: usize) -> FakeEnv {
         groups_status: None,
         log: Vec::new(),
         own_presence: ("Available".into(), "Available".into()),
+        status_messages: HashMap::new(),
     }
 }
 
@@ -228,11 +232,22 @@ fn run_graph_observed(
                 }
             } else if r.url.ends_with("/presence/setPresence") || r.url.ends_with("/presence/clearPresence") {
                 ok(200, serde_json::json!({}))
+            } else if r.url.ends_with("/presence/setStatusMessage") {
+                let id = r.url.trim_end_matches("/presence/setStatusMessage").rsplit('/').next().unwrap().to_string();
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                match body["statusMessage"]["message"]["content"].as_str().unwrap_or("") {
+                    "" => env.status_messages.remove(&id),
+                    text => env.status_messages.insert(id, text.to_string()),
+                };
+                ok(200, serde_json::json!({}))
             } else if r.url.ends_with("/presence") && r.method == "GET" {
                 let id = r.url.trim_end_matches("/presence").rsplit('/').next().unwrap();
+                let message = env.status_messages.get(id).map(
+                    |m| serde_json::json!({"message": {"content": m, "contentType": "text"}, "expiryDateTime": null}),
+                );
                 ok(
                     200,
-                    serde_json::json!({"id": id, "availability": env.own_presence.0, "activity": env.own_presence.1}),
+                    serde_json::json!({"id": id, "availability": env.own_presence.0, "activity": env.own_presence.1, "statusMessage": message}),
                 )
             } else if r.url.contains("/v1.0/users") {
                 let value: Vec<_> =
@@ -2186,4 +2201,5 @@ fn an_integration_user_without_a_password_signs_in_with_the_kept_refresh_token_a
     );
 }
 
+mod notes;
 mod policy;

@@ -219,6 +219,15 @@ pub enum Effect {
     Publish(PresenceUpdate),
     /// Stop showing a Teams presence for this switchboard user (no longer mapped).
     Withdraw(String),
+    /// Show this note (status message, out of office) for the switchboard user.
+    ShowNote {
+        /// Switchboard user id.
+        user_id: String,
+        /// Microsoft user id.
+        microsoft_user_id: String,
+        /// The note.
+        note: TeamsNote,
+    },
     /// Keep this refresh token for the integration user instead of the one just used (WIT
     /// `credentials.keep-refresh-token`).
     KeepRefreshToken {
@@ -564,4 +573,41 @@ pub struct PolicyStatus {
     pub within_working_hours: bool,
     /// List entries that name nobody.
     pub unknown_entries: Vec<String>,
+}
+
+/// What a Teams user has written for others to see (`notes.teams-note`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeamsNote {
+    /// The status message's text.
+    pub status_message: Option<String>,
+    /// When it expires (ms).
+    pub status_message_expires_ms: Option<u64>,
+    /// Out of office.
+    pub out_of_office: bool,
+    /// The out-of-office message.
+    pub out_of_office_message: Option<String>,
+    /// The status message is the plugin's own.
+    pub own: bool,
+}
+
+/// A switchboard user's absence (`absence.absence-event`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsenceEvent {
+    /// Switchboard user id.
+    pub user_id: String,
+    /// The message; empty: the absence ended.
+    pub message: String,
+    /// When it ends (ms).
+    pub until_ms: Option<u64>,
+}
+
+/// Why an absence was not taken (`absence.absence-error`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AbsenceError {
+    /// Not mapped (or out of scope).
+    UnmappedUser(String),
+    /// Longer than 280 characters; the payload is its length.
+    TooLong(u32),
+    /// Pushing to Teams is off.
+    PushDisabled,
 }

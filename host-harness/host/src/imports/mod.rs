@@ -7,6 +7,7 @@ pub(crate) mod credentials;
 mod crypto;
 mod directory;
 mod log;
+mod notes;
 pub(crate) mod outbound_http;
 mod presence;
 mod scheduler;

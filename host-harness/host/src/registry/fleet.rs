@@ -77,6 +77,15 @@ impl Switchboard for FencedSwitchboard {
     fn calls_in_progress(&self) -> Vec<LineEvent> {
         self.inner.calls_in_progress()
     }
+    fn show_note(&self, user_id: &str, microsoft_user_id: &str, note: &crate::switchboard::TeamsNote) {
+        // A note is shown under the lease, as a presence is.
+        if self.leases.fence(&self.name).is_some() {
+            self.inner.show_note(user_id, microsoft_user_id, note);
+        }
+    }
+    fn absences_in_progress(&self) -> Vec<crate::switchboard::AbsenceEvent> {
+        self.inner.absences_in_progress()
+    }
 }
 
 impl Registry {

@@ -333,6 +333,11 @@ impl Launch {
         for ev in switchboard.calls_in_progress() {
             let _ = handle.line_event(ev).await;
         }
+        // And its absences: the plugin keeps the status messages it set for those still in
+        // force, and clears the others'.
+        for ev in switchboard.absences_in_progress() {
+            let _ = handle.absence(ev).await;
+        }
         Ok((handle, configured_release.sha256.clone()))
     }
 }

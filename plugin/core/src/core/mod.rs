@@ -7,6 +7,7 @@
 //! most one request per concern is in flight, so responses can never interleave badly.
 
 pub(crate) mod directory;
+mod notes;
 mod policy;
 mod presence_reads;
 mod push;
@@ -88,6 +89,7 @@ enum Pending {
     VerifySub(usize),
     Push(Vec<(String, PushOp)>),
     GroupMembers,
+    Absence(String, notes::NoteOp),
     OpenIdConfig,
     Jwks,
 }
@@ -112,7 +114,7 @@ impl Scope {
             | Pending::ListSubs(_)
             | Pending::CleanupDelete(_)
             | Pending::VerifySub(_) => Scope::Subscriptions,
-            Pending::Presences(_) | Pending::Push(_) => Scope::Presence,
+            Pending::Presences(_) | Pending::Push(_) | Pending::Absence(..) => Scope::Presence,
             Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => return None,
         })
     }
@@ -393,6 +395,8 @@ pub struct Core {
     groups: policy::Groups,
     /// What the policy made of the last mapping.
     applied: policy::Applied,
+    /// Status messages and out of office, both ways.
+    notes: notes::Notes,
 }
 
 impl Core {
@@ -548,6 +552,7 @@ impl Core {
             self.stored_counters = self.counters.clone();
         }
         self.restore_policy(env);
+        self.restore_notes(env);
         self.restore_directory(env);
         self.restore_keys(env);
         self.restore_calls(env);
@@ -648,6 +653,7 @@ impl Core {
             }
         }
         self.drive_pushes(&settings, now);
+        self.drive_absences(&settings, now);
     }
 
     fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
@@ -855,6 +861,7 @@ impl Core {
             Pending::UserToken(slot) => self.on_user_token(&settings, slot, outcome, now, jitter),
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
             Pending::GroupMembers => self.on_group_page(env, &settings, outcome, now, jitter),
+            Pending::Absence(ms, op) => self.on_absence_response(ms, op, outcome, now, jitter),
             Pending::OpenIdConfig => self.on_openid_config(&settings, outcome, now, jitter),
             Pending::Jwks => self.on_jwks(env, outcome, now, jitter),
             Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
@@ -978,6 +985,7 @@ impl Core {
         self.mapping_built = true;
         let old = std::mem::replace(&mut self.mapping, mapping);
         self.follow_remapped(&old, env.now_ms());
+        self.take_early_absences();
         self.trash.mapping(old);
         let summary = MappingSummary {
             mapped: self.mapping.by_microsoft.len() as u32,
@@ -1027,6 +1035,13 @@ impl Core {
         for ms in &gone {
             self.presence.remove(ms);
             self.sequence.remove(ms);
+            self.notes.shown.remove(ms);
+            // A status message we set for a user who is no longer synced goes, as the call
+            // session does.
+            self.notes.absences.remove(ms);
+            if self.notes.own.contains_key(ms) {
+                self.notes.absences.insert(ms.clone(), notes::Absence::ended());
+            }
         }
         for (ms, sb) in republish {
             if let Some(presence) = self.presence.get(&ms).cloned() {
@@ -1120,6 +1135,7 @@ impl Core {
             self.count("rejected.unmapped");
             return false;
         };
+        self.apply_note(&p.id, &sb, p.status_message, p.out_of_office_settings);
         let presence = TeamsPresence { availability: p.availability, activity: p.activity };
         // Loop safety: Busy/InACall while our own session is up is our own doing. It is shown
         // as such and never taken as the user's Teams state (which decides future pushes).
@@ -1411,6 +1427,10 @@ struct GraphPresence {
     activity: String,
     #[serde(default)]
     sequence_number: Option<String>,
+    #[serde(default, deserialize_with = "notes::present")]
+    status_message: Option<Option<notes::GraphStatusMessage>>,
+    #[serde(default, deserialize_with = "notes::present")]
+    out_of_office_settings: Option<Option<notes::GraphOutOfOffice>>,
 }
 
 /// The keys of `old` that `new` lacks, in one pass over both (sorted) maps.

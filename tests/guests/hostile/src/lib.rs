@@ -27,7 +27,7 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "presence-sync" });
 
-use exports::teams_presence::plugin::{admin, policy, sync, users};
+use exports::teams_presence::plugin::{absence, admin, policy, sync, users};
 use teams_presence::plugin::{log, outbound_http, presence, state, status, types};
 
 const MODES: [&str; 7] =
@@ -260,6 +260,12 @@ impl policy::Guest for Hostile {
             within_working_hours: true,
             unknown_entries: vec![],
         }
+    }
+}
+
+impl absence::Guest for Hostile {
+    fn on_absence(_: absence::AbsenceEvent) -> Result<(), absence::AbsenceError> {
+        Ok(())
     }
 }
 
