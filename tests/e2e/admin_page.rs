@@ -364,6 +364,8 @@ async fn an_operator_edits_the_sync_policy_on_the_admin_page() {
         "the excluded users are withdrawn"
     );
     c.goto(&format!("{base}/ui/integrations/contoso")).await.unwrap();
+    let line = reload_until(c, "#policy-status", |t| t.contains("2 excluded")).await;
+    assert!(line.contains("8 in scope"), "{line}");
     let excluded =
         c.find(Locator::Css("#policy_excluded")).await.unwrap().prop("value").await.unwrap().unwrap_or_default();
     assert_eq!(excluded, format!("sb-00003\n{}", t.seed.user_email(5)));

@@ -17,6 +17,7 @@ mod mfa_sign_in;
 mod notes;
 mod operations;
 mod policy;
+mod polling;
 mod presence_sync;
 mod process_kill;
 mod push;

@@ -14,6 +14,7 @@
 //! - hot-swap pause under a stream of notifications;
 //! - cost per notification, component vs the same core compiled natively;
 //! - Graph requests per 1,000 users per hour at steady state;
+//! - polling-only mode next to subscriptions: requests per 1,000 users per hour, staleness;
 //! - memory: the host process's RSS and each instance's linear memory;
 //! - a forged flood: handshake, status and a genuine change under it; the inbox commit's cost;
 //! - several hosts on PostgreSQL: one host on PostgreSQL next to SQLite, the fleet's total
@@ -35,6 +36,7 @@ mod ingest;
 mod latency;
 mod line;
 mod memory;
+mod polling;
 mod report;
 mod steady;
 mod swap;
@@ -63,6 +65,8 @@ pub struct BenchOptions {
     pub swap_seconds: usize,
     /// Tenant sizes for the steady-state request figure.
     pub steady_sizes: Vec<usize>,
+    /// Tenant sizes, changes and seconds of the polling figure.
+    pub polling: (Vec<usize>, usize, u64),
     /// Notifications per cost-per-notification run.
     pub cost_notifications: usize,
     /// Rates (notifications a second) of the latency figure.
@@ -91,7 +95,7 @@ pub struct BenchOptions {
 }
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 13] = [
+pub const SECTIONS: [&str; 14] = [
     "sync",
     "activation",
     "directory",
@@ -103,6 +107,7 @@ pub const SECTIONS: [&str; 13] = [
     "swap",
     "cost",
     "steady",
+    "polling",
     "memory",
     "fleet",
 ];
@@ -123,6 +128,7 @@ impl BenchOptions {
             swap_rate: 1000,
             swap_seconds: 6,
             steady_sizes: vec![1_000, 10_000],
+            polling: (vec![1_000, 10_000], 200, 20),
             cost_notifications: 2_000,
             latency_rates: vec![500, 1000, 2000],
             latency_seconds: 4,
@@ -149,6 +155,7 @@ impl BenchOptions {
             swap_rate: 100,
             swap_seconds: 1,
             steady_sizes: vec![200],
+            polling: (vec![200], 10, 2),
             cost_notifications: 50,
             latency_rates: vec![100],
             latency_seconds: 1,

@@ -10,8 +10,16 @@ use crate::common::*;
 /// settings: the clock moves 5 s per step and the integration ticks at each step (720 steps).
 /// Returns the requests by route.
 pub(crate) async fn steady_state(users: usize) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    steady_state_with(users, users.div_ceil(650)).await
+}
+
+/// [`steady_state`] with `integration_users` integration users (0: polling only).
+pub(crate) async fn steady_state_with(
+    users: usize,
+    integration_users: usize,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let dir = state_dir("steady");
-    let sc = Scenario::start(ScenarioOptions::new(users, users.div_ceil(650), dir.clone())).await?;
+    let sc = Scenario::start(ScenarioOptions::new(users, integration_users, dir.clone())).await?;
     let left = sc.wait_in_sync(users, Duration::from_secs(600)).await;
     anyhow::ensure!(left.is_empty(), "{} of {users} users never synced", left.len());
     // Let the setup's last requests finish.

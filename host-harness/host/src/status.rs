@@ -147,6 +147,16 @@ pub struct PolicyView {
     pub within_working_hours: bool,
     /// Entries of the policy's user lists that name nobody.
     pub unknown_entries: Vec<String>,
+    /// Users polled (no subscription covers them).
+    pub polled_users: u32,
+    /// How often each is read (ms; 0: nobody is polled).
+    pub poll_interval_ms: u64,
+    /// Polling rounds completed since the plugin started.
+    pub poll_rounds: u64,
+    /// When the last round completed (ms since the epoch).
+    pub last_poll_round_ms: Option<u64>,
+    /// Why polling fails: code.
+    pub poll_code: Option<String>,
 }
 
 impl From<crate::bindings::policy::PolicyStatus> for PolicyView {
@@ -163,6 +173,11 @@ impl From<crate::bindings::policy::PolicyStatus> for PolicyView {
             groups_hint: s.groups_problem.map(|p| printable(&cap(p.hint, 1024))),
             within_working_hours: s.within_working_hours,
             unknown_entries: s.unknown_entries.into_iter().take(100).map(|e| printable(&cap(e, 256))).collect(),
+            polled_users: s.polling.users,
+            poll_interval_ms: s.polling.interval_ms,
+            poll_rounds: s.polling.rounds,
+            last_poll_round_ms: s.polling.last_round_ms,
+            poll_code: s.polling.problem.map(|p| printable(&cap(p.code, 128))),
         }
     }
 }

@@ -412,6 +412,13 @@ impl From<core::PolicyStatus> for policy::PolicyStatus {
             groups_problem: s.groups_problem.map(Into::into),
             within_working_hours: s.within_working_hours,
             unknown_entries: s.unknown_entries,
+            polling: policy::PollingStatus {
+                users: s.polling.users,
+                interval_ms: s.polling.interval_ms,
+                rounds: s.polling.rounds,
+                last_round_ms: s.polling.last_round_ms,
+                problem: s.polling.problem.map(Into::into),
+            },
         }
     }
 }

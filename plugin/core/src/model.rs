@@ -573,6 +573,8 @@ pub struct PolicyStatus {
     pub within_working_hours: bool,
     /// List entries that name nobody.
     pub unknown_entries: Vec<String>,
+    /// Polling of the users no subscription covers.
+    pub polling: PollingStatus,
 }
 
 /// What a Teams user has written for others to see (`notes.teams-note`).
@@ -610,4 +612,19 @@ pub enum AbsenceError {
     TooLong(u32),
     /// Pushing to Teams is off.
     PushDisabled,
+}
+
+/// How polling stands (`policy.polling-status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PollingStatus {
+    /// Users polled.
+    pub users: u32,
+    /// Round interval (ms; 0: nobody polled).
+    pub interval_ms: u64,
+    /// Rounds completed.
+    pub rounds: u64,
+    /// When the last round ended.
+    pub last_round_ms: Option<u64>,
+    /// Why polling fails.
+    pub problem: Option<Problem>,
 }

@@ -165,6 +165,11 @@ impl Shards {
         self.members.len()
     }
 
+    /// The users no shard covers, in id order (they are polled).
+    pub fn uncovered_users(&self) -> &BTreeSet<String> {
+        &self.uncovered
+    }
+
     /// Users no shard covers.
     pub fn uncovered(&self) -> usize {
         self.uncovered.len()

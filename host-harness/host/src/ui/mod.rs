@@ -282,17 +282,21 @@ fn encode(s: &str) -> String {
 
 /// The status mark and synced users of `name`, from the host that runs it (this one, or,
 /// several hosts, another one, asked through the database).
-async fn brief_of(ui: &Ui, name: &str) -> (pages::Mark, Option<u32>) {
+async fn brief_of(ui: &Ui, name: &str) -> (pages::Mark, Option<u32>, Option<crate::status::PolicyView>) {
     if ui.app.registry.runs_elsewhere(name) {
         let path = format!("/status/{name}");
         let asked = tokio::time::timeout(STATUS_WITHIN, ui.app.registry.ask_owner(name, "GET", &path, None));
         return match asked.await {
-            Ok((StatusCode::OK, s)) => (pages::Mark::of_json(&s), s["users"].as_u64().map(|u| u as u32)),
-            _ => (pages::Mark::None, None),
+            Ok((StatusCode::OK, s)) => (
+                pages::Mark::of_json(&s),
+                s["users"].as_u64().map(|u| u as u32),
+                serde_json::from_value(s["policy"].clone()).ok(),
+            ),
+            _ => (pages::Mark::None, None, None),
         };
     }
     let s = status_of(ui, name).await;
-    (pages::Mark::of(s.as_ref()), s.map(|s| s.users))
+    (pages::Mark::of(s.as_ref()), s.as_ref().map(|s| s.users), s.and_then(|s| s.policy))
 }
 
 /// A page of the users list and the counts, from the host that runs `name`; `None` when its
@@ -338,7 +342,7 @@ async fn list(State(ui): State<Ui>, headers: HeaderMap, Query(q): Query<ListQuer
     let Some(csrf) = ui.sessions.current(&headers) else { return to_login() };
     let mut rows = Vec::new();
     for e in ui.app.registry.entries() {
-        let (mark, users) = brief_of(&ui, &e.config.name).await;
+        let (mark, users, _) = brief_of(&ui, &e.config.name).await;
         rows.push(pages::Row {
             display_name: e.config.display_name.clone().unwrap_or_else(|| e.config.name.clone()),
             name: e.config.name,
@@ -376,6 +380,7 @@ fn view_of(e: &Entry, mark: Option<pages::Mark>) -> pages::FormView {
         error: None,
         notice: None,
         policy: c.policy.clone(),
+        policy_status: None,
     }
 }
 
@@ -403,6 +408,7 @@ fn view_of_form(name: Option<String>, f: &Form, current: Option<&Entry>) -> page
         error: None,
         notice: None,
         policy: policy_of(f),
+        policy_status: None,
     }
 }
 
@@ -556,8 +562,9 @@ async fn edit_form(
     let Some(e) = ui.app.registry.entry(&name) else {
         return (StatusCode::NOT_FOUND, "no such integration").into_response();
     };
-    let (mark, _) = brief_of(&ui, &name).await;
+    let (mark, _, policy_status) = brief_of(&ui, &name).await;
     let mut v = view_of(&e, Some(mark));
+    v.policy_status = policy_status;
     v.automated_available = ui.app.registry.platform_client_id().is_some();
     if !e.config.manual_client_setup {
         v.consent_url = Some(format!("/ui/integrations/{name}/consent"));

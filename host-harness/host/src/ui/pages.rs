@@ -179,6 +179,27 @@ pub(super) struct FormView {
     pub(super) notice: Option<String>,
     /// The sync policy as the form shows it.
     pub(super) policy: PolicyConfig,
+    /// How the policy applies now, and polling (from the status).
+    pub(super) policy_status: Option<crate::status::PolicyView>,
+}
+
+/// "Sync policy: ..." — how the policy applies now, and the users polled.
+fn policy_line(p: &crate::status::PolicyView) -> Markup {
+    html! {
+        p #policy-status {
+            "Sync policy: " (p.in_scope) " in scope"
+            @if p.outside_groups > 0 { ", " (p.outside_groups) " outside the groups" }
+            @if p.excluded > 0 { ", " (p.excluded) " excluded" }
+            @if p.teams_to_switchboard_only > 0 { ", " (p.teams_to_switchboard_only) " Teams to switchboard only" }
+            @if !p.within_working_hours { "; outside working hours: calls are not pushed now" }
+            @if let Some(h) = &p.groups_hint { span.bad { "; groups not read: " (h) } }
+            @if !p.unknown_entries.is_empty() { span.bad { "; naming nobody: " (p.unknown_entries.join(", ")) } }
+            @if p.polled_users > 0 {
+                "; " (p.polled_users) " polled every " (format!("{:.1}", p.poll_interval_ms as f64 / 1000.0)) " s"
+            }
+            "."
+        }
+    }
 }
 
 const WEEKDAYS: [(&str, &str); 7] =
@@ -289,6 +310,7 @@ pub(super) fn form(v: &FormView, csrf: &str) -> Markup {
                 label for="client_secret_expires" { "Client Secret expires " span.muted { "(optional; the status warns 30 days ahead)" } }
                 input #client_secret_expires type="date" name="client_secret_expires" value=(v.secret_expires);
                 @if let Some(m) = &v.mark { p #status { "Status " (m.render()) } }
+                @if let Some(p) = &v.policy_status { (policy_line(p)) }
                 @if let (Some(n), Some(c)) = (&v.name, &v.counts) {
                     p #counts { (counts_line(c)) " " a #users-link href={ "/ui/integrations/" (n) "/users" } { "Teams Presence users" } }
                 }
@@ -360,7 +382,7 @@ pub(super) fn counts_line(c: &MappingCountsView) -> Markup {
         span { (c.mapped) " of " (c.switchboard_users) " switchboard users synced" }
         @if !by.is_empty() { " (by " (by.join(", ")) ")" }
         @if !not.is_empty() { span.bad { "; not synced: " (not.join("; ")) } }
-        @if c.uncovered > 0 { span.bad { "; " (c.uncovered) " covered by no subscription: add an integration user per 650 users" } }
+        @if c.uncovered > 0 { "; " (c.uncovered) " polled " span.muted { "(no subscription covers them: an integration user per 650 users shows them within seconds)" } }
         "."
     }
 }
@@ -430,7 +452,7 @@ pub(super) fn users(
                                 @if let Some(c) = &r.conflict { br; span.muted { "conflict: " (c) } }
                             }
                             td { @if let Some((a, act)) = &r.presence { (a) " / " (act) } }
-                            td { @if let Some(u) = &r.integration_user { (u) } @else if r.microsoft_user_id.is_some() { span.bad { "uncovered" } } }
+                            td { @if let Some(u) = &r.integration_user { (u) } @else if r.microsoft_user_id.is_some() { span.muted title="No subscription covers this user: its presence is polled" { "polled" } } }
                         }
                     }
                 }

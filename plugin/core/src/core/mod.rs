@@ -9,6 +9,7 @@
 pub(crate) mod directory;
 mod notes;
 mod policy;
+mod polling;
 mod presence_reads;
 mod push;
 mod retire;
@@ -19,6 +20,7 @@ mod users_view;
 mod validation;
 
 pub use policy::{MAX_GROUPS, MAX_POLICY_ENTRIES, within_hours};
+pub use polling::{MIN_POLL_INTERVAL_MS, POLL_BUDGET, poll_interval_ms};
 pub use retire::RetireProgress;
 pub use users_view::{
     MAX_USERS_PAGE, MappingCounts, MatchedBy, Unmatched, UserRow, UsersFilter, UsersPage, UsersQuery,
@@ -80,7 +82,11 @@ enum Pending {
     AppToken,
     UserToken(usize),
     UsersPage,
-    CreateSub { slot: usize, client_state: String, members: BTreeSet<String> },
+    CreateSub {
+        slot: usize,
+        client_state: String,
+        members: BTreeSet<String>,
+    },
     RenewSub(usize),
     DeleteSub(usize),
     ListSubs(usize),
@@ -90,6 +96,8 @@ enum Pending {
     Push(Vec<(String, PushOp)>),
     GroupMembers,
     Absence(String, notes::NoteOp),
+    /// A polling request; the last id it reads.
+    Poll(String),
     OpenIdConfig,
     Jwks,
 }
@@ -114,7 +122,7 @@ impl Scope {
             | Pending::ListSubs(_)
             | Pending::CleanupDelete(_)
             | Pending::VerifySub(_) => Scope::Subscriptions,
-            Pending::Presences(_) | Pending::Push(_) | Pending::Absence(..) => Scope::Presence,
+            Pending::Presences(_) | Pending::Push(_) | Pending::Absence(..) | Pending::Poll(_) => Scope::Presence,
             Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => return None,
         })
     }
@@ -397,6 +405,8 @@ pub struct Core {
     applied: policy::Applied,
     /// Status messages and out of office, both ways.
     notes: notes::Notes,
+    /// Presence polling of the users no subscription covers.
+    poll: polling::Poll,
 }
 
 impl Core {
@@ -451,9 +461,7 @@ impl Core {
                 missing.push(field.to_string());
             }
         }
-        if settings.integration_users.is_empty() {
-            missing.push("integration-users".into());
-        }
+        // No integration users: polling only (`polling.rs`).
         for (i, u) in settings.integration_users.iter().enumerate() {
             if u.username.trim().is_empty() {
                 missing.push(format!("integration-users[{i}].username"));
@@ -654,6 +662,9 @@ impl Core {
         }
         self.drive_pushes(&settings, now);
         self.drive_absences(&settings, now);
+        if !self.retiring {
+            self.drive_polling(&settings, now);
+        }
     }
 
     fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
@@ -862,6 +873,7 @@ impl Core {
             Pending::UsersPage => self.on_users_page(env, &settings, outcome, now, jitter),
             Pending::GroupMembers => self.on_group_page(env, &settings, outcome, now, jitter),
             Pending::Absence(ms, op) => self.on_absence_response(ms, op, outcome, now, jitter),
+            Pending::Poll(last) => self.on_poll(&settings, last, outcome, now, jitter),
             Pending::OpenIdConfig => self.on_openid_config(&settings, outcome, now, jitter),
             Pending::Jwks => self.on_jwks(env, outcome, now, jitter),
             Pending::Push(ops) => self.on_push_response(ops, outcome, now, jitter),
@@ -1360,15 +1372,17 @@ impl Core {
                     if o > 0 { "behind" } else { "ahead of" }
                 ),
             ))
-        } else if self.shards.uncovered() > 0 {
-            Health::Error(problem(
-                "capacity",
-                format!(
-                    "{} mapped users are not covered: add {} integration user(s)",
+        } else if let Some(p) = self.poll.problem.as_ref().filter(|_| self.shards.uncovered() > 0) {
+            // The users no subscription covers are polled; polling fails.
+            Health::Error(Problem {
+                detail: format!(
+                    "{}; {} mapped users are covered by no subscription (add {} integration user(s)) and cannot be polled",
+                    p.detail,
                     self.shards.uncovered(),
                     self.shards.integration_users_needed()
                 ),
-            ))
+                ..p.clone()
+            })
         } else if self.dir.last_ok_ms.is_none()
             // The first mapping (switchboard read and matching, in steps) is not built yet.
             || !self.ready()
@@ -1377,6 +1391,8 @@ impl Core {
                 .iter()
                 .enumerate()
                 .any(|(i, s)| !self.shards.members(i).is_empty() && (s.active.is_none() || s.needs_snapshot))
+            // The polled users' first round is not complete yet.
+            || (self.shards.uncovered() > 0 && self.poll.rounds == 0)
         {
             Health::Starting
         } else {
@@ -1387,7 +1403,8 @@ impl Core {
             mapped_users: counts.mapped,
             microsoft_users: counts.microsoft,
             switchboard_users: counts.switchboard,
-            uncovered_users: self.shards.uncovered() as u32,
+            // Users no subscription covers are polled: uncovered only while polling fails.
+            uncovered_users: if self.poll.problem.is_some() { self.shards.uncovered() as u32 } else { 0 },
             integration_users_needed: self.shards.integration_users_needed() as u32,
             subscriptions,
             conflicts: self.mapping.conflicts.clone(),

@@ -508,6 +508,7 @@ impl Core {
             groups_problem: self.groups.problem.clone(),
             within_working_hours: self.within_working_hours(env.now_ms()),
             unknown_entries: self.applied.unknown_entries.clone(),
+            polling: self.polling_status(),
         }
     }
 

@@ -32,7 +32,7 @@ impl Core {
                 | Pending::CleanupDelete(slot)
                 | Pending::VerifySub(slot)
                 | Pending::Presences(slot) => self.user_tokens[*slot].state = TokenState::Empty,
-                Pending::Push(_) | Pending::Absence(..) => self.app_token.state = TokenState::Empty,
+                Pending::Push(_) | Pending::Absence(..) | Pending::Poll(_) => self.app_token.state = TokenState::Empty,
                 Pending::AppToken | Pending::UserToken(_) | Pending::OpenIdConfig | Pending::Jwks => {}
             }
         }

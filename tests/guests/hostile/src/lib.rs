@@ -259,6 +259,7 @@ impl policy::Guest for Hostile {
             groups_problem: None,
             within_working_hours: true,
             unknown_entries: vec![],
+            polling: policy::PollingStatus { users: 0, interval_ms: 0, rounds: 0, last_round_ms: None, problem: None },
         }
     }
 }
