@@ -288,3 +288,32 @@ pub async fn line_event(admin_base: &str, name: &str, user: &str, state: &str) -
         .expect("the host answers");
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
+
+/// Posts a line event (`idle`, `ringing`, `connected`, `on-hold`, `ended`) for seed user `i`
+/// to the `contoso` switchboard simulator; its answer.
+pub async fn line(sc: &Scenario, i: usize, state: &str) -> (u16, String) {
+    admin_post(
+        sc,
+        &format!("/switchboard/contoso/users/sb-{i:05}/line-events"),
+        "application/json",
+        format!("{{\"state\": \"{state}\"}}").into_bytes(),
+    )
+    .await
+}
+
+/// Seed user `i`'s Teams presence at the emulator (availability, activity).
+pub fn truth_of(sc: &Scenario, i: usize) -> (String, String) {
+    sc.emulator.truth(&sc.seed.tenant_id)[&sc.ms_user(i)].clone()
+}
+
+/// Waits until seed user `i`'s Teams presence is `want` (or [`EVENTUALLY`]); the last seen.
+pub async fn wait_truth(sc: &Scenario, i: usize, want: (&str, &str)) -> (String, String) {
+    let end = std::time::Instant::now() + EVENTUALLY;
+    loop {
+        let now = truth_of(sc, i);
+        if (now.0.as_str(), now.1.as_str()) == want || std::time::Instant::now() > end {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

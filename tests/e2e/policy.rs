@@ -2,7 +2,7 @@
 //! Teams-only users, Do not disturb in a call, working hours on the emulated clock, and the
 //! admin API's dry run and validation.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e_tests::*;
 use serde_json::json;
@@ -11,31 +11,6 @@ const SET: &str = "POST /v1.0/users/{id}/presence/setPresence";
 const CLEAR: &str = "POST /v1.0/users/{id}/presence/clearPresence";
 const GROUP: &str = "5d2f0a7c-1b3e-4c5d-9e8f-0a1b2c3d4e5f";
 const NESTED: &str = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b";
-
-async fn line(t: &TestScenario, i: usize, state: &str) -> (u16, String) {
-    admin_post(
-        t,
-        &format!("/switchboard/contoso/users/sb-{i:05}/line-events"),
-        "application/json",
-        format!("{{\"state\": \"{state}\"}}").into_bytes(),
-    )
-    .await
-}
-
-fn truth_of(t: &TestScenario, i: usize) -> (String, String) {
-    t.emulator.truth(&t.seed.tenant_id)[&t.ms_user(i)].clone()
-}
-
-async fn wait_truth(t: &TestScenario, i: usize, want: (&str, &str)) -> (String, String) {
-    let end = Instant::now() + EVENTUALLY;
-    loop {
-        let now = truth_of(t, i);
-        if (now.0.as_str(), now.1.as_str()) == want || Instant::now() > end {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Changes the scenario's integration to carry `policy` (the integrations API).
 async fn put_policy(t: &TestScenario, policy: serde_json::Value) -> (u16, serde_json::Value) {

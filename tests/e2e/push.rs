@@ -8,31 +8,6 @@ use e2e_tests::*;
 const SET: &str = "POST /v1.0/users/{id}/presence/setPresence";
 const CLEAR: &str = "POST /v1.0/users/{id}/presence/clearPresence";
 
-async fn line(t: &TestScenario, i: usize, state: &str) -> (u16, String) {
-    admin_post(
-        t,
-        &format!("/switchboard/contoso/users/sb-{i:05}/line-events"),
-        "application/json",
-        format!("{{\"state\": \"{state}\"}}").into_bytes(),
-    )
-    .await
-}
-
-fn truth_of(t: &TestScenario, i: usize) -> (String, String) {
-    t.emulator.truth(&t.seed.tenant_id)[&t.ms_user(i)].clone()
-}
-
-async fn wait_truth(t: &TestScenario, i: usize, want: (&str, &str)) -> (String, String) {
-    let end = Instant::now() + EVENTUALLY;
-    loop {
-        let now = truth_of(t, i);
-        if (now.0.as_str(), now.1.as_str()) == want || Instant::now() > end {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn ready(users: usize, integration_users: usize, tweak: impl FnOnce(&mut ScenarioOptions)) -> TestScenario {
     let t = start(users, integration_users, tweak).await;
     t.wait_status(EVENTUALLY, |s| s.state == "ok").await;

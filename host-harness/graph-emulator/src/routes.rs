@@ -623,43 +623,62 @@ fn directory_read(
     Ok((t, form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect()))
 }
 
-async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let (t, params) = match directory_read(&emu, &headers, q) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+/// A directory page's size (`$top`: 1 to 999, default 100) and where it starts (the offset a
+/// `$skiptoken` of ours carries), or the error Graph answers.
+fn page_window(p: &dyn Fn(&str) -> Option<String>) -> Result<(usize, usize), Response> {
     let top = match p("$top").map(|v| v.parse::<usize>()) {
         None => DEFAULT_PAGE,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
         Some(_) => {
-            return graph_error(
+            return Err(graph_error(
                 StatusCode::BAD_REQUEST,
                 "Request_UnsupportedQuery",
                 &format!(
                     "Invalid page size specified: '{}'. Must be between 1 and 999 inclusive.",
                     p("$top").unwrap_or_default()
                 ),
-            );
+            ));
         }
     };
     let offset = match p("$skiptoken") {
         None => 0,
-        Some(tok) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
+        Some(tok) => base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&tok)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
-        {
-            Some(n) => n,
-            None => {
-                return graph_error(
+            .ok_or_else(|| {
+                graph_error(
                     StatusCode::BAD_REQUEST,
                     "Directory_ExpiredPageToken",
                     "The specified page token value has expired or is invalid.",
-                );
-            }
-        },
+                )
+            })?,
+    };
+    Ok((top, offset))
+}
+
+/// The query of the next page's `@odata.nextLink`: the first request's `$select`, `$top`, and
+/// a `$skiptoken` for `offset`.
+fn next_page_query(select: Option<String>, top: usize, offset: usize) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    if let Some(s) = select {
+        ser.append_pair("$select", &s);
+    }
+    ser.append_pair("$top", &top.to_string());
+    ser.append_pair("$skiptoken", &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{offset}")));
+    ser.finish()
+}
+
+async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let (t, params) = match directory_read(&emu, &headers, q) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (top, offset) = match page_window(&p) {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     let select: Option<BTreeSet<String>> = p("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     let w = emu.inner.world.lock().unwrap();
@@ -670,16 +689,8 @@ async fn list_users(State(emu): State<Emulator>, headers: HeaderMap, RawQuery(q)
         "value": page,
     });
     if offset + top < tenant.users.len() {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        if let Some(s) = p("$select") {
-            ser.append_pair("$select", &s);
-        }
-        ser.append_pair("$top", &top.to_string());
-        ser.append_pair(
-            "$skiptoken",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{}", offset + top)),
-        );
-        body["@odata.nextLink"] = json!(format!("{}/v1.0/users?{}", emu.inner.base_url.read().unwrap(), ser.finish()));
+        let query = next_page_query(p("$select"), top, offset + top);
+        body["@odata.nextLink"] = json!(format!("{}/v1.0/users?{query}", emu.inner.base_url.read().unwrap()));
     }
     json_response(StatusCode::OK, body)
 }
@@ -735,37 +746,9 @@ fn members_page(emu: &Emulator, headers: &HeaderMap, id: &str, users_only: bool,
     }
     let params: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect();
     let p = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let top = match p("$top").map(|v| v.parse::<usize>()) {
-        None => DEFAULT_PAGE,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return graph_error(
-                StatusCode::BAD_REQUEST,
-                "Request_UnsupportedQuery",
-                &format!(
-                    "Invalid page size specified: '{}'. Must be between 1 and 999 inclusive.",
-                    p("$top").unwrap_or_default()
-                ),
-            );
-        }
-    };
-    let offset = match p("$skiptoken") {
-        None => 0,
-        Some(tok) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&tok)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
-        {
-            Some(n) => n,
-            None => {
-                return graph_error(
-                    StatusCode::BAD_REQUEST,
-                    "Directory_ExpiredPageToken",
-                    "The specified page token value has expired or is invalid.",
-                );
-            }
-        },
+    let (top, offset) = match page_window(&p) {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     let select: Option<BTreeSet<String>> = p("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     let w = emu.inner.world.lock().unwrap();
@@ -800,21 +783,10 @@ fn members_page(emu: &Emulator, headers: &HeaderMap, id: &str, users_only: bool,
         "value": page,
     });
     if offset + top < all.len() {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        if let Some(s) = p("$select") {
-            ser.append_pair("$select", &s);
-        }
-        ser.append_pair("$top", &top.to_string());
-        ser.append_pair(
-            "$skiptoken",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{}", offset + top)),
-        );
+        let query = next_page_query(p("$select"), top, offset + top);
         let cast = if users_only { "/microsoft.graph.user" } else { "" };
-        body["@odata.nextLink"] = json!(format!(
-            "{}/v1.0/groups/{id}/transitiveMembers{cast}?{}",
-            emu.inner.base_url.read().unwrap(),
-            ser.finish()
-        ));
+        body["@odata.nextLink"] =
+            json!(format!("{}/v1.0/groups/{id}/transitiveMembers{cast}?{query}", emu.inner.base_url.read().unwrap()));
     }
     json_response(StatusCode::OK, body)
 }
