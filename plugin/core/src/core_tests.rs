@@ -2202,6 +2202,16 @@ fn an_integration_user_without_a_password_signs_in_with_the_kept_refresh_token_a
     );
 }
 
+/// A tick `ms` later, answered like Graph would; returns every effect seen.
+fn later(core: &mut Core, env: &mut FakeEnv, users: usize, ms: u64) -> Vec<Effect> {
+    env.log.clear();
+    env.now += ms;
+    core.tick(env);
+    let effects = core.take_effects();
+    run_graph(core, env, users, effects);
+    std::mem::take(&mut env.log)
+}
+
 mod notes;
 mod policy;
 mod polling;

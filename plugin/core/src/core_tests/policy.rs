@@ -42,16 +42,6 @@ fn call(core: &mut Core, env: &mut FakeEnv, users: usize, user: &str, state: Lin
     std::mem::take(&mut env.log)
 }
 
-/// A tick `ms` later, answered like Graph would; returns every effect seen.
-fn later(core: &mut Core, env: &mut FakeEnv, users: usize, ms: u64) -> Vec<Effect> {
-    env.log.clear();
-    env.now += ms;
-    core.tick(env);
-    let effects = core.take_effects();
-    run_graph(core, env, users, effects);
-    std::mem::take(&mut env.log)
-}
-
 fn group_policy() -> SyncPolicy {
     SyncPolicy { groups: vec![GROUP.into()], ..SyncPolicy::default() }
 }

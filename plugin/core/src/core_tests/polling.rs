@@ -12,14 +12,35 @@ fn ids_of(r: &HttpRequest) -> usize {
     body["ids"].as_array().unwrap().len()
 }
 
-/// A tick `ms` later, answered like Graph would; returns every effect seen.
-fn later(core: &mut Core, env: &mut FakeEnv, users: usize, ms: u64) -> Vec<Effect> {
-    env.log.clear();
-    env.now += ms;
-    core.tick(env);
-    let effects = core.take_effects();
-    run_graph(core, env, users, effects);
-    std::mem::take(&mut env.log)
+/// Answers requests until none is pending: `special` first, else like Graph for a tenant of
+/// three users (tokens, login documents, directory).
+fn answer_with(
+    core: &mut Core,
+    env: &mut FakeEnv,
+    mut effects: Vec<Effect>,
+    special: &mut dyn FnMut(&HttpRequest) -> Option<Result<HttpResponse, HttpError>>,
+) {
+    loop {
+        let reqs = requests(&effects);
+        if reqs.is_empty() {
+            return;
+        }
+        for (id, r) in reqs {
+            let resp = if let Some(resp) = special(&r) {
+                resp
+            } else if r.url.ends_with("/oauth2/v2.0/token") {
+                ok(200, serde_json::json!({"access_token": "tok", "expires_in": 3599}))
+            } else if let Some(resp) = login_documents(&r) {
+                resp
+            } else {
+                let users =
+                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
+                directory_answer(&r, users)
+            };
+            core.on_http_response(env, id, resp);
+        }
+        effects = core.take_effects();
+    }
 }
 
 #[test]
@@ -88,30 +109,13 @@ fn without_the_read_permission_polling_stops_and_says_which_permission() {
     let mut env = env(3);
     let mut core = Core::new();
     core.configure(&mut env, settings(0)).unwrap();
-    let mut effects = core.take_effects();
+    let effects = core.take_effects();
     // Answer like Graph, but polling is refused.
-    loop {
-        let reqs = requests(&effects);
-        if reqs.is_empty() {
-            break;
-        }
-        for (id, r) in reqs {
-            let resp = if r.url.ends_with("getPresencesByUserId") {
-                ok(403, serde_json::json!({"error": {"code": "Forbidden", "message": "Insufficient privileges"}}))
-            } else if r.url.ends_with("/oauth2/v2.0/token") {
-                ok(200, serde_json::json!({"access_token": "tok", "expires_in": 3599}))
-            } else if let Some(resp) = login_documents(&r) {
-                resp
-            } else {
-                directory_answer(
-                    &r,
-                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect(),
-                )
-            };
-            core.on_http_response(&mut env, id, resp);
-        }
-        effects = core.take_effects();
-    }
+    answer_with(&mut core, &mut env, effects, &mut |r| {
+        r.url
+            .ends_with("getPresencesByUserId")
+            .then(|| ok(403, serde_json::json!({"error": {"code": "Forbidden", "message": "Insufficient privileges"}})))
+    });
     let st = core.status(&env);
     match &st.health {
         Health::Error(p) => assert!(p.hint.contains("Presence.Read.All"), "{p:?}"),
@@ -129,40 +133,23 @@ fn a_polling_answer_that_pages_is_followed_before_the_round_moves_on() {
     let mut env = env(3);
     let mut core = Core::new();
     core.configure(&mut env, settings(0)).unwrap();
-    let mut effects = core.take_effects();
+    let effects = core.take_effects();
     let mut followed = 0;
-    loop {
-        let reqs = requests(&effects);
-        if reqs.is_empty() {
-            break;
+    answer_with(&mut core, &mut env, effects, &mut |r| {
+        if r.url.ends_with("getPresencesByUserId") {
+            let first = serde_json::json!({"id": ms_id(0), "availability": "Away", "activity": "Away"});
+            let next = "https://graph.test/v1.0/communications/presences?$skiptoken=2";
+            Some(ok(200, serde_json::json!({"value": [first], "@odata.nextLink": next})))
+        } else if r.url.contains("$skiptoken=2") {
+            followed += 1;
+            let rest: Vec<_> = (1..3)
+                .map(|i| serde_json::json!({"id": ms_id(i), "availability": "Busy", "activity": "Busy"}))
+                .collect();
+            Some(ok(200, serde_json::json!({ "value": rest })))
+        } else {
+            None
         }
-        for (id, r) in reqs {
-            let resp = if r.url.ends_with("getPresencesByUserId") {
-                let first = serde_json::json!({"id": ms_id(0), "availability": "Away", "activity": "Away"});
-                ok(
-                    200,
-                    serde_json::json!({"value": [first], "@odata.nextLink": "https://graph.test/v1.0/communications/presences?$skiptoken=2"}),
-                )
-            } else if r.url.contains("$skiptoken=2") {
-                followed += 1;
-                let rest: Vec<_> = (1..3)
-                    .map(|i| serde_json::json!({"id": ms_id(i), "availability": "Busy", "activity": "Busy"}))
-                    .collect();
-                ok(200, serde_json::json!({ "value": rest }))
-            } else if r.url.ends_with("/oauth2/v2.0/token") {
-                ok(200, serde_json::json!({"access_token": "tok", "expires_in": 3599}))
-            } else if let Some(resp) = login_documents(&r) {
-                resp
-            } else {
-                directory_answer(
-                    &r,
-                    (0..3).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect(),
-                )
-            };
-            core.on_http_response(&mut env, id, resp);
-        }
-        effects = core.take_effects();
-    }
+    });
     assert_eq!(followed, 1);
     assert_eq!(core.policy_status(&env).polling.rounds, 1);
     assert_eq!(core.presence_of(&ms_id(2)).map(|p| p.availability.as_str()), Some("Busy"));
