@@ -8,7 +8,7 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().parent().unwrap().to_path_buf();
-    for p in ["wit", "plugin/core", "plugin/component", "Cargo.lock"] {
+    for p in ["wit", "plugin/core", "plugin/component", "Cargo.lock", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());

@@ -55,7 +55,13 @@ async fn random_changes_of_200_users_all_arrive() {
     let missing = t.wait_in_sync(1353, EVENTUALLY).await;
     assert!(missing.is_empty(), "{} users not in sync: {:?}", missing.len(), &missing[..missing.len().min(5)]);
     let s = t.status().await;
-    assert!(s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 200, "{:?}", s.counters);
+    let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    assert!(c("notifications.accepted") >= 200, "{:?}", s.counters);
+    // Every notification's key was unwrapped by the host as the webhook took it (on its pool,
+    // or by the actor right before the call when the pool had not started it), none inside
+    // the guest call.
+    assert!(c("unwrap.parallel") + c("unwrap.before-call") >= c("notifications.accepted"), "{:?}", s.counters);
+    assert_eq!(c("unwrap.on-demand"), 0, "{:?}", s.counters);
     assert!(s.last_notification_ms.is_some());
 }
 

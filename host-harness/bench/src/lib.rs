@@ -71,6 +71,9 @@ pub struct BenchOptions {
     pub cost_notifications: usize,
     /// Rates (notifications a second) of the latency figure.
     pub latency_rates: Vec<usize>,
+    /// Rates of the latency figure relative to the one-core RSA rate measured in the same run,
+    /// in percent.
+    pub latency_relative: Vec<usize>,
     /// Seconds per latency run.
     pub latency_seconds: usize,
     /// Tenant sizes of the memory figure (one integration each).
@@ -123,7 +126,7 @@ impl BenchOptions {
             sync_sizes: vec![1_000, 10_000, 100_000],
             activation_sizes: vec![10_000],
             directory_rounds: vec![(10_000, 1_000), (100_000, 1_000)],
-            notifications: 4_000,
+            notifications: 8_000,
             calls: 300,
             swap_rate: 1000,
             swap_seconds: 6,
@@ -131,6 +134,7 @@ impl BenchOptions {
             polling: (vec![1_000, 10_000], 200, 20),
             cost_notifications: 2_000,
             latency_rates: vec![500, 1000, 2000],
+            latency_relative: vec![40, 80],
             latency_seconds: 4,
             memory_sizes: vec![10_000, 100_000],
             memory_fleet: (100, 1000),
@@ -158,6 +162,7 @@ impl BenchOptions {
             polling: (vec![200], 10, 2),
             cost_notifications: 50,
             latency_rates: vec![100],
+            latency_relative: vec![5],
             latency_seconds: 1,
             memory_sizes: vec![200],
             memory_fleet: (2, 100),

@@ -180,31 +180,65 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         }
     }
     if opts.wants("latency") {
-        eprintln!("bench: latency at fixed rates");
-        writeln!(md, "\n## Processing latency at fixed rates\n")?;
+        eprintln!("bench: latency at fixed rates and at rates relative to the RSA ceiling");
+        writeln!(md, "\n## Processing latency at fixed and relative rates\n")?;
         writeln!(
             md,
-            "650 users, one subscription. For {} s per rate, notifications are POSTed to the webhook on a fixed schedule (open loop: each is sent on time whether or not earlier ones are done, so queueing shows), each POST one encrypted notification that the emulator built as it delivers them (the bench sends them, so that the schedule is exact and the send time known); each user cycles through three states, so every notification is a change. Latency: from sending the POST until the switchboard simulator receives the publish (HTTP, durable inbox, actor, component, switchboard). The first half second of each run is warm-up and not counted. Goal: p99 under 5 ms at 1,000 a second.\n",
+            "650 users, one subscription. For {} s per rate, notifications are POSTed to the webhook on a fixed schedule (open loop: each is sent on time whether or not earlier ones are done, so queueing shows), each POST one encrypted notification that the emulator built as it delivers them (the bench sends them, so that the schedule is exact and the send time known); each user cycles through three states, so every notification is a change. Latency: from sending the POST until the switchboard simulator receives the publish (HTTP, durable inbox, RSA unwrap on the host's pool, actor, component, switchboard). The first half second of each run is warm-up and not counted. Besides the fixed rates, each run measures this machine's one-core RSA-OAEP-2048 decrypt rate first and runs at 40 % and 80 % of it: machines of one size differ by 2× in that rate, and a goal at a fixed rate says little about another machine. Goals: p99 under 5 ms at 1,000 a second and at 40 % of the RSA rate, under 20 ms at 80 %.\n",
             opts.latency_seconds
         )?;
-        writeln!(md, "| notifications a second | counted | p50 ms | p99 ms | max ms |")?;
-        writeln!(md, "|---:|---:|---:|---:|---:|")?;
-        for &rate in &opts.latency_rates {
-            let (mut p50s, mut p99s, mut maxes, mut counted) = (Vec::new(), Vec::new(), Vec::new(), 0);
-            for _ in 0..opts.runs {
+        // (label, rates used per run, p50s, p99s, maxes, counted)
+        type Row = (String, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, usize);
+        let mut rows: Vec<Row> = Vec::new();
+        let mut ceilings = Vec::new();
+        for _ in 0..opts.runs {
+            let rsa = rsa_decrypts_per_second(2000);
+            ceilings.push(rsa);
+            let runs = opts.latency_rates.iter().map(|&r| (r.to_string(), r)).chain(
+                opts.latency_relative
+                    .iter()
+                    .map(|&pct| (format!("{pct} % of one core's RSA rate"), (rsa * pct as f64 / 100.0) as usize)),
+            );
+            for (i, (label, rate)) in runs.enumerate() {
                 let mut v = latency_at_rate(rate, opts.latency_seconds).await?;
-                counted = v.len();
-                p50s.push(percentile(&mut v, 0.5));
-                p99s.push(percentile(&mut v, 0.99));
-                maxes.push(percentile(&mut v, 1.0));
+                if rows.len() <= i {
+                    rows.push((label, Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0));
+                }
+                let row = &mut rows[i];
+                row.1.push(rate as f64);
+                row.5 = v.len();
+                row.2.push(percentile(&mut v, 0.5));
+                row.3.push(percentile(&mut v, 0.99));
+                row.4.push(percentile(&mut v, 1.0));
             }
-            let p99 = median(p99s.clone());
-            writeln!(md, "| {rate} | {counted} | {:.2} | {p99:.2} | {:.2} |", median(p50s), median(maxes))?;
-            if rate == 1000 {
+        }
+        writeln!(
+            md,
+            "One-core RSA-OAEP-2048 decrypts a second, measured at the start of each run: {}.\n",
+            ceilings.iter().map(|c| format!("{c:.0}")).collect::<Vec<_>>().join(", ")
+        )?;
+        writeln!(md, "| load | notifications a second (median) | counted | p50 ms | p99 ms | max ms |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        for (label, rates, p50s, p99s, maxes, counted) in rows {
+            let (rate, p99) = (median(rates), median(p99s));
+            let label = if label.parse::<usize>().is_ok() { "fixed".to_string() } else { label };
+            writeln!(
+                md,
+                "| {label} | {rate:.0} | {counted} | {:.2} | {p99:.2} | {:.2} |",
+                median(p50s),
+                median(maxes)
+            )?;
+            let goal = match label.as_str() {
+                "fixed" if rate == 1000.0 => Some(("1,000 notifications/s".to_string(), 5.0)),
+                l if l.starts_with("40 %") => Some((format!("40 % of the one-core RSA rate ({rate:.0}/s)"), 5.0)),
+                l if l.starts_with("80 %") => Some((format!("80 % of the one-core RSA rate ({rate:.0}/s)"), 20.0)),
+                _ => None,
+            };
+            if let Some((at, bound)) = goal {
                 goals.push((
-                    "processing latency p99 under 5 ms at 1,000 notifications/s".into(),
+                    format!("processing latency p99 under {bound} ms at {at}"),
                     format!("{p99:.2} ms"),
-                    p99 < 5.0,
+                    p99 < bound,
                 ));
             }
         }
@@ -252,7 +286,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "\n## Webhook ingest vs the RSA ceiling\n")?;
         writeln!(
             md,
-            "{} encrypted rich notifications, one per POST, 8 concurrent clients, through HTTP → durable inbox (SQLite, acknowledged with 202) → integration actor → component (validation token, clientState, host RSA-OAEP unwrap, HMAC, AES, sequence) → switchboard. The ceiling is one native RSA-OAEP-2048 private-key operation per notification on one core (aws-lc-rs, the host's library; one integration's notifications are processed in order by one actor), measured right before and right after each run and averaged.\n",
+            "{} encrypted rich notifications, one per POST, 8 concurrent clients, through HTTP → durable inbox (SQLite, acknowledged with 202) → integration actor → component (validation token, clientState, host RSA-OAEP unwrap, HMAC, AES, sequence) → switchboard. The ceiling is one native RSA-OAEP-2048 private-key operation per notification on one core (aws-lc-rs, the host's library): what one integration could reach when its one actor did its own RSA, as it did before the host's unwrap pool. It is measured right before and right after each run and averaged.\n",
             opts.notifications
         )?;
         let (mut rates, mut bares, mut rsas) = (Vec::new(), Vec::new(), Vec::new());
@@ -269,20 +303,34 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
             bares.push(b);
             rsas.push((before + rsa_decrypts_per_second(opts.notifications.min(2000))) / 2.0);
         }
-        let (rate, bare, rsa) = (median(rates), median(bares), median(rsas));
+        let (rate, bare, rsa) = (median(rates.clone()), median(bares), median(rsas.clone()));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         goals.push((
-            "webhook ingest at least 0.7 of the native RSA-OAEP decrypt rate".into(),
+            format!("webhook ingest at least 1.4 × the one-core RSA-OAEP decrypt rate ({cores} cores)"),
             format!("{:.2} ({rate:.0} of {rsa:.0} a second)", rate / rsa),
-            rate / rsa >= 0.7,
+            rate / rsa >= 1.4,
         ));
         writeln!(md, "| measure | per second (median) |")?;
         writeln!(md, "|---|---:|")?;
-        writeln!(md, "| native RSA-OAEP-2048 decrypts, one core (ceiling) | {rsa:.0} |")?;
+        writeln!(
+            md,
+            "| native RSA-OAEP-2048 decrypts, one core (ceiling of one actor doing its own RSA) | {rsa:.0} |"
+        )?;
         writeln!(md, "| notifications ingested through the harness | {rate:.0} ({:.2} of the ceiling) |", rate / rsa)?;
         writeln!(md, "| bare axum (hyper) server answering 202, same load generator | {bare:.0} |")?;
         writeln!(
             md,
-            "\nWhat bounds it: one integration's notifications are processed in order by its one actor. Each costs the actor the guest call (its CPU time is in \"Cost per notification\" below: about 1.2 × the native core, which is itself about one RSA operation) plus the host's part (the inbox delete, the hand-over, waiting for a core the HTTP side also uses). That caps the rate near 1 / (1.2 × RSA + host part), about 0.7 of the one-core RSA rate when the other core is free for the HTTP side: the goal sits at the edge of this design, and whatever else the machine runs pushes a run below it. Going clearly past it needs the RSA unwrap off the actor, in parallel on the HTTP workers, which would move Graph-payload parsing into the host; it was not done."
+            "\nEach run: {}.",
+            rates
+                .iter()
+                .zip(&rsas)
+                .map(|(r, c)| format!("{r:.0} ingested, one-core RSA rate {c:.0} ({:.2})", r / c))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )?;
+        writeln!(
+            md,
+            "\nHow it goes past one core: the host reads each body's wrapped keys when the webhook takes it and unwraps them on a pool of one thread per core while the body is committed (`presence_host::unwrap`); the actor still hands the plugin one notification at a time, in order, and the plugin's `unwrap-key` finds the key done. What bounds it now: the machine's {cores} cores, shared by the RSA pool and everything else a notification costs (the load generator's and the server's HTTP, the inbox commit and its fsync, the actor's guest call, thread wake-ups); the counter `unwrap.cpu-us` in the status holds the pool's share."
         )?;
     }
     if opts.wants("line") {
@@ -363,7 +411,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "\n## Cost per notification: component vs native\n")?;
         writeln!(
             md,
-            "{} encrypted notifications (one per body) handed to the plugin one after the other; the component figure is the CPU time of the guest call (guest code plus the host imports it calls: RSA unwrap, publish). The native figure runs the same core, compiled natively, configured on the state the integration stored, over the same bodies, with the same RSA key and library and its effects performed alike. The native figure is CPU time too. Each figure is the median of the means of batches of {COST_BATCH}. Goal: ratio at most 1.3.\n",
+            "{} encrypted notifications (one per body) handed to the plugin one after the other; the component figure is the CPU time of the guest call (guest code plus the host imports it calls: publish, state) plus that of the notification's RSA unwrap, which the host does on its pool ahead of the call (`presence_host::unwrap`). The native figure runs the same core, compiled natively, configured on the state the integration stored, over the same bodies, with the same RSA key and library and its effects performed alike. The native figure is CPU time too. Each figure is the median of the means of batches of {COST_BATCH}. Goal: ratio at most 1.3.\n",
             opts.cost_notifications
         )?;
         let (mut comps, mut nats, mut rsas2) = (Vec::new(), Vec::new(), Vec::new());
@@ -381,7 +429,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         ));
         writeln!(md, "| measure | µs per notification (median) |")?;
         writeln!(md, "|---|---:|")?;
-        writeln!(md, "| component (guest call) | {c:.1} |")?;
+        writeln!(md, "| component (guest call and its unwrap) | {c:.1} |")?;
         writeln!(md, "| native core | {n:.1} |")?;
         writeln!(md, "| ratio component / native | {:.2} |", c / n)?;
         writeln!(md, "| one RSA-OAEP-2048 unwrap alone, same library (part of both) | {r:.1} |")?;

@@ -335,15 +335,26 @@ impl Actor {
         }
     }
 
-    /// Offers `rows` in order; stops at a `retry-later`.
+    /// Offers `rows` in order; stops at a `retry-later`. The RSA unwraps of all of them are
+    /// queued first, so that they run on every core while the plugin takes the rows one after
+    /// the other (rows the webhook took have theirs queued already: see [`crate::unwrap`]).
     async fn take_rows(&mut self, rows: Vec<crate::store::InboxEntry>) {
+        let mut opened = Vec::with_capacity(rows.len());
         for row in rows {
+            match inbox::open(&self.ctx, &row) {
+                Some(body) => {
+                    let keys = crate::unwrap::read_envelope(&body).unwrap_or_default();
+                    self.ctx.unwraps.start(&keys, false);
+                    opened.push((row, body, keys));
+                }
+                None => self.inbox_cursor = row.id,
+            }
+        }
+        for (row, body, keys) in opened {
             let stored = row.body.len() as u64;
-            let Some(body) = inbox::open(&self.ctx, &row) else {
-                self.inbox_cursor = row.id;
-                continue;
-            };
+            self.ctx.unwraps.ready(&keys).await;
             self.call(Command::Inbox(row.id, body, stored)).await;
+            self.ctx.unwraps.forget(&keys);
             if self.inbox_blocked {
                 self.ctx.inbox_waiting.store(true, Ordering::SeqCst);
                 return;

@@ -24,11 +24,12 @@ use crate::bindings::sync;
 use crate::config::Secret;
 use crate::error::{OverrideError, Stopping};
 use crate::host::Host;
-use crate::inbox::{AcceptError, check_envelope};
+use crate::inbox::AcceptError;
 use crate::integration::IntegrationHandle;
 use crate::release::MAX_PLUGIN_BYTES;
 use crate::sandbox::MAX_WEBHOOK_BODY;
 use crate::status::SwapOutcome;
+use crate::unwrap::{DataKey, read_envelope};
 use crate::web::{AppState, read_body};
 
 pub use crate::web::BODY_READ_TIMEOUT;
@@ -159,9 +160,9 @@ impl Target {
             Target::Elsewhere(r, _) => r.count_elsewhere(what),
         }
     }
-    async fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
+    async fn accept(&self, kind: &str, body: Vec<u8>, keys: Vec<DataKey>) -> Result<(), AcceptError> {
         match self {
-            Target::Here(h) => h.accept(kind, body).await,
+            Target::Here(h) => h.accept_read(kind, body, keys).await,
             Target::Elsewhere(r, name) => r.accept_elsewhere(name, kind, body).await,
         }
     }
@@ -211,11 +212,16 @@ async fn webhook(
     }
     // A notification batch: check the envelope, persist it, acknowledge at once (Graph wants
     // 202 within 3 s) and let the plugin process it from the inbox.
-    if let Err(e) = check_envelope(&body) {
-        h.count("rejected.malformed");
-        return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
-    }
-    match h.accept(&kind, body.to_vec()).await {
+    // The wrapped keys are read along: the host starts their RSA unwraps now, in parallel
+    // (crate::unwrap), and the plugin finds them done.
+    let keys = match read_envelope(&body) {
+        Ok(keys) => keys,
+        Err(e) => {
+            h.count("rejected.malformed");
+            return (StatusCode::BAD_REQUEST, format!("malformed notification JSON: {e}")).into_response();
+        }
+    };
+    match h.accept(&kind, body.to_vec(), keys).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e @ AcceptError::Full { .. }) => {
             // Graph retries a 503, for up to 4 hours.

@@ -36,7 +36,9 @@ pub struct IntegrationCtx {
     /// The customer's switchboard.
     pub switchboard: Arc<dyn Switchboard>,
     /// The notification key.
-    pub key: NotificationKey,
+    pub key: Arc<NotificationKey>,
+    /// Its RSA unwraps, done in parallel ahead of the plugin's calls.
+    pub(crate) unwraps: crate::unwrap::Unwraps,
     /// Clock.
     pub clock: Arc<dyn Clock>,
     /// Hands an outbound request's outcome to the actor; false once the actor is gone.
@@ -104,7 +106,7 @@ impl IntegrationCtx {
         http: Arc<dyn HttpClient>,
         store: Arc<dyn StateStore>,
         switchboard: Arc<dyn Switchboard>,
-        key: NotificationKey,
+        key: Arc<NotificationKey>,
         clock: Arc<dyn Clock>,
         http_done: HttpDone,
         parts: CtxParts,
@@ -115,6 +117,7 @@ impl IntegrationCtx {
             http,
             store,
             switchboard,
+            unwraps: crate::unwrap::Unwraps::new(key.clone()),
             key,
             clock,
             http_done,
@@ -223,7 +226,20 @@ impl IntegrationCtx {
 
     /// The host counters so far.
     pub fn counters(&self) -> BTreeMap<String, u64> {
-        self.counters.lock().unwrap().clone()
+        let mut c = self.counters.lock().unwrap().clone();
+        let u = &self.unwraps.counts;
+        for (name, n) in [
+            ("unwrap.parallel", &u.parallel),
+            ("unwrap.before-call", &u.before_call),
+            ("unwrap.on-demand", &u.on_demand),
+            ("unwrap.cpu-us", &u.cpu_us),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                c.insert(name.to_string(), n);
+            }
+        }
+        c
     }
 
     /// Whether the host is stopping.

@@ -36,6 +36,11 @@ impl Runtime {
     pub fn new(limits: Limits, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // `PRESENCE_PROFILE=perfmap`: the plugin's compiled functions are named in
+        // /tmp/perf-<pid>.map, so `perf record` / `perf report` show where a guest call spends.
+        if std::env::var("PRESENCE_PROFILE").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wt(Engine::new(&config))?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;

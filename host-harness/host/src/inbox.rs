@@ -22,16 +22,6 @@ use crate::store::InboxEntry;
 /// Rows the actor pulls from the inbox before it serves its queue again.
 pub const STEP: usize = 64;
 
-/// The shape every notification body has: `{"value": [ ... ]}`.
-pub fn check_envelope(body: &[u8]) -> Result<(), serde_json::Error> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        #[allow(dead_code)]
-        value: Vec<serde::de::IgnoredAny>,
-    }
-    serde_json::from_slice::<Envelope>(body).map(|_| ())
-}
-
 /// Why a notification body was not taken into the inbox.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -202,18 +192,4 @@ pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) -> bool {
     let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(bytes)));
     ctx.count_by("inbox.processed", n);
     gone
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_envelope_is_an_object_with_a_value_list() {
-        assert!(check_envelope(br#"{"value": []}"#).is_ok());
-        assert!(check_envelope(br#"{"value": [{"a": 1}], "validationTokens": ["x"]}"#).is_ok());
-        for bad in [&b"[]"[..], b"{}", b"{\"value\": 1}", b"not json", b""] {
-            assert!(check_envelope(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-    }
 }

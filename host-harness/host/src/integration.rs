@@ -54,10 +54,27 @@ impl IntegrationHandle {
     /// The write (sealing, and the fsync of its commit) runs on the blocking pool, not on
     /// the runtime's workers.
     pub async fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
+        let keys = crate::unwrap::read_envelope(&body).unwrap_or_default();
+        self.accept_read(kind, body, keys).await
+    }
+
+    /// [`IntegrationHandle::accept`] of a body whose wrapped keys the caller has read: their
+    /// RSA unwraps start on the host's pool while the body is stored (see [`crate::unwrap`]).
+    pub(crate) async fn accept_read(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        keys: Vec<crate::unwrap::DataKey>,
+    ) -> Result<(), AcceptError> {
+        self.ctx.unwraps.start(&keys, true);
         let (ctx, tx, kind) = (self.ctx.clone(), self.tx.clone(), kind.to_string());
-        tokio::task::spawn_blocking(move || inbox::accept(&ctx, &tx, &kind, &body))
+        let r = tokio::task::spawn_blocking(move || inbox::accept(&ctx, &tx, &kind, &body))
             .await
-            .unwrap_or_else(|e| Err(AcceptError::Store(crate::error::StoreError::Unavailable(e.to_string()))))
+            .unwrap_or_else(|e| Err(AcceptError::Store(crate::error::StoreError::Unavailable(e.to_string()))));
+        if r.is_err() {
+            self.ctx.unwraps.forget(&keys);
+        }
+        r
     }
 
     /// Rows were put in the inbox by another host (several hosts): the actor takes them.
@@ -241,7 +258,7 @@ pub async fn spawn(rt: Arc<Runtime>, s: Spawn) -> anyhow::Result<IntegrationHand
         s.http,
         s.store,
         s.switchboard,
-        s.key,
+        Arc::new(s.key),
         s.clock,
         Box::new(move |id, outcome| {
             let done = done.clone();

@@ -84,3 +84,18 @@ fn generate(integration: &str) -> anyhow::Result<StoredKey> {
         cert_der: cert.der().to_vec(),
     })
 }
+
+#[cfg(test)]
+impl NotificationKey {
+    /// A fresh key of certificate id `cert_id` (no certificate), and its public half.
+    pub(crate) fn for_tests(cert_id: &str) -> (NotificationKey, aws_lc_rs::rsa::OaepPublicEncryptingKey) {
+        let private = PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+        let public = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(private.public_key()).expect("OAEP public key");
+        let key = NotificationKey {
+            cert_id: cert_id.to_string(),
+            cert_base64: String::new(),
+            key: OaepPrivateDecryptingKey::new(private).expect("OAEP key"),
+        };
+        (key, public)
+    }
+}

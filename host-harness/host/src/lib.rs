@@ -87,6 +87,7 @@ pub mod store;
 mod swap;
 pub mod switchboard;
 pub mod ui;
+pub mod unwrap;
 mod web;
 
 pub use bindings::WIT_VERSION;

@@ -10,7 +10,7 @@ impl crypto::Host for HostState {
         if certificate_id != self.ctx.key.cert_id {
             return Err(crypto::UnwrapError::UnknownCertificate(certificate_id));
         }
-        self.ctx.key.unwrap(&wrapped_key).ok_or(crypto::UnwrapError::DecryptFailed)
+        self.ctx.unwraps.take(&wrapped_key).ok_or(crypto::UnwrapError::DecryptFailed)
     }
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {
         let mut v = vec![0u8; len.min(MAX_RANDOM_BYTES) as usize];
