@@ -64,25 +64,43 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         )?;
         writeln!(
             md,
-            "| users | integration users | seconds (median) | Graph/Entra requests | slowest guest call, ms (max) | traps |"
+            "| users | integration users | seconds (median) | Graph/Entra requests | slowest guest call, ms (max) | most CPU one guest call took, ms (max; its kind) | traps |"
         )?;
-        writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
         let mut grows = Vec::new();
         for &n in &opts.sync_sizes {
             let mut secs = Vec::new();
             let (mut reqs, mut slowest, mut traps) = (0, 0, 0);
+            let mut cpu: (String, f64) = Default::default();
             for _ in 0..opts.runs {
-                let (s, r, slow, t, inst) = time_to_sync(n).await?;
-                instantiates.push(inst);
-                secs.push(s);
-                reqs = r;
-                slowest = slowest.max(slow);
-                traps += t;
+                let r = time_to_sync(n).await?;
+                instantiates.push(r.instantiate_ms);
+                secs.push(r.secs);
+                reqs = r.requests;
+                slowest = slowest.max(r.slowest);
+                if r.slowest_cpu.1 > cpu.1 {
+                    cpu = r.slowest_cpu;
+                }
+                traps += r.traps;
             }
             let secs = median(secs);
-            writeln!(md, "| {n} | {} | {secs:.2} | {reqs} | {slowest} | {traps} |", n.div_ceil(650))?;
+            writeln!(
+                md,
+                "| {n} | {} | {secs:.2} | {reqs} | {slowest} | {:.1} ({}) | {traps} |",
+                n.div_ceil(650),
+                cpu.1,
+                cpu.0
+            )?;
             if n == 10_000 {
                 goals.push(("10,000 users synced in under 2 s".into(), format!("{secs:.2} s"), secs < 2.0));
+            }
+            if n == 100_000 {
+                goals.push(("100,000 users synced in under 4 s".into(), format!("{secs:.2} s"), secs < 4.0));
+                goals.push((
+                    "100,000 users: no guest call over 50 ms of CPU".into(),
+                    format!("{:.1} ms ({})", cpu.1, cpu.0),
+                    cpu.1 < 50.0,
+                ));
             }
             grows.push((n, secs));
         }
@@ -411,28 +429,38 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "\n## Cost per notification: component vs native\n")?;
         writeln!(
             md,
-            "{} encrypted notifications (one per body) handed to the plugin one after the other; the component figure is the CPU time of the guest call (guest code plus the host imports it calls: publish, state) plus that of the notification's RSA unwrap, which the host does on its pool ahead of the call (`presence_host::unwrap`). The native figure runs the same core, compiled natively, configured on the state the integration stored, over the same bodies, with the same RSA key and library and its effects performed alike. The native figure is CPU time too. Each figure is the median of the means of batches of {COST_BATCH}. Goal: ratio at most 1.3.\n",
+            "{} encrypted notifications (one per body) handed to the plugin one after the other; the component figure is the CPU time of the guest call (guest code plus the host imports it calls: publish, state) plus that of the notification's RSA unwrap, which the host does on its pool ahead of the call (`presence_host::unwrap`). The native figure runs the same core, compiled natively, configured on the state the integration stored, over the same bodies, with the same RSA key and library and its effects performed alike. The native figure is CPU time too. Each figure is the median of the means of batches of {COST_BATCH}. Goal: ratio at most 1.2 in every run.\n",
             opts.cost_notifications
         )?;
-        let (mut comps, mut nats, mut rsas2) = (Vec::new(), Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         for _ in 0..opts.runs {
-            let (c, n, r) = per_notification(opts.cost_notifications).await?;
-            comps.push(c);
-            nats.push(n);
-            rsas2.push(r);
+            runs.push(per_notification(opts.cost_notifications).await?);
         }
-        let (c, n, r) = (median(comps), median(nats), median(rsas2));
+        let m = |f: fn(&Cost) -> f64| median(runs.iter().map(f).collect());
+        let (c, g, u, n, r) = (m(|x| x.component), m(|x| x.guest), m(|x| x.unwrap), m(|x| x.native), m(|x| x.rsa));
+        let ratios: Vec<f64> = runs.iter().map(|x| x.component / x.native).collect();
+        let worst = ratios.iter().copied().fold(0.0, f64::max);
         goals.push((
-            "cost per notification, component / native, at most 1.3".into(),
-            format!("{:.2}", c / n),
-            c / n <= 1.3,
+            "cost per notification, component / native, at most 1.2 in every run".into(),
+            format!("{:.2} (runs: {})", c / n, ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")),
+            worst <= 1.2,
         ));
         writeln!(md, "| measure | µs per notification (median) |")?;
         writeln!(md, "|---|---:|")?;
-        writeln!(md, "| component (guest call and its unwrap) | {c:.1} |")?;
+        writeln!(md, "| component: guest call and its unwrap | {c:.1} |")?;
+        writeln!(md, "| of which the guest call | {g:.1} |")?;
+        writeln!(md, "| of which the unwrap on the host's pool | {u:.1} |")?;
         writeln!(md, "| native core | {n:.1} |")?;
         writeln!(md, "| ratio component / native | {:.2} |", c / n)?;
         writeln!(md, "| one RSA-OAEP-2048 unwrap alone, same library (part of both) | {r:.1} |")?;
+        writeln!(
+            md,
+            "\nEach run, component / native: {}.",
+            runs.iter()
+                .map(|x| format!("{:.1} / {:.1} = {:.2}", x.component, x.native, x.component / x.native))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )?;
     }
     if opts.wants("steady") {
         eprintln!("bench: steady state");

@@ -52,6 +52,8 @@ pub(crate) struct Actor {
     call_totals: BTreeMap<&'static str, (u64, u64, u64)>,
     /// The longest guest call seen, per kind of call (ms).
     slowest: BTreeMap<&'static str, u64>,
+    /// The most CPU time a guest call took so far, per kind, in µs.
+    slowest_cpu: BTreeMap<&'static str, u64>,
     /// The last hot swap.
     pub(crate) last_swap: Option<SwapReport>,
     /// Counters of the releases that ran before a swap, so that the status counts since start.
@@ -221,6 +223,7 @@ impl Actor {
             plugin_version: String::new(),
             interrupt_next: false,
             slowest: Default::default(),
+            slowest_cpu: Default::default(),
             call_totals: Default::default(),
             last_swap: None,
             carried: Default::default(),
@@ -534,7 +537,10 @@ impl Actor {
         total.0 += 1;
         total.1 += started.elapsed().as_micros() as u64;
         // A call runs on this thread from start to end (nothing in it yields).
-        total.2 += thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
+        let cpu_us = thread_cpu().saturating_sub(started_cpu).as_micros() as u64;
+        total.2 += cpu_us;
+        let slowest_cpu = self.slowest_cpu.entry(kind).or_default();
+        *slowest_cpu = (*slowest_cpu).max(cpu_us);
         let slowest = self.slowest.entry(kind).or_default();
         *slowest = (*slowest).max(started.elapsed().as_millis() as u64);
         match offered {
@@ -586,6 +592,7 @@ impl Actor {
                 outbound_in_flight: self.ctx.in_flight.load(Ordering::SeqCst),
                 call_totals: self.call_totals.clone(),
                 slowest: self.slowest.clone(),
+                slowest_cpu: self.slowest_cpu.clone(),
                 linear_memory_bytes: self.store.data().linear_memory_bytes() as u64,
                 counters,
                 inbox: (self.ctx.inbox_rows.load(Ordering::SeqCst), self.ctx.inbox_bytes.load(Ordering::SeqCst)),

@@ -23,6 +23,8 @@ pub(crate) struct HostSide {
     pub call_totals: BTreeMap<&'static str, (u64, u64, u64)>,
     /// The longest guest call per kind, in ms.
     pub slowest: BTreeMap<&'static str, u64>,
+    /// The most CPU time one guest call took per kind, in µs.
+    pub slowest_cpu: BTreeMap<&'static str, u64>,
     pub linear_memory_bytes: u64,
     /// The host's counters and those carried over from releases before a swap.
     pub counters: BTreeMap<String, u64>,
@@ -95,6 +97,9 @@ pub struct StatusView {
     /// The longest guest call so far per kind of call, in ms (the CPU bound is
     /// `call_deadline_ms`).
     pub slowest_calls_ms: BTreeMap<String, u64>,
+    /// The most CPU time one guest call took so far per kind, in ms (guest code and the host
+    /// imports it calls; what the `call_deadline_ms` bound counts).
+    pub slowest_calls_cpu_ms: BTreeMap<String, f64>,
     /// The mean guest call per kind, in µs (guest code plus the host imports it calls).
     pub mean_calls_us: BTreeMap<String, f64>,
     /// Guest calls per kind so far.
@@ -313,6 +318,7 @@ impl StatusView {
             refused_requests: a.refused_requests,
             outbound_in_flight: a.outbound_in_flight,
             slowest_calls_ms: a.slowest.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            slowest_calls_cpu_ms: a.slowest_cpu.iter().map(|(k, v)| (k.to_string(), *v as f64 / 1000.0)).collect(),
             mean_calls_us: a
                 .call_totals
                 .iter()
@@ -463,6 +469,7 @@ mod tests {
             outbound_in_flight: 0,
             call_totals: Default::default(),
             slowest: Default::default(),
+            slowest_cpu: Default::default(),
             linear_memory_bytes: 0,
             counters: Default::default(),
             inbox: (0, 0),

@@ -198,9 +198,10 @@ fn run_graph_observed(
         published.extend(publishes(&effects));
         env.log.extend(effects.iter().cloned());
         let reqs = requests(&effects);
+        let wants_tick = effects.iter().any(|e| matches!(e, Effect::RequestTick));
         if reqs.is_empty() {
             // The host calls `tick` when the core asks for the next step of its work.
-            if effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
+            if wants_tick {
                 core.tick(env);
                 observe(core, env);
                 effects = core.take_effects();
@@ -293,6 +294,12 @@ fn run_graph_observed(
             observe(core, env);
         }
         effects = core.take_effects();
+        // A tick asked for alongside requests comes after them, as the host's does.
+        if wants_tick {
+            core.tick(env);
+            observe(core, env);
+            effects.extend(core.take_effects());
+        }
     }
 }
 
@@ -2215,3 +2222,58 @@ fn later(core: &mut Core, env: &mut FakeEnv, users: usize, ms: u64) -> Vec<Effec
 mod notes;
 mod policy;
 mod polling;
+
+/// A presence read's answer is applied PRESENCE_STEP users per call (the heaviest call at
+/// 100,000 users was one 650-user answer, each published), the read ends only after its last
+/// step, and a notification that comes between two steps is not overwritten by the older
+/// state of the rest of the answer.
+#[test]
+fn a_presence_read_is_applied_in_bounded_steps_and_a_notification_between_them_wins() {
+    let (mut core, mut env, created) = synced(650, 1);
+    let cs = created[0]["clientState"].as_str().unwrap().to_string();
+    // The periodic re-read comes due.
+    env.now += 6 * 60 * 1000;
+    core.tick(&mut env);
+    let reqs = requests(&core.take_effects());
+    let (id, read) = reqs.iter().find(|(_, r)| r.url.ends_with("getPresencesByUserId")).expect("a re-read");
+    let ids: Vec<String> = serde_json::from_slice::<serde_json::Value>(&read.body).unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 650);
+    let value: Vec<_> = ids
+        .iter()
+        .map(|u| serde_json::json!({"id": u, "availability": "Busy", "activity": "Busy", "sequenceNumber": "0002"}))
+        .collect();
+    core.on_http_response(&mut env, *id, ok(200, serde_json::json!({ "value": value })));
+    let mut steps = vec![];
+    let mut effects = core.take_effects();
+    let last = ids.last().unwrap().clone();
+    loop {
+        let published = publishes(&effects);
+        steps.push(published.len());
+        assert!(published.iter().all(|p| p.presence.availability == "Busy"), "only the answer's state");
+        if !effects.iter().any(|e| matches!(e, Effect::RequestTick)) {
+            break;
+        }
+        if steps.len() == 1 {
+            // Between two steps the last user of the answer changes in Teams.
+            assert_eq!(core.status(&env).subscriptions[0].last_reconcile_ms, Some(T0), "the read is not over");
+            // A periodic re-read is no new start: the status stays ok meanwhile.
+            assert_eq!(core.status(&env).health, Health::Ok);
+            core.on_notification(&mut env, &webhook(vec![notification("sub-1", &cs, &last, "0003", "Away")]));
+            let p = publishes(&core.take_effects());
+            assert_eq!(p.len(), 1);
+            assert_eq!(p[0].presence.availability, "Away");
+        }
+        core.tick(&mut env);
+        effects = core.take_effects();
+    }
+    assert!(steps.iter().all(|&n| n <= PRESENCE_STEP), "{steps:?}");
+    assert_eq!(steps.len(), 650usize.div_ceil(PRESENCE_STEP), "{steps:?}");
+    assert_eq!(steps.iter().sum::<usize>(), 649, "every user but the one the notification moved");
+    assert_eq!(core.presence_of(&last).unwrap().availability, "Away");
+    assert_eq!(core.status(&env).subscriptions[0].last_reconcile_ms, Some(env.now), "the read is over");
+}

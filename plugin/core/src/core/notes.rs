@@ -63,7 +63,7 @@ pub(super) struct Notes {
 }
 
 /// `statusMessage` as Graph sends it.
-#[derive(serde::Deserialize, Debug, Default)]
+#[derive(serde::Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct GraphStatusMessage {
     #[serde(default)]
@@ -72,7 +72,7 @@ pub(super) struct GraphStatusMessage {
     expiry_date_time: Option<GraphDateTime>,
 }
 
-#[derive(serde::Deserialize, Debug, Default)]
+#[derive(serde::Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 struct GraphItemBody {
     #[serde(default)]
@@ -81,7 +81,7 @@ struct GraphItemBody {
     content_type: Option<String>,
 }
 
-#[derive(serde::Deserialize, Debug, Default)]
+#[derive(serde::Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 struct GraphDateTime {
     #[serde(default)]
@@ -91,7 +91,7 @@ struct GraphDateTime {
 }
 
 /// `outOfOfficeSettings` as Graph sends it.
-#[derive(serde::Deserialize, Debug, Default)]
+#[derive(serde::Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct GraphOutOfOffice {
     #[serde(default)]
