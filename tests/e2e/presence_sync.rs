@@ -57,10 +57,11 @@ async fn random_changes_of_200_users_all_arrive() {
     let s = t.status().await;
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
     assert!(c("notifications.accepted") >= 200, "{:?}", s.counters);
-    // Every notification's key was unwrapped by the host as the webhook took it (on its pool,
-    // or by the actor right before the call when the pool had not started it), none inside
-    // the guest call.
-    assert!(c("unwrap.parallel") + c("unwrap.before-call") >= c("notifications.accepted"), "{:?}", s.counters);
+    // Every notification's key was queued by the host as the webhook took it, and unwrapped
+    // on its pool (or, when the pool was behind, in the call that asked for it); none was
+    // missed by the host.
+    assert!(c("unwrap.parallel") + c("unwrap.in-call") >= c("notifications.accepted"), "{:?}", s.counters);
+    assert!(c("unwrap.parallel") > 0, "{:?}", s.counters);
     assert_eq!(c("unwrap.on-demand"), 0, "{:?}", s.counters);
     assert!(s.last_notification_ms.is_some());
 }

@@ -40,9 +40,9 @@ async fn acknowledged_but_unprocessed_notifications_are_replayed_after_a_crash()
     let s = t.wait_status(EVENTUALLY, |s| s.counters.get("notifications.accepted").copied().unwrap_or(0) >= 1).await;
     assert_eq!(s.counters.get("inbox.replayed"), Some(&1), "{:?}", s.counters);
     assert_eq!(s.counters.get("notifications.accepted"), Some(&1), "{:?}", s.counters);
-    // A replayed row's key is unwrapped by the host when the actor reads the row, ahead of the
-    // guest call, like a row the webhook took.
-    let early = ["unwrap.parallel", "unwrap.before-call"].iter().filter_map(|k| s.counters.get(*k)).sum::<u64>();
+    // A replayed row's key is queued by the host when the actor reads the row, like a row the
+    // webhook took.
+    let early = ["unwrap.parallel", "unwrap.in-call"].iter().filter_map(|k| s.counters.get(*k)).sum::<u64>();
     assert_eq!((early, s.counters.get("unwrap.on-demand")), (1, None), "{:?}", s.counters);
     let db = presence_host::SqliteStore::open(&t.config.host.state_dir).unwrap();
     // The actor deletes an entry right after processing it, before it answers the status query.

@@ -142,8 +142,11 @@ pub(crate) async fn per_notification(n: usize) -> anyhow::Result<Cost> {
     // (presence_host::unwrap): that CPU time is counted in too, wherever it ran.
     let totals = |s: &presence_host::StatusView| {
         let calls = s.calls.get("inbox").copied().unwrap_or(0);
-        let guest = s.total_calls_cpu_us.get("inbox").copied().unwrap_or(0);
-        let unwraps = s.counters.get("unwrap.cpu-us").copied().unwrap_or(0);
+        // Keys the actor reached before the pool did are unwrapped in the guest call: that
+        // RSA time is taken out of the guest call's and counted with the unwraps.
+        let in_call = s.counters.get("unwrap.in-call-cpu-us").copied().unwrap_or(0);
+        let guest = s.total_calls_cpu_us.get("inbox").copied().unwrap_or(0).saturating_sub(in_call);
+        let unwraps = s.counters.get("unwrap.cpu-us").copied().unwrap_or(0) + in_call;
         (calls, guest as f64, unwraps as f64)
     };
     let (mut components, mut guests, mut unwraps, mut natives) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

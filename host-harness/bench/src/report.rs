@@ -462,7 +462,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "| ratio component / native | {:.2} |", (g + r) / n)?;
         writeln!(
             md,
-            "| the unwrap as the host does it, on its pool, beside the commits and guest calls on the other core | {u:.1} |"
+            "| the unwrap as the host does it: on its pool beside the commits and guest calls, or in the call when the actor got there first | {u:.1} |"
         )?;
         writeln!(md, "| the guest call and the pool's unwrap, as run | {c:.1} ({:.2} of native) |", c / n)?;
         writeln!(

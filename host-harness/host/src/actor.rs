@@ -347,7 +347,7 @@ impl Actor {
             match inbox::open(&self.ctx, &row) {
                 Some(body) => {
                     let keys = crate::unwrap::read_envelope(&body).unwrap_or_default();
-                    self.ctx.unwraps.start(&keys, false);
+                    self.ctx.unwraps.start(&keys);
                     opened.push((row, body, keys));
                 }
                 None => self.inbox_cursor = row.id,

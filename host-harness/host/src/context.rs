@@ -230,9 +230,10 @@ impl IntegrationCtx {
         let u = &self.unwraps.counts;
         for (name, n) in [
             ("unwrap.parallel", &u.parallel),
-            ("unwrap.before-call", &u.before_call),
+            ("unwrap.in-call", &u.in_call),
             ("unwrap.on-demand", &u.on_demand),
             ("unwrap.cpu-us", &u.cpu_us),
+            ("unwrap.in-call-cpu-us", &u.in_call_cpu_us),
         ] {
             let n = n.load(Ordering::Relaxed);
             if n > 0 {

@@ -66,7 +66,7 @@ impl IntegrationHandle {
         body: Vec<u8>,
         keys: Vec<crate::unwrap::DataKey>,
     ) -> Result<(), AcceptError> {
-        self.ctx.unwraps.start(&keys, true);
+        self.ctx.unwraps.start(&keys);
         let (ctx, tx, kind) = (self.ctx.clone(), self.tx.clone(), kind.to_string());
         let r = tokio::task::spawn_blocking(move || inbox::accept(&ctx, &tx, &kind, &body))
             .await

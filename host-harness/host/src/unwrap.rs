@@ -8,12 +8,12 @@
 //! - when the webhook takes a batch (its `dataKey`s are read along with the envelope check),
 //!   and when the actor reads rows from the inbox (rows a restart replayed, or another host
 //!   stored), each key is queued on a host-wide pool of one thread per core ([`Unwraps::start`]);
-//! - before the actor offers a row to the plugin it makes sure the row's keys are done
-//!   ([`Unwraps::ready`]): a key still queued is unwrapped right there (so an integration never
-//!   waits behind another's queue), one a pool thread is unwrapping is awaited outside the
-//!   guest call;
-//! - inside the guest call, `crypto.unwrap-key` finds the key done ([`Unwraps::take`]); one the
-//!   host did not see (or could not read) is unwrapped on demand, as it always was.
+//! - before the actor offers a row to the plugin it waits for the row's keys a pool thread is
+//!   unwrapping, outside the guest call ([`Unwraps::ready`]);
+//! - inside the guest call, `crypto.unwrap-key` finds the key done ([`Unwraps::take`]); one
+//!   still queued (the pool is behind: an integration never waits behind another's queue) is
+//!   unwrapped there, and so is one the host did not see, as it always was. So a forged item
+//!   the plugin rejects (wrong clientState) costs the actor no RSA.
 //!
 //! The plugin still validates everything (clientState, the HMAC signature, the certificate id,
 //! the sequence); the host only does the RSA step early. What the host reads of a body is the
@@ -30,8 +30,8 @@ use base64::Engine as _;
 use crate::keys::NotificationKey;
 use crate::sandbox::thread_cpu;
 
-/// Slots (keys queued, being unwrapped or done and not yet taken) one integration may hold
-/// from the webhook; beyond it a key is unwrapped when its row is read (about 300 bytes a slot).
+/// Slots (keys queued, being unwrapped or done and not yet taken) one integration may hold;
+/// beyond it a key is unwrapped when the plugin asks for it (about 300 bytes a slot).
 pub const MAX_SLOTS: usize = 2048;
 
 /// A notification's wrapped key, as the host read it from a body.
@@ -118,12 +118,14 @@ impl Slot {
 pub struct UnwrapCounts {
     /// Done on the pool before the plugin asked.
     pub parallel: AtomicU64,
-    /// Still queued when the row's turn came: done by the actor before the guest call.
-    pub before_call: AtomicU64,
+    /// Still queued when the plugin asked for it: done inside the guest call.
+    pub in_call: AtomicU64,
     /// Not seen by the host: done inside the guest call.
     pub on_demand: AtomicU64,
-    /// CPU time of all unwraps, wherever they ran (µs).
+    /// CPU time of the pool's unwraps (µs).
     pub cpu_us: AtomicU64,
+    /// CPU time of the unwraps done in guest calls (µs; part of those calls' CPU time too).
+    pub in_call_cpu_us: AtomicU64,
 }
 
 /// One integration's unwraps.
@@ -141,15 +143,15 @@ impl Unwraps {
     }
 
     /// Queues the unwraps of `keys` on the pool (keys of another certificate, and keys already
-    /// queued, are skipped). `bounded`: only while the integration holds fewer than
-    /// [`MAX_SLOTS`] (the webhook's case; the actor's reads are bounded by their step).
-    pub fn start(&self, keys: &[DataKey], bounded: bool) {
+    /// queued, are skipped), while the integration holds fewer than [`MAX_SLOTS`]; beyond
+    /// that a key is unwrapped when the plugin asks for it.
+    pub fn start(&self, keys: &[DataKey]) {
         let mut slots = self.slots.lock().unwrap();
         for k in keys {
             if k.certificate_id != self.key.cert_id || slots.contains_key(&k.wrapped) {
                 continue;
             }
-            if bounded && slots.len() >= MAX_SLOTS {
+            if slots.len() >= MAX_SLOTS {
                 return;
             }
             let slot =
@@ -158,7 +160,7 @@ impl Unwraps {
             let (key, counts, wrapped) = (self.key.clone(), self.counts.clone(), k.wrapped.clone());
             pool().spawn(move || {
                 if slot.claim() {
-                    let r = timed(&counts, || key.unwrap(&wrapped));
+                    let r = timed(&counts.cpu_us, || key.unwrap(&wrapped));
                     counts.parallel.fetch_add(1, Ordering::Relaxed);
                     slot.finish(r);
                 }
@@ -166,18 +168,17 @@ impl Unwraps {
         }
     }
 
-    /// Makes sure the unwraps of `keys` are done: one still queued is done here, at once; one a
-    /// pool thread is doing is awaited.
+    /// Waits for the unwraps of `keys` a pool thread is doing (outside the guest call, which
+    /// never yields). A key still queued is left to the plugin: if it asks for it (only after
+    /// the item's subscription and clientState checked out), [`Unwraps::take`] unwraps it then,
+    /// so an item the plugin rejects costs the actor no RSA, and no integration waits behind
+    /// another's queue.
     pub async fn ready(&self, keys: &[DataKey]) {
         for k in keys {
             let Some(slot) = self.slots.lock().unwrap().get(&k.wrapped).cloned() else {
                 continue;
             };
-            if slot.claim() {
-                let r = timed(&self.counts, || self.key.unwrap(&k.wrapped));
-                self.counts.before_call.fetch_add(1, Ordering::Relaxed);
-                slot.finish(r);
-            } else {
+            if slot.state.load(Ordering::Acquire) == CLAIMED {
                 slot.wait().await;
             }
         }
@@ -192,14 +193,18 @@ impl Unwraps {
                 return r.clone();
             }
             if slot.claim() {
-                self.counts.before_call.fetch_add(1, Ordering::Relaxed);
-                let r = timed(&self.counts, || self.key.unwrap(wrapped));
+                // Still queued when the plugin asked: unwrapped here, in the call.
+                self.counts.in_call.fetch_add(1, Ordering::Relaxed);
+                let r = timed(&self.counts.in_call_cpu_us, || self.key.unwrap(wrapped));
                 slot.finish(r.clone());
                 return r;
             }
+            // A pool thread took it up after the actor looked: its result, in at most one
+            // RSA operation's time (not unwrapped twice).
+            return slot.result.wait().clone();
         }
         self.counts.on_demand.fetch_add(1, Ordering::Relaxed);
-        timed(&self.counts, || self.key.unwrap(wrapped))
+        timed(&self.counts.in_call_cpu_us, || self.key.unwrap(wrapped))
     }
 
     /// Drops the slots of `keys` (their row is processed, or was not stored).
@@ -219,10 +224,10 @@ impl Unwraps {
     }
 }
 
-fn timed<T>(counts: &UnwrapCounts, f: impl FnOnce() -> T) -> T {
+fn timed<T>(cpu_us: &AtomicU64, f: impl FnOnce() -> T) -> T {
     let t0 = thread_cpu();
     let r = f();
-    counts.cpu_us.fetch_add(thread_cpu().saturating_sub(t0).as_micros() as u64, Ordering::Relaxed);
+    cpu_us.fetch_add(thread_cpu().saturating_sub(t0).as_micros() as u64, Ordering::Relaxed);
     r
 }
 
@@ -286,10 +291,10 @@ mod tests {
         let secrets: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 32]).collect();
         let keys: Vec<DataKey> =
             secrets.iter().map(|s| DataKey { certificate_id: "cert".into(), wrapped: wrap(&public, s) }).collect();
-        u.start(&keys, true);
+        u.start(&keys);
         assert_eq!(u.held(), 8);
         // Another certificate's key is not this integration's to unwrap.
-        u.start(&[DataKey { certificate_id: "other".into(), wrapped: wrap(&public, b"x") }], true);
+        u.start(&[DataKey { certificate_id: "other".into(), wrapped: wrap(&public, b"x") }]);
         assert_eq!(u.held(), 8);
         u.ready(&keys).await;
         for (k, s) in keys.iter().zip(&secrets) {
@@ -297,9 +302,9 @@ mod tests {
         }
         assert_eq!(u.held(), 0, "a taken key leaves its slot");
         let c = &u.counts;
-        assert_eq!(n(&c.parallel) + n(&c.before_call), 8);
+        assert_eq!(n(&c.parallel) + n(&c.in_call), 8);
         assert_eq!(n(&c.on_demand), 0);
-        assert!(n(&c.cpu_us) > 0);
+        assert!(n(&c.cpu_us) + n(&c.in_call_cpu_us) > 0);
         // Taken again (a replayed batch), it is unwrapped on demand, alike.
         assert_eq!(u.take(&keys[0].wrapped).as_deref(), Some(&secrets[0][..]));
         assert_eq!(n(&c.on_demand), 1);
@@ -312,7 +317,7 @@ mod tests {
         let mut bad = wrap(&public, b"secret");
         bad[7] ^= 1;
         let keys = [DataKey { certificate_id: "cert".into(), wrapped: bad.clone() }];
-        u.start(&keys, true);
+        u.start(&keys);
         u.ready(&keys).await;
         assert_eq!(u.take(&bad), None);
         assert_eq!(u.take(&bad), None);
@@ -320,28 +325,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_webhook_holds_a_bounded_number_of_slots_and_forget_frees_them() {
+    async fn an_integration_holds_a_bounded_number_of_slots_and_forget_frees_them() {
         let (key, _) = NotificationKey::for_tests("cert");
         let u = Unwraps::new(Arc::new(key));
         // Forged keys: they cost CPU (each fails), never more than MAX_SLOTS slots.
         let keys: Vec<DataKey> = (0..MAX_SLOTS + 10)
             .map(|i| DataKey { certificate_id: "cert".into(), wrapped: (i as u32).to_be_bytes().repeat(64) })
             .collect();
-        u.start(&keys, true);
+        u.start(&keys);
         assert_eq!(u.held(), MAX_SLOTS);
-        // The actor's reads are bounded by their step, not by MAX_SLOTS.
-        u.start(&keys[MAX_SLOTS..], false);
-        assert_eq!(u.held(), MAX_SLOTS + 10);
+        u.start(&keys[MAX_SLOTS..]);
+        assert_eq!(u.held(), MAX_SLOTS, "still bounded");
         u.ready(&keys).await;
         u.forget(&keys);
         assert_eq!(u.held(), 0);
     }
 
     #[tokio::test]
-    async fn a_key_still_queued_is_claimed_by_whoever_comes_first_and_unwrapped_once() {
+    async fn a_key_still_queued_is_left_to_the_plugin_and_unwrapped_once() {
         let (key, public) = NotificationKey::for_tests("cert");
         let u = Unwraps::new(Arc::new(key));
-        // Fill the pool with slow work so the slot stays queued, then make it ready at once.
+        // Fill the pool with slow work so the slot stays queued.
         let gate = Arc::new(std::sync::Barrier::new(pool().current_num_threads() + 1));
         for _ in 0..pool().current_num_threads() {
             let g = gate.clone();
@@ -350,11 +354,14 @@ mod tests {
             });
         }
         let k = DataKey { certificate_id: "cert".into(), wrapped: wrap(&public, b"queued") };
-        u.start(std::slice::from_ref(&k), true);
+        u.start(std::slice::from_ref(&k));
+        // The actor does not unwrap it ahead (the plugin may reject the item unasked).
         u.ready(std::slice::from_ref(&k)).await;
-        gate.wait();
-        assert_eq!(n(&u.counts.before_call), 1, "the actor unwrapped the queued key itself");
+        assert_eq!(n(&u.counts.cpu_us) + n(&u.counts.in_call_cpu_us) + n(&u.counts.in_call), 0);
+        // The plugin asks: unwrapped in the call.
         assert_eq!(u.take(&k.wrapped).as_deref(), Some(&b"queued"[..]));
+        assert_eq!(n(&u.counts.in_call), 1);
+        gate.wait();
         // The pool's job, when it runs, finds the key claimed and does nothing.
         let done = Arc::new(std::sync::Barrier::new(2));
         let d = done.clone();
@@ -363,5 +370,23 @@ mod tests {
         });
         done.wait();
         assert_eq!(n(&u.counts.parallel), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_a_pool_thread_took_up_after_the_actor_looked_is_awaited_not_unwrapped_twice() {
+        let (key, public) = NotificationKey::for_tests("cert");
+        let u = Unwraps::new(Arc::new(key));
+        let k = DataKey { certificate_id: "cert".into(), wrapped: wrap(&public, b"late") };
+        // A slot as the pool would hold it, claimed by "a pool thread" that finishes later.
+        let slot = Arc::new(Slot { state: AtomicU8::new(QUEUED), result: OnceLock::new(), done: Default::default() });
+        u.slots.lock().unwrap().insert(k.wrapped.clone(), slot.clone());
+        assert!(slot.claim());
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            slot.finish(Some(b"from the pool".to_vec()));
+        });
+        assert_eq!(u.take(&k.wrapped).as_deref(), Some(&b"from the pool"[..]));
+        worker.join().unwrap();
+        assert_eq!((n(&u.counts.on_demand), n(&u.counts.in_call)), (0, 0));
     }
 }
