@@ -48,23 +48,33 @@ pub struct DataKey {
 /// the plugin, which rejects it.
 pub fn read_envelope(body: &[u8]) -> Result<Vec<DataKey>, serde_json::Error> {
     #[derive(serde::Deserialize)]
-    struct Envelope {
-        value: Vec<Item>,
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        value: Vec<Item<'a>>,
     }
     #[derive(serde::Deserialize)]
-    struct Item {
-        #[serde(rename = "encryptedContent", default)]
-        encrypted: Option<serde_json::Value>,
+    struct Item<'a> {
+        #[serde(rename = "encryptedContent", default, borrow)]
+        encrypted: Option<&'a serde_json::value::RawValue>,
+    }
+    /// The two fields the host needs; the ciphertext (`data`, most of the body) is skipped,
+    /// not copied.
+    #[derive(serde::Deserialize)]
+    struct Wrapped {
+        #[serde(rename = "dataKey")]
+        data_key: String,
+        #[serde(rename = "encryptionCertificateId")]
+        certificate_id: String,
     }
     let env: Envelope = serde_json::from_slice(body)?;
     Ok(env
         .value
         .into_iter()
         .filter_map(|item| {
-            let enc = item.encrypted?;
-            let certificate_id = enc.get("encryptionCertificateId")?.as_str()?.to_string();
-            let wrapped = base64::engine::general_purpose::STANDARD.decode(enc.get("dataKey")?.as_str()?).ok()?;
-            Some(DataKey { certificate_id, wrapped })
+            // An item whose key does not read this way is the plugin's to reject.
+            let w: Wrapped = serde_json::from_str(item.encrypted?.get()).ok()?;
+            let wrapped = base64::engine::general_purpose::STANDARD.decode(w.data_key).ok()?;
+            Some(DataKey { certificate_id: w.certificate_id, wrapped })
         })
         .collect())
 }
