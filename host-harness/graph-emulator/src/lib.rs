@@ -420,6 +420,15 @@ impl Emulator {
         (s.queued.load(Ordering::SeqCst), done)
     }
 
+    /// The current aggregated presence of the users at `indexes` (in seeding order) of
+    /// `tenant`: (id, (availability, activity)), one for each index that exists.
+    pub fn truth_at(&self, tenant: &str, indexes: &[usize]) -> Vec<(String, (String, String))> {
+        let now = self.inner.clock.now_ms();
+        let w = self.inner.world.lock().unwrap();
+        let Some(t) = w.tenant_key(tenant).and_then(|k| w.tenants.get(&k)) else { return vec![] };
+        indexes.iter().filter_map(|&i| t.users.get(i)).map(|u| (u.id.clone(), u.aggregate(now))).collect()
+    }
+
     /// Every user's current aggregated presence in `tenant`: id → (availability, activity).
     pub fn truth(&self, tenant: &str) -> HashMap<String, (String, String)> {
         let now = self.inner.clock.now_ms();

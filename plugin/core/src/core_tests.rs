@@ -32,6 +32,11 @@ struct FakeEnv {
     /// Status messages by Microsoft user, as `run_graph`'s presence reads answer them and
     /// its `setStatusMessage` sets them.
     status_messages: HashMap<String, String>,
+    /// `run_graph` keeps what is stored and every effect (false: a footprint run, whose
+    /// heap is the core's alone).
+    keep: bool,
+    /// Publishes `run_graph` saw while not keeping them.
+    published_uncounted: usize,
 }
 
 impl Env for FakeEnv {
@@ -97,6 +102,8 @@ fn env(n: usize) -> FakeEnv {
         log: Vec::new(),
         own_presence: ("Available".into(), "Available".into()),
         status_messages: HashMap::new(),
+        keep: true,
+        published_uncounted: 0,
     }
 }
 
@@ -190,13 +197,17 @@ fn run_graph_observed(
     let mut published = vec![];
     let mut created = vec![];
     loop {
-        for e in &effects {
-            if let Effect::Store { key, value: Some(v) } = e {
-                env.stored.insert(key.clone(), v.clone());
+        if env.keep {
+            for e in &effects {
+                if let Effect::Store { key, value: Some(v) } = e {
+                    env.stored.insert(key.clone(), v.clone());
+                }
             }
+            env.log.extend(effects.iter().cloned());
+            published.extend(publishes(&effects));
+        } else {
+            env.published_uncounted += publishes(&effects).len();
         }
-        published.extend(publishes(&effects));
-        env.log.extend(effects.iter().cloned());
         let reqs = requests(&effects);
         let wants_tick = effects.iter().any(|e| matches!(e, Effect::RequestTick));
         if reqs.is_empty() {
@@ -250,10 +261,33 @@ fn run_graph_observed(
                     200,
                     serde_json::json!({"id": id, "availability": env.own_presence.0, "activity": env.own_presence.1, "statusMessage": message}),
                 )
+            } else if r.url.contains("/v1.0/users") && !r.url.contains("/v1.0/users/delta") {
+                // Pages of 999, as Graph's `$top=999`.
+                let from: usize = r.url.split("$skiptoken=").nth(1).map_or(0, |s| s.parse().unwrap());
+                let to = users.min(from + 999);
+                let value: Vec<_> = (from..to)
+                    .map(|i| {
+                        if env.keep {
+                            serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})
+                        } else {
+                            // A footprint run: every field Entra has, as the emulator's.
+                            serde_json::json!({
+                                "id": ms_id(i),
+                                "displayName": format!("User {i}"),
+                                "userPrincipalName": format!("u{i}@x.onmicrosoft.com"),
+                                "mail": format!("U{i}@x.com"),
+                                "proxyAddresses": [format!("SMTP:U{i}@x.com"), format!("smtp:user.{i}@x.com")],
+                            })
+                        }
+                    })
+                    .collect();
+                let mut page = serde_json::json!({ "value": value });
+                if to < users {
+                    page["@odata.nextLink"] = format!("https://graph.test/v1.0/users?$top=999&$skiptoken={to}").into();
+                }
+                ok(200, page)
             } else if r.url.contains("/v1.0/users") {
-                let value: Vec<_> =
-                    (0..users).map(|i| serde_json::json!({"id": ms_id(i), "mail": format!("U{i}@x.com")})).collect();
-                directory_answer(&r, value)
+                directory_answer(&r, vec![])
             } else if r.url.ends_with("/v1.0/subscriptions") && r.method == "POST" {
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 created.push(body.clone());
@@ -2219,6 +2253,7 @@ fn later(core: &mut Core, env: &mut FakeEnv, users: usize, ms: u64) -> Vec<Effec
     std::mem::take(&mut env.log)
 }
 
+mod footprint;
 mod notes;
 mod policy;
 mod polling;

@@ -7,6 +7,7 @@
 //! most one request per concern is in flight, so responses can never interleave badly.
 
 pub(crate) mod directory;
+mod known;
 mod notes;
 mod policy;
 mod polling;
@@ -321,6 +322,11 @@ struct PresencePage {
 /// 100,000 users took up to 99 ms of CPU in one call; in steps each stays a fraction of that.
 pub const PRESENCE_STEP: usize = 200;
 
+/// Presence reads in flight or being applied at once, at most. Answers come faster than
+/// they are applied ([`PRESENCE_STEP`] users a call): without a bound, a first sync of
+/// 100,000 users held every answer (about 20 MiB) in memory at once, waiting its turn.
+pub const MAX_READS_OPEN: usize = 4;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PersistedSubs {
     tenant_id: String,
@@ -368,7 +374,7 @@ pub struct Core {
     dir: Directory,
     mapping: Mapping,
     /// Switchboard users being read for a mapping build (users so far, their ids).
-    loading_switchboard: Option<(Vec<SwitchboardUser>, BTreeSet<String>)>,
+    loading_switchboard: Option<mapping::SwitchboardLoad>,
     /// The switchboard directory's change counter when it was last read (`None`: never).
     switchboard_revision: Option<u64>,
     /// No switchboard-triggered read before then (a stream of changes costs a read every
@@ -393,8 +399,8 @@ pub struct Core {
     switchboard_users: usize,
     shards: Shards,
     subs: Vec<Sub>,
-    sequence: HashMap<String, String>,
-    presence: HashMap<String, TeamsPresence>,
+    /// Each Microsoft user's last presence and sequence number.
+    known: known::Known,
     counters: BTreeMap<String, u64>,
     last_notification_ms: Option<u64>,
     effects: Vec<Effect>,
@@ -446,8 +452,8 @@ impl Core {
     }
 
     /// The last known Teams presence of a Microsoft user.
-    pub fn presence_of(&self, microsoft_user_id: &str) -> Option<&TeamsPresence> {
-        self.presence.get(microsoft_user_id)
+    pub fn presence_of(&self, microsoft_user_id: &str) -> Option<TeamsPresence> {
+        self.known.presence(microsoft_user_id)
     }
 
     /// Applies settings and starts synchronising. Missing credentials are not an error: the
@@ -672,8 +678,10 @@ impl Core {
         // While users are being assigned to shards, the shards are half updated: subscriptions
         // wait (a few calls at most).
         if self.sharding.is_none() {
+            let mut reads_open = self.subs.iter().filter(|s| s.page.is_some()).count()
+                + self.pending.values().filter(|p| matches!(p, Pending::Presences(_))).count();
             for slot in 0..self.subs.len() {
-                self.drive_slot(env, &settings, slot, now);
+                self.drive_slot(env, &settings, slot, now, &mut reads_open);
             }
         }
         self.drive_pushes(&settings, now);
@@ -683,7 +691,9 @@ impl Core {
         }
     }
 
-    fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64) {
+    /// `reads_open`: presence reads in flight or being applied; no more start beyond
+    /// [`MAX_READS_OPEN`].
+    fn drive_slot(&mut self, env: &mut dyn Env, settings: &Settings, slot: usize, now: u64, reads_open: &mut usize) {
         // Runs after every event for every slot: decide by borrowing, clone only to act.
         enum Next {
             Delete(String),
@@ -760,10 +770,11 @@ impl Core {
             return;
         }
         if scope == Scope::Presence {
-            if self.presence_budget.available(now) == 0 {
+            if self.presence_budget.available(now) == 0 || *reads_open >= MAX_READS_OPEN {
                 return;
             }
             self.presence_budget.take(now, 1);
+            *reads_open += 1;
         }
         let graph = &settings.graph_base_url;
         self.subs[slot].busy = true;
@@ -926,7 +937,7 @@ impl Core {
         self.switchboard_revision = Some(env.switchboard_revision());
         self.switchboard_read_after = env.now_ms() + SWITCHBOARD_REREAD_MS;
         // The switchboard's users first, a page per step.
-        self.loading_switchboard = Some((Vec::new(), BTreeSet::new()));
+        self.loading_switchboard = Some(mapping::SwitchboardLoad::default());
         self.advance_mapping(env);
     }
 
@@ -965,17 +976,15 @@ impl Core {
 
     /// One step of a mapping build in progress; applies the mapping when it is complete.
     fn advance_mapping(&mut self, env: &mut dyn Env) {
-        if let Some((users, ids)) = self.loading_switchboard.as_mut() {
-            let page = env.switchboard_users_page(users.len(), SWITCHBOARD_PAGE);
+        if let Some(load) = self.loading_switchboard.as_mut() {
+            let page = env.switchboard_users_page(load.len(), SWITCHBOARD_PAGE);
             let last = page.len() < SWITCHBOARD_PAGE;
-            // A user that moves between pages while they are read shows up once.
-            users.extend(page.into_iter().filter(|u| ids.insert(u.id.clone())));
+            load.add(page);
             if !last {
                 self.effects.push(Effect::RequestTick);
                 return;
             }
-            let (users, ids) = self.loading_switchboard.take().unwrap();
-            self.trash.placed(ids.into_iter().collect());
+            let users = self.loading_switchboard.take().unwrap().into_users();
             let several_pages = users.len() >= SWITCHBOARD_PAGE;
             let settings = self.settings.as_ref().unwrap();
             self.building = Some(mapping::MappingBuild::new(users, &settings.match_order, self.effective_overrides()));
@@ -1013,6 +1022,7 @@ impl Core {
         self.mapping_built = true;
         let old = std::mem::replace(&mut self.mapping, mapping);
         self.follow_remapped(&old, env.now_ms());
+        self.known.reserve_for(self.mapping.by_microsoft.len());
         self.take_early_absences();
         self.trash.mapping(old);
         let summary = MappingSummary {
@@ -1061,8 +1071,7 @@ impl Core {
             }
         }
         for ms in &gone {
-            self.presence.remove(ms);
-            self.sequence.remove(ms);
+            self.known.forget(ms);
             self.notes.shown.remove(ms);
             // A status message we set for a user who is no longer synced goes, as the call
             // session does.
@@ -1072,7 +1081,7 @@ impl Core {
             }
         }
         for (ms, sb) in republish {
-            if let Some(presence) = self.presence.get(&ms).cloned() {
+            if let Some(presence) = self.known.presence(&ms) {
                 let origin =
                     if self.own_session(&ms) { PresenceOrigin::OwnLineStatus } else { PresenceOrigin::Snapshot };
                 self.effects.push(Effect::Publish(PresenceUpdate {
@@ -1146,16 +1155,16 @@ impl Core {
 
     fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
         if let Some(seq) = &p.sequence_number {
-            match self.sequence.get(&p.id) {
+            match self.known.sequence(&p.id) {
                 // Strictly older only: the same sequence number is the same state (a snapshot
                 // read after a notification), harmless to show again.
-                Some(last) if seq.as_str() < last.as_str() => {
+                Some(last) if seq.as_str() < last => {
                     // A re-read that a newer notification overtook is not a rejected notification.
                     self.count(if origin == PresenceOrigin::Snapshot { "snapshot.stale" } else { "rejected.stale" });
                     return false;
                 }
                 _ => {
-                    self.sequence.insert(p.id.clone(), seq.clone());
+                    self.known.set_sequence(&p.id, seq);
                 }
             }
         }
@@ -1170,7 +1179,7 @@ impl Core {
         let own = self.is_own_presence(&p.id, &presence);
         let origin = if own { PresenceOrigin::OwnLineStatus } else { origin };
         if !own {
-            self.presence.insert(p.id.clone(), presence.clone());
+            self.known.set_presence(&p.id, &presence);
         }
         self.effects.push(Effect::Publish(PresenceUpdate {
             user_id: sb,

@@ -249,7 +249,7 @@ impl Core {
     /// Forgets the last known presence of `ms` (so that a push reads it first).
     #[cfg(test)]
     pub fn forget_presence_for_test(&mut self, ms: &str) {
-        self.presence.remove(ms);
+        self.known.forget_presence(ms);
     }
 
     /// The policy in force.
@@ -558,9 +558,9 @@ impl Core {
             } else if now.saturating_sub(c.since_ms) < min_len {
                 (CallPresence::None, "the call is shorter than the minimum call length so far".into())
             } else if c.pushed_until.is_none()
-                && !self.presence.get(ms.as_str()).is_some_and(|p| may_replace(proposed, p))
+                && !self.known.presence(ms.as_str()).is_some_and(|p| may_replace(proposed, &p))
             {
-                let shown = self.presence.get(ms.as_str()).map_or("unknown".to_string(), |p| p.availability.clone());
+                let shown = self.known.availability(ms.as_str()).unwrap_or("unknown").to_string();
                 (CallPresence::None, format!("a call may not replace the user's own availability ({shown})"))
             } else {
                 let what =

@@ -96,8 +96,7 @@ impl Core {
     /// A polled presence: published when it changed (a round every few seconds must not
     /// republish every user), its note shown when that changed.
     fn apply_polled(&mut self, mut p: GraphPresence, now: u64) {
-        let same =
-            self.presence.get(&p.id).is_some_and(|k| k.availability == p.availability && k.activity == p.activity);
+        let same = self.known.shows(&p.id, &p.availability, &p.activity);
         if !same {
             self.apply_presence(p, PresenceOrigin::Snapshot, now);
             return;
@@ -106,7 +105,7 @@ impl Core {
             self.apply_note(&p.id, &sb, p.status_message.take(), p.out_of_office_settings.take());
         }
         if let Some(seq) = p.sequence_number {
-            self.sequence.insert(p.id, seq);
+            self.known.set_sequence(&p.id, &seq);
         }
     }
 

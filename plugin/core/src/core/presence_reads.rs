@@ -80,10 +80,8 @@ impl Core {
             // was lost, or the subscription.
             let differs = self.subs[slot].reconciling
                 && !self.own_session(&p.id)
-                && self
-                    .presence
-                    .get(&p.id)
-                    .is_some_and(|known| known.availability != p.availability || known.activity != p.activity);
+                && self.known.has_presence(&p.id)
+                && !self.known.shows(&p.id, &p.availability, &p.activity);
             if self.apply_presence(p, PresenceOrigin::Snapshot, now) && differs {
                 self.subs[slot].missed_change = true;
                 self.count("reconcile.corrected");

@@ -179,9 +179,9 @@ impl Core {
                 (true, Some(_)) if c.dnd != dnd => Some(PushOp::Set),
                 (true, Some(until)) if now + KEEPALIVE_MARGIN_MS >= until => Some(PushOp::Set),
                 (true, Some(_)) => None,
-                (true, None) => match self.presence.get(ms) {
+                (true, None) => match self.known.presence(ms) {
                     None => Some(PushOp::Read),
-                    Some(p) if policy::may_replace(&self.policy, p) => Some(PushOp::Set),
+                    Some(p) if policy::may_replace(&self.policy, &p) => Some(PushOp::Set),
                     Some(_) => None,
                 },
                 (false, Some(_)) => Some(PushOp::Clear),
@@ -323,7 +323,7 @@ impl Core {
                         self.apply_presence(p, PresenceOrigin::Snapshot, now);
                     }
                     // Still unknown (unreadable answer): do not read again at once.
-                    if !self.presence.contains_key(&ms)
+                    if !self.known.has_presence(&ms)
                         && let Some(c) = self.push.calls.get_mut(&ms)
                     {
                         c.not_before = now + 30_000;

@@ -252,7 +252,7 @@ impl Core {
             microsoft_user: ms.and_then(|m| m.user_principal_name.clone().or_else(|| m.mail.clone())),
             matched_by: c.matched_by,
             unmatched: c.unmatched,
-            presence: c.ms_id.and_then(|id| self.presence.get(id).cloned()),
+            presence: c.ms_id.and_then(|id| self.known.presence(id)),
             integration_user: c
                 .slot
                 .and_then(|slot| settings.and_then(|s| s.integration_users.get(slot)).map(|u| u.username.clone())),

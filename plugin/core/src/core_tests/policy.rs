@@ -189,7 +189,7 @@ fn do_not_disturb_in_a_call_sets_it_and_restores_the_users_own_presence() {
     let s = sets(&call(&mut core, &mut env, 2, "sb1", LineState::Ended));
     assert_eq!(s.len(), 1);
     assert!(s[0].0.ends_with("/clearPresence"), "the session goes: the user's own presence shows again");
-    assert_eq!(core.presence_of(&ms_id(1)).map(|p| p.availability.as_str()), Some("Available"));
+    assert_eq!(core.presence_of(&ms_id(1)).map(|p| p.availability).as_deref(), Some("Available"));
 }
 
 #[test]

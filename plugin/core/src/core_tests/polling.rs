@@ -152,5 +152,5 @@ fn a_polling_answer_that_pages_is_followed_before_the_round_moves_on() {
     });
     assert_eq!(followed, 1);
     assert_eq!(core.policy_status(&env).polling.rounds, 1);
-    assert_eq!(core.presence_of(&ms_id(2)).map(|p| p.availability.as_str()), Some("Busy"));
+    assert_eq!(core.presence_of(&ms_id(2)).map(|p| p.availability).as_deref(), Some("Busy"));
 }
