@@ -11,32 +11,111 @@
 //! and those users stay unmapped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::model::{Conflict, ConflictKind, MappingOverride, MatchSource, SwitchboardUser};
 
-/// A Microsoft user as `GET /users?$select=id,displayName,userPrincipalName,mail,proxyAddresses`
-/// returns it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A user id, shared: each Microsoft user's id is allocated once, by the directory, and every
+/// map and set that holds the user (the mapping both ways, the shards, the subscriptions, the
+/// presence records) holds a counted reference to that one string; likewise each mapped
+/// switchboard user's id. At 100,000 users six copies of every id were a third of the heap.
+pub type Id = Arc<str>;
+
+/// A Microsoft user as `GET /users?$select=id,userPrincipalName,mail,proxyAddresses` returns
+/// it (and as the stored directory holds it: the same JSON), kept compact: the whole directory
+/// stays in memory, so only what matching and the users list read is kept, and a user's
+/// addresses share one allocation.
+///
+/// The `smtp:` entries of `proxyAddresses` (`SMTP:primary`, `smtp:alias`) are kept; the others
+/// (`SIP:`, `X500:`, ...) are dropped as they are read: nothing here uses them. Null is read as
+/// none.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GraphUser {
     /// Object id (GUID).
-    pub id: String,
-    /// Display name.
-    #[serde(default)]
-    pub display_name: Option<String>,
-    /// User principal name.
-    #[serde(default)]
-    pub user_principal_name: Option<String>,
-    /// Primary SMTP address.
-    #[serde(default)]
-    pub mail: Option<String>,
-    /// `SMTP:primary`, `smtp:alias`, `SIP:...` entries (null is read as none).
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub proxy_addresses: Vec<String>,
+    pub id: Id,
+    /// The UPN, then the mail, then each kept proxy address after a NUL.
+    addresses: Box<str>,
+    /// The UPN's and the mail's lengths, plus one (0: absent).
+    lens: [u16; 2],
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(<Option<Vec<String>> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+/// The JSON form of a [`GraphUser`].
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphUserJson<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    user_principal_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    mail: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    proxy_addresses: Option<Vec<std::borrow::Cow<'a, str>>>,
+}
+
+impl GraphUser {
+    /// A user with these addresses (`proxy_addresses` as Graph gives them).
+    pub fn new<'a>(
+        id: &str,
+        user_principal_name: Option<&str>,
+        mail: Option<&str>,
+        proxy_addresses: impl IntoIterator<Item = &'a str>,
+    ) -> GraphUser {
+        // Longer than Graph allows (UPN 113, mail 256 characters): read as absent.
+        fn fit(s: Option<&str>) -> Option<&str> {
+            s.filter(|s| s.len() < usize::from(u16::MAX))
+        }
+        let (upn, mail) = (fit(user_principal_name), fit(mail));
+        let mut addresses = String::with_capacity(upn.map_or(0, str::len) + mail.map_or(0, str::len));
+        addresses.push_str(upn.unwrap_or(""));
+        addresses.push_str(mail.unwrap_or(""));
+        for p in proxy_addresses.into_iter().filter(|p| smtp_alias(p).is_some() && !p.contains('\0')) {
+            addresses.push('\0');
+            addresses.push_str(p);
+        }
+        let len = |s: Option<&str>| s.map_or(0, |s| s.len() as u16 + 1);
+        GraphUser { id: id.into(), addresses: addresses.into_boxed_str(), lens: [len(upn), len(mail)] }
+    }
+    /// User principal name.
+    pub fn user_principal_name(&self) -> Option<&str> {
+        let n = usize::from(self.lens[0]);
+        (n > 0).then(|| &self.addresses[..n - 1])
+    }
+    /// Primary SMTP address.
+    pub fn mail(&self) -> Option<&str> {
+        let from = usize::from(self.lens[0].saturating_sub(1));
+        let n = usize::from(self.lens[1]);
+        (n > 0).then(|| &self.addresses[from..from + n - 1])
+    }
+    /// The `smtp:` entries of `proxyAddresses`, as Graph gave them.
+    pub fn proxy_addresses(&self) -> impl Iterator<Item = &str> {
+        let from = usize::from(self.lens[0].saturating_sub(1)) + usize::from(self.lens[1].saturating_sub(1));
+        self.addresses[from..].split('\0').skip(1)
+    }
+}
+
+impl serde::Serialize for GraphUser {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        GraphUserJson {
+            id: std::borrow::Cow::Borrowed(&self.id),
+            user_principal_name: self.user_principal_name().map(std::borrow::Cow::Borrowed),
+            mail: self.mail().map(std::borrow::Cow::Borrowed),
+            proxy_addresses: Some(self.proxy_addresses().map(std::borrow::Cow::Borrowed).collect()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GraphUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = GraphUserJson::deserialize(d)?;
+        Ok(GraphUser::new(
+            &j.id,
+            j.user_principal_name.as_deref(),
+            j.mail.as_deref(),
+            j.proxy_addresses.iter().flatten().map(|p| &**p),
+        ))
+    }
 }
 
 /// Normalises an address: trimmed, lower case (character by character, as
@@ -67,9 +146,9 @@ pub fn is_address(raw: &str, address: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mapping {
     /// Microsoft user id → switchboard user id.
-    pub by_microsoft: BTreeMap<String, String>,
-    /// Switchboard user id → Microsoft user id.
-    pub by_switchboard: BTreeMap<String, String>,
+    pub by_microsoft: BTreeMap<Id, Id>,
+    /// Switchboard user id → Microsoft user id (the same strings as `by_microsoft`'s).
+    pub by_switchboard: BTreeMap<Id, Id>,
     /// Ambiguous addresses, sorted.
     pub conflicts: Vec<Conflict>,
 }
@@ -90,7 +169,7 @@ pub fn build_with(
     order: &[MatchSource],
     overrides: &[MappingOverride],
 ) -> Mapping {
-    let mut b = MappingBuild::new(switchboard.to_vec(), order, overrides.to_vec());
+    let mut b = MappingBuild::new(switchboard.iter().cloned().map(SbUser::from).collect(), order, overrides.to_vec());
     loop {
         if let Some(m) = b.step(microsoft, usize::MAX) {
             return m;
@@ -102,51 +181,71 @@ pub fn build_with(
 /// holds no copy of any address (at 100,000 users, copies of every address, alias and UPN were
 /// the largest part of a build). Users under one hash are distinct, in insertion order; a
 /// lookup keeps only those that carry the address itself.
+///
+/// An entry is 12 bytes: the hash and one user, or (with [`MANY`] set) the position of the
+/// list of users in `many`, for the rare hash that several users share.
 #[derive(Debug, Default)]
-struct Index(HashMap<u64, Slot>);
-
-/// The users under one hash: almost always one.
-#[derive(Debug)]
-enum Slot {
-    One(u32),
-    Many(Vec<u32>),
+struct Index {
+    one: HashMap<u64, u32>,
+    many: Vec<Vec<u32>>,
 }
 
+/// Marks an [`Index`] entry that points into `many`.
+const MANY: u32 = 1 << 31;
+
 impl Index {
-    /// Adds user `i` under `hash` (once).
+    /// Adds user `i` (below 2^31) under `hash` (once).
     fn insert(&mut self, hash: u64, i: u32) {
-        match self.0.get_mut(&hash) {
+        match self.one.get_mut(&hash) {
             None => {
-                self.0.insert(hash, Slot::One(i));
+                self.one.insert(hash, i);
             }
-            Some(Slot::One(j)) if *j == i => {}
-            Some(slot @ Slot::One(_)) => {
-                let Slot::One(j) = *slot else { unreachable!() };
-                *slot = Slot::Many(vec![j, i]);
-            }
-            Some(Slot::Many(v)) => {
-                if !v.contains(&i) {
-                    v.push(i);
+            Some(v) if *v & MANY != 0 => {
+                let list = &mut self.many[(*v & !MANY) as usize];
+                if !list.contains(&i) {
+                    list.push(i);
                 }
+            }
+            Some(v) if *v == i => {}
+            Some(v) => {
+                self.many.push(vec![*v, i]);
+                *v = (self.many.len() - 1) as u32 | MANY;
             }
         }
     }
     /// The users under `hash`.
     fn under(&self, hash: u64) -> &[u32] {
-        match self.0.get(&hash) {
+        match self.one.get(&hash) {
             None => &[],
-            Some(Slot::One(i)) => std::slice::from_ref(i),
-            Some(Slot::Many(v)) => v,
+            Some(v) if *v & MANY != 0 => &self.many[(*v & !MANY) as usize],
+            Some(v) => std::slice::from_ref(v),
         }
     }
 }
 
+/// A switchboard user as a mapping build holds it: only what matching needs, compact (a
+/// build holds every switchboard user). The id is the one the mapping then keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SbUser {
+    /// Switchboard user id.
+    pub id: Id,
+    /// Its email addresses, as the switchboard gave them.
+    pub emails: Box<[Box<str>]>,
+    /// Whether it is active.
+    pub active: bool,
+}
+
+impl From<SwitchboardUser> for SbUser {
+    fn from(u: SwitchboardUser) -> Self {
+        SbUser { id: u.id.into(), emails: u.emails.into_iter().map(String::into_boxed_str).collect(), active: u.active }
+    }
+}
+
 /// The switchboard's users being read for a mapping build, a page at a time: each user once
-/// (a user that moves between pages while they are read shows up once), with only what the
-/// matching needs (its id, addresses and whether it is active).
+/// (a user that moves between pages while they are read shows up once).
 #[derive(Debug, Default)]
 pub struct SwitchboardLoad {
-    users: Vec<SwitchboardUser>,
+    users: Vec<SbUser>,
     /// Users by a hash of their id.
     ids: Index,
 }
@@ -162,19 +261,18 @@ impl SwitchboardLoad {
     }
     /// Adds a page.
     pub fn add(&mut self, page: Vec<SwitchboardUser>) {
-        for mut u in page {
+        for u in page {
             let hash = id_hash(&u.id);
-            if self.ids.under(hash).iter().any(|&j| self.users[j as usize].id == u.id) {
+            if self.ids.under(hash).iter().any(|&j| *self.users[j as usize].id == *u.id) {
                 continue;
             }
             self.ids.insert(hash, self.users.len() as u32);
-            u.display_name = String::new();
-            u.line_number = None;
-            self.users.push(u);
+            self.users.push(u.into());
         }
     }
     /// The users read.
-    pub fn into_users(self) -> Vec<SwitchboardUser> {
+    pub fn into_users(mut self) -> Vec<SbUser> {
+        self.users.shrink_to_fit();
         self.users
     }
 }
@@ -190,11 +288,11 @@ fn id_hash(id: &str) -> u64 {
 /// Whether Microsoft user `u` carries `address` (normalised) in `source`.
 fn carries(u: &GraphUser, source: MatchSource, address: &str) -> bool {
     match source {
-        MatchSource::Mail => u.mail.as_deref().is_some_and(|m| !m.trim().is_empty() && is_address(m, address)),
+        MatchSource::Mail => u.mail().is_some_and(|m| !m.trim().is_empty() && is_address(m, address)),
         MatchSource::ProxyAddresses => {
-            u.proxy_addresses.iter().any(|p| smtp_alias(p).is_some_and(|a| is_address(a, address)))
+            u.proxy_addresses().any(|p| smtp_alias(p).is_some_and(|a| is_address(a, address)))
         }
-        MatchSource::Upn => u.user_principal_name.as_deref().is_some_and(|upn| is_address(upn, address)),
+        MatchSource::Upn => u.user_principal_name().is_some_and(|upn| is_address(upn, address)),
     }
 }
 
@@ -204,7 +302,7 @@ fn smtp_alias(p: &str) -> Option<&str> {
 }
 
 /// Whether switchboard user `u` carries `address` (normalised).
-fn sb_carries(u: &SwitchboardUser, address: &str) -> bool {
+fn sb_carries(u: &SbUser, address: &str) -> bool {
     u.emails.iter().any(|e| is_address(e, address))
 }
 
@@ -229,7 +327,7 @@ enum Phase {
 /// build when they do); switchboard users, order and overrides are taken at the start.
 #[derive(Debug)]
 pub struct MappingBuild {
-    switchboard: Vec<SwitchboardUser>,
+    switchboard: Vec<SbUser>,
     order: Vec<MatchSource>,
     overrides: Vec<MappingOverride>,
     phase: Phase,
@@ -251,7 +349,7 @@ pub struct MappingBuild {
 impl MappingBuild {
     /// A build for these switchboard users, match order (empty = [`DEFAULT_ORDER`]) and
     /// overrides.
-    pub fn new(switchboard: Vec<SwitchboardUser>, order: &[MatchSource], overrides: Vec<MappingOverride>) -> Self {
+    pub fn new(switchboard: Vec<SbUser>, order: &[MatchSource], overrides: Vec<MappingOverride>) -> Self {
         MappingBuild {
             switchboard,
             order: if order.is_empty() { DEFAULT_ORDER.to_vec() } else { order.to_vec() },
@@ -271,7 +369,7 @@ impl MappingBuild {
     }
 
     /// The switchboard users the build matches.
-    pub fn switchboard(&self) -> &[SwitchboardUser] {
+    pub fn switchboard(&self) -> &[SbUser] {
         &self.switchboard
     }
 
@@ -284,13 +382,13 @@ impl MappingBuild {
                     let to = microsoft.len().min(from.saturating_add(left));
                     for (i, u) in microsoft.iter().enumerate().take(to).skip(from) {
                         let i = i as u32;
-                        if let Some(m) = u.mail.as_deref().filter(|m| !m.trim().is_empty()) {
+                        if let Some(m) = u.mail().filter(|m| !m.trim().is_empty()) {
                             self.by_mail.insert(address_hash(m), i);
                         }
-                        for alias in u.proxy_addresses.iter().filter_map(|p| smtp_alias(p)) {
+                        for alias in u.proxy_addresses().filter_map(smtp_alias) {
                             self.by_alias.insert(address_hash(alias), i);
                         }
-                        if let Some(upn) = u.user_principal_name.as_deref() {
+                        if let Some(upn) = u.user_principal_name() {
                             self.by_upn.insert(address_hash(upn), i);
                         }
                     }
@@ -325,7 +423,7 @@ impl MappingBuild {
                 Phase::Overrides => {
                     self.resolve_overrides(microsoft);
                     for email in std::mem::take(&mut self.sb_shared) {
-                        let ids = self.sb_carriers(&email).map(|i| self.switchboard[i as usize].id.as_str());
+                        let ids = self.sb_carriers(&email).map(|i| &*self.switchboard[i as usize].id);
                         self.conflicts.insert(Conflict {
                             candidates: sorted(ids),
                             email,
@@ -342,6 +440,10 @@ impl MappingBuild {
                     }
                     left -= to - from;
                     if to == self.switchboard.len() {
+                        // The indexes are done with: freed before the mapping grows.
+                        for ix in [&mut self.by_mail, &mut self.by_alias, &mut self.by_upn, &mut self.sb_by_email] {
+                            *ix = Index::default();
+                        }
                         // Stable: each user's claims stay in switchboard order.
                         self.claims.sort_by_key(|c| c.0);
                         self.phase = Phase::Claims(0);
@@ -359,15 +461,15 @@ impl MappingBuild {
                         let sbs = &self.claims[at..at + n];
                         let ms_id = &microsoft[ms as usize].id;
                         if n == 1 {
-                            let sb_id = &self.switchboard[sbs[0].1 as usize].id;
+                            let sb_id = self.switchboard[sbs[0].1 as usize].id.clone();
                             self.mapping.by_microsoft.insert(ms_id.clone(), sb_id.clone());
-                            self.mapping.by_switchboard.insert(sb_id.clone(), ms_id.clone());
+                            self.mapping.by_switchboard.insert(sb_id, ms_id.clone());
                         } else {
                             let (_, sb, via) = sbs[0];
                             self.conflicts.insert(Conflict {
                                 email: normalise(&self.switchboard[sb as usize].emails[via as usize]),
                                 kind: ConflictKind::SeveralSwitchboardUsers,
-                                candidates: sbs.iter().map(|c| self.switchboard[c.1 as usize].id.clone()).collect(),
+                                candidates: sbs.iter().map(|c| self.switchboard[c.1 as usize].id.to_string()).collect(),
                             });
                         }
                         at += n;
@@ -395,21 +497,20 @@ impl MappingBuild {
         if self.overrides.is_empty() {
             return;
         }
-        let ms_by_id: HashMap<&str, u32> =
-            microsoft.iter().enumerate().map(|(i, u)| (u.id.as_str(), i as u32)).collect();
+        let ms_by_id: HashMap<&str, u32> = microsoft.iter().enumerate().map(|(i, u)| (&*u.id, i as u32)).collect();
         let sb_by_id: HashMap<&str, u32> =
-            self.switchboard.iter().enumerate().map(|(i, u)| (u.id.as_str(), i as u32)).collect();
+            self.switchboard.iter().enumerate().map(|(i, u)| (&*u.id, i as u32)).collect();
         let mut fixed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for o in &self.overrides {
             let target = o.microsoft_user.trim();
             let resolved: BTreeSet<&str> = if let Some(&i) = ms_by_id.get(target) {
-                BTreeSet::from([microsoft[i as usize].id.as_str()])
+                BTreeSet::from([&*microsoft[i as usize].id])
             } else {
                 let key = normalise(target);
                 [MatchSource::Mail, MatchSource::ProxyAddresses, MatchSource::Upn]
                     .into_iter()
                     .flat_map(|src| self.ms_carriers(microsoft, src, &key))
-                    .map(|i| microsoft[i as usize].id.as_str())
+                    .map(|i| &*microsoft[i as usize].id)
                     .collect()
             };
             let unresolved = |why: &str| Conflict {
@@ -439,8 +540,10 @@ impl MappingBuild {
             self.taken_ms.insert(ms_by_id[ms]);
             let distinct: BTreeSet<&str> = sbs.iter().copied().collect();
             if distinct.len() == 1 {
-                self.mapping.by_microsoft.insert(ms.to_string(), sbs[0].to_string());
-                self.mapping.by_switchboard.insert(sbs[0].to_string(), ms.to_string());
+                let ms = microsoft[ms_by_id[ms] as usize].id.clone();
+                let sb: Id = sbs[0].into();
+                self.mapping.by_microsoft.insert(ms.clone(), sb.clone());
+                self.mapping.by_switchboard.insert(sb, ms);
             } else {
                 self.conflicts.insert(Conflict {
                     email: ms.to_string(),
@@ -479,7 +582,7 @@ impl MappingBuild {
                 }
                 _ => {
                     self.conflicts.insert(Conflict {
-                        candidates: sorted(ids.iter().map(|&i| microsoft[i as usize].id.as_str())),
+                        candidates: sorted(ids.iter().map(|&i| &*microsoft[i as usize].id)),
                         email: e,
                         kind: ConflictKind::SeveralMicrosoftUsers,
                     });
@@ -495,7 +598,7 @@ impl MappingBuild {
             self.conflicts.insert(Conflict {
                 email: s.emails.first().map(|e| normalise(e)).unwrap_or_default(),
                 kind: ConflictKind::SeveralMicrosoftUsers,
-                candidates: sorted(found.iter().map(|&i| microsoft[i as usize].id.as_str())),
+                candidates: sorted(found.iter().map(|&i| &*microsoft[i as usize].id)),
             });
         }
     }
@@ -547,9 +650,9 @@ impl MappingBuild {
 /// them first.
 #[derive(Debug, Default)]
 pub struct Trash {
-    switchboard: Vec<SwitchboardUser>,
-    maps: Vec<BTreeMap<String, String>>,
-    sets: Vec<HashSet<String>>,
+    switchboard: Vec<SbUser>,
+    maps: Vec<BTreeMap<Id, Id>>,
+    sets: Vec<HashSet<Id>>,
     users: Vec<GraphUser>,
 }
 
@@ -560,7 +663,7 @@ impl Trash {
         self.maps.push(m.by_switchboard);
     }
     /// Takes a set of ids.
-    pub fn placed(&mut self, set: HashSet<String>) {
+    pub fn placed(&mut self, set: HashSet<Id>) {
         if !set.is_empty() {
             self.sets.push(set);
         }
@@ -634,13 +737,7 @@ mod tests {
     use super::*;
 
     fn ms(id: &str, mail: Option<&str>, upn: &str, proxies: &[&str]) -> GraphUser {
-        GraphUser {
-            id: id.into(),
-            display_name: None,
-            user_principal_name: Some(upn.into()),
-            mail: mail.map(Into::into),
-            proxy_addresses: proxies.iter().map(|s| s.to_string()).collect(),
-        }
+        GraphUser::new(id, Some(upn), mail, proxies.iter().copied())
     }
     fn sb(id: &str, emails: &[&str]) -> SwitchboardUser {
         SwitchboardUser {
@@ -653,12 +750,50 @@ mod tests {
     }
 
     #[test]
+    fn a_graph_user_keeps_its_addresses_as_read_and_writes_the_same_json() {
+        let json = serde_json::json!({
+            "id": "m1",
+            "userPrincipalName": "anna@x.onmicrosoft.com",
+            "mail": "",
+            "proxyAddresses": ["SMTP:anna@x.com", "SIP:anna@x.com", "smtp:a@x.com", "X500:/o=x"],
+            "displayName": "Anna",
+        });
+        let u: GraphUser = serde_json::from_value(json).unwrap();
+        assert_eq!(u.user_principal_name(), Some("anna@x.onmicrosoft.com"));
+        assert_eq!(u.mail(), Some(""), "an empty mail is not an absent one");
+        assert_eq!(u.proxy_addresses().collect::<Vec<_>>(), ["SMTP:anna@x.com", "smtp:a@x.com"]);
+        let back: GraphUser = serde_json::from_value(serde_json::to_value(&u).unwrap()).unwrap();
+        assert_eq!(back, u);
+        let bare: GraphUser = serde_json::from_value(serde_json::json!({"id": "m2", "proxyAddresses": null})).unwrap();
+        assert_eq!((bare.user_principal_name(), bare.mail(), bare.proxy_addresses().count()), (None, None, 0));
+        let only_mail = GraphUser::new("m3", None, Some("b@x.com"), ["smtp:b\0c@x.com", "smtp:c@x.com"]);
+        assert_eq!((only_mail.user_principal_name(), only_mail.mail()), (None, Some("b@x.com")));
+        assert_eq!(only_mail.proxy_addresses().collect::<Vec<_>>(), ["smtp:c@x.com"], "a NUL is no address");
+    }
+
+    #[test]
+    fn users_under_one_hash_are_told_apart_by_their_own_addresses() {
+        let microsoft = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "u2@x.com", &[])];
+        let mut b = MappingBuild::new(vec![], &[], vec![]);
+        b.by_mail.insert(7, 0);
+        b.by_mail.insert(7, 1);
+        b.by_mail.insert(7, 1);
+        assert_eq!(b.by_mail.under(7), [0, 1], "each user once, in order");
+        // As if b@x.com had a@x.com's hash: only the user who carries a@x.com is found.
+        let h = address_hash(" A@x.com");
+        b.by_mail.insert(h, 1);
+        b.by_mail.insert(h, 0);
+        assert_eq!(b.ms_carriers(&microsoft, MatchSource::Mail, "a@x.com").collect::<Vec<_>>(), [0]);
+        assert_eq!(b.ms_carriers(&microsoft, MatchSource::Upn, "a@x.com").count(), 0);
+    }
+
+    #[test]
     fn matches_trimmed_and_case_insensitive() {
         let m = build(
             &[ms("m1", Some("Anna@Contoso.com"), "anna@contoso.onmicrosoft.com", &[])],
             &[sb("s1", &["  anna@contoso.COM "])],
         );
-        assert_eq!(m.by_microsoft.get("m1").map(String::as_str), Some("s1"));
+        assert_eq!(m.by_microsoft.get("m1").map(|s| &**s), Some("s1"));
         assert!(m.conflicts.is_empty());
     }
 
@@ -671,8 +806,8 @@ mod tests {
             ],
             &[sb("s1", &["anna@x.com"]), sb("s2", &["b@x.com"])],
         );
-        assert_eq!(m.by_switchboard.get("s1").map(String::as_str), Some("m1"));
-        assert_eq!(m.by_switchboard.get("s2").map(String::as_str), Some("m2"));
+        assert_eq!(m.by_switchboard.get("s1").map(|s| &**s), Some("m1"));
+        assert_eq!(m.by_switchboard.get("s2").map(|s| &**s), Some("m2"));
     }
 
     #[test]
@@ -681,7 +816,7 @@ mod tests {
             &[ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "u2@x.com", &["smtp:a@x.com"])],
             &[sb("s1", &["a@x.com"])],
         );
-        assert_eq!(m.by_switchboard.get("s1").map(String::as_str), Some("m1"));
+        assert_eq!(m.by_switchboard.get("s1").map(|s| &**s), Some("m1"));
     }
 
     #[test]
@@ -710,9 +845,9 @@ mod tests {
         let users = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "a@x.com", &[])];
         let sbs = [sb("s1", &["a@x.com"])];
         let upn_first = build_with(&users, &sbs, &[MatchSource::Upn, MatchSource::Mail], &[]);
-        assert_eq!(upn_first.by_switchboard.get("s1").map(String::as_str), Some("m2"));
+        assert_eq!(upn_first.by_switchboard.get("s1").map(|s| &**s), Some("m2"));
         let mail_first = build_with(&users, &sbs, &[], &[]);
-        assert_eq!(mail_first.by_switchboard.get("s1").map(String::as_str), Some("m1"));
+        assert_eq!(mail_first.by_switchboard.get("s1").map(|s| &**s), Some("m1"));
         let no_mail = build_with(&[ms("m1", Some("a@x.com"), "u1@x.com", &[])], &sbs, &[MatchSource::Upn], &[]);
         assert!(no_mail.by_switchboard.is_empty());
     }
@@ -724,8 +859,8 @@ mod tests {
         let sbs = [sb("s1", &["a@x.com"]), sb("s2", &["nobody@x.com"]), sb("s3", &["b@x.com"])];
         let ov = |s: &str, m: &str| MappingOverride { switchboard_user_id: s.into(), microsoft_user: m.into() };
         let m = build_with(&users, &sbs, &[], &[ov("s1", "B@x.com"), ov("s2", "m1")]);
-        assert_eq!(m.by_switchboard.get("s1").map(String::as_str), Some("m2"));
-        assert_eq!(m.by_switchboard.get("s2").map(String::as_str), Some("m1"));
+        assert_eq!(m.by_switchboard.get("s1").map(|s| &**s), Some("m2"));
+        assert_eq!(m.by_switchboard.get("s2").map(|s| &**s), Some("m1"));
         // s3's address names m2, which the override took: s3 stays unmapped, no conflict.
         assert!(!m.by_switchboard.contains_key("s3"));
         assert!(m.conflicts.is_empty(), "{:?}", m.conflicts);
@@ -788,7 +923,8 @@ mod tests {
         let whole = build_with(&microsoft, &switchboard, &[], &overrides);
         assert!(whole.by_microsoft.len() > 30 && whole.conflicts.len() >= 5, "{whole:?}");
         for budget in [1, 2, 3, 7, 50] {
-            let mut b = MappingBuild::new(switchboard.clone(), &[], overrides.clone());
+            let mut b =
+                MappingBuild::new(switchboard.iter().cloned().map(SbUser::from).collect(), &[], overrides.clone());
             let mut steps = 0;
             let stepped = loop {
                 steps += 1;
@@ -808,7 +944,7 @@ mod tests {
             .collect();
         let switchboard: Vec<SwitchboardUser> =
             (0..300).map(|i| sb(&format!("s{i}"), &[&format!("u{i}@x.com")])).collect();
-        let mut b = MappingBuild::new(switchboard, &[], vec![]);
+        let mut b = MappingBuild::new(switchboard.into_iter().map(SbUser::from).collect(), &[], vec![]);
         let m = loop {
             if let Some(m) = b.step(&microsoft, 1000) {
                 break m;

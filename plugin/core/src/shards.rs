@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
+use crate::mapping::Id;
+
 /// Graph's limit of user ids in one presence subscription.
 pub const MAX_USERS_PER_SUBSCRIPTION: usize = 650;
 
@@ -19,7 +21,7 @@ pub const MAX_USERS_PER_SUBSCRIPTION: usize = 650;
 pub struct ShardsApply {
     phase: ApplyPhase,
     /// Users already in a shard.
-    pub placed: HashSet<String>,
+    pub placed: HashSet<Id>,
     changed: Vec<bool>,
     /// The slots by room, most first (set when placing starts).
     order: Vec<usize>,
@@ -32,14 +34,14 @@ enum ApplyPhase {
     /// Dropping users no longer mapped, from this slot on.
     Retain(usize),
     /// Placing mapped users not yet in a shard, after this one.
-    Place(Option<String>),
+    Place(Option<Id>),
 }
 
 /// Shards of users, one per integration user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shards {
-    members: Vec<BTreeSet<String>>,
-    uncovered: BTreeSet<String>,
+    members: Vec<BTreeSet<Id>>,
+    uncovered: BTreeSet<Id>,
     capacity: usize,
 }
 
@@ -51,7 +53,7 @@ impl Shards {
 
     /// Shards restored from persisted members (extra members beyond capacity become uncovered
     /// at the next [`Shards::apply`]).
-    pub fn restore(slots: usize, capacity: usize, members: Vec<BTreeSet<String>>) -> Self {
+    pub fn restore(slots: usize, capacity: usize, members: Vec<BTreeSet<Id>>) -> Self {
         let mut s = Shards::new(slots, capacity);
         for (i, m) in members.into_iter().enumerate().take(slots) {
             s.members[i] = m;
@@ -60,8 +62,8 @@ impl Shards {
     }
 
     /// Applies the current set of mapped users. Returns, per slot, whether its members changed.
-    pub fn apply(&mut self, mapped: &BTreeSet<String>) -> Vec<bool> {
-        let mapped: BTreeMap<String, ()> = mapped.iter().map(|u| (u.clone(), ())).collect();
+    pub fn apply(&mut self, mapped: &BTreeSet<Id>) -> Vec<bool> {
+        let mapped: BTreeMap<Id, ()> = mapped.iter().map(|u| (u.clone(), ())).collect();
         let mut job = self.start_apply();
         loop {
             if let Some(changed) = self.apply_step(&mut job, &mapped, usize::MAX) {
@@ -88,7 +90,7 @@ impl Shards {
     pub fn apply_step<V>(
         &mut self,
         job: &mut ShardsApply,
-        mapped: &BTreeMap<String, V>,
+        mapped: &BTreeMap<Id, V>,
         budget: usize,
     ) -> Option<Vec<bool>> {
         let mut left = budget.max(1);
@@ -98,7 +100,11 @@ impl Shards {
                     while *slot < self.members.len() && left > 0 {
                         let m = &mut self.members[*slot];
                         let before = m.len();
-                        m.retain(|u| mapped.contains_key(u));
+                        // Kept as the mapping's own strings (restored members were copies).
+                        *m = std::mem::take(m)
+                            .into_iter()
+                            .filter_map(|u| mapped.get_key_value(&u).map(|(k, _)| k.clone()))
+                            .collect();
                         // A shard restored over capacity keeps its first `capacity` users.
                         while m.len() > self.capacity {
                             m.pop_last();
@@ -120,8 +126,8 @@ impl Shards {
                 ApplyPhase::Place(_) if left == 0 => return None,
                 ApplyPhase::Place(after) => {
                     let from = match after.take() {
-                        Some(k) => mapped.range::<String, _>((Bound::Excluded(k), Bound::Unbounded)),
-                        None => mapped.range::<String, _>(..),
+                        Some(k) => mapped.range::<Id, _>((Bound::Excluded(k), Bound::Unbounded)),
+                        None => mapped.range::<Id, _>(..),
                     };
                     let mut last = None;
                     for (u, _) in from.take(left) {
@@ -156,7 +162,7 @@ impl Shards {
     }
 
     /// Members of slot `i`.
-    pub fn members(&self, i: usize) -> &BTreeSet<String> {
+    pub fn members(&self, i: usize) -> &BTreeSet<Id> {
         &self.members[i]
     }
 
@@ -166,7 +172,7 @@ impl Shards {
     }
 
     /// The users no shard covers, in id order (they are polled).
-    pub fn uncovered_users(&self) -> &BTreeSet<String> {
+    pub fn uncovered_users(&self) -> &BTreeSet<Id> {
         &self.uncovered
     }
 
@@ -185,8 +191,8 @@ impl Shards {
 mod tests {
     use super::*;
 
-    fn users(range: std::ops::Range<usize>) -> BTreeSet<String> {
-        range.map(|i| format!("u{i:05}")).collect()
+    fn users(range: std::ops::Range<usize>) -> BTreeSet<Id> {
+        range.map(|i| Id::from(format!("u{i:05}"))).collect()
     }
 
     #[test]
@@ -240,7 +246,7 @@ mod tests {
         s.apply(&users(0..2250));
         let mut next = users(0..2250);
         for i in [3, 700, 1400, 2000] {
-            next.remove(&format!("u{i:05}"));
+            next.remove(format!("u{i:05}").as_str());
         }
         next.extend(users(5000..5040));
         let changed = s.apply(&next);
@@ -260,7 +266,7 @@ mod tests {
         next.insert("a-newcomer".into());
         let mut stepped = whole.clone();
         let expected = whole.apply(&next);
-        let mapped: BTreeMap<String, ()> = next.iter().map(|u| (u.clone(), ())).collect();
+        let mapped: BTreeMap<Id, ()> = next.iter().map(|u| (u.clone(), ())).collect();
         for budget in [1, 7, 650, 5000] {
             let mut s = stepped.clone();
             let mut job = s.start_apply();

@@ -25,7 +25,7 @@ pub const DEFAULT_DELTA_INTERVAL_MS: u64 = 60 * 1000;
 /// Interval between full resyncs.
 pub const FULL_RESYNC_MS: u64 = 24 * 60 * 60 * 1000;
 /// The properties read.
-pub const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,proxyAddresses";
+pub const USER_SELECT: &str = "id,userPrincipalName,mail,proxyAddresses";
 
 /// A directory fetch in progress.
 #[derive(Debug)]
@@ -50,8 +50,9 @@ pub(crate) struct PersistedDirectory {
 const STATE_DIRECTORY_V1: &str = "v1/directory";
 /// Schema 2's head of the stored directory.
 const STATE_DIRECTORY_HEAD: &str = "v2/directory";
-/// Users per stored chunk (about 0.5 MB of JSON).
-pub const DIR_CHUNK: usize = 2_500;
+/// Users per stored chunk (about 150 KB of JSON: a chunk is built in the instance's memory,
+/// and that memory, once grown, stays the instance's).
+pub const DIR_CHUNK: usize = 1_000;
 /// Chunks written, or users read back, per call.
 const PERSIST_CHUNKS_PER_STEP: usize = 2;
 const RESTORE_USERS_PER_STEP: usize = 5_000;
@@ -421,7 +422,9 @@ impl Core {
 
     fn directory_done(&mut self, env: &mut dyn Env, done: DirFetch, now: u64) {
         let changed = match done {
-            DirFetch::Full { users, anchor } => {
+            DirFetch::Full { mut users, anchor } => {
+                // Paged in, the list doubled as it grew: its spare room goes.
+                users.shrink_to_fit();
                 self.count("directory.full-resyncs");
                 self.dir.delta_link = Some(anchor);
                 self.dir.full_due_at = now + FULL_RESYNC_MS;
@@ -527,10 +530,11 @@ fn delta_state_gone(r: &HttpResponse) -> bool {
 /// Applies a delta round's changes in order: `@removed` removes, anything else inserts or
 /// updates the fields it carries.
 pub(crate) fn apply_delta(users: &mut Vec<GraphUser>, changes: Vec<serde_json::Value>) {
-    let mut index: HashMap<String, usize> = users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+    let mut index: HashMap<crate::mapping::Id, usize> =
+        users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
     let mut removed = BTreeSet::new();
     for c in changes {
-        let Some(id) = c.get("id").and_then(|v| v.as_str()).map(str::to_owned) else { continue };
+        let Some(id) = c.get("id").and_then(|v| v.as_str()).map(crate::mapping::Id::from) else { continue };
         if c.get("@removed").is_some() {
             if index.contains_key(&id) {
                 removed.insert(id);
@@ -561,6 +565,6 @@ pub(crate) fn apply_delta(users: &mut Vec<GraphUser>, changes: Vec<serde_json::V
         }
     }
     if !removed.is_empty() {
-        users.retain(|u| !removed.contains(&u.id));
+        users.retain(|u| !removed.contains(&*u.id));
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use crate::mapping::Id;
 use crate::model::TeamsPresence;
 
 /// Graph's documented availability and activity values (both lists, one table).
@@ -77,7 +78,7 @@ struct Seen {
 /// Presence and sequence number by Microsoft user id.
 #[derive(Debug, Default)]
 pub(super) struct Known {
-    users: HashMap<String, Seen>,
+    users: HashMap<Id, Seen>,
 }
 
 impl Known {
@@ -102,12 +103,12 @@ impl Known {
         Some(self.users.get(ms)?.presence.as_ref()?.pair().0)
     }
 
-    pub(super) fn set_presence(&mut self, ms: &str, p: &TeamsPresence) {
+    pub(super) fn set_presence(&mut self, ms: &Id, p: &TeamsPresence) {
         let w = Words::of(p);
-        match self.users.get_mut(ms) {
+        match self.users.get_mut(&**ms) {
             Some(s) => s.presence = Some(w),
             None => {
-                self.users.insert(ms.to_string(), Seen { presence: Some(w), sequence: None });
+                self.users.insert(ms.clone(), Seen { presence: Some(w), sequence: None });
             }
         }
     }
@@ -125,11 +126,11 @@ impl Known {
         self.users.get(ms)?.sequence.as_deref()
     }
 
-    pub(super) fn set_sequence(&mut self, ms: &str, seq: &str) {
-        match self.users.get_mut(ms) {
+    pub(super) fn set_sequence(&mut self, ms: &Id, seq: &str) {
+        match self.users.get_mut(&**ms) {
             Some(s) => s.sequence = Some(seq.into()),
             None => {
-                self.users.insert(ms.to_string(), Seen { presence: None, sequence: Some(seq.into()) });
+                self.users.insert(ms.clone(), Seen { presence: None, sequence: Some(seq.into()) });
             }
         }
     }
@@ -150,6 +151,10 @@ impl Known {
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> Id {
+        s.into()
+    }
+
     fn p(a: &str, b: &str) -> TeamsPresence {
         TeamsPresence { availability: a.into(), activity: b.into() }
     }
@@ -157,9 +162,9 @@ mod tests {
     #[test]
     fn presences_come_back_as_spelt_whether_documented_or_not() {
         let mut k = Known::default();
-        k.set_presence("u1", &p("Busy", "InACall"));
-        k.set_presence("u2", &p("busy", "InACall"));
-        k.set_presence("u3", &p("Available", "SomethingNew"));
+        k.set_presence(&id("u1"), &p("Busy", "InACall"));
+        k.set_presence(&id("u2"), &p("busy", "InACall"));
+        k.set_presence(&id("u3"), &p("Available", "SomethingNew"));
         assert_eq!(k.presence("u1"), Some(p("Busy", "InACall")));
         assert!(matches!(k.users["u1"].presence, Some(Words::Known(..))));
         assert_eq!(k.presence("u2"), Some(p("busy", "InACall")), "another spelling is kept as sent");
@@ -172,13 +177,13 @@ mod tests {
     #[test]
     fn presence_and_sequence_are_kept_and_forgotten_apart() {
         let mut k = Known::default();
-        k.set_sequence("u1", "0002");
+        k.set_sequence(&id("u1"), "0002");
         assert!(!k.has_presence("u1"));
-        k.set_presence("u1", &p("Away", "Away"));
+        k.set_presence(&id("u1"), &p("Away", "Away"));
         assert_eq!(k.sequence("u1"), Some("0002"));
         k.forget_presence("u1");
         assert_eq!((k.presence("u1"), k.sequence("u1")), (None, Some("0002")));
-        k.set_presence("u1", &p("Away", "Away"));
+        k.set_presence(&id("u1"), &p("Away", "Away"));
         k.forget("u1");
         assert_eq!((k.presence("u1"), k.sequence("u1")), (None, None));
         k.reserve_for(1000);

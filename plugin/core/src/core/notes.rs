@@ -231,7 +231,7 @@ impl Core {
     }
 
     fn take_absence(&mut self, ev: AbsenceEvent) -> Result<(), AbsenceError> {
-        let Some(ms) = self.mapping.by_switchboard.get(&ev.user_id).cloned() else {
+        let Some(ms) = self.mapping.by_switchboard.get(ev.user_id.as_str()).map(|m| m.to_string()) else {
             return Err(AbsenceError::UnmappedUser(ev.user_id));
         };
         if self.applied.teams_only.contains(&ms) {

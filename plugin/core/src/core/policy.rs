@@ -75,9 +75,9 @@ fn entry_set(list: &[String]) -> HashSet<String> {
 /// A user's names as the lists may give them: object id, mail, UPN, `smtp:` aliases.
 fn names_of(u: &GraphUser) -> impl Iterator<Item = String> + '_ {
     std::iter::once(u.id.to_lowercase())
-        .chain(u.mail.iter().map(|m| m.trim().to_lowercase()))
-        .chain(u.user_principal_name.iter().map(|m| m.trim().to_lowercase()))
-        .chain(u.proxy_addresses.iter().filter_map(|p| {
+        .chain(u.mail().map(|m| m.trim().to_lowercase()))
+        .chain(u.user_principal_name().map(|m| m.trim().to_lowercase()))
+        .chain(u.proxy_addresses().filter_map(|p| {
             p.get(..5).filter(|s| s.eq_ignore_ascii_case("smtp:")).map(|_| p[5..].trim().to_lowercase())
         }))
 }
@@ -291,21 +291,21 @@ impl Core {
 
     /// Drops the pairs outside the policy's scope from a freshly built `mapping` and notes
     /// who is pushed to (see [`Applied`]). `switchboard` is every switchboard user.
-    pub(super) fn apply_scope(&mut self, mapping: &mut Mapping, switchboard: &[SwitchboardUser]) {
+    pub(super) fn apply_scope(&mut self, mapping: &mut Mapping, switchboard: &[mapping::SbUser]) {
         let excluded = entry_set(&self.policy.excluded_users);
         let teams_only = entry_set(&self.policy.teams_to_switchboard_only);
-        let mut named_excluded: HashSet<String> = HashSet::new();
-        let mut named_teams_only: HashSet<String> = HashSet::new();
+        let mut named_excluded: HashSet<&str> = HashSet::new();
+        let mut named_teams_only: HashSet<&str> = HashSet::new();
         let mut seen: HashSet<String> = HashSet::new();
         if !excluded.is_empty() || !teams_only.is_empty() {
             for u in self.dir.users.as_deref().unwrap_or_default() {
                 for n in names_of(u) {
                     if excluded.contains(&n) {
-                        named_excluded.insert(u.id.clone());
+                        named_excluded.insert(&*u.id);
                         seen.insert(n.clone());
                     }
                     if teams_only.contains(&n) {
-                        named_teams_only.insert(u.id.clone());
+                        named_teams_only.insert(&*u.id);
                         seen.insert(n);
                     }
                 }
@@ -327,16 +327,16 @@ impl Core {
         let mut out = Vec::new();
         for (ms, sb) in &mapping.by_microsoft {
             let sb_l = sb.to_lowercase();
-            if named_excluded.contains(ms) || excluded.contains(&sb_l) {
+            if named_excluded.contains(&**ms) || excluded.contains(&sb_l) {
                 applied.excluded += 1;
                 out.push(ms.clone());
-            } else if members.is_some_and(|m| !m.contains(ms)) {
+            } else if members.is_some_and(|m| !m.contains(&**ms)) {
                 applied.outside_groups += 1;
                 out.push(ms.clone());
             } else {
                 applied.in_scope += 1;
-                if named_teams_only.contains(ms) || teams_only.contains(&sb_l) {
-                    applied.teams_only.insert(ms.clone());
+                if named_teams_only.contains(&**ms) || teams_only.contains(&sb_l) {
+                    applied.teams_only.insert(ms.to_string());
                 }
             }
         }
@@ -523,8 +523,8 @@ impl Core {
         let wanted: HashSet<&str> = in_call.iter().map(|(ms, _)| ms.as_str()).collect();
         let mut names: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for u in self.dir.users.as_deref().unwrap_or_default() {
-            if wanted.contains(u.id.as_str()) {
-                names.insert(u.id.as_str(), names_of(u).collect());
+            if wanted.contains(&*u.id) {
+                names.insert(&*u.id, names_of(u).collect());
             }
         }
         let excluded = entry_set(&proposed.excluded_users);
@@ -575,7 +575,13 @@ impl Core {
                 }
                 (what, why)
             };
-            out.push(DryRunEntry { user_id: sb.clone(), microsoft_user_id: ms.clone(), now: now_shows, after, reason });
+            out.push(DryRunEntry {
+                user_id: sb.to_string(),
+                microsoft_user_id: ms.to_string(),
+                now: now_shows,
+                after,
+                reason,
+            });
         }
         Ok(out)
     }

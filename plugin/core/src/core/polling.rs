@@ -71,11 +71,11 @@ impl Core {
             return;
         }
         let Some(token) = self.app_token.access(now).map(str::to_owned) else { return };
-        let ids: Vec<String> = match &after {
+        let ids: Vec<Id> = match &after {
             Some(a) => self
                 .shards
                 .uncovered_users()
-                .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                .range::<str, _>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded))
                 .take(MAX_IDS_PER_PRESENCE_READ)
                 .cloned()
                 .collect(),
@@ -90,7 +90,7 @@ impl Core {
         self.presence_budget.take(now, 1);
         let body = serde_json::json!({ "ids": ids });
         let url = format!("{}/v1.0/communications/getPresencesByUserId", settings.graph_base_url);
-        self.start(Pending::Poll(last), request("POST", &url, &token, Some(body)));
+        self.start(Pending::Poll(last.to_string()), request("POST", &url, &token, Some(body)));
     }
 
     /// A polled presence: published when it changed (a round every few seconds must not
@@ -101,11 +101,11 @@ impl Core {
             self.apply_presence(p, PresenceOrigin::Snapshot, now);
             return;
         }
-        if let Some(sb) = self.mapping.by_microsoft.get(&p.id).cloned() {
-            self.apply_note(&p.id, &sb, p.status_message.take(), p.out_of_office_settings.take());
-        }
+        let Some((key, sb)) = self.mapping.by_microsoft.get_key_value(p.id.as_str()) else { return };
+        let (key, sb) = (key.clone(), sb.to_string());
+        self.apply_note(&p.id, &sb, p.status_message.take(), p.out_of_office_settings.take());
         if let Some(seq) = p.sequence_number {
-            self.known.set_sequence(&p.id, &seq);
+            self.known.set_sequence(&key, &seq);
         }
     }
 
@@ -156,7 +156,7 @@ impl Core {
                     let more = self
                         .shards
                         .uncovered_users()
-                        .range::<String, _>((std::ops::Bound::Excluded(&last), std::ops::Bound::Unbounded))
+                        .range::<str, _>((std::ops::Bound::Excluded(last.as_str()), std::ops::Bound::Unbounded))
                         .next()
                         .is_some();
                     if !more && let Some((started, _, _)) = self.poll.round.clone() {

@@ -85,7 +85,7 @@ impl Core {
         if self.passive.contains(&ev.user_id) {
             return Err(LineEventError::PassiveUser(ev.user_id));
         }
-        let Some(ms) = self.mapping.by_switchboard.get(&ev.user_id).cloned() else {
+        let Some(ms) = self.mapping.by_switchboard.get(ev.user_id.as_str()).map(|m| m.to_string()) else {
             return Err(LineEventError::UnmappedUser(ev.user_id));
         };
         // A user whose calls are never pushed (the policy's Teams to switchboard only) is

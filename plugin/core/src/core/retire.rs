@@ -40,7 +40,7 @@ impl Core {
                 self.trash.placed(job.placed);
             }
             for sb in self.mapping.by_switchboard.keys() {
-                self.effects.push(Effect::Withdraw(sb.clone()));
+                self.effects.push(Effect::Withdraw(sb.to_string()));
             }
             self.retire_withdrawn = self.mapping.by_switchboard.len() as u32;
             self.count_n("presence.withdrawn", self.retire_withdrawn as usize);

@@ -14,7 +14,7 @@ impl Core {
         settings: &Settings,
         slot: usize,
         client_state: String,
-        members: BTreeSet<String>,
+        members: BTreeSet<Id>,
         outcome: Result<HttpResponse, HttpError>,
         now: u64,
         jitter: u8,

@@ -182,14 +182,14 @@ impl Core {
             _ => mapping::DEFAULT_ORDER.to_vec(),
         };
         Lookup {
-            ms: self.dir.users.iter().flatten().map(|u| (u.id.as_str(), u)).collect(),
+            ms: self.dir.users.iter().flatten().map(|u| (&*u.id, u)).collect(),
             overridden: self.effective_overrides().into_iter().map(|o| o.switchboard_user_id).collect(),
             conflict_ids,
             conflict_emails,
             order,
             read: self.dir.users.is_some(),
             slot: (0..self.shards.slots())
-                .flat_map(|i| self.shards.members(i).iter().map(move |m| (m.as_str(), i)))
+                .flat_map(|i| self.shards.members(i).iter().map(move |m| (&**m, i)))
                 .collect(),
         }
     }
@@ -197,7 +197,7 @@ impl Core {
     /// How `sb` was matched (needs its Microsoft user's addresses), or why not; the cheap
     /// part first: only what `need_how` asks costs the Microsoft user's addresses.
     fn classify<'a>(&'a self, l: &Lookup<'a>, sb: &'a SwitchboardUser, need_how: bool) -> Class<'a> {
-        let ms_id = self.mapping.by_switchboard.get(&sb.id).map(String::as_str);
+        let ms_id = self.mapping.by_switchboard.get(sb.id.as_str()).map(|m| &**m);
         let emails = || sb.emails.iter().map(|e| mapping::normalise(e)).filter(|e| !e.is_empty());
         let conflict = l.conflict_ids.get(sb.id.as_str()).map(|e| e.to_string()).or_else(|| {
             if l.conflict_emails.is_empty() {
@@ -219,13 +219,13 @@ impl Core {
             Some(id) if need_how => l.ms.get(id).and_then(|ms| {
                 let emails: Vec<String> = emails().collect();
                 let has = |src: MatchSource| match src {
-                    MatchSource::Mail => ms.mail.as_deref().is_some_and(|m| emails.contains(&mapping::normalise(m))),
-                    MatchSource::ProxyAddresses => ms.proxy_addresses.iter().any(|p| {
+                    MatchSource::Mail => ms.mail().is_some_and(|m| emails.contains(&mapping::normalise(m))),
+                    MatchSource::ProxyAddresses => ms.proxy_addresses().any(|p| {
                         p.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("smtp:"))
                             && emails.contains(&mapping::normalise(&p[5..]))
                     }),
                     MatchSource::Upn => {
-                        ms.user_principal_name.as_deref().is_some_and(|u| emails.contains(&mapping::normalise(u)))
+                        ms.user_principal_name().is_some_and(|u| emails.contains(&mapping::normalise(u)))
                     }
                 };
                 l.order.iter().copied().find(|s| has(*s)).map(|s| match s {
@@ -249,7 +249,7 @@ impl Core {
             emails: c.sb.emails.clone(),
             active: c.sb.active,
             microsoft_user_id: c.ms_id.map(str::to_string),
-            microsoft_user: ms.and_then(|m| m.user_principal_name.clone().or_else(|| m.mail.clone())),
+            microsoft_user: ms.and_then(|m| m.user_principal_name().or(m.mail()).map(String::from)),
             matched_by: c.matched_by,
             unmatched: c.unmatched,
             presence: c.ms_id.and_then(|id| self.known.presence(id)),
@@ -283,8 +283,8 @@ impl Core {
                     .into_iter()
                     .flatten()
                     .chain(sb.emails.iter().map(String::as_str))
-                    .chain(ms.and_then(|m| m.user_principal_name.as_deref()))
-                    .chain(ms.and_then(|m| m.mail.as_deref()))
+                    .chain(ms.and_then(|m| m.user_principal_name()))
+                    .chain(ms.and_then(|m| m.mail()))
                     .any(|t| t.to_lowercase().contains(&needle))
             };
             if wanted && found {
