@@ -173,3 +173,44 @@ users = [{ username = "sync@contoso.com", password = "pw-secret" }]
     assert!(msg.contains("neither a GUID nor a domain"), "{msg}");
     assert!(!msg.contains("top-secret-value") && !msg.contains("pw-secret"));
 }
+
+/// JSON nested as deep as a parser takes it (serde_json stops at 128 levels), where the
+/// plugin reads it: in an item, in a validation token's claims, and past the limit. The plugin
+/// runs on a small stack (`plugin/component/build.rs`): this is its worst case on the public
+/// path, and it costs no trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_costs_no_trap() {
+    let t = synced(10).await;
+    let sub = t.emulator.subscriptions()[0].id.clone();
+    let user = t.ms_user(0);
+    let url = t.notification_url();
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let nested_value = |depth: usize| -> serde_json::Value { serde_json::from_str(&nested(depth)).unwrap() };
+    // In a genuine item: fields the plugin does not read are skipped, the item is taken.
+    let mut item = t.emulator.notification_for(&sub, &user, "Away", "Away").unwrap();
+    item["extra"] = nested_value(120);
+    item["resourceData"] = nested_value(120);
+    let body = t.emulator.batch_body(&sub, vec![item]);
+    assert_eq!(post(&url, "application/json", body.to_string().into_bytes()).await.0, 202);
+    // In the token's claims (its signature no longer matches them): the batch is refused.
+    use base64::Engine as _;
+    let item = t.emulator.notification_for(&sub, &user, "Busy", "Busy").unwrap();
+    let mut body = t.emulator.batch_body(&sub, vec![item]);
+    let token = body["validationTokens"][0].as_str().unwrap().to_string();
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({ "aud": nested_value(120) }).to_string());
+    body["validationTokens"] = json!([parts.join(".")]);
+    assert_eq!(post(&url, "application/json", body.to_string().into_bytes()).await.0, 202);
+    // An item nested past the limit: malformed (Graph gets 202; the item is dropped).
+    let deep = format!("{{\"value\": [{}]}}", nested(200));
+    assert_eq!(post(&url, "application/json", deep.into_bytes()).await.0, 202);
+
+    let s = t.wait_status(EVENTUALLY, |s| s.counters.get("inbox.processed").copied().unwrap_or(0) >= 3).await;
+    assert_eq!(s.traps, 0, "{:?}", s.last_trap);
+    assert_eq!(s.state, "ok");
+    assert_eq!(counter(&s, "notifications.accepted"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "rejected.validation-token"), 1, "{:?}", s.counters);
+    assert_eq!(counter(&s, "rejected.malformed"), 1, "{:?}", s.counters);
+    let shown = t.wait_until(EVENTUALLY, || t.switchboard.shown("sb-00000").is_some_and(|s| s.activity == "Away"));
+    assert!(shown.await, "the genuine item was not shown");
+}
