@@ -13,6 +13,9 @@ pub(crate) struct MemoryFigures {
     pub(crate) peak_rss: u64,
     /// Linear memory of each instance, in bytes.
     pub(crate) linear: Vec<u64>,
+    /// With one integration: its linear memory after a full resync ("Sync now"; the daily
+    /// one is the same) was done and its mapping rebuilt, in bytes.
+    pub(crate) after_resync: Option<u64>,
     /// Seconds from starting the process until every user was synced.
     pub(crate) sync_secs: f64,
 }
@@ -143,7 +146,36 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
         .as_array()
         .map(|a| a.iter().map(|i| i["linear_memory_bytes"].as_u64().unwrap_or(0)).collect())
         .unwrap_or_default();
+    // A full resync reads the whole directory again beside the one in use and rebuilds the
+    // mapping while the old one stays in effect: the instance's other peak.
+    let after_resync = if integrations == 1 {
+        let counter = |v: &serde_json::Value, name: &str| v["integrations"][0]["counters"][name].as_u64().unwrap_or(0);
+        let builds = counter(&status, "mapping.builds");
+        let r = client.post(format!("http://{admin}/integrations/tenant0/sync-now")).send().await?;
+        anyhow::ensure!(r.status().is_success(), "sync-now: {}", r.status());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let got = client.get(format!("http://{admin}/status")).send().await;
+            if let Ok(r) = got
+                && let Ok(text) = r.text().await
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && counter(&v, "directory.full-resyncs") >= 2
+                && counter(&v, "mapping.builds") > builds
+                && synced(&v)
+            {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the full resync never completed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let text = client.get(format!("http://{admin}/status")).send().await?.text().await?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["integrations"][0]["linear_memory_bytes"].as_u64()
+    } else {
+        None
+    };
     child.kill().await?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(MemoryFigures { rss, peak_rss, linear, sync_secs })
+    Ok(MemoryFigures { rss, peak_rss, linear, after_resync, sync_secs })
 }

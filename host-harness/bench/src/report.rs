@@ -553,14 +553,15 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         )?;
         writeln!(
             md,
-            "| integrations × users | seconds to every user synced | host RSS MiB | host peak RSS MiB | linear memory per instance MiB (max) | linear memory, all instances MiB |"
+            "| integrations × users | seconds to every user synced | host RSS MiB | host peak RSS MiB | linear memory per instance MiB (max) | linear memory, all instances MiB | linear memory after a full resync MiB |"
         )?;
-        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
         let mib = |b: f64| b / (1024.0 * 1024.0);
         let mut cases: Vec<(usize, usize)> = opts.memory_sizes.iter().map(|&n| (1, n)).collect();
         cases.push(opts.memory_fleet);
         for (integrations, users) in cases {
             let (mut secs, mut rss, mut peak, mut per, mut all) = (vec![], vec![], vec![], vec![], vec![]);
+            let mut resync = vec![];
             for _ in 0..opts.runs {
                 let m = memory(integrations, users).await?;
                 secs.push(m.sync_secs);
@@ -568,16 +569,21 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
                 peak.push(m.peak_rss as f64);
                 per.push(m.linear.iter().copied().max().unwrap_or(0) as f64);
                 all.push(m.linear.iter().sum::<u64>() as f64);
+                resync.extend(m.after_resync.map(|b| b as f64));
             }
             let per = mib(median(per));
+            let resync = (!resync.is_empty()).then(|| mib(median(resync)));
             writeln!(
                 md,
-                "| {integrations} × {users} | {:.2} | {:.1} | {:.1} | {per:.1} | {:.1} |",
+                "| {integrations} × {users} | {:.2} | {:.1} | {:.1} | {per:.1} | {:.1} | {} |",
                 median(secs),
                 mib(median(rss)),
                 mib(median(peak)),
-                mib(median(all))
+                mib(median(all)),
+                resync.map_or("".into(), |r| format!("{r:.1}"))
             )?;
+            // Linear memory never shrinks: the instance holds the larger of its two peaks.
+            let per = resync.map_or(per, |r| per.max(r));
             let bound = match (integrations, users) {
                 (1, 10_000) => Some(8.0),
                 (1, 100_000) => Some(64.0),
@@ -585,7 +591,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
             };
             if let Some(bound) = bound {
                 goals.push((
-                    format!("{users} users: linear memory of the instance under {bound} MiB"),
+                    format!("{users} users: linear memory of the instance under {bound} MiB, after the first sync and after a full resync"),
                     format!("{per:.1} MiB"),
                     per < bound,
                 ));
@@ -593,7 +599,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         }
         writeln!(
             md,
-            "\nLinear memory never shrinks: it is the instance's peak, which the first sync's transient data (directory pages, the mapping's indexes, the stored directory's chunks) sets above what the steady state holds."
+            "\nLinear memory never shrinks: it is the instance's peak so far. Two moments set it: the first sync (directory pages, the mapping's indexes, the stored directory's chunks) and a full resync (\"Sync now\", or the daily one: the directory read again beside the one in use, and the mapping rebuilt while the old one stays in effect), measured after the first. The goal counts the larger."
         )?;
     }
     if opts.wants("fleet") {

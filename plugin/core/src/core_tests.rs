@@ -677,7 +677,9 @@ fn a_subscription_for_another_webhook_url_is_replaced_and_counters_survive_a_new
     }
     let (mut core, mut env2) = restarted_on_another_url(&env);
     for (k, n) in &before {
-        assert_eq!(core.status(&env2).counters.iter().find(|(x, _)| x == k).map(|(_, v)| *v), Some(*n), "{k}");
+        // The new instance built its mapping once more, from the stored directory.
+        let n = if k == "mapping.builds" { n + 1 } else { *n };
+        assert_eq!(core.status(&env2).counters.iter().find(|(x, _)| x == k).map(|(_, v)| *v), Some(n), "{k}");
     }
     let (mut deleted, mut created) = (false, None);
     let mut effects = core.take_effects();

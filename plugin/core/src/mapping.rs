@@ -259,15 +259,20 @@ impl SwitchboardLoad {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
-    /// Adds a page.
-    pub fn add(&mut self, page: Vec<SwitchboardUser>) {
+    /// Adds a page; a user `mapped` already keeps the id string the mapping holds.
+    pub fn add(&mut self, page: Vec<SwitchboardUser>, mapped: &BTreeMap<Id, Id>) {
         for u in page {
             let hash = id_hash(&u.id);
             if self.ids.under(hash).iter().any(|&j| *self.users[j as usize].id == *u.id) {
                 continue;
             }
             self.ids.insert(hash, self.users.len() as u32);
-            self.users.push(u.into());
+            let known = mapped.get_key_value(u.id.as_str()).map(|(k, _)| k.clone());
+            let mut sb = SbUser::from(u);
+            if let Some(k) = known {
+                sb.id = k;
+            }
+            self.users.push(sb);
         }
     }
     /// The users read.

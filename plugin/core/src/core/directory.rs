@@ -371,7 +371,14 @@ impl Core {
         let next = match self.dir.fetching.as_mut() {
             Some(DirFetch::Full { users, .. }) => {
                 let page = serde_json::from_slice::<Page<GraphUser>>(&r.body).map_err(|e| malformed(e.to_string()))?;
-                users.extend(page.value);
+                // A user mapped already keeps the id string the mapping (and the rest) holds:
+                // a full resync does not make a second copy of every id.
+                users.extend(page.value.into_iter().map(|mut u| {
+                    if let Some((k, _)) = self.mapping.by_microsoft.get_key_value(&*u.id) {
+                        u.id = k.clone();
+                    }
+                    u
+                }));
                 page.next_link
             }
             Some(DirFetch::Delta { changes }) => {
@@ -396,7 +403,12 @@ impl Core {
                     (Some(n), _) => Some(n),
                     (None, Some(d)) => {
                         check_link(settings, &d).map_err(malformed)?;
-                        self.dir.fetching = Some(DirFetch::Full { users: Vec::new(), anchor: d });
+                        // Sized for the directory in use (and some growth) at once: grown a
+                        // doubling at a time, each smaller buffer left a hole the instance's
+                        // memory keeps.
+                        let n = self.dir.users.as_ref().map_or(0, Vec::len);
+                        let users = Vec::with_capacity(n + n / 16);
+                        self.dir.fetching = Some(DirFetch::Full { users, anchor: d });
                         Some(format!("{}/v1.0/users?$select={USER_SELECT}&$top=999", settings.graph_base_url))
                     }
                     (None, None) => return Err(malformed("a page with neither nextLink nor deltaLink".into())),

@@ -76,6 +76,19 @@ fn footprint() {
         last = std::time::Instant::now();
     });
     assert_eq!(published.len() + env.published_uncounted, users);
+    let first = (NOW.load(Relaxed), PEAK.load(Relaxed));
+    // A full resync (daily, or "Sync now"): the new directory is read beside the old one.
+    PEAK.store(NOW.load(Relaxed), Relaxed);
+    core.sync_now(&mut env);
+    let effects = core.take_effects();
+    run_graph(&mut core, &mut env, users, effects);
+    eprintln!(
+        "{users} users, first sync: heap {:.1} MiB, peak {:.1} MiB; after a full resync: heap {:.1} MiB, its peak {:.1} MiB",
+        mib(first.0, base),
+        mib(first.1, base),
+        mib(NOW.load(Relaxed), base),
+        mib(PEAK.load(Relaxed), base)
+    );
     calls.sort_by(|a, b| b.0.total_cmp(&a.0));
     eprintln!(
         "{users} users: heap {:.1} MiB, peak {:.1} MiB (call {} of {}); slowest calls (ms, call): {:?}",
