@@ -81,7 +81,17 @@ fn footprint() {
     PEAK.store(NOW.load(Relaxed), Relaxed);
     core.sync_now(&mut env);
     let effects = core.take_effects();
-    run_graph(&mut core, &mut env, users, effects);
+    let mut k = 0;
+    run_graph_observed(&mut core, &mut env, users, effects, &mut |_, _| {
+        k += 1;
+        if trace && k % 10 == 0 {
+            eprintln!(
+                "resync call {k}: {:.1} MiB, peak {:.1} MiB",
+                mib(NOW.load(Relaxed), base),
+                mib(PEAK.load(Relaxed), base)
+            );
+        }
+    });
     eprintln!(
         "{users} users, first sync: heap {:.1} MiB, peak {:.1} MiB; after a full resync: heap {:.1} MiB, its peak {:.1} MiB",
         mib(first.0, base),
