@@ -462,7 +462,6 @@ impl Scenario {
 
     /// Waits until every one of the first `users` switchboard users shows the emulator's truth.
     ///
-    ///
     /// At each change it checks users in order only up to the first that does not match yet
     /// (so that a wait for 100,000 users costs about one check per user, not a core taken
     /// from the host it measures); past the last, every user is checked again, and the wait
@@ -494,9 +493,8 @@ impl Scenario {
     fn shows_truth(&self, i: usize) -> bool {
         let Some(shown) = self.switchboard.shown(&format!("sb-{i:05}")) else { return false };
         self.emulator
-            .truth_at(&self.seed.tenant_id, &[i])
-            .first()
-            .is_some_and(|(_, want)| shown.availability == want.0 && shown.activity == want.1)
+            .truth_at(&self.seed.tenant_id, i)
+            .is_some_and(|want| shown.availability == want.0 && shown.activity == want.1)
     }
 
     /// Waits until nothing is on its way, then returns the status: every notification the

@@ -420,13 +420,13 @@ impl Emulator {
         (s.queued.load(Ordering::SeqCst), done)
     }
 
-    /// The current aggregated presence of the users at `indexes` (in seeding order) of
-    /// `tenant`: (id, (availability, activity)), one for each index that exists.
-    pub fn truth_at(&self, tenant: &str, indexes: &[usize]) -> Vec<(String, (String, String))> {
+    /// The current aggregated presence (availability, activity) of the user at `index` (in
+    /// seeding order) of `tenant`, if there is one.
+    pub fn truth_at(&self, tenant: &str, index: usize) -> Option<(String, String)> {
         let now = self.inner.clock.now_ms();
         let w = self.inner.world.lock().unwrap();
-        let Some(t) = w.tenant_key(tenant).and_then(|k| w.tenants.get(&k)) else { return vec![] };
-        indexes.iter().filter_map(|&i| t.users.get(i)).map(|u| (u.id.clone(), u.aggregate(now))).collect()
+        let t = w.tenant_key(tenant).and_then(|k| w.tenants.get(&k))?;
+        t.users.get(index).map(|u| u.aggregate(now))
     }
 
     /// Every user's current aggregated presence in `tenant`: id → (availability, activity).

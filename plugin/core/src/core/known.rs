@@ -103,14 +103,16 @@ impl Known {
         Some(self.users.get(ms)?.presence.as_ref()?.pair().0)
     }
 
-    pub(super) fn set_presence(&mut self, ms: &Id, p: &TeamsPresence) {
-        let w = Words::of(p);
-        match self.users.get_mut(&**ms) {
-            Some(s) => s.presence = Some(w),
-            None => {
-                self.users.insert(ms.clone(), Seen { presence: Some(w), sequence: None });
-            }
+    /// `ms`'s record, made when it has none (the key cloned only then).
+    fn record(&mut self, ms: &Id) -> &mut Seen {
+        if !self.users.contains_key(&**ms) {
+            self.users.insert(ms.clone(), Seen::default());
         }
+        self.users.get_mut(&**ms).expect("just made")
+    }
+
+    pub(super) fn set_presence(&mut self, ms: &Id, p: &TeamsPresence) {
+        self.record(ms).presence = Some(Words::of(p));
     }
 
     /// Forgets `ms`'s presence (its sequence number stays).
@@ -127,12 +129,7 @@ impl Known {
     }
 
     pub(super) fn set_sequence(&mut self, ms: &Id, seq: &str) {
-        match self.users.get_mut(&**ms) {
-            Some(s) => s.sequence = Some(seq.into()),
-            None => {
-                self.users.insert(ms.clone(), Seen { presence: None, sequence: Some(seq.into()) });
-            }
-        }
+        self.record(ms).sequence = Some(seq.into());
     }
 
     /// Forgets all of `ms`.

@@ -1175,8 +1175,10 @@ impl Core {
     }
 
     fn apply_presence(&mut self, p: GraphPresence, origin: PresenceOrigin, now: u64) -> bool {
-        // The mapping's own string, shared (see `mapping::Id`).
-        let key: Id = match self.mapping.by_microsoft.get_key_value(p.id.as_str()) {
+        // One lookup: the mapping's own id string (shared, see `mapping::Id`) and the user's
+        // switchboard user.
+        let mapped = self.mapping.by_microsoft.get_key_value(p.id.as_str()).map(|(k, sb)| (k.clone(), sb.to_string()));
+        let key: Id = match &mapped {
             Some((k, _)) => k.clone(),
             None => p.id.as_str().into(),
         };
@@ -1194,7 +1196,7 @@ impl Core {
                 }
             }
         }
-        let Some(sb) = self.mapping.by_microsoft.get(p.id.as_str()).map(|sb| sb.to_string()) else {
+        let Some((_, sb)) = mapped else {
             self.count("rejected.unmapped");
             return false;
         };
