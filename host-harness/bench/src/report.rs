@@ -599,7 +599,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         }
         writeln!(
             md,
-            "\nLinear memory never shrinks: it is the instance's peak so far. Two moments set it: the first sync (directory pages, the mapping's indexes, the stored directory's chunks) and a full resync (\"Sync now\", or the daily one: the directory read again beside the one in use, and the mapping rebuilt while the old one stays in effect), measured after the first. The goal counts the larger."
+            "\nLinear memory never shrinks: it is the instance's peak so far. Two moments set it: the first sync (directory pages, the mapping's indexes, the stored directory's chunks) and a full resync that finds the directory changed (\"Sync now\" after 1 % of the users swapped their addresses in pairs: the directory read again and compared with the one in use, and the mapping rebuilt while the old one stays in effect), measured after the first. The goal counts the larger."
         )?;
     }
     if opts.wants("fleet") {

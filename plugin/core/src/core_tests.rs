@@ -1771,6 +1771,87 @@ fn a_large_directory_is_matched_in_steps_and_the_old_mapping_holds_meanwhile() {
     assert!(ticks >= 1, "it took more than the call that started it");
 }
 
+/// Answers a full resync's directory requests with `pages` (each after the first linked from
+/// the one before), then runs the rest as Graph would.
+fn resync_with(core: &mut Core, env: &mut FakeEnv, pages: Vec<Vec<serde_json::Value>>) {
+    core.sync_now(env);
+    let mut effects = core.take_effects();
+    let mut served = 0;
+    loop {
+        let reqs: Vec<_> = requests(&effects).into_iter().filter(|(_, r)| r.url.contains("/v1.0/users")).collect();
+        if reqs.is_empty() {
+            break;
+        }
+        for (id, r) in reqs {
+            let resp = if r.url.contains("/users/delta") {
+                directory_answer(&r, vec![])
+            } else {
+                let mut page = serde_json::json!({ "value": pages[served] });
+                served += 1;
+                if served < pages.len() {
+                    page["@odata.nextLink"] = format!("https://graph.test/v1.0/users?$skiptoken=p{served}").into();
+                }
+                ok(200, page)
+            };
+            core.on_http_response(env, id, resp);
+        }
+        effects = core.take_effects();
+    }
+    assert_eq!(served, pages.len(), "every page was asked for");
+    run_graph(core, env, 0, effects);
+}
+
+#[test]
+fn a_full_resync_changes_only_what_differs_and_an_unchanged_directory_is_left_as_it_is() {
+    // A switchboard that keeps a change counter: the mapping is rebuilt only for a change.
+    let mut env = env(5);
+    env.revision = 7;
+    let mut core = Core::new();
+    core.configure(&mut env, settings(1)).unwrap();
+    let effects = core.take_effects();
+    run_graph(&mut core, &mut env, 5, effects);
+    assert_eq!(core.status(&env).mapped_users, 5);
+    assert_eq!(counter(&core, &env, "mapping.builds"), 1);
+    let user = |i: usize, mail: &str| serde_json::json!({"id": ms_id(i), "mail": mail});
+    let same: Vec<_> = (0..5).map(|i| user(i, &format!("U{i}@x.com"))).collect();
+
+    // The same users, in other pages and order: nothing is written, nothing rebuilt.
+    let logged = env.log.len();
+    let mut shuffled = same.clone();
+    shuffled.reverse();
+    resync_with(&mut core, &mut env, vec![shuffled[..2].to_vec(), shuffled[2..].to_vec()]);
+    assert_eq!(counter(&core, &env, "directory.full-resyncs"), 2);
+    assert_eq!(counter(&core, &env, "directory.full-resyncs-unchanged"), 1);
+    assert_eq!(counter(&core, &env, "mapping.builds"), 1, "not rebuilt");
+    let wrote_users = |log: &[Effect]| {
+        log.iter().any(|e| matches!(e, Effect::Store { key, value: Some(_) } if key.starts_with("v2/directory")))
+    };
+    assert!(!wrote_users(&env.log[logged..]), "the unchanged directory is not written again");
+
+    // User 1 changes its mail (no longer matched), user 3 is gone, user 2 is read twice (it
+    // moved between pages), user 8 is new: only that changes.
+    let logged = env.log.len();
+    let pages = vec![
+        vec![user(0, "U0@x.com"), user(1, "changed@x.com"), user(2, "U2@x.com")],
+        vec![user(8, "nobody@x.com"), user(2, "U2@x.com"), user(4, "U4@x.com")],
+    ];
+    resync_with(&mut core, &mut env, pages);
+    assert_eq!(counter(&core, &env, "directory.full-resyncs-unchanged"), 1);
+    assert_eq!(counter(&core, &env, "mapping.builds"), 2);
+    let s = core.status(&env);
+    assert_eq!(s.mapped_users, 3, "users 0, 2 and 4");
+    assert!(wrote_users(&env.log[logged..]), "the changed directory is written");
+    let head: serde_json::Value = serde_json::from_slice(&env.stored["v2/directory"]).unwrap();
+    assert_eq!(head["users"], 5, "0, 1, 2, 4 and 8: {head}");
+    // What was written comes back as the directory after a restart.
+    let mut again = Core::new();
+    again.configure(&mut env, settings(1)).unwrap();
+    let effects = again.take_effects();
+    run_graph(&mut again, &mut env, 0, effects);
+    assert_eq!(again.status(&env).mapped_users, 3);
+    assert_eq!(again.status(&env).microsoft_users, 5);
+}
+
 #[test]
 fn a_removed_integration_users_stored_subscription_is_deleted_at_restore() {
     let (_, mut env, _) = synced(700, 2);

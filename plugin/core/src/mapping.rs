@@ -177,28 +177,38 @@ pub fn build_with(
     }
 }
 
-/// Indexes of the users that carry an address, by the address's [`address_hash`]: the index
-/// holds no copy of any address (at 100,000 users, copies of every address, alias and UPN were
-/// the largest part of a build). Users under one hash are distinct, in insertion order; a
-/// lookup keeps only those that carry the address itself.
+/// Indexes of the users that carry an address, by the address's [`address_hash`] folded to
+/// 32 bits: the index holds no copy of any address (at 100,000 users, copies of every address,
+/// alias and UPN were the largest part of a build). Users under one hash are distinct, in
+/// insertion order; a lookup keeps only those that carry the address itself, so a shared
+/// hash costs a comparison, never a wrong match.
 ///
-/// An entry is 12 bytes: the hash and one user, or (with [`MANY`] set) the position of the
-/// list of users in `many`, for the rare hash that several users share.
+/// An entry is 8 bytes: the folded hash and one user, or (with [`MANY`] set) the position of
+/// the list of users in `many`, for the rare hash that several users share.
 #[derive(Debug, Default)]
-struct Index {
-    one: HashMap<u64, u32>,
+pub(crate) struct Index {
+    one: HashMap<u32, u32>,
     many: Vec<Vec<u32>>,
 }
 
 /// Marks an [`Index`] entry that points into `many`.
 const MANY: u32 = 1 << 31;
 
+/// A 64-bit hash folded to an [`Index`] key.
+fn fold(hash: u64) -> u32 {
+    (hash >> 32) as u32 ^ hash as u32
+}
+
 impl Index {
+    /// An index with room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Index {
+        Index { one: HashMap::with_capacity(n), many: Vec::new() }
+    }
     /// Adds user `i` (below 2^31) under `hash` (once).
-    fn insert(&mut self, hash: u64, i: u32) {
-        match self.one.get_mut(&hash) {
+    pub(crate) fn insert(&mut self, hash: u64, i: u32) {
+        match self.one.get_mut(&fold(hash)) {
             None => {
-                self.one.insert(hash, i);
+                self.one.insert(fold(hash), i);
             }
             Some(v) if *v & MANY != 0 => {
                 let list = &mut self.many[(*v & !MANY) as usize];
@@ -214,8 +224,8 @@ impl Index {
         }
     }
     /// The users under `hash`.
-    fn under(&self, hash: u64) -> &[u32] {
-        match self.one.get(&hash) {
+    pub(crate) fn under(&self, hash: u64) -> &[u32] {
+        match self.one.get(&fold(hash)) {
             None => &[],
             Some(v) if *v & MANY != 0 => &self.many[(*v & !MANY) as usize],
             Some(v) => std::slice::from_ref(v),
@@ -229,15 +239,28 @@ impl Index {
 pub struct SbUser {
     /// Switchboard user id.
     pub id: Id,
-    /// Its email addresses, as the switchboard gave them.
-    pub emails: Box<[Box<str>]>,
+    /// Its email addresses as the switchboard gave them, each after a NUL, in one allocation
+    /// (an address with a NUL in it, which nothing could match, is left out).
+    emails: Box<str>,
     /// Whether it is active.
     pub active: bool,
 }
 
+impl SbUser {
+    /// Its email addresses, as the switchboard gave them.
+    pub fn emails(&self) -> impl Iterator<Item = &str> {
+        self.emails.split('\0').skip(1)
+    }
+}
+
 impl From<SwitchboardUser> for SbUser {
     fn from(u: SwitchboardUser) -> Self {
-        SbUser { id: u.id.into(), emails: u.emails.into_iter().map(String::into_boxed_str).collect(), active: u.active }
+        let mut emails = String::with_capacity(u.emails.iter().map(|e| e.len() + 1).sum());
+        for e in u.emails.iter().filter(|e| !e.contains('\0')) {
+            emails.push('\0');
+            emails.push_str(e);
+        }
+        SbUser { id: u.id.into(), emails: emails.into_boxed_str(), active: u.active }
     }
 }
 
@@ -251,6 +274,10 @@ pub struct SwitchboardLoad {
 }
 
 impl SwitchboardLoad {
+    /// A load sized for `expected` users (as many as the last read had).
+    pub fn with_capacity(expected: usize) -> Self {
+        SwitchboardLoad { users: Vec::with_capacity(expected), ids: Index::with_capacity(expected) }
+    }
     /// Users read so far.
     pub fn len(&self) -> usize {
         self.users.len()
@@ -282,7 +309,8 @@ impl SwitchboardLoad {
     }
 }
 
-fn id_hash(id: &str) -> u64 {
+/// A 64-bit hash of a user id (fixed: SipHash with zero keys), for an [`Index`] of ids.
+pub(crate) fn id_hash(id: &str) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new();
@@ -308,7 +336,7 @@ fn smtp_alias(p: &str) -> Option<&str> {
 
 /// Whether switchboard user `u` carries `address` (normalised).
 fn sb_carries(u: &SbUser, address: &str) -> bool {
-    u.emails.iter().any(|e| is_address(e, address))
+    u.emails().any(|e| is_address(e, address))
 }
 
 /// Where a [`MappingBuild`] is.
@@ -373,7 +401,7 @@ impl MappingBuild {
         }
     }
 
-    /// The switchboard users the build matches.
+    /// The switchboard users the build matches (without their addresses once matched).
     pub fn switchboard(&self) -> &[SbUser] {
         &self.switchboard
     }
@@ -384,6 +412,15 @@ impl MappingBuild {
         loop {
             match self.phase {
                 Phase::Index(from) => {
+                    if from == 0 {
+                        // Sized at once: grown a doubling at a time, each smaller table would
+                        // be a hole the instance's memory keeps.
+                        let n = microsoft.len();
+                        self.by_mail = Index::with_capacity(n);
+                        self.by_alias = Index::with_capacity(n);
+                        self.by_upn = Index::with_capacity(n);
+                        self.sb_by_email = Index::with_capacity(self.switchboard.len());
+                    }
                     let to = microsoft.len().min(from.saturating_add(left));
                     for (i, u) in microsoft.iter().enumerate().take(to).skip(from) {
                         let i = i as u32;
@@ -403,7 +440,7 @@ impl MappingBuild {
                 Phase::Switchboard(from) => {
                     let to = self.switchboard.len().min(from.saturating_add(left));
                     for i in from..to {
-                        for e in &self.switchboard[i].emails {
+                        for e in self.switchboard[i].emails() {
                             if e.trim().is_empty() {
                                 continue;
                             }
@@ -451,6 +488,12 @@ impl MappingBuild {
                         }
                         // Stable: each user's claims stay in switchboard order.
                         self.claims.sort_by_key(|c| c.0);
+                        self.report_shared_claims();
+                        // Nothing reads an address past this point: they go before the
+                        // mapping grows (the switchboard's ids and flags stay).
+                        for u in &mut self.switchboard {
+                            u.emails = Box::default();
+                        }
                         self.phase = Phase::Claims(0);
                     } else {
                         self.phase = Phase::Match(to);
@@ -463,19 +506,12 @@ impl MappingBuild {
                     while at < end {
                         let ms = self.claims[at].0;
                         let n = self.claims[at..].iter().take_while(|c| c.0 == ms).count();
-                        let sbs = &self.claims[at..at + n];
-                        let ms_id = &microsoft[ms as usize].id;
+                        // A user claimed by several was reported when matching ended.
                         if n == 1 {
-                            let sb_id = self.switchboard[sbs[0].1 as usize].id.clone();
+                            let ms_id = &microsoft[ms as usize].id;
+                            let sb_id = self.switchboard[self.claims[at].1 as usize].id.clone();
                             self.mapping.by_microsoft.insert(ms_id.clone(), sb_id.clone());
                             self.mapping.by_switchboard.insert(sb_id, ms_id.clone());
-                        } else {
-                            let (_, sb, via) = sbs[0];
-                            self.conflicts.insert(Conflict {
-                                email: normalise(&self.switchboard[sb as usize].emails[via as usize]),
-                                kind: ConflictKind::SeveralSwitchboardUsers,
-                                candidates: sbs.iter().map(|c| self.switchboard[c.1 as usize].id.to_string()).collect(),
-                            });
                         }
                         at += n;
                     }
@@ -492,6 +528,26 @@ impl MappingBuild {
             if left == 0 {
                 return None;
             }
+        }
+    }
+
+    /// Reports each Microsoft user that several switchboard users claim (`claims` sorted by
+    /// Microsoft user): one pass over integers, in the call that ends the matching.
+    fn report_shared_claims(&mut self) {
+        let mut at = 0;
+        while at < self.claims.len() {
+            let ms = self.claims[at].0;
+            let n = self.claims[at..].iter().take_while(|c| c.0 == ms).count();
+            if n > 1 {
+                let sbs = &self.claims[at..at + n];
+                let (_, sb, via) = sbs[0];
+                self.conflicts.insert(Conflict {
+                    email: normalise(self.switchboard[sb as usize].emails().nth(via as usize).unwrap_or_default()),
+                    kind: ConflictKind::SeveralSwitchboardUsers,
+                    candidates: sbs.iter().map(|c| self.switchboard[c.1 as usize].id.to_string()).collect(),
+                });
+            }
+            at += n;
         }
     }
 
@@ -567,7 +623,7 @@ impl MappingBuild {
         let s = &self.switchboard[i as usize];
         let mut found: BTreeSet<u32> = BTreeSet::new();
         let mut via = 0;
-        for (k, e) in s.emails.iter().enumerate() {
+        for (k, e) in s.emails().enumerate() {
             let e = normalise(e);
             if e.is_empty() || self.sb_carriers(&e).nth(1).is_some() {
                 continue;
@@ -601,7 +657,7 @@ impl MappingBuild {
             self.claims.push((ms, i, via));
         } else if found.len() > 1 {
             self.conflicts.insert(Conflict {
-                email: s.emails.first().map(|e| normalise(e)).unwrap_or_default(),
+                email: s.emails().next().map(normalise).unwrap_or_default(),
                 kind: ConflictKind::SeveralMicrosoftUsers,
                 candidates: sorted(found.iter().map(|&i| &*microsoft[i as usize].id)),
             });
@@ -658,7 +714,6 @@ pub struct Trash {
     switchboard: Vec<SbUser>,
     maps: Vec<BTreeMap<Id, Id>>,
     sets: Vec<HashSet<Id>>,
-    users: Vec<GraphUser>,
 }
 
 impl Trash {
@@ -673,25 +728,13 @@ impl Trash {
             self.sets.push(set);
         }
     }
-    /// Takes Microsoft users.
-    pub fn users(&mut self, mut users: Vec<GraphUser>) {
-        if self.users.is_empty() {
-            // Not appended: that would copy them into a second buffer as large first.
-            self.users = users;
-        } else {
-            self.users.append(&mut users);
-        }
-    }
     /// Nothing left to free.
     pub fn is_empty(&self) -> bool {
-        self.switchboard.is_empty() && self.maps.is_empty() && self.sets.is_empty() && self.users.is_empty()
+        self.switchboard.is_empty() && self.maps.is_empty() && self.sets.is_empty()
     }
     /// Frees up to about `n` entries; true when nothing is left.
     pub fn shed(&mut self, n: usize) -> bool {
         let mut left = n;
-        let k = left.min(self.users.len());
-        self.users.truncate(self.users.len() - k);
-        left -= k;
         let k = left.min(self.switchboard.len());
         self.switchboard.truncate(self.switchboard.len() - k);
         left -= k;
@@ -721,9 +764,6 @@ impl Trash {
             if set.is_empty() {
                 self.sets.pop();
             }
-        }
-        if self.users.is_empty() {
-            self.users.shrink_to_fit();
         }
         if self.switchboard.is_empty() {
             self.switchboard.shrink_to_fit();
@@ -959,16 +999,15 @@ mod tests {
         let mut trash = Trash::default();
         b.discard(&mut trash);
         trash.mapping(m);
-        trash.users(microsoft);
         assert!(!trash.is_empty());
         let mut steps = 0;
         while !trash.shed(100) {
             steps += 1;
             assert!(steps < 100);
         }
-        // 300 users, 300 switchboard users, 600 mapping entries (the indexes and claims hold
-        // no strings and go at once): a dozen slices of 100, not one.
-        assert!(steps >= 11, "{steps}");
+        // 300 switchboard users, 600 mapping entries (the indexes and claims hold no strings
+        // and go at once): several slices of 100, not one.
+        assert!(steps >= 8, "{steps}");
         assert!(trash.is_empty());
     }
 }

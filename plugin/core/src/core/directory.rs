@@ -4,6 +4,11 @@
 //! - A full resync first takes a "from now" anchor (`/users/delta?$deltatoken=latest`), then
 //!   pages through `/users?$top=999`. Changes made while it pages come back in the next delta
 //!   round (delta replays are expected and harmless), so nothing falls between the two.
+//! - A full resync over a directory in use keeps only what differs ([`FullRead`]): each user
+//!   read is looked up in the directory, and only users new or changed are kept until the
+//!   read is complete; users not read again are removed then. The directory is never held
+//!   twice, and a resync that finds it unchanged (the daily case) neither writes it nor
+//!   rebuilds the mapping for it.
 //! - A delta round follows `@odata.nextLink` to the `@odata.deltaLink`, collecting changes, and
 //!   applies them only when the round is complete. Users come back whole or partial (fields
 //!   present overwrite, fields absent are kept) or as `@removed`.
@@ -33,7 +38,7 @@ pub(super) enum DirFetch {
     /// Waiting for the anchor deltaLink of a full resync.
     Anchor,
     /// Paging `/users`; the anchor is where delta rounds start afterwards.
-    Full { users: Vec<GraphUser>, anchor: String },
+    Full { read: FullRead, anchor: String },
     /// Paging a delta round.
     Delta { changes: Vec<serde_json::Value> },
 }
@@ -123,6 +128,77 @@ pub(super) struct Directory {
     pub legacy_stored: bool,
     /// The stored directory being read back.
     pub restoring: Option<DirRestore>,
+}
+
+/// A full read of the directory, compared page by page with the directory in use (none on a
+/// first read: every user is then new).
+#[derive(Debug, Default)]
+pub(super) struct FullRead {
+    /// Positions of the directory's users, by [`mapping::id_hash`] of their ids.
+    index: mapping::Index,
+    /// Which of the directory's users were read again.
+    seen: Vec<bool>,
+    /// Users new or changed, as read (a changed user with the id the directory holds).
+    fresh: Vec<GraphUser>,
+}
+
+impl FullRead {
+    /// A read to compare with `users` (the directory in use).
+    fn over(users: Option<&[GraphUser]>) -> FullRead {
+        let users = users.unwrap_or_default();
+        let mut index = mapping::Index::with_capacity(users.len());
+        for (i, u) in users.iter().enumerate() {
+            index.insert(mapping::id_hash(&u.id), i as u32);
+        }
+        FullRead { index, seen: vec![false; users.len()], fresh: Vec::new() }
+    }
+
+    /// Where user `id` is in `users`.
+    fn position(&self, users: &[GraphUser], id: &str) -> Option<usize> {
+        let under = self.index.under(mapping::id_hash(id));
+        under.iter().map(|&i| i as usize).find(|&i| users.get(i).is_some_and(|u| &*u.id == id))
+    }
+
+    /// Takes a page of users read.
+    fn add(&mut self, users: &[GraphUser], page: Vec<GraphUser>) {
+        for mut u in page {
+            match self.position(users, &u.id) {
+                Some(i) => {
+                    self.seen[i] = true;
+                    if users[i] != u {
+                        u.id = users[i].id.clone();
+                        self.fresh.push(u);
+                    }
+                }
+                None => self.fresh.push(u),
+            }
+        }
+    }
+
+    /// Brings `users` to what was read; answers whether anything changed. A user read twice
+    /// (it moved between pages while they were read) is taken as last read.
+    fn apply(mut self, users: &mut Vec<GraphUser>) -> bool {
+        let before = users.len();
+        if self.fresh.is_empty() && self.seen.iter().all(|s| *s) {
+            return false;
+        }
+        for u in std::mem::take(&mut self.fresh) {
+            match self.position(users, &u.id) {
+                Some(i) => users[i] = u,
+                None => {
+                    self.index.insert(mapping::id_hash(&u.id), users.len() as u32);
+                    users.push(u);
+                }
+            }
+        }
+        let mut i = 0;
+        users.retain(|_| {
+            let keep = i >= before || self.seen[i];
+            i += 1;
+            keep
+        });
+        true
+    }
 }
 
 enum Failure {
@@ -369,16 +445,9 @@ impl Core {
         };
         let malformed = |e: String| Failure::Retry(problem("malformed-response", format!("{what}: {e}")), None);
         let next = match self.dir.fetching.as_mut() {
-            Some(DirFetch::Full { users, .. }) => {
+            Some(DirFetch::Full { read, .. }) => {
                 let page = serde_json::from_slice::<Page<GraphUser>>(&r.body).map_err(|e| malformed(e.to_string()))?;
-                // A user mapped already keeps the id string the mapping (and the rest) holds:
-                // a full resync does not make a second copy of every id.
-                users.extend(page.value.into_iter().map(|mut u| {
-                    if let Some((k, _)) = self.mapping.by_microsoft.get_key_value(&*u.id) {
-                        u.id = k.clone();
-                    }
-                    u
-                }));
+                read.add(self.dir.users.as_deref().unwrap_or_default(), page.value);
                 page.next_link
             }
             Some(DirFetch::Delta { changes }) => {
@@ -403,12 +472,8 @@ impl Core {
                     (Some(n), _) => Some(n),
                     (None, Some(d)) => {
                         check_link(settings, &d).map_err(malformed)?;
-                        // Sized for the directory in use (and some growth) at once: grown a
-                        // doubling at a time, each smaller buffer left a hole the instance's
-                        // memory keeps.
-                        let n = self.dir.users.as_ref().map_or(0, Vec::len);
-                        let users = Vec::with_capacity(n + n / 16);
-                        self.dir.fetching = Some(DirFetch::Full { users, anchor: d });
+                        let read = FullRead::over(self.dir.users.as_deref());
+                        self.dir.fetching = Some(DirFetch::Full { read, anchor: d });
                         Some(format!("{}/v1.0/users?$select={USER_SELECT}&$top=999", settings.graph_base_url))
                     }
                     (None, None) => return Err(malformed("a page with neither nextLink nor deltaLink".into())),
@@ -434,16 +499,26 @@ impl Core {
 
     fn directory_done(&mut self, env: &mut dyn Env, done: DirFetch, now: u64) {
         let changed = match done {
-            DirFetch::Full { mut users, anchor } => {
-                // Paged in, the list doubled as it grew: its spare room goes.
-                users.shrink_to_fit();
+            DirFetch::Full { read, anchor } => {
                 self.count("directory.full-resyncs");
                 self.dir.delta_link = Some(anchor);
                 self.dir.full_due_at = now + FULL_RESYNC_MS;
-                if let Some(old) = self.dir.users.replace(users) {
-                    self.trash.users(old);
+                match self.dir.users.as_mut() {
+                    Some(users) => {
+                        let changed = read.apply(users);
+                        if !changed {
+                            self.count("directory.full-resyncs-unchanged");
+                        }
+                        changed
+                    }
+                    None => {
+                        let mut users = read.fresh;
+                        // Paged in, the list doubled as it grew: its spare room goes.
+                        users.shrink_to_fit();
+                        self.dir.users = Some(users);
+                        true
+                    }
                 }
-                true
             }
             DirFetch::Delta { changes } => {
                 self.count("directory.delta-rounds");
@@ -542,20 +617,29 @@ fn delta_state_gone(r: &HttpResponse) -> bool {
 /// Applies a delta round's changes in order: `@removed` removes, anything else inserts or
 /// updates the fields it carries.
 pub(crate) fn apply_delta(users: &mut Vec<GraphUser>, changes: Vec<serde_json::Value>) {
-    let mut index: HashMap<crate::mapping::Id, usize> =
-        users.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+    if changes.is_empty() {
+        return;
+    }
+    let mut index = mapping::Index::with_capacity(users.len());
+    for (i, u) in users.iter().enumerate() {
+        index.insert(mapping::id_hash(&u.id), i as u32);
+    }
+    let position = |index: &mapping::Index, users: &[GraphUser], id: &str| {
+        index.under(mapping::id_hash(id)).iter().map(|&i| i as usize).find(|&i| &*users[i].id == id)
+    };
     let mut removed = BTreeSet::new();
     for c in changes {
-        let Some(id) = c.get("id").and_then(|v| v.as_str()).map(crate::mapping::Id::from) else { continue };
+        let Some(id) = c.get("id").and_then(|v| v.as_str()) else { continue };
+        let at = position(&index, users, id);
         if c.get("@removed").is_some() {
-            if index.contains_key(&id) {
-                removed.insert(id);
+            if let Some(i) = at {
+                removed.insert(i);
             }
             continue;
         }
-        removed.remove(&id);
-        match index.get(&id) {
-            Some(&i) => {
+        match at {
+            Some(i) => {
+                removed.remove(&i);
                 let mut v = serde_json::to_value(&users[i]).unwrap_or_default();
                 if let (Some(o), Some(changes)) = (v.as_object_mut(), c.as_object()) {
                     for (k, val) in changes {
@@ -564,19 +648,26 @@ pub(crate) fn apply_delta(users: &mut Vec<GraphUser>, changes: Vec<serde_json::V
                         }
                     }
                 }
-                if let Ok(u) = serde_json::from_value::<GraphUser>(v) {
+                if let Ok(mut u) = serde_json::from_value::<GraphUser>(v) {
+                    // The id string the mapping (and the rest) holds stays.
+                    u.id = users[i].id.clone();
                     users[i] = u;
                 }
             }
             None => {
                 if let Ok(u) = serde_json::from_value::<GraphUser>(c) {
-                    index.insert(id, users.len());
+                    index.insert(mapping::id_hash(&u.id), users.len() as u32);
                     users.push(u);
                 }
             }
         }
     }
     if !removed.is_empty() {
-        users.retain(|u| !removed.contains(&*u.id));
+        let mut i = 0;
+        users.retain(|_| {
+            let keep = !removed.contains(&i);
+            i += 1;
+            keep
+        });
     }
 }

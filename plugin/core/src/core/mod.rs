@@ -952,7 +952,7 @@ impl Core {
         self.switchboard_revision = Some(env.switchboard_revision());
         self.switchboard_read_after = env.now_ms() + SWITCHBOARD_REREAD_MS;
         // The switchboard's users first, a page per step.
-        self.loading_switchboard = Some(mapping::SwitchboardLoad::default());
+        self.loading_switchboard = Some(mapping::SwitchboardLoad::with_capacity(self.switchboard_users));
         self.advance_mapping(env);
     }
 
