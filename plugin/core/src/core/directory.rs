@@ -132,7 +132,7 @@ pub(super) struct Directory {
 
 /// A full read of the directory, compared page by page with the directory in use (none on a
 /// first read: every user is then new).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct FullRead {
     /// Positions of the directory's users, by [`mapping::id_hash`] of their ids.
     index: mapping::Index,
@@ -142,21 +142,31 @@ pub(super) struct FullRead {
     fresh: Vec<GraphUser>,
 }
 
+/// The positions of `users`, by [`mapping::id_hash`] of their ids.
+fn id_positions(users: &[GraphUser]) -> mapping::Index {
+    let mut index = mapping::Index::with_capacity(users.len());
+    for (i, u) in users.iter().enumerate() {
+        index.insert(mapping::id_hash(&u.id), i as u32);
+    }
+    index
+}
+
+/// Where user `id` is in `users`, by `index` (from [`id_positions`], kept up to date).
+fn position(index: &mapping::Index, users: &[GraphUser], id: &str) -> Option<usize> {
+    let under = index.under(mapping::id_hash(id));
+    under.iter().map(|&i| i as usize).find(|&i| users.get(i).is_some_and(|u| &*u.id == id))
+}
+
 impl FullRead {
     /// A read to compare with `users` (the directory in use).
     fn over(users: Option<&[GraphUser]>) -> FullRead {
         let users = users.unwrap_or_default();
-        let mut index = mapping::Index::with_capacity(users.len());
-        for (i, u) in users.iter().enumerate() {
-            index.insert(mapping::id_hash(&u.id), i as u32);
-        }
-        FullRead { index, seen: vec![false; users.len()], fresh: Vec::new() }
+        FullRead { index: id_positions(users), seen: vec![false; users.len()], fresh: Vec::new() }
     }
 
     /// Where user `id` is in `users`.
     fn position(&self, users: &[GraphUser], id: &str) -> Option<usize> {
-        let under = self.index.under(mapping::id_hash(id));
-        under.iter().map(|&i| i as usize).find(|&i| users.get(i).is_some_and(|u| &*u.id == id))
+        position(&self.index, users, id)
     }
 
     /// Takes a page of users read.
@@ -620,13 +630,7 @@ pub(crate) fn apply_delta(users: &mut Vec<GraphUser>, changes: Vec<serde_json::V
     if changes.is_empty() {
         return;
     }
-    let mut index = mapping::Index::with_capacity(users.len());
-    for (i, u) in users.iter().enumerate() {
-        index.insert(mapping::id_hash(&u.id), i as u32);
-    }
-    let position = |index: &mapping::Index, users: &[GraphUser], id: &str| {
-        index.under(mapping::id_hash(id)).iter().map(|&i| i as usize).find(|&i| &*users[i].id == id)
-    };
+    let mut index = id_positions(users);
     let mut removed = BTreeSet::new();
     for c in changes {
         let Some(id) = c.get("id").and_then(|v| v.as_str()) else { continue };
