@@ -10,7 +10,9 @@
 //! switchboard users claiming one address or one Microsoft user, is reported as a conflict
 //! and those users stay unmapped.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::model::{Conflict, ConflictKind, MappingOverride, MatchSource, SwitchboardUser};
@@ -33,7 +35,9 @@ pub type Id = Arc<str>;
 pub struct GraphUser {
     /// Object id (GUID).
     pub id: Id,
-    /// The UPN, then the mail, then each kept proxy address after a NUL.
+    /// The UPN, then the mail, then each kept proxy address after a NUL; an empty one is
+    /// `SMTP:` and the mail (the primary address, which nearly every user has: a copy of
+    /// the mail, kept once).
     addresses: Box<str>,
     /// The UPN's and the mail's lengths, plus one (0: absent).
     lens: [u16; 2],
@@ -71,7 +75,9 @@ impl GraphUser {
         addresses.push_str(mail.unwrap_or(""));
         for p in proxy_addresses.into_iter().filter(|p| smtp_alias(p).is_some() && !p.contains('\0')) {
             addresses.push('\0');
-            addresses.push_str(p);
+            if mail.is_none() || p.strip_prefix("SMTP:") != mail {
+                addresses.push_str(p);
+            }
         }
         let len = |s: Option<&str>| s.map_or(0, |s| s.len() as u16 + 1);
         GraphUser { id: id.into(), addresses: addresses.into_boxed_str(), lens: [len(upn), len(mail)] }
@@ -88,7 +94,19 @@ impl GraphUser {
         (n > 0).then(|| &self.addresses[from..from + n - 1])
     }
     /// The `smtp:` entries of `proxyAddresses`, as Graph gave them.
-    pub fn proxy_addresses(&self) -> impl Iterator<Item = &str> {
+    pub fn proxy_addresses(&self) -> impl Iterator<Item = Cow<'_, str>> {
+        self.proxy_entries().map(|p| match p {
+            "" => Cow::Owned(format!("SMTP:{}", self.mail().unwrap_or_default())),
+            p => Cow::Borrowed(p),
+        })
+    }
+    /// The addresses of the `smtp:` entries of `proxyAddresses` (either case), as given.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        // Every kept entry but the primary's begins with the five ASCII bytes of `smtp:`.
+        self.proxy_entries().map(|p| if p.is_empty() { self.mail().unwrap_or_default() } else { &p[5..] })
+    }
+    /// The kept proxy addresses as stored ("": the primary).
+    fn proxy_entries(&self) -> impl Iterator<Item = &str> {
         let from = usize::from(self.lens[0].saturating_sub(1)) + usize::from(self.lens[1].saturating_sub(1));
         self.addresses[from..].split('\0').skip(1)
     }
@@ -100,7 +118,7 @@ impl serde::Serialize for GraphUser {
             id: std::borrow::Cow::Borrowed(&self.id),
             user_principal_name: self.user_principal_name().map(std::borrow::Cow::Borrowed),
             mail: self.mail().map(std::borrow::Cow::Borrowed),
-            proxy_addresses: Some(self.proxy_addresses().map(std::borrow::Cow::Borrowed).collect()),
+            proxy_addresses: Some(self.proxy_addresses().collect()),
         }
         .serialize(s)
     }
@@ -137,6 +155,11 @@ pub fn address_hash(raw: &str) -> u64 {
     h.finish()
 }
 
+/// Whether two raw addresses are one once normalised.
+fn same_address(a: &str, b: &str) -> bool {
+    a.trim().chars().flat_map(char::to_lowercase).eq(b.trim().chars().flat_map(char::to_lowercase))
+}
+
 /// Whether `raw` is `address` (normalised) once normalised.
 pub fn is_address(raw: &str, address: &str) -> bool {
     raw.trim().chars().flat_map(char::to_lowercase).eq(address.chars())
@@ -151,6 +174,45 @@ pub struct Mapping {
     pub by_switchboard: BTreeMap<Id, Id>,
     /// Ambiguous addresses, sorted.
     pub conflicts: Vec<Conflict>,
+}
+
+/// What a [`MappingBuild`] found, told against the mapping in effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Built {
+    /// A whole new mapping: the first build, or one that changes more pairs than a single
+    /// call may apply.
+    Whole(Mapping),
+    /// What changes in the mapping in effect (the pairs that stay are not listed): building a
+    /// second mapping of 100,000 pairs beside the first, to find a handful changed, was the
+    /// largest part of an instance's memory after a resync.
+    Change(MappingChange),
+}
+
+/// The pairs a new mapping drops and adds, against the mapping in effect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MappingChange {
+    /// (Microsoft user, switchboard user) pairs in effect that go, in switchboard user order.
+    pub removed: Vec<(Id, Id)>,
+    /// (Microsoft user, switchboard user) pairs that come, in switchboard order.
+    pub added: Vec<(Id, Id)>,
+    /// Every conflict of the new matching (they replace the ones in effect).
+    pub conflicts: Vec<Conflict>,
+}
+
+impl MappingChange {
+    /// Makes `mapping` (the one the change was told against) the new mapping: the pairs that
+    /// go go first, so that a user who moves between pairs is found once in each map.
+    pub fn apply_to(&mut self, mapping: &mut Mapping) {
+        for (ms, sb) in &self.removed {
+            mapping.by_microsoft.remove(ms);
+            mapping.by_switchboard.remove(sb);
+        }
+        for (ms, sb) in &self.added {
+            mapping.by_microsoft.insert(ms.clone(), sb.clone());
+            mapping.by_switchboard.insert(sb.clone(), ms.clone());
+        }
+        mapping.conflicts = std::mem::take(&mut self.conflicts);
+    }
 }
 
 /// The default match order: mail, then `smtp:` proxy addresses, then UPN.
@@ -171,8 +233,10 @@ pub fn build_with(
 ) -> Mapping {
     let mut b = MappingBuild::new(switchboard.iter().cloned().map(SbUser::from).collect(), order, overrides.to_vec());
     loop {
-        if let Some(m) = b.step(microsoft, usize::MAX) {
-            return m;
+        match b.step(microsoft, &Mapping::default(), usize::MAX) {
+            Some(Built::Whole(m)) => return m,
+            Some(Built::Change(_)) => unreachable!("told against no mapping, a build is whole"),
+            None => {}
         }
     }
 }
@@ -322,9 +386,7 @@ pub(crate) fn id_hash(id: &str) -> u64 {
 fn carries(u: &GraphUser, source: MatchSource, address: &str) -> bool {
     match source {
         MatchSource::Mail => u.mail().is_some_and(|m| !m.trim().is_empty() && is_address(m, address)),
-        MatchSource::ProxyAddresses => {
-            u.proxy_addresses().any(|p| smtp_alias(p).is_some_and(|a| is_address(a, address)))
-        }
+        MatchSource::ProxyAddresses => u.aliases().any(|a| is_address(a, address)),
         MatchSource::Upn => u.user_principal_name().is_some_and(|upn| is_address(upn, address)),
     }
 }
@@ -350,9 +412,19 @@ enum Phase {
     Overrides,
     /// Matching switchboard users, from this user on.
     Match(usize),
-    /// Turning the claims into pairs, from this claim on.
+    /// Indexing switchboard users by id, from this user on (to be told against the mapping
+    /// in effect).
+    SwitchboardIds(usize),
+    /// Comparing the mapping in effect with the claims, after this switchboard user id.
+    Compare(Option<Id>),
+    /// Turning the claims into a whole mapping, from this claim on.
     Claims(usize),
 }
+
+/// A switchboard user whose claim is a pair already in effect (see `MappingBuild::claimed`).
+const KEPT: u32 = u32::MAX - 1;
+/// A switchboard user with no claim of its own.
+const UNCLAIMED: u32 = u32::MAX;
 
 /// The matching of [`build_with`] as a job that does a bounded amount of work per
 /// [`MappingBuild::step`], so that a directory of 100,000 users never needs one long call.
@@ -372,10 +444,18 @@ pub struct MappingBuild {
     sb_shared: Vec<String>,
     taken_ms: HashSet<u32>,
     taken_sb: HashSet<u32>,
-    /// (Microsoft user, switchboard user, which of its addresses matched), in switchboard
-    /// order; sorted by Microsoft user (stably) when the matching is done.
+    /// (Microsoft user, switchboard user, which of its addresses matched), overrides first,
+    /// then in switchboard order; sorted by Microsoft user (stably) when the matching is done.
     claims: Vec<(u32, u32, u32)>,
     conflicts: BTreeSet<Conflict>,
+    /// Per switchboard user, the Microsoft user it alone claims ([`UNCLAIMED`]; [`KEPT`] once
+    /// found in effect), while the claims are told against the mapping in effect.
+    claimed: Vec<u32>,
+    /// Switchboard users by a hash of their id, while the claims are told against the
+    /// mapping in effect.
+    sb_ids: Index,
+    /// The pairs in effect that go, found so far.
+    removed: Vec<(Id, Id)>,
     mapping: Mapping,
 }
 
@@ -397,6 +477,9 @@ impl MappingBuild {
             taken_sb: HashSet::new(),
             claims: Vec::new(),
             conflicts: BTreeSet::new(),
+            claimed: Vec::new(),
+            sb_ids: Index::default(),
+            removed: Vec::new(),
             mapping: Mapping::default(),
         }
     }
@@ -406,8 +489,10 @@ impl MappingBuild {
         &self.switchboard
     }
 
-    /// Does up to about `budget` users' worth of work; returns the mapping when done.
-    pub fn step(&mut self, microsoft: &[GraphUser], budget: usize) -> Option<Mapping> {
+    /// Does up to about `budget` users' worth of work; returns, when done, the new mapping
+    /// told against `current`, the mapping in effect (which must not change between steps):
+    /// a [`Built::Change`] of at most `budget` pairs, or else a [`Built::Whole`] mapping.
+    pub fn step(&mut self, microsoft: &[GraphUser], current: &Mapping, budget: usize) -> Option<Built> {
         let mut left = budget.max(1);
         loop {
             match self.phase {
@@ -420,14 +505,28 @@ impl MappingBuild {
                         self.by_alias = Index::with_capacity(n);
                         self.by_upn = Index::with_capacity(n);
                         self.sb_by_email = Index::with_capacity(self.switchboard.len());
+                        // A switchboard user claims one Microsoft user at most.
+                        self.claims = Vec::with_capacity(self.switchboard.len() + self.overrides.len());
                     }
+                    // A user's alias that is its own mail (Graph lists the primary address
+                    // as `SMTP:`, so nearly every user has one) is never looked up when mail
+                    // comes first: the mail index finds the user first.
+                    let at = |src| self.order.iter().position(|&s| s == src);
+                    let mail_first = matches!(
+                        (at(MatchSource::Mail), at(MatchSource::ProxyAddresses)),
+                        (Some(m), Some(p)) if m < p
+                    );
                     let to = microsoft.len().min(from.saturating_add(left));
                     for (i, u) in microsoft.iter().enumerate().take(to).skip(from) {
                         let i = i as u32;
-                        if let Some(m) = u.mail().filter(|m| !m.trim().is_empty()) {
+                        let mail = u.mail().filter(|m| !m.trim().is_empty());
+                        if let Some(m) = mail {
                             self.by_mail.insert(address_hash(m), i);
                         }
-                        for alias in u.proxy_addresses().filter_map(smtp_alias) {
+                        for alias in u.aliases() {
+                            if mail_first && mail.is_some_and(|m| same_address(m, alias)) {
+                                continue;
+                            }
                             self.by_alias.insert(address_hash(alias), i);
                         }
                         if let Some(upn) = u.user_principal_name() {
@@ -494,9 +593,73 @@ impl MappingBuild {
                         for u in &mut self.switchboard {
                             u.emails = Box::default();
                         }
-                        self.phase = Phase::Claims(0);
+                        self.phase = if current.by_microsoft.is_empty() {
+                            Phase::Claims(0)
+                        } else {
+                            self.claimed = vec![UNCLAIMED; self.switchboard.len()];
+                            for (ms, sb) in single_claims(&self.claims) {
+                                self.claimed[sb as usize] = ms;
+                            }
+                            self.sb_ids = Index::with_capacity(self.switchboard.len());
+                            Phase::SwitchboardIds(0)
+                        };
                     } else {
                         self.phase = Phase::Match(to);
+                    }
+                }
+                Phase::SwitchboardIds(from) => {
+                    let to = self.switchboard.len().min(from.saturating_add(left));
+                    for (j, u) in self.switchboard.iter().enumerate().take(to).skip(from) {
+                        self.sb_ids.insert(id_hash(&u.id), j as u32);
+                    }
+                    left -= to - from;
+                    self.phase =
+                        if to == self.switchboard.len() { Phase::Compare(None) } else { Phase::SwitchboardIds(to) };
+                }
+                Phase::Compare(ref mut after) => {
+                    let pairs = match after.take() {
+                        Some(k) => current.by_switchboard.range::<Id, _>((Bound::Excluded(k), Bound::Unbounded)),
+                        None => current.by_switchboard.range::<Id, _>(..),
+                    };
+                    let mut last = None;
+                    for (sb_id, ms_id) in pairs.take(left) {
+                        left -= 1;
+                        last = Some(sb_id.clone());
+                        let hash = id_hash(sb_id);
+                        let at = self.sb_ids.under(hash).iter().find(|&&j| self.switchboard[j as usize].id == *sb_id);
+                        match at.map(|&j| (j as usize, self.claimed[j as usize])) {
+                            Some((j, ms)) if ms < KEPT && microsoft[ms as usize].id == *ms_id => {
+                                self.claimed[j] = KEPT;
+                            }
+                            _ => self.removed.push((ms_id.clone(), sb_id.clone())),
+                        }
+                    }
+                    if last.is_some() && self.removed.len() <= budget {
+                        self.phase = Phase::Compare(last);
+                    } else {
+                        self.sb_ids = Index::default();
+                        let claimed = std::mem::take(&mut self.claimed);
+                        let added: Vec<(Id, Id)> = if self.removed.len() <= budget {
+                            claimed
+                                .iter()
+                                .enumerate()
+                                .filter(|&(_, &ms)| ms < KEPT)
+                                .take((budget - self.removed.len()).saturating_add(1))
+                                .map(|(j, &ms)| (microsoft[ms as usize].id.clone(), self.switchboard[j].id.clone()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        if self.removed.len() + added.len() <= budget {
+                            return Some(Built::Change(MappingChange {
+                                removed: std::mem::take(&mut self.removed),
+                                added,
+                                conflicts: std::mem::take(&mut self.conflicts).into_iter().collect(),
+                            }));
+                        }
+                        // Too many to apply in one call: a whole mapping, in steps.
+                        self.removed = Vec::new();
+                        self.phase = Phase::Claims(0);
                     }
                 }
                 Phase::Claims(from) => {
@@ -520,7 +683,7 @@ impl MappingBuild {
                     if to == self.claims.len() {
                         let mut mapping = std::mem::take(&mut self.mapping);
                         mapping.conflicts = std::mem::take(&mut self.conflicts).into_iter().collect();
-                        return Some(mapping);
+                        return Some(Built::Whole(mapping));
                     }
                     self.phase = Phase::Claims(to);
                 }
@@ -601,10 +764,8 @@ impl MappingBuild {
             self.taken_ms.insert(ms_by_id[ms]);
             let distinct: BTreeSet<&str> = sbs.iter().copied().collect();
             if distinct.len() == 1 {
-                let ms = microsoft[ms_by_id[ms] as usize].id.clone();
-                let sb: Id = sbs[0].into();
-                self.mapping.by_microsoft.insert(ms.clone(), sb.clone());
-                self.mapping.by_switchboard.insert(sb, ms);
+                // A claim like a match's (no other claim can name either user).
+                self.claims.push((ms_by_id[ms], sb_by_id[sbs[0]], u32::MAX));
             } else {
                 self.conflicts.insert(Conflict {
                     email: ms.to_string(),
@@ -772,6 +933,12 @@ impl Trash {
     }
 }
 
+/// The (Microsoft user, switchboard user) of each Microsoft user that one claim alone names,
+/// of `claims` sorted by Microsoft user.
+fn single_claims(claims: &[(u32, u32, u32)]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    claims.chunk_by(|a, b| a.0 == b.0).filter(|c| c.len() == 1).map(|c| (c[0].0, c[0].1))
+}
+
 /// Ids, sorted and distinct.
 fn sorted<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
     ids.collect::<BTreeSet<&str>>().into_iter().map(String::from).collect()
@@ -814,6 +981,22 @@ mod tests {
         let only_mail = GraphUser::new("m3", None, Some("b@x.com"), ["smtp:b\0c@x.com", "smtp:c@x.com"]);
         assert_eq!((only_mail.user_principal_name(), only_mail.mail()), (None, Some("b@x.com")));
         assert_eq!(only_mail.proxy_addresses().collect::<Vec<_>>(), ["smtp:c@x.com"], "a NUL is no address");
+
+        // The primary address (`SMTP:` and the mail, as spelt) is kept once, and given back as read.
+        let proxies = ["smtp:b@y.com", "SMTP:Bea@x.com", "SMTP:bea@x.com"];
+        let bea = GraphUser::new("m4", Some("bea@x.onmicrosoft.com"), Some("Bea@x.com"), proxies);
+        assert_eq!(bea.proxy_addresses().collect::<Vec<_>>(), proxies);
+        assert_eq!(bea.aliases().collect::<Vec<_>>(), ["b@y.com", "Bea@x.com", "bea@x.com"]);
+        assert_eq!(bea.addresses.len(), "bea@x.onmicrosoft.comBea@x.com\0smtp:b@y.com\0\0SMTP:bea@x.com".len());
+        let back: GraphUser = serde_json::from_value(serde_json::to_value(&bea).unwrap()).unwrap();
+        assert_eq!(back, bea);
+        assert_eq!(serde_json::to_value(&bea).unwrap()["proxyAddresses"], serde_json::json!(proxies));
+        let no_mail = GraphUser::new("m5", None, None, ["SMTP:c@x.com", "smtp:d@x.com"]);
+        assert_eq!(
+            no_mail.aliases().collect::<Vec<_>>(),
+            ["c@x.com", "d@x.com"],
+            "without a mail, no entry is the primary"
+        );
     }
 
     #[test]
@@ -898,6 +1081,30 @@ mod tests {
     }
 
     #[test]
+    fn a_users_primary_smtp_address_is_found_as_an_alias_whenever_mail_does_not_come_first() {
+        // m1's primary address is also its mail (as Graph lists it); m2 has it as mail only.
+        let users = [
+            ms("m1", Some("A@x.com"), "u1@x.com", &["SMTP:a@x.com ", "smtp:one@x.com"]),
+            ms("m2", Some("b@x.com"), "u2@x.com", &[]),
+        ];
+        let sbs = [sb("s1", &["a@x.com"]), sb("s2", &["one@x.com"])];
+        for order in [
+            &[][..],
+            &[MatchSource::ProxyAddresses][..],
+            &[MatchSource::ProxyAddresses, MatchSource::Mail][..],
+            &[MatchSource::Upn, MatchSource::ProxyAddresses][..],
+        ] {
+            let m = build_with(&users, &sbs, order, &[]);
+            // s1 finds m1 by mail or by its primary alias; s2 then claims m1 too: a conflict.
+            assert!(m.by_switchboard.is_empty(), "{order:?}: {m:?}");
+            assert_eq!(m.conflicts.len(), 1, "{order:?}: {m:?}");
+            assert_eq!(m.conflicts[0].candidates, ["s1", "s2"], "{order:?}");
+        }
+        let alone = build_with(&users, &sbs[..1], &[MatchSource::ProxyAddresses], &[]);
+        assert_eq!(alone.by_switchboard.get("s1").map(|s| &**s), Some("m1"), "the primary alias alone finds m1");
+    }
+
+    #[test]
     fn overrides_win_and_take_both_users_out_of_address_matching() {
         let users = [ms("m1", Some("a@x.com"), "u1@x.com", &[]), ms("m2", Some("b@x.com"), "u2@x.com", &[])];
         // s1's address says m1, but the override says m2 (by address); s2 claims m1 by id.
@@ -973,13 +1180,101 @@ mod tests {
             let mut steps = 0;
             let stepped = loop {
                 steps += 1;
-                if let Some(m) = b.step(&microsoft, budget) {
+                if let Some(Built::Whole(m)) = b.step(&microsoft, &Mapping::default(), budget) {
                     break m;
                 }
             };
             assert_eq!(stepped, whole, "budget {budget}");
             assert!(steps >= (microsoft.len() + 2 * switchboard.len()) / budget, "budget {budget}: {steps} steps");
         }
+    }
+
+    /// Builds in steps of `budget` told against `current`; a change is applied to a copy of it.
+    fn rebuilt(
+        current: &Mapping,
+        microsoft: &[GraphUser],
+        switchboard: &[SwitchboardUser],
+        overrides: &[MappingOverride],
+        budget: usize,
+    ) -> (Mapping, bool) {
+        let mut b = MappingBuild::new(switchboard.iter().cloned().map(SbUser::from).collect(), &[], overrides.to_vec());
+        loop {
+            match b.step(microsoft, current, budget) {
+                None => {}
+                Some(Built::Whole(m)) => return (m, false),
+                Some(Built::Change(mut c)) => {
+                    assert!(c.removed.len() + c.added.len() <= budget, "{c:?}");
+                    let mut m = current.clone();
+                    c.apply_to(&mut m);
+                    return (m, true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_build_told_against_the_mapping_in_effect_changes_it_into_the_whole_new_one() {
+        let microsoft: Vec<GraphUser> = (0..30)
+            .map(|i| ms(&format!("m{i:02}"), Some(&format!("u{i}@x.com")), &format!("upn{i}@x.com"), &[]))
+            .collect();
+        let switchboard: Vec<SwitchboardUser> = (0..30)
+            .map(|i| {
+                if i % 3 == 0 {
+                    sb(&format!("s{i:02}"), &[&format!("upn{i}@x.com")])
+                } else {
+                    sb(&format!("s{i:02}"), &[&format!("u{i}@x.com")])
+                }
+            })
+            .collect();
+        let ov = |s: &str, m: &str| MappingOverride { switchboard_user_id: s.into(), microsoft_user: m.into() };
+        let overrides = vec![ov("s10", "u11@x.com"), ov("s12", "m13")];
+        let current = build_with(&microsoft, &switchboard, &[], &overrides);
+        assert_eq!(current.by_microsoft.len(), 28, "{current:?}");
+
+        // Each case against the same mapping in effect: (what, directory, switchboard, overrides).
+        type Case = (&'static str, Vec<GraphUser>, Vec<SwitchboardUser>, Vec<MappingOverride>);
+        let mut cases: Vec<Case> = vec![("nothing", microsoft.clone(), switchboard.clone(), overrides.clone())];
+        let mut swapped = microsoft.clone();
+        swapped[1] = ms("m01", Some("u2@x.com"), "upn1@x.com", &[]);
+        swapped[2] = ms("m02", Some("u1@x.com"), "upn2@x.com", &[]);
+        cases.push(("two mails swapped", swapped.clone(), switchboard.clone(), overrides.clone()));
+        let mut fewer_sb = switchboard.clone();
+        fewer_sb.retain(|u| u.id != "s04" && u.id != "s10");
+        cases.push(("switchboard users gone", microsoft.clone(), fewer_sb, overrides.clone()));
+        let mut fewer_ms = microsoft.clone();
+        fewer_ms.retain(|u| &*u.id != "m05" && &*u.id != "m13");
+        cases.push(("Microsoft users gone", fewer_ms, switchboard.clone(), overrides.clone()));
+        let mut more_sb = switchboard.clone();
+        more_sb.push(sb("s40", &["u7@x.com"]));
+        more_sb.push(sb("s41", &["u40@x.com"]));
+        let mut more_ms = microsoft.clone();
+        more_ms.push(ms("m40", Some("u40@x.com"), "upn40@x.com", &[]));
+        cases.push(("a claim shared, a user new", more_ms.clone(), more_sb.clone(), overrides.clone()));
+        cases.push((
+            "overrides changed",
+            microsoft.clone(),
+            switchboard.clone(),
+            vec![ov("s10", "m20"), ov("s20", "m10")],
+        ));
+        cases.push(("all of it", more_ms, more_sb, vec![ov("s12", "u14@x.com")]));
+        let mut renamed = swapped;
+        for u in renamed.iter_mut().take(20) {
+            *u = ms(&u.id, Some(&format!("new-{}", u.mail().unwrap())), "x@y.z", &[]);
+        }
+        cases.push(("most users changed", renamed, switchboard.clone(), overrides.clone()));
+
+        for (what, microsoft, switchboard, overrides) in &cases {
+            let whole = build_with(microsoft, switchboard, &[], overrides);
+            for budget in [1, 2, 7, 64, 4000] {
+                let (m, changed) = rebuilt(&current, microsoft, switchboard, overrides, budget);
+                assert_eq!(m, whole, "{what}, budget {budget}");
+                let pairs = current.by_microsoft.iter().filter(|(k, v)| whole.by_microsoft.get(*k) != Some(v)).count()
+                    + whole.by_microsoft.iter().filter(|(k, v)| current.by_microsoft.get(*k) != Some(v)).count();
+                assert_eq!(changed, pairs <= budget, "{what}, budget {budget}: {pairs} pairs differ");
+            }
+        }
+        // A first build (nothing in effect) is whole, whatever the budget.
+        assert!(!rebuilt(&Mapping::default(), &microsoft, &switchboard, &overrides, 4000).1);
     }
 
     #[test]
@@ -991,7 +1286,7 @@ mod tests {
             (0..300).map(|i| sb(&format!("s{i}"), &[&format!("u{i}@x.com")])).collect();
         let mut b = MappingBuild::new(switchboard.into_iter().map(SbUser::from).collect(), &[], vec![]);
         let m = loop {
-            if let Some(m) = b.step(&microsoft, 1000) {
+            if let Some(Built::Whole(m)) = b.step(&microsoft, &Mapping::default(), 1000) {
                 break m;
             }
         };

@@ -28,7 +28,7 @@ pub use users_view::{
 };
 pub use validation::{MAX_WAITING_BATCHES, MAX_WAITING_BYTES};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use directory::Directory;
 pub use directory::{DEFAULT_DELTA_INTERVAL_MS, FULL_RESYNC_MS};
@@ -1010,25 +1010,48 @@ impl Core {
             }
         }
         let Some(build) = self.building.as_mut() else { return };
-        let Some(mut mapping) = build.step(self.dir.users.as_deref().unwrap_or_default(), MAPPING_STEP) else {
+        let Some(built) = build.step(self.dir.users.as_deref().unwrap_or_default(), &self.mapping, MAPPING_STEP) else {
             self.count("mapping.steps");
             self.effects.push(Effect::RequestTick);
             return;
         };
         let build = self.building.take().unwrap();
         let sb = build.switchboard();
-        // The policy's scope: pairs outside it are not mapped (so withdrawn, and their calls end).
-        self.apply_scope(&mut mapping, sb);
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.to_string()).collect();
+        let first = self.mapping.by_microsoft.is_empty();
+        // The policy's scope: pairs outside it are not mapped (so withdrawn, and their calls end).
+        let remap = match built {
+            mapping::Built::Whole(mut mapping) => {
+                self.apply_scope(&mut mapping, sb);
+                let old = std::mem::replace(&mut self.mapping, mapping);
+                let remap = Remap::between(&old, &self.mapping);
+                self.trash.mapping(old);
+                remap
+            }
+            mapping::Built::Change(mut change) => {
+                self.count("mapping.changed-in-place");
+                let mut mapping = std::mem::take(&mut self.mapping);
+                change.apply_to(&mut mapping);
+                let out = self.apply_scope(&mut mapping, sb);
+                self.mapping = mapping;
+                if !out.is_empty() {
+                    // Of the pairs the scope left out, those just added never were; the
+                    // others were in effect, and go.
+                    let added: HashSet<Id> = change.added.iter().map(|(ms, _)| ms.clone()).collect();
+                    let out_ms: HashSet<&Id> = out.iter().map(|(ms, _)| ms).collect();
+                    change.added.retain(|(ms, _)| !out_ms.contains(ms));
+                    change.removed.extend(out.iter().filter(|(ms, _)| !added.contains(ms)).cloned());
+                }
+                Remap::of(&change)
+            }
+        };
         // Switchboard users mapped before and not now, but still in the switchboard: their
         // last Teams presence must not stay shown.
-        let lost: BTreeSet<&str> =
-            keys_gone(&self.mapping.by_switchboard, &mapping.by_switchboard).map(|k| &**k).collect();
-        let withdrawn: Vec<String> = if lost.is_empty() {
+        let withdrawn: Vec<String> = if remap.lost.is_empty() {
             vec![]
         } else {
-            sb.iter().filter(|u| lost.contains(&*u.id)).map(|u| u.id.to_string()).collect()
+            sb.iter().filter(|u| remap.lost.contains(&*u.id)).map(|u| u.id.to_string()).collect()
         };
         build.discard(&mut self.trash);
         for id in withdrawn {
@@ -1037,11 +1060,9 @@ impl Core {
         }
         self.mapping_built = true;
         self.count("mapping.builds");
-        let old = std::mem::replace(&mut self.mapping, mapping);
-        self.follow_remapped(&old, env.now_ms());
+        self.follow_remapped(remap, first, env.now_ms());
         self.known.reserve_for(self.mapping.by_microsoft.len());
         self.take_early_absences();
-        self.trash.mapping(old);
         let summary = MappingSummary {
             mapped: self.mapping.by_microsoft.len() as u32,
             microsoft: self.dir.users.as_ref().map_or(0, |u| u.len()) as u32,
@@ -1063,33 +1084,17 @@ impl Core {
         }
     }
 
-    /// What a new mapping changes beyond the shards, in one pass over both (sorted) maps:
+    /// What a new mapping (in effect now) changes beyond the shards (`first`: no mapping
+    /// was in effect before):
     /// - a Microsoft user now shown on another switchboard user (addresses moved between
     ///   switchboard users) has its last known presence shown there at once;
     /// - a Microsoft user no longer mapped (its switchboard user was removed, or changed
     ///   addresses) is forgotten, and a call pushed to Teams for it ends (the session we hold
     ///   is cleared at the next drive); so does a call of a user who became passive.
-    fn follow_remapped(&mut self, old: &Mapping, now: u64) {
+    fn follow_remapped(&mut self, remap: Remap, first: bool, now: u64) {
+        let Remap { joined, gone, moved: republish, .. } = remap;
         // (A first mapping, or the first after a restart, reads every subscription anyway.)
-        self.joined = if old.by_microsoft.is_empty() {
-            BTreeSet::new()
-        } else {
-            keys_gone(&self.mapping.by_microsoft, &old.by_microsoft).cloned().collect()
-        };
-        let mut new_it = self.mapping.by_microsoft.iter().peekable();
-        let mut republish = Vec::new();
-        let mut gone = Vec::new();
-        for (ms, old_sb) in &old.by_microsoft {
-            while new_it.next_if(|(k, _)| *k < ms).is_some() {}
-            match new_it.peek() {
-                Some((k, sb)) if *k == ms => {
-                    if *sb != old_sb {
-                        republish.push((ms.clone(), (*sb).clone()));
-                    }
-                }
-                _ => gone.push(ms.clone()),
-            }
-        }
+        self.joined = if first { BTreeSet::new() } else { joined };
         for ms in &gone {
             let ms: &str = ms;
             self.known.forget(ms);
@@ -1538,6 +1543,67 @@ struct GraphPresence {
 }
 
 /// The keys of `old` that `new` lacks, in one pass over both (sorted) maps.
+/// What a new mapping changes, user by user.
+#[derive(Debug, Default)]
+struct Remap {
+    /// Microsoft users mapped now and not before.
+    joined: BTreeSet<Id>,
+    /// Microsoft users mapped before and not now.
+    gone: Vec<Id>,
+    /// Microsoft users mapped before and now to another switchboard user (that one).
+    moved: Vec<(Id, Id)>,
+    /// Switchboard users mapped before and not now.
+    lost: BTreeSet<Id>,
+}
+
+impl Remap {
+    /// Between two whole mappings, in one pass over both (sorted) maps.
+    fn between(old: &Mapping, new: &Mapping) -> Remap {
+        let mut r = Remap {
+            joined: keys_gone(&new.by_microsoft, &old.by_microsoft).cloned().collect(),
+            lost: keys_gone(&old.by_switchboard, &new.by_switchboard).cloned().collect(),
+            ..Remap::default()
+        };
+        let mut new_it = new.by_microsoft.iter().peekable();
+        for (ms, old_sb) in &old.by_microsoft {
+            while new_it.next_if(|(k, _)| *k < ms).is_some() {}
+            match new_it.peek() {
+                Some((k, sb)) if *k == ms => {
+                    if *sb != old_sb {
+                        r.moved.push((ms.clone(), (*sb).clone()));
+                    }
+                }
+                _ => r.gone.push(ms.clone()),
+            }
+        }
+        r
+    }
+
+    /// Of a change: the pairs it removes were in effect, the ones it adds were not.
+    fn of(change: &mapping::MappingChange) -> Remap {
+        let removed: HashSet<&Id> = change.removed.iter().map(|(ms, _)| ms).collect();
+        let added: HashSet<&Id> = change.added.iter().map(|(ms, _)| ms).collect();
+        let added_sb: HashSet<&Id> = change.added.iter().map(|(_, sb)| sb).collect();
+        let mut r = Remap::default();
+        for (ms, sb) in &change.added {
+            if removed.contains(ms) {
+                r.moved.push((ms.clone(), sb.clone()));
+            } else {
+                r.joined.insert(ms.clone());
+            }
+        }
+        for (ms, sb) in &change.removed {
+            if !added.contains(ms) {
+                r.gone.push(ms.clone());
+            }
+            if !added_sb.contains(sb) {
+                r.lost.insert(sb.clone());
+            }
+        }
+        r
+    }
+}
+
 fn keys_gone<'a, V, W>(old: &'a BTreeMap<Id, V>, new: &'a BTreeMap<Id, W>) -> impl Iterator<Item = &'a Id> {
     let mut new_keys = new.keys().peekable();
     old.keys().filter(move |k| {

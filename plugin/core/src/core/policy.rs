@@ -77,9 +77,7 @@ fn names_of(u: &GraphUser) -> impl Iterator<Item = String> + '_ {
     std::iter::once(u.id.to_lowercase())
         .chain(u.mail().map(|m| m.trim().to_lowercase()))
         .chain(u.user_principal_name().map(|m| m.trim().to_lowercase()))
-        .chain(u.proxy_addresses().filter_map(|p| {
-            p.get(..5).filter(|s| s.eq_ignore_ascii_case("smtp:")).map(|_| p[5..].trim().to_lowercase())
-        }))
+        .chain(u.aliases().map(|a| a.trim().to_lowercase()))
 }
 
 fn is_guid(s: &str) -> bool {
@@ -289,9 +287,9 @@ impl Core {
             && (self.groups.problem.is_none() || self.groups.fetching.is_some())
     }
 
-    /// Drops the pairs outside the policy's scope from a freshly built `mapping` and notes
-    /// who is pushed to (see [`Applied`]). `switchboard` is every switchboard user.
-    pub(super) fn apply_scope(&mut self, mapping: &mut Mapping, switchboard: &[mapping::SbUser]) {
+    /// Drops the pairs outside the policy's scope from a freshly built `mapping`, and returns
+    /// them; notes who is pushed to (see [`Applied`]). `switchboard` is every switchboard user.
+    pub(super) fn apply_scope(&mut self, mapping: &mut Mapping, switchboard: &[mapping::SbUser]) -> Vec<(Id, Id)> {
         let excluded = entry_set(&self.policy.excluded_users);
         let teams_only = entry_set(&self.policy.teams_to_switchboard_only);
         let mut named_excluded: HashSet<&str> = HashSet::new();
@@ -340,15 +338,18 @@ impl Core {
                 }
             }
         }
+        let mut dropped = Vec::with_capacity(out.len());
         for ms in out {
             if let Some(sb) = mapping.by_microsoft.remove(&ms) {
                 mapping.by_switchboard.remove(&sb);
+                dropped.push((ms, sb));
             }
         }
         let mut unknown: Vec<String> = excluded.union(&teams_only).filter(|e| !seen.contains(*e)).cloned().collect();
         unknown.sort();
         applied.unknown_entries = unknown;
         self.applied = applied;
+        dropped
     }
 
     /// Starts or goes on reading the groups' membership when it is due.

@@ -220,10 +220,7 @@ impl Core {
                 let emails: Vec<String> = emails().collect();
                 let has = |src: MatchSource| match src {
                     MatchSource::Mail => ms.mail().is_some_and(|m| emails.contains(&mapping::normalise(m))),
-                    MatchSource::ProxyAddresses => ms.proxy_addresses().any(|p| {
-                        p.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("smtp:"))
-                            && emails.contains(&mapping::normalise(&p[5..]))
-                    }),
+                    MatchSource::ProxyAddresses => ms.aliases().any(|a| emails.contains(&mapping::normalise(a))),
                     MatchSource::Upn => {
                         ms.user_principal_name().is_some_and(|u| emails.contains(&mapping::normalise(u)))
                     }

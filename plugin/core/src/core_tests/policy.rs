@@ -64,6 +64,7 @@ fn a_user_who_leaves_the_group_is_withdrawn_and_loses_the_session_we_set() {
     env.groups.insert(GROUP.into(), vec![ms_id(0), ms_id(2)]);
     let effects = later(&mut core, &mut env, 4, DEFAULT_DELTA_INTERVAL_MS + 1);
     assert_eq!(withdrawn(&effects), vec!["sb1".to_string()]);
+    assert!(counter(&core, &env, "mapping.changed-in-place") >= 1, "the scope left a kept pair out");
     let cleared = sets(&effects);
     assert_eq!(cleared.len(), 1);
     assert!(cleared[0].0.ends_with(&format!("/users/{}/presence/clearPresence", ms_id(1))), "{cleared:?}");
