@@ -147,8 +147,8 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
         .as_array()
         .map(|a| a.iter().map(|i| i["linear_memory_bytes"].as_u64().unwrap_or(0)).collect())
         .unwrap_or_default();
-    // A full resync reads the whole directory again, and a change rebuilds the mapping while
-    // the old one stays in effect: the instance's other peak. 1 % of the users swap their
+    // A full resync reads the whole directory again, and a change matches every user again
+    // while the mapping in effect stays (then changed in place): the instance's other peak. 1 % of the users swap their
     // addresses in pairs first (every user stays mapped, 1 % to another switchboard user), so
     // that the mapping is rebuilt (the full resync or a delta round before it sees them).
     let after_resync = if integrations == 1 {

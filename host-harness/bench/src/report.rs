@@ -303,7 +303,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         writeln!(md, "\n## Webhook ingest vs the RSA ceiling\n")?;
         writeln!(
             md,
-            "{} encrypted rich notifications, one per POST, 8 concurrent clients, through HTTP → durable inbox (SQLite, acknowledged with 202) → integration actor → component (validation token, clientState, host RSA-OAEP unwrap, HMAC, AES, sequence) → switchboard. The ceiling is one native RSA-OAEP-2048 private-key operation per notification on one core (aws-lc-rs, the host's library): what one integration could reach when its one actor did its own RSA, as it did before the host's unwrap pool. It is measured right before and right after each run and averaged.\n",
+            "{} encrypted rich notifications, one per POST, 8 concurrent clients (each one HTTP/1.1 connection of hyper's, in the bench process: the load generator shares the cores, and the bare server below shows its cost), through HTTP → durable inbox (SQLite, acknowledged with 202) → integration actor → component (validation token, clientState, host RSA-OAEP unwrap, HMAC, AES, sequence) → switchboard. The ceiling is one native RSA-OAEP-2048 private-key operation per notification on one core (aws-lc-rs, the host's library): what one integration could reach when its one actor did its own RSA, as it did before the host's unwrap pool. It is measured right before and right after each run and averaged.\n",
             opts.notifications
         )?;
         let (mut rates, mut bares, mut rsas) = (Vec::new(), Vec::new(), Vec::new());
@@ -599,7 +599,7 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         }
         writeln!(
             md,
-            "\nLinear memory never shrinks: it is the instance's peak so far. Two moments set it: the first sync (directory pages, the mapping's indexes, the stored directory's chunks) and a full resync that finds the directory changed (\"Sync now\" after 1 % of the users swapped their addresses in pairs: the directory read again and compared with the one in use, and the mapping rebuilt while the old one stays in effect), measured after the first. The goal counts the larger."
+            "\nLinear memory never shrinks: it is the instance's peak so far. Two moments set it: the first sync (directory pages, the mapping's indexes, the stored directory's chunks) and a full resync that finds the directory changed (\"Sync now\" after 1 % of the users swapped their addresses in pairs: the directory read again and compared with the one in use, every switchboard user matched again while the mapping in effect stays, which is then changed in place for the 1 % of users who moved), measured after the first. The goal counts the larger."
         )?;
     }
     if opts.wants("fleet") {
