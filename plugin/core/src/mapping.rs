@@ -191,7 +191,7 @@ pub enum Built {
 /// The pairs a new mapping drops and adds, against the mapping in effect.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MappingChange {
-    /// (Microsoft user, switchboard user) pairs in effect that go, in switchboard user order.
+    /// (Microsoft user, switchboard user) pairs in effect that go, by switchboard user id.
     pub removed: Vec<(Id, Id)>,
     /// (Microsoft user, switchboard user) pairs that come, in switchboard order.
     pub added: Vec<(Id, Id)>,
@@ -1082,7 +1082,7 @@ mod tests {
 
     #[test]
     fn a_users_primary_smtp_address_is_found_as_an_alias_whenever_mail_does_not_come_first() {
-        // m1's primary address is also its mail (as Graph lists it); m2 has it as mail only.
+        // m1's primary address is also its mail (as Graph lists it; here with a stray space).
         let users = [
             ms("m1", Some("A@x.com"), "u1@x.com", &["SMTP:a@x.com ", "smtp:one@x.com"]),
             ms("m2", Some("b@x.com"), "u2@x.com", &[]),

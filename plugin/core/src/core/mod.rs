@@ -1019,7 +1019,6 @@ impl Core {
         let sb = build.switchboard();
         self.switchboard_users = sb.len();
         self.passive = sb.iter().filter(|u| !u.active).map(|u| u.id.to_string()).collect();
-        let first = self.mapping.by_microsoft.is_empty();
         // The policy's scope: pairs outside it are not mapped (so withdrawn, and their calls end).
         let remap = match built {
             mapping::Built::Whole(mut mapping) => {
@@ -1060,7 +1059,7 @@ impl Core {
         }
         self.mapping_built = true;
         self.count("mapping.builds");
-        self.follow_remapped(remap, first, env.now_ms());
+        self.follow_remapped(remap, env.now_ms());
         self.known.reserve_for(self.mapping.by_microsoft.len());
         self.take_early_absences();
         let summary = MappingSummary {
@@ -1084,17 +1083,15 @@ impl Core {
         }
     }
 
-    /// What a new mapping (in effect now) changes beyond the shards (`first`: no mapping
-    /// was in effect before):
+    /// What a new mapping (in effect now) changes beyond the shards:
     /// - a Microsoft user now shown on another switchboard user (addresses moved between
     ///   switchboard users) has its last known presence shown there at once;
     /// - a Microsoft user no longer mapped (its switchboard user was removed, or changed
     ///   addresses) is forgotten, and a call pushed to Teams for it ends (the session we hold
     ///   is cleared at the next drive); so does a call of a user who became passive.
-    fn follow_remapped(&mut self, remap: Remap, first: bool, now: u64) {
+    fn follow_remapped(&mut self, remap: Remap, now: u64) {
         let Remap { joined, gone, moved: republish, .. } = remap;
-        // (A first mapping, or the first after a restart, reads every subscription anyway.)
-        self.joined = if first { BTreeSet::new() } else { joined };
+        self.joined = joined;
         for ms in &gone {
             let ms: &str = ms;
             self.known.forget(ms);
@@ -1542,7 +1539,6 @@ struct GraphPresence {
     out_of_office_settings: Option<Option<notes::GraphOutOfOffice>>,
 }
 
-/// The keys of `old` that `new` lacks, in one pass over both (sorted) maps.
 /// What a new mapping changes, user by user.
 #[derive(Debug, Default)]
 struct Remap {
@@ -1557,10 +1553,15 @@ struct Remap {
 }
 
 impl Remap {
-    /// Between two whole mappings, in one pass over both (sorted) maps.
+    /// Between two whole mappings, in one pass over both (sorted) maps. Nobody joins a first
+    /// mapping (or the first after a restart): it reads every subscription anyway.
     fn between(old: &Mapping, new: &Mapping) -> Remap {
         let mut r = Remap {
-            joined: keys_gone(&new.by_microsoft, &old.by_microsoft).cloned().collect(),
+            joined: if old.by_microsoft.is_empty() {
+                BTreeSet::new()
+            } else {
+                keys_gone(&new.by_microsoft, &old.by_microsoft).cloned().collect()
+            },
             lost: keys_gone(&old.by_switchboard, &new.by_switchboard).cloned().collect(),
             ..Remap::default()
         };
@@ -1604,6 +1605,7 @@ impl Remap {
     }
 }
 
+/// The keys of `old` that `new` lacks, in one pass over both (sorted) maps.
 fn keys_gone<'a, V, W>(old: &'a BTreeMap<Id, V>, new: &'a BTreeMap<Id, W>) -> impl Iterator<Item = &'a Id> {
     let mut new_keys = new.keys().peekable();
     old.keys().filter(move |k| {

@@ -46,7 +46,7 @@ impl Core {
             self.count_n("presence.withdrawn", self.retire_withdrawn as usize);
             let old = std::mem::take(&mut self.mapping);
             // Ends every call (its session is cleared at the next drive) and forgets presence.
-            self.follow_remapped(Remap::between(&old, &self.mapping), false, env.now_ms());
+            self.follow_remapped(Remap::between(&old, &self.mapping), env.now_ms());
             self.trash.mapping(old);
             self.shards = Shards::new(self.subs.len(), MAX_USERS_PER_SUBSCRIPTION);
             for sub in &mut self.subs {
