@@ -139,7 +139,12 @@ impl<'de> serde::Deserialize<'de> for GraphUser {
 /// Normalises an address: trimmed, lower case (character by character, as
 /// [`address_hash`] and [`is_address`] read it).
 pub fn normalise(email: &str) -> String {
-    email.trim().chars().flat_map(char::to_lowercase).collect()
+    folded(email).collect()
+}
+
+/// The characters of `raw` normalised: trimmed, each in lower case.
+fn folded(raw: &str) -> impl Iterator<Item = char> + '_ {
+    raw.trim().chars().flat_map(char::to_lowercase)
 }
 
 /// A 64-bit hash of `raw` normalised (see [`normalise`]), computed without normalising it
@@ -149,7 +154,7 @@ pub fn address_hash(raw: &str) -> u64 {
     use std::hash::Hasher as _;
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new();
-    for c in raw.trim().chars().flat_map(char::to_lowercase) {
+    for c in folded(raw) {
         h.write_u32(c as u32);
     }
     h.finish()
@@ -157,12 +162,12 @@ pub fn address_hash(raw: &str) -> u64 {
 
 /// Whether two raw addresses are one once normalised.
 fn same_address(a: &str, b: &str) -> bool {
-    a.trim().chars().flat_map(char::to_lowercase).eq(b.trim().chars().flat_map(char::to_lowercase))
+    folded(a).eq(folded(b))
 }
 
 /// Whether `raw` is `address` (normalised) once normalised.
 pub fn is_address(raw: &str, address: &str) -> bool {
-    raw.trim().chars().flat_map(char::to_lowercase).eq(address.chars())
+    folded(raw).eq(address.chars())
 }
 
 /// The result of matching.

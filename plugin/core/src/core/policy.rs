@@ -287,8 +287,8 @@ impl Core {
             && (self.groups.problem.is_none() || self.groups.fetching.is_some())
     }
 
-    /// Drops the pairs outside the policy's scope from a freshly built `mapping`, and returns
-    /// them; notes who is pushed to (see [`Applied`]). `switchboard` is every switchboard user.
+    /// Drops the pairs outside the policy's scope from a new `mapping` (built whole, or the
+    /// one in effect once changed), and returns them; notes who is pushed to (see [`Applied`]). `switchboard` is every switchboard user.
     pub(super) fn apply_scope(&mut self, mapping: &mut Mapping, switchboard: &[mapping::SbUser]) -> Vec<(Id, Id)> {
         let excluded = entry_set(&self.policy.excluded_users);
         let teams_only = entry_set(&self.policy.teams_to_switchboard_only);
