@@ -43,8 +43,10 @@ pub(crate) async fn staleness(
         };
         let now = sc.emulator.truth(&sc.seed.tenant_id)[&ids[u]].clone();
         let (a, b) = STATES.iter().find(|s| s.0 != now.0).copied().unwrap();
+        // Timed before the change: a switchboard that shows it at once is never missed.
+        let at = Instant::now();
         sc.emulator.set_presence(&sc.seed.tenant_id, &ids[u], a, b, false);
-        made.push((format!("sb-{u:05}"), a, b, Instant::now()));
+        made.push((format!("sb-{u:05}"), a, b, at));
     }
     // Every change shows within two intervals (or seconds, with subscriptions).
     let deadline = Instant::now() + Duration::from_millis(2 * interval.max(1_000) + 5_000);
