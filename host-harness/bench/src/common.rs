@@ -30,6 +30,13 @@ pub(crate) async fn stop(mut sc: Scenario, dir: std::path::PathBuf) {
 /// Native RSA-OAEP-2048 (SHA-1) private-key operations per second on one core, with the
 /// host's crypto library (aws-lc-rs).
 pub(crate) fn rsa_decrypts_per_second(n: usize) -> f64 {
+    rsa_decrypts_per_second_on(1, n)
+}
+
+/// Native RSA-OAEP-2048 (SHA-1) private-key operations per second, `threads` threads at once
+/// (`n` each, one key shared as the host's pool shares it): with one thread per core, the
+/// machine's own limit for any parallel unwrap.
+pub(crate) fn rsa_decrypts_per_second_on(threads: usize, n: usize) -> f64 {
     use aws_lc_rs::rsa::{
         KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
     };
@@ -39,12 +46,21 @@ pub(crate) fn rsa_decrypts_per_second(n: usize) -> f64 {
     let mut wrapped = vec![0u8; public.ciphertext_size()];
     let len = public.encrypt(&OAEP_SHA1_MGF1SHA1, &[7u8; 32], &mut wrapped, None).expect("encrypt").len();
     wrapped.truncate(len);
-    let mut out = vec![0u8; private.min_output_size()];
-    let t0 = Instant::now();
-    for _ in 0..n {
-        private.decrypt(&OAEP_SHA1_MGF1SHA1, &wrapped, &mut out, None).expect("decrypt");
-    }
-    n as f64 / t0.elapsed().as_secs_f64()
+    let start = std::sync::Barrier::new(threads + 1);
+    let t0 = std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut out = vec![0u8; private.min_output_size()];
+                start.wait();
+                for _ in 0..n {
+                    private.decrypt(&OAEP_SHA1_MGF1SHA1, &wrapped, &mut out, None).expect("decrypt");
+                }
+            });
+        }
+        start.wait();
+        Instant::now()
+    });
+    (threads * n) as f64 / t0.elapsed().as_secs_f64()
 }
 
 /// Posts `bodies` to `url` with `concurrency` clients; returns requests per second.

@@ -478,7 +478,7 @@ pub(crate) async fn one_host(
                 _ => None,
             })
         };
-        let (ingest, _, _) = crate::ingest::ingest_on(notifications, db().await?).await?;
+        let ingest = crate::ingest::ingest_on(notifications, db().await?).await?.rate;
         let mut lat = crate::latency::latency_at_rate_on(rate, seconds, db().await?).await?;
         out.push((store, ingest, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)));
     }
