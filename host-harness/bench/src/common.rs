@@ -22,8 +22,11 @@ pub(crate) fn state_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
+/// Stops a scenario's host, drops it (its emulator stops with it: see `Scenario`'s `Drop`)
+/// and removes its state.
 pub(crate) async fn stop(mut sc: Scenario, dir: std::path::PathBuf) {
     sc.stop_host().await;
+    drop(sc);
     let _ = std::fs::remove_dir_all(dir);
 }
 

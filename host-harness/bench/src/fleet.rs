@@ -245,6 +245,7 @@ impl Fleet {
                 h.stop().await;
             }
         }
+        self.emu.stop();
     }
 }
 

@@ -188,6 +188,7 @@ pub(crate) async fn memory(integrations: usize, users: usize) -> anyhow::Result<
         None
     };
     child.kill().await?;
+    emulator.stop();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(MemoryFigures { rss, peak_rss, linear, after_resync, sync_secs })
 }

@@ -218,6 +218,14 @@ pub fn switchboard_users(seed: &TenantSeed, n: usize) -> Vec<User> {
         .collect()
 }
 
+/// A scenario's emulator stops with it: its listener, and the session timer that scans every
+/// user, do not outlive it beside the next scenario of the same process.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.emulator.stop();
+    }
+}
+
 impl Scenario {
     /// Starts emulator and host.
     pub async fn start(opts: ScenarioOptions) -> anyhow::Result<Scenario> {

@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) writes: Mutex<HashMap<String, std::time::Instant>>,
     /// The login service's token signing key (validationTokens).
     pub(crate) signer: Mutex<Signer>,
+    /// Set by [`Emulator::stop`]: the listeners close and the timers end.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 /// The login service's signing key, and the validation tokens issued with it (Graph reuses a
@@ -213,6 +215,7 @@ impl Emulator {
             stats: DeliveryStats::default(),
             writes: Mutex::new(HashMap::new()),
             signer: Mutex::new(Signer::new()),
+            stopped: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(deliver_loop(Arc::downgrade(&inner), rx));
         tokio::spawn(expire_sessions(Arc::downgrade(&inner)));
@@ -236,10 +239,22 @@ impl Emulator {
         let base = format!("http://{addr}");
         *self.inner.base_url.write().unwrap() = base.clone();
         let app = routes::router(self.clone());
+        let mut stopped = self.inner.stopped.subscribe();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
         });
         Ok(base)
+    }
+
+    /// Stops serving (open connections finish their request and close) and ends the
+    /// background timers, so that the emulator's world is freed once the last handle goes.
+    /// Until then a served listener holds the emulator, and its session timer scans every
+    /// user four times a second.
+    pub fn stop(&self) {
+        self.inner.stopped.send_replace(true);
     }
 
     /// Binds `127.0.0.1:0` and serves.
@@ -572,6 +587,9 @@ async fn expire_sessions(inner: std::sync::Weak<Inner>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         let Some(inner) = inner.upgrade() else { return };
+        if *inner.stopped.borrow() {
+            return;
+        }
         let now = inner.clock.now_ms();
         let mut w = inner.world.lock().unwrap();
         let mut expired = Vec::new();
@@ -744,5 +762,30 @@ async fn deliver_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRece
                 inner.stats.dropped.fetch_add(count, Ordering::Relaxed);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_emulator_closes_its_listener_and_is_freed() {
+        let emu = Emulator::new(Arc::new(SystemClock));
+        let base = emu.start().await.unwrap();
+        // A client that keeps its connection open, as a host's does.
+        let http = reqwest::Client::new();
+        let r = http.get(format!("{base}/v1.0/users")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let weak = Arc::downgrade(&emu.inner);
+        emu.stop();
+        drop(emu);
+        // The listener's task ends and, with it, the last handle: the world is freed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while weak.upgrade().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the emulator is still held after stop");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(reqwest::get(format!("{base}/v1.0/users")).await.is_err(), "the listener still answers");
     }
 }
