@@ -92,8 +92,7 @@ pub struct BenchOptions {
     pub fleet_latency: (usize, usize),
     /// The lease simulation: integrations, seconds of steady state (4 hosts).
     pub sim: (usize, u64),
-    /// Only these sections (all when empty): sync, directory, latency, flood, ingest, line,
-    /// load, swap, cost, steady, memory.
+    /// Only these sections (all when empty): see [`SECTIONS`].
     pub only: Vec<String>,
 }
 

@@ -101,8 +101,9 @@ enum Cmd {
         /// A tiny smoke run (CI): proves the suite works, measures nothing worth keeping.
         #[arg(long)]
         smoke: bool,
-        /// Only these sections (comma-separated): sync, directory, latency, flood, ingest, line,
-        /// load, swap, cost, steady, memory, fleet. The report then holds only them.
+        /// Only these sections (comma-separated): sync, activation, directory, latency, flood,
+        /// ingest, line, load, swap, cost, steady, polling, memory, fleet. The report then holds
+        /// only them.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
