@@ -480,7 +480,7 @@ pub(crate) async fn one_host(
             })
         };
         let ingest = crate::ingest::ingest_on(notifications, db().await?).await?.rate;
-        let mut lat = crate::latency::latency_at_rate_on(rate, seconds, db().await?).await?;
+        let mut lat = crate::latency::latency_at_rate_on(rate, seconds, db().await?).await?.ms;
         out.push((store, ingest, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)));
     }
     Ok(out)

@@ -9,13 +9,25 @@ use crate::common::*;
 /// Processing latency at a fixed rate: `rate` notifications a second for `seconds`, each one
 /// POST sent as the emulator delivers it (open loop: sent on schedule whether or not earlier
 /// ones are done), 650 users. Returns the ms from sending each notification until the
-/// switchboard shows it, for those sent after the first half second (warm-up).
-pub(crate) async fn latency_at_rate(rate: usize, seconds: usize) -> anyhow::Result<Vec<f64>> {
+/// switchboard shows it, for those sent after the first half second (warm-up); and how many
+/// of them were overtaken (see [`Latencies`]).
+pub(crate) async fn latency_at_rate(rate: usize, seconds: usize) -> anyhow::Result<Latencies> {
     latency_at_rate_on(rate, seconds, None).await
 }
 
+/// One latency run.
+pub(crate) struct Latencies {
+    /// Ms per notification counted.
+    pub ms: Vec<f64>,
+    /// Notifications that reached the host after a newer one of the same user (their POST
+    /// waited, e.g. for a new connection whose SYN the kernel dropped and resent a second
+    /// later): the plugin drops them by their sequence number, as it must, so the switchboard
+    /// never shows them. Each counts with the time until its POST was answered.
+    pub overtaken: usize,
+}
+
 /// [`latency_at_rate`], the state in the PostgreSQL database `db` when given (else SQLite).
-pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<String>) -> anyhow::Result<Vec<f64>> {
+pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<String>) -> anyhow::Result<Latencies> {
     let dir = state_dir("latency");
     let users = 650;
     let mut opts = ScenarioOptions::new(users, 1, dir.clone());
@@ -42,7 +54,9 @@ pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<S
         let item = sc.emulator.notification_for(&sub, &sc.ms_user(u), a, b).expect("notification");
         sends.push((format!("sb-{u:05}"), a, b, sc.emulator.batch_body(&sub, vec![item]).to_string()));
     }
-    let accepted_before = sc.status().await.counters.get("notifications.accepted").copied().unwrap_or(0);
+    let before = sc.status().await;
+    let accepted_before = before.counters.get("notifications.accepted").copied().unwrap_or(0);
+    let stale_before = before.counters.get("rejected.stale").copied().unwrap_or(0);
     sc.switchboard.start_recording();
     let client = reqwest::Client::new();
     let url = sc.notification_url();
@@ -53,11 +67,13 @@ pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<S
         tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate as f64)).await;
         sent.push((user, a, b, Instant::now()));
         let req = client.post(&url).header("content-type", "application/json").body(body);
-        posts.push(tokio::spawn(async move { req.send().await.map(|r| r.status()) }));
+        posts.push(tokio::spawn(async move { req.send().await.map(|r| (r.status(), Instant::now())) }));
     }
+    let mut answered = Vec::with_capacity(n);
     for p in posts {
-        let status = p.await??;
+        let (status, at) = p.await??;
         anyhow::ensure!(status.is_success(), "the webhook answered {status}");
+        answered.push(at);
     }
     let want = accepted_before + n as u64;
     let s = sc
@@ -74,13 +90,34 @@ pub(crate) async fn latency_at_rate_on(rate: usize, seconds: usize, db: Option<S
     }
     let warm_up = rate / 2;
     let mut out = Vec::with_capacity(n);
-    for (user, a, b, at) in sent.iter().skip(warm_up) {
-        let shown = by_user
-            .get(user.as_str())
-            .and_then(|ps| ps.iter().find(|p| p.1 == *a && p.2 == *b && p.3 >= *at))
-            .ok_or_else(|| anyhow::anyhow!("the switchboard never showed {a}/{b} for {user}"))?;
-        out.push(shown.3.duration_since(*at).as_secs_f64() * 1000.0);
+    let mut overtaken = 0;
+    for (i, (user, a, b, at)) in sent.iter().enumerate() {
+        let shown = by_user.get(user.as_str()).and_then(|ps| ps.iter().find(|p| p.1 == *a && p.2 == *b && p.3 >= *at));
+        let ms = match shown {
+            Some(p) => p.3.duration_since(*at).as_secs_f64() * 1000.0,
+            None => {
+                // Never shown: only right if a newer notification of the user was shown
+                // and the plugin dropped this one as stale (counted below).
+                let newer_shown = sent[i + 1..].iter().any(|(u, a2, b2, at2)| {
+                    u == user
+                        && by_user
+                            .get(user.as_str())
+                            .is_some_and(|ps| ps.iter().any(|p| p.1 == *a2 && p.2 == *b2 && p.3 >= *at2))
+                });
+                anyhow::ensure!(newer_shown, "the switchboard never showed {a}/{b} for {user}");
+                overtaken += 1;
+                answered[i].duration_since(*at).as_secs_f64() * 1000.0
+            }
+        };
+        if i >= warm_up {
+            out.push(ms);
+        }
     }
+    let stale = s.counters.get("rejected.stale").copied().unwrap_or(0) - stale_before;
+    anyhow::ensure!(
+        stale as usize >= overtaken,
+        "{overtaken} notifications were never shown but only {stale} were dropped as stale"
+    );
     stop(sc, dir).await;
-    Ok(out)
+    Ok(Latencies { ms: out, overtaken })
 }
