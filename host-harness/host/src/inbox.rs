@@ -9,7 +9,9 @@
 
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
 
 use crate::bindings::sync;
@@ -17,7 +19,7 @@ use crate::command::Command;
 use crate::context::IntegrationCtx;
 use crate::error::StoreError;
 use crate::instance::HostState;
-use crate::store::InboxEntry;
+use crate::store::{InboxDone, InboxEntry, InboxRow};
 
 /// Rows the actor pulls from the inbox before it serves its queue again.
 pub const STEP: usize = 64;
@@ -80,9 +82,14 @@ pub(crate) fn arrived(ctx: &IntegrationCtx, tx: &mpsc::Sender<Command>) {
 
 /// Persists a notification body, sealed (it survives a crash from here on, and its
 /// clientState is not readable on disk), and wakes the actor. When this returns `Ok` the
-/// caller may acknowledge it to Graph. Refused beyond the inbox's bounds.
-pub(crate) fn accept(
-    ctx: &IntegrationCtx,
+/// caller may acknowledge it to Graph. Refused beyond the inbox's bounds. The store writes it
+/// on a thread of its own ([`StateStore::inbox_push_then`]), else on the blocking pool; the
+/// caller's worker does not wait for the disk, and the row is counted and the actor woken
+/// even when the caller has gone meanwhile.
+///
+/// [`StateStore::inbox_push_then`]: crate::store::StateStore::inbox_push_then
+pub(crate) async fn accept(
+    ctx: &Arc<IntegrationCtx>,
     tx: &mpsc::Sender<Command>,
     kind: &str,
     body: &[u8],
@@ -98,14 +105,33 @@ pub(crate) fn accept(
         ctx.count("rejected.inbox-full");
         return Err(AcceptError::Full { rows: rows - 1, bytes: bytes - len });
     }
-    if let Err(e) = ctx.store.inbox_push(&ctx.name, kind, &sealed, ctx.clock.now_ms()) {
-        ctx.inbox_rows.fetch_sub(1, Ordering::SeqCst);
-        ctx.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
-        return Err(e.into());
+    let (answer, answered) = oneshot::channel();
+    let (c, t) = (ctx.clone(), tx.clone());
+    let done: InboxDone = Box::new(move |r: Result<i64, StoreError>| {
+        match &r {
+            Ok(_) => {
+                c.count("inbox.accepted");
+                wake(&c, &t);
+            }
+            Err(_) => {
+                c.inbox_rows.fetch_sub(1, Ordering::SeqCst);
+                c.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
+            }
+        }
+        let _ = answer.send(r);
+    });
+    let row =
+        InboxRow { integration: ctx.name.clone(), kind: kind.into(), body: sealed, received_ms: ctx.clock.now_ms() };
+    if let Err((row, done)) = ctx.store.inbox_push_then(row, done) {
+        let store = ctx.store.clone();
+        tokio::task::spawn_blocking(move || {
+            done(store.inbox_push(&row.integration, &row.kind, &row.body, row.received_ms));
+        });
     }
-    ctx.count("inbox.accepted");
-    wake(ctx, tx);
-    Ok(())
+    match answered.await {
+        Ok(r) => r.map(|_| ()).map_err(AcceptError::from),
+        Err(_) => Err(AcceptError::Store(StoreError::Unavailable("the inbox write was dropped".into()))),
+    }
 }
 
 /// A row's body, opened; a row that does not open (damaged, or sealed under another KEK) is

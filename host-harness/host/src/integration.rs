@@ -51,8 +51,7 @@ impl IntegrationHandle {
     /// Takes a notification (or lifecycle notification) body: persists it in the durable
     /// inbox, so that it survives a crash, and wakes the actor, which takes the inbox's rows in
     /// order. When this returns `Ok` the caller may acknowledge it to Graph.
-    /// The write (sealing, and the fsync of its commit) runs on the blocking pool, not on
-    /// the runtime's workers.
+    /// The fsync of its commit does not hold the runtime's worker (see [`inbox::accept`]).
     pub async fn accept(&self, kind: &str, body: Vec<u8>) -> Result<(), AcceptError> {
         let keys = crate::unwrap::read_envelope(&body).unwrap_or_default();
         self.accept_read(kind, body, keys).await
@@ -67,10 +66,7 @@ impl IntegrationHandle {
         keys: Vec<crate::unwrap::DataKey>,
     ) -> Result<(), AcceptError> {
         self.ctx.unwraps.start(&keys);
-        let (ctx, tx, kind) = (self.ctx.clone(), self.tx.clone(), kind.to_string());
-        let r = tokio::task::spawn_blocking(move || inbox::accept(&ctx, &tx, &kind, &body))
-            .await
-            .unwrap_or_else(|e| Err(AcceptError::Store(crate::error::StoreError::Unavailable(e.to_string()))));
+        let r = inbox::accept(&self.ctx, &self.tx, kind, &body).await;
         if r.is_err() {
             self.ctx.unwraps.forget(&keys);
         }

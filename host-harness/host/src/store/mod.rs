@@ -48,6 +48,23 @@ pub struct InboxEntry {
     pub received_ms: u64,
 }
 
+/// A webhook body to persist in the inbox ([`StateStore::inbox_push_then`]).
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    /// The integration it is for.
+    pub integration: String,
+    /// `notifications` or `lifecycle`.
+    pub kind: String,
+    /// The body (sealed by the host).
+    pub body: Vec<u8>,
+    /// When it arrived (ms since the epoch, the host's clock).
+    pub received_ms: u64,
+}
+
+/// What [`StateStore::inbox_push_then`] calls with the row's id once it is durable, or the
+/// store's error.
+pub type InboxDone = Box<dyn FnOnce(Result<i64, StoreError>) + Send>;
+
 /// Durable state of every integration on a host.
 pub trait StateStore: Send + Sync + 'static {
     /// The plugin's value under `key`.
@@ -66,6 +83,13 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Persists a webhook body before it is acknowledged; returns its inbox id.
     fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError>;
+    /// [`StateStore::inbox_push`] without blocking the caller (the webhook's runtime
+    /// worker): the store persists the row on a thread of its own and calls `done` with the
+    /// outcome there, also when the caller has gone meanwhile. A store without such a path
+    /// gives `done` back (the default), and the host calls `inbox_push` on its blocking pool.
+    fn inbox_push_then(&self, row: InboxRow, done: InboxDone) -> Result<(), (InboxRow, InboxDone)> {
+        Err((row, done))
+    }
     /// Removes a processed inbox entry.
     fn inbox_delete(&self, id: i64) -> Result<(), StoreError>;
     /// Removes processed inbox entries (one commit, where the store can).

@@ -1,12 +1,12 @@
 //! The default [`StateStore`]: SQLite in WAL mode, one file (`state.db`) per host.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{InboxEntry, KV_QUOTA_BYTES, StateStore, StoredKey};
+use super::{InboxDone, InboxEntry, InboxRow, KV_QUOTA_BYTES, StateStore, StoredKey};
 use crate::error::StoreError;
 
 impl From<rusqlite::Error> for StoreError {
@@ -17,23 +17,54 @@ impl From<rusqlite::Error> for StoreError {
 
 /// The state database.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// Inbox rows waiting to be committed together (group commit).
-    group: Mutex<Group>,
-    committed: std::sync::Condvar,
+    conn: Arc<Mutex<Connection>>,
+    /// The inbox writer's queue (see [`write_inbox`]).
+    inbox: std::sync::mpsc::Sender<(InboxRow, InboxDone)>,
     /// Dropping it stops the checkpoint thread.
     _checkpoints: std::sync::mpsc::Sender<()>,
 }
 
-/// Group commit of inbox rows: each caller queues its row; one of them (the leader) commits
-/// every queued row in one transaction, with one fsync, while the others wait for their ids.
-/// Under concurrent webhooks, the rows that arrive during one fsync share the next.
-#[derive(Default)]
-struct Group {
-    queued: Vec<(u64, String, String, Vec<u8>, u64)>,
-    leader: bool,
-    next_ticket: u64,
-    done: std::collections::HashMap<u64, Result<i64, String>>,
+/// Rows the inbox writer commits together at most.
+const GROUP_MAX: usize = 256;
+
+/// The inbox writer: a thread that commits every inbox row queued meanwhile in one durable
+/// transaction (one fsync: group commit), and tells each row's caller. Under concurrent
+/// webhooks the rows that arrive during one commit share the next; no caller's thread waits
+/// for the disk (the webhooks' runtime workers go on serving). Ends when the store is dropped.
+fn write_inbox(conn: Arc<Mutex<Connection>>, queue: std::sync::mpsc::Receiver<(InboxRow, InboxDone)>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let (rows, dones): (Vec<InboxRow>, Vec<InboxDone>) = group.into_iter().unzip();
+        let ids = commit_rows(&conn.lock().unwrap(), &rows);
+        match ids {
+            Ok(ids) => dones.into_iter().zip(ids).for_each(|(done, id)| done(Ok(id))),
+            Err(e) => dones.into_iter().for_each(|done| done(Err(StoreError::Unavailable(e.to_string())))),
+        }
+    }
+}
+
+/// Inserts `rows` in one durable transaction; their ids, in order.
+fn commit_rows(c: &Connection, rows: &[InboxRow]) -> Result<Vec<i64>, rusqlite::Error> {
+    durable(c, |c| {
+        let t = c.unchecked_transaction()?;
+        let mut ids = Vec::with_capacity(rows.len());
+        {
+            let mut st =
+                t.prepare_cached("INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)")?;
+            for r in rows {
+                st.execute(params![r.integration, r.kind, r.body, r.received_ms as i64])?;
+                ids.push(t.last_insert_rowid());
+            }
+        }
+        t.commit()?;
+        Ok(ids)
+    })
 }
 
 /// How often the background thread checkpoints the WAL into the database file.
@@ -93,36 +124,11 @@ impl SqliteStore {
                 }
             }
         })?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            group: Default::default(),
-            committed: Default::default(),
-            _checkpoints: tx,
-        })
-    }
-
-    /// Inserts `rows` in one durable transaction; each ticket gets its id, or all the error.
-    fn commit_rows(&self, rows: &[(u64, String, String, Vec<u8>, u64)]) -> Vec<(u64, Result<i64, String>)> {
-        let c = self.conn.lock().unwrap();
-        let r = durable(&c, |c| {
-            let t = c.unchecked_transaction()?;
-            let mut ids = Vec::with_capacity(rows.len());
-            {
-                let mut st = t.prepare_cached(
-                    "INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for (_, integration, kind, body, ms) in rows {
-                    st.execute(params![integration, kind, body, *ms as i64])?;
-                    ids.push(t.last_insert_rowid());
-                }
-            }
-            t.commit()?;
-            Ok(ids)
-        });
-        match r {
-            Ok(ids) => rows.iter().zip(ids).map(|(row, id)| (row.0, Ok(id))).collect(),
-            Err(e) => rows.iter().map(|row| (row.0, Err(e.to_string()))).collect(),
-        }
+        let conn = Arc::new(Mutex::new(conn));
+        let (inbox, queue) = std::sync::mpsc::channel();
+        let writer = conn.clone();
+        std::thread::Builder::new().name("state-inbox".into()).spawn(move || write_inbox(writer, queue))?;
+        Ok(SqliteStore { conn, inbox, _checkpoints: tx })
     }
 
     /// Replaces the integration's rows of table `to` with its rows of table `from`.
@@ -237,29 +243,20 @@ impl StateStore for SqliteStore {
 
     /// Persists a webhook body before it is acknowledged; returns its inbox id.
     /// Commits with `synchronous=FULL` (on disk when this returns), grouped with the rows other
-    /// callers push meanwhile (see [`Group`]).
+    /// callers push meanwhile (see [`write_inbox`]).
     fn inbox_push(&self, integration: &str, kind: &str, body: &[u8], received_ms: u64) -> Result<i64, StoreError> {
-        let mut g = self.group.lock().unwrap();
-        let ticket = g.next_ticket;
-        g.next_ticket += 1;
-        g.queued.push((ticket, integration.to_string(), kind.to_string(), body.to_vec(), received_ms));
-        loop {
-            if let Some(r) = g.done.remove(&ticket) {
-                return r.map_err(StoreError::Unavailable);
-            }
-            if g.leader {
-                g = self.committed.wait(g).unwrap();
-                continue;
-            }
-            g.leader = true;
-            let rows = std::mem::take(&mut g.queued);
-            drop(g);
-            let results = self.commit_rows(&rows);
-            g = self.group.lock().unwrap();
-            g.leader = false;
-            g.done.extend(results);
-            self.committed.notify_all();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let row = InboxRow { integration: integration.into(), kind: kind.into(), body: body.to_vec(), received_ms };
+        let _ = self.inbox_push_then(row, Box::new(move |r| drop(tx.send(r))));
+        rx.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the inbox writer stopped".into())))
+    }
+
+    /// Queued for the inbox writer ([`write_inbox`]).
+    fn inbox_push_then(&self, row: InboxRow, done: InboxDone) -> Result<(), (InboxRow, InboxDone)> {
+        if let Err(std::sync::mpsc::SendError((_, done))) = self.inbox.send((row, done)) {
+            done(Err(StoreError::Unavailable("the inbox writer stopped".into())));
         }
+        Ok(())
     }
 
     /// Removes a processed inbox entry.
@@ -406,5 +403,41 @@ mod tests {
             let mode = std::fs::metadata(dir.join("state.db")).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
+    }
+
+    /// The webhook queues its row and goes on: the row is committed by the inbox writer (with
+    /// the rows queued meanwhile, in one transaction) while the caller does not wait, and each
+    /// caller is told its id there, in the order the rows came.
+    #[test]
+    fn an_inbox_row_is_queued_without_waiting_for_a_commit_in_progress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&tmp.path().join("state")).unwrap();
+        // A commit in progress: the writer cannot take the connection.
+        let busy = s.conn.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for n in 0..3u64 {
+            let tx = tx.clone();
+            let row = InboxRow {
+                integration: "contoso".into(),
+                kind: "notifications".into(),
+                body: vec![n as u8],
+                received_ms: n,
+            };
+            let done: InboxDone =
+                Box::new(move |r| tx.send((n, r, std::thread::current().name().map(String::from))).unwrap());
+            assert!(s.inbox_push_then(row, done).is_ok(), "the SQLite store takes the row itself");
+        }
+        assert!(rx.try_recv().is_err(), "nothing is told before the row is durable");
+        drop(busy);
+        let told: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        let ids: Vec<i64> = told.iter().map(|(_, r, _)| *r.as_ref().unwrap()).collect();
+        assert_eq!(told.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2], "told in the order they came");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in the order they came: {ids:?}");
+        assert!(told.iter().all(|t| t.2.as_deref() == Some("state-inbox")), "told on the writer's thread");
+        let stored = s.inbox_after("contoso", 0, 10).unwrap();
+        assert_eq!(
+            stored.iter().map(|e| (e.id, e.body.clone())).collect::<Vec<_>>(),
+            [(ids[0], vec![0]), (ids[1], vec![1]), (ids[2], vec![2])]
+        );
     }
 }
