@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 use graph_emulator::{Emulator, TenantSeed};
 use presence_host::{Backends, Config, Host};
 
+/// mimalloc, not glibc's malloc: the host allocates and frees small buffers for every request
+/// and guest call from several threads, where glibc's arenas spend measurably more (the ingest
+/// bench's CPU per notification; BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "teams-presence-sync reference host")]
 struct Cli {
