@@ -335,10 +335,13 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
         let m = |f: fn(&crate::ingest::Ingest) -> f64| median(runs.iter().map(f).collect());
         let (rate, bare, cpu, unwrap) = (m(|r| r.rate), m(|r| r.bare), m(|r| r.cpu_us), m(|r| r.unwrap_us));
         let (rsa, all) = (median(rsas.clone()), median(alls.clone()));
+        // Each run against the ceiling measured around it (this machine's speed moves between
+        // runs): the goal is the median of those ratios, not a ratio of medians.
+        let ratio = median(runs.iter().zip(&rsas).map(|(r, c)| r.rate / c).collect());
         goals.push((
             format!("webhook ingest at least 1.4 × the one-core RSA-OAEP decrypt rate ({cores} cores)"),
-            format!("{:.2} ({rate:.0} of {rsa:.0} a second)", rate / rsa),
-            rate / rsa >= 1.4,
+            format!("{ratio:.2} (median of the runs' ratios; medians {rate:.0} of {rsa:.0} a second)"),
+            ratio >= 1.4,
         ));
         writeln!(md, "| measure | per second (median) |")?;
         writeln!(md, "|---|---:|")?;
@@ -351,7 +354,10 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
             "| the same, {cores} threads at once: the machine's limit for any parallel unwrap | {all:.0} ({:.2} of one core) |",
             all / rsa
         )?;
-        writeln!(md, "| notifications ingested through the harness | {rate:.0} ({:.2} of the ceiling) |", rate / rsa)?;
+        writeln!(
+            md,
+            "| notifications ingested through the harness | {rate:.0} ({ratio:.2} of the ceiling: the median of the runs' ratios below) |"
+        )?;
         writeln!(md, "| bare axum (hyper) server answering 202, same load generator | {bare:.0} |")?;
         writeln!(
             md,
@@ -685,12 +691,10 @@ pub async fn run(opts: &BenchOptions, command: &str) -> anyhow::Result<String> {
             }
         }
         for (store, rsa, ingest, p50, p99) in rows {
+            // Each run against its own ceiling; the median of those ratios.
+            let ratio = median(ingest.iter().zip(&rsa).map(|(i, c)| i / c).collect());
             let (rsa, ingest, p50, p99) = (median(rsa), median(ingest), median(p50), median(p99));
-            writeln!(
-                md,
-                "| {store} | {rsa:.0} | {ingest:.0} ({:.2} of the ceiling) | {p50:.2} | {p99:.2} |",
-                ingest / rsa
-            )?;
+            writeln!(md, "| {store} | {rsa:.0} | {ingest:.0} ({ratio:.2} of the ceiling) | {p50:.2} | {p99:.2} |")?;
         }
         let rsa = rsa_decrypts_per_second(2000);
         let f = crate::fleet::fleet(&server, opts.fleet_notifications, opts.sim.0, opts.sim.1).await?;
