@@ -316,11 +316,7 @@ impl Actor {
         if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
             return;
         }
-        // The store's calls run on the blocking pool: a commit in progress (the webhook's
-        // fsync) must not hold one of the runtime's few workers.
-        let (ctx, cursor) = (self.ctx.clone(), self.inbox_cursor);
-        let read = tokio::task::spawn_blocking(move || ctx.store.inbox_after(&ctx.name, cursor, inbox::STEP)).await;
-        let rows = match read.unwrap_or_else(|e| Err(crate::error::StoreError::Unavailable(e.to_string()))) {
+        let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, inbox::STEP) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(integration = %self.ctx.name, "inbox read failed: {e}; retried after the next command");
@@ -330,8 +326,7 @@ impl Actor {
         };
         let full = rows.len() == inbox::STEP;
         self.take_rows(rows).await;
-        let (ctx, taken) = (self.ctx.clone(), std::mem::take(&mut self.taken));
-        if tokio::task::spawn_blocking(move || inbox::taken(&ctx, &taken)).await.unwrap_or(false) {
+        if inbox::taken(&self.ctx, &std::mem::take(&mut self.taken)) {
             // What the plugin took is gone: the next step reads from the inbox's start. An id
             // is given when a row is written, not when it commits: on a store with several
             // writers (PostgreSQL) a row can show up after one with a greater id was read,
