@@ -7,9 +7,8 @@
 //! restoring its state) gets the same batch again after its next tick; no later batch passes
 //! it.
 
-use std::sync::atomic::Ordering;
-
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
@@ -218,4 +217,80 @@ pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) -> bool {
     let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(bytes)));
     ctx.count_by("inbox.processed", n);
     gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::CtxParts;
+    use crate::switchboard::{PresenceUpdate, Switchboard, SwitchboardUser, UnknownUser};
+
+    struct NoSwitchboard;
+    impl Switchboard for NoSwitchboard {
+        fn users_page(&self, _: usize, _: usize) -> Vec<SwitchboardUser> {
+            Vec::new()
+        }
+        fn publish(&self, update: PresenceUpdate) -> Result<(), UnknownUser> {
+            Err(UnknownUser(update.user_id))
+        }
+        fn withdraw(&self, _: &str) {}
+        fn calls_in_progress(&self) -> Vec<crate::switchboard::LineEvent> {
+            Vec::new()
+        }
+    }
+
+    struct NoHttp;
+    impl crate::http::HttpClient for NoHttp {
+        fn send(&self, _: crate::http::OutboundRequest) -> crate::http::HttpFuture {
+            Box::pin(async { Err(crate::http::HttpError::InvalidRequest("no network in this test".into())) })
+        }
+    }
+
+    fn ctx(store: Arc<dyn crate::store::StateStore>) -> Arc<IntegrationCtx> {
+        let (key, _) = crate::keys::NotificationKey::for_tests("cert");
+        Arc::new(IntegrationCtx::new(
+            "contoso".into(),
+            Vec::new(),
+            Arc::new(NoHttp),
+            store,
+            Arc::new(NoSwitchboard),
+            Arc::new(key),
+            Arc::new(crate::clock::SystemClock),
+            Box::new(|_, _| Box::pin(async { false })),
+            CtxParts {
+                kek: crate::seal::Kek::random(),
+                webhook_token: "t".into(),
+                inbox_limits: Default::default(),
+                metrics: crate::metrics::Metrics::default().for_integration("contoso"),
+                client_secret_expires_ms: None,
+            },
+        ))
+    }
+
+    /// A webhook whose request is dropped while its row is being committed (Graph gave up,
+    /// the connection broke): the row is still stored, counted and the actor woken, for the
+    /// store writes it on its own thread and tells the host there, not the caller.
+    #[tokio::test]
+    async fn a_row_whose_webhook_went_away_mid_commit_is_still_counted_and_wakes_the_actor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteStore::open(&tmp.path().join("state")).unwrap());
+        let ctx = ctx(store.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+        let body = br#"{"value": []}"#;
+        // The store's writer is held up, so the request is still waiting when it is dropped.
+        let held = store.hold_for_tests();
+        let mut pending = Box::pin(accept(&ctx, &tx, "notifications", &body[..]));
+        assert!(futures_util::FutureExt::now_or_never(pending.as_mut()).is_none(), "the row waits for its commit");
+        drop(pending);
+        assert_eq!(ctx.inbox_rows.load(Ordering::SeqCst), 1, "its room stays reserved");
+        drop(held);
+        // Bounded, so that a lost wake fails the test instead of hanging it.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await;
+        assert!(matches!(woken, Ok(Some(Command::InboxWake))), "the actor is woken");
+        assert_eq!(ctx.counters().get("inbox.accepted").copied(), Some(1));
+        let rows = ctx.store.inbox_after("contoso", 0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(open(&ctx, &rows[0]).as_deref(), Some(&body[..]));
+        assert_eq!(ctx.inbox_rows.load(Ordering::SeqCst), 1);
+    }
 }

@@ -131,6 +131,12 @@ impl SqliteStore {
         Ok(SqliteStore { conn, inbox, _checkpoints: tx })
     }
 
+    /// Holds the connection, as a long commit would, until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_for_tests(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap()
+    }
+
     /// Replaces the integration's rows of table `to` with its rows of table `from`.
     fn kv_copy(&self, integration: &str, from: &'static str, to: &'static str) -> Result<(), StoreError> {
         let mut c = self.conn.lock().unwrap();
