@@ -148,25 +148,44 @@ fn folded(raw: &str) -> impl Iterator<Item = char> + '_ {
 }
 
 /// A 64-bit hash of `raw` normalised (see [`normalise`]), computed without normalising it
-/// into a new string. The hash is fixed (SipHash with zero keys); distinct addresses may
-/// share one, which [`Index`] lookups resolve by checking each candidate.
+/// into a new string: a hash of the normalised characters, so an address that is ASCII (the
+/// common case, lowered a byte at a time) and one that folds to the same characters hash
+/// alike. The hash is fixed (FxHash: nothing here is a secret, and an [`Index`] never trusts
+/// a hash): distinct addresses may share one, which [`Index`] lookups resolve by checking each
+/// candidate.
 pub fn address_hash(raw: &str) -> u64 {
     use std::hash::Hasher as _;
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    for c in folded(raw) {
-        h.write_u32(c as u32);
+    let mut h = rustc_hash::FxHasher::default();
+    let t = raw.trim();
+    if t.is_ascii() {
+        for b in t.bytes() {
+            h.write_u32(u32::from(b.to_ascii_lowercase()));
+        }
+    } else {
+        for c in t.chars().flat_map(char::to_lowercase) {
+            h.write_u32(c as u32);
+        }
     }
     h.finish()
 }
 
 /// Whether two raw addresses are one once normalised.
 fn same_address(a: &str, b: &str) -> bool {
+    let (ta, tb) = (a.trim(), b.trim());
+    if ta.is_ascii() && tb.is_ascii() {
+        return ta.eq_ignore_ascii_case(tb);
+    }
     folded(a).eq(folded(b))
 }
 
 /// Whether `raw` is `address` (normalised) once normalised.
 pub fn is_address(raw: &str, address: &str) -> bool {
+    let t = raw.trim();
+    if t.is_ascii() {
+        // Lowered byte by byte it must be `address` exactly (an ASCII character never
+        // lowers to a non-ASCII one, nor a non-ASCII one to ASCII here: `t` has none).
+        return t.len() == address.len() && t.bytes().zip(address.bytes()).all(|(r, a)| r.to_ascii_lowercase() == a);
+    }
     folded(raw).eq(address.chars())
 }
 
@@ -256,7 +275,7 @@ pub fn build_with(
 /// the list of users in `many`, for the rare hash that several users share.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    one: HashMap<u32, u32>,
+    one: rustc_hash::FxHashMap<u32, u32>,
     many: Vec<Vec<u32>>,
 }
 
@@ -271,7 +290,7 @@ fn fold(hash: u64) -> u32 {
 impl Index {
     /// An index with room for `n` entries.
     pub(crate) fn with_capacity(n: usize) -> Index {
-        Index { one: HashMap::with_capacity(n), many: Vec::new() }
+        Index { one: rustc_hash::FxHashMap::with_capacity_and_hasher(n, Default::default()), many: Vec::new() }
     }
     /// Adds user `i` (below 2^31) under `hash` (once).
     pub(crate) fn insert(&mut self, hash: u64, i: u32) {
@@ -378,11 +397,10 @@ impl SwitchboardLoad {
     }
 }
 
-/// A 64-bit hash of a user id (fixed: SipHash with zero keys), for an [`Index`] of ids.
+/// A 64-bit hash of a user id (fixed: FxHash, as [`address_hash`]), for an [`Index`] of ids.
 pub(crate) fn id_hash(id: &str) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     id.hash(&mut h);
     h.finish()
 }
@@ -1018,6 +1036,21 @@ mod tests {
         b.by_mail.insert(h, 0);
         assert_eq!(b.ms_carriers(&microsoft, MatchSource::Mail, "a@x.com").collect::<Vec<_>>(), [0]);
         assert_eq!(b.ms_carriers(&microsoft, MatchSource::Upn, "a@x.com").count(), 0);
+    }
+
+    #[test]
+    fn an_ascii_address_and_one_that_folds_to_it_are_one_address() {
+        // U+212A KELVIN SIGN lowers to ASCII `k`; U+000B (vertical tab) is trimmed as space.
+        let (ascii, folded) = ("\u{b} Kim@X.com ", "\u{212a}IM@x.COM");
+        assert_eq!(address_hash(ascii), address_hash(folded));
+        assert_eq!(address_hash(ascii), address_hash("kim@x.com"));
+        assert!(same_address(ascii, folded) && same_address(folded, ascii));
+        assert!(is_address(ascii, "kim@x.com") && is_address(folded, "kim@x.com"));
+        assert_eq!(normalise(folded), "kim@x.com");
+        // Not one address: another letter, a prefix, a non-ASCII letter against its ASCII look-alike.
+        assert!(!is_address("Kim@x.co", "kim@x.com") && !is_address("kim@x.comm", "kim@x.com"));
+        assert!(!same_address("kim@x.com", "kím@x.com") && !is_address("kím@x.com", "kim@x.com"));
+        assert_ne!(address_hash("kim@x.com"), address_hash("kin@x.com"));
     }
 
     #[test]
