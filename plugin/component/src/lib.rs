@@ -29,6 +29,23 @@ use teams_presence::plugin::{
 
 mod convert;
 
+/// The guest's `memcmp`, in place of the C library's one byte per step: every ordered map of
+/// the core compares ids through it (see [`presence_core::bytes`]). A symbol of our own is
+/// linked before the library's.
+///
+/// # Safety
+/// As C's `memcmp`: `a` and `b` each point to `n` readable bytes.
+#[cfg(target_arch = "wasm32")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: `memcmp`'s contract: `a` and `b` each point to `n` readable bytes.
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a, n), std::slice::from_raw_parts(b, n)) };
+    core::bytes::compare(a, b)
+}
+
 /// Version of this plugin release (reported in the status).
 #[cfg(not(feature = "next"))]
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

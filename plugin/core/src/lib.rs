@@ -14,7 +14,9 @@
 //! - [`shards`]: stable assignment of users to integration users (650 each).
 //! - [`crypto`]: decryption of rich notifications (HMAC-SHA256, then AES-CBC).
 //! - [`hints`]: AADSTS and Graph error codes → one-line admin hints.
+//! - [`bytes`]: byte comparison a word at a time (the component's `memcmp`).
 
+pub mod bytes;
 pub mod core;
 pub mod crypto;
 pub mod hints;
