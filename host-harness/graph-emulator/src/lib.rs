@@ -229,7 +229,7 @@ impl Emulator {
         for u in &mut t.users {
             u.last_aggregate = u.aggregate(now);
         }
-        self.inner.world.lock().unwrap().tenants.insert(t.id.clone(), t);
+        self.with_world(|w| w.tenants.insert(t.id.clone(), t));
     }
 
     /// Serves on `listener` (in the background). Returns the base URL
@@ -264,15 +264,16 @@ impl Emulator {
 
     /// Runs `f` on a tenant (by id or domain); panics if there is no such tenant.
     pub fn with_tenant<R>(&self, tenant: &str, f: impl FnOnce(&mut model::Tenant) -> R) -> R {
-        let mut w = self.inner.world.lock().unwrap();
-        let k = w.tenant_key(tenant).expect("tenant exists");
-        f(w.tenants.get_mut(&k).unwrap())
+        self.with_world(|w| {
+            let k = w.tenant_key(tenant).expect("tenant exists");
+            f(w.tenants.get_mut(&k).unwrap())
+        })
     }
 
     /// Registers a multi-tenant app (the switchboard vendor's, for the automated setup): a
     /// tenant gets it through admin consent.
     pub fn add_platform_app(&self, app: model::PlatformApp) {
-        self.with_world(|w| {
+        self.with_world_no_expiry(|w| {
             w.platform_apps.insert(app.client_id.clone(), app);
         });
     }
@@ -280,7 +281,7 @@ impl Emulator {
     /// The user `upn` enters `user_code` at the device login page, signs in (with MFA where
     /// required) and accepts (`accept`) or declines; false when no such code waits.
     pub fn answer_device_code(&self, user_code: &str, upn: &str, accept: bool) -> bool {
-        self.with_world(|w| {
+        self.with_world_no_expiry(|w| {
             let Some(k) = w.device_codes.iter().find(|(_, d)| d.user_code == user_code).map(|(k, _)| k.clone()) else {
                 return false;
             };
@@ -298,19 +299,19 @@ impl Emulator {
     /// Makes every access token issued so far expire now (Graph then answers 401).
     pub fn expire_all_tokens(&self) {
         let now = self.inner.clock.now_ms();
-        self.with_world(|w| w.tokens.values_mut().for_each(|t| t.expires_at_ms = t.expires_at_ms.min(now)));
+        self.with_world_no_expiry(|w| w.tokens.values_mut().for_each(|t| t.expires_at_ms = t.expires_at_ms.min(now)));
     }
 
     /// Deletes a subscription at "Microsoft" (an admin or a cleanup job did); no notification
     /// tells the app. False if there is no such subscription.
     pub fn delete_subscription(&self, id: &str) -> bool {
-        self.with_world(|w| w.subscriptions.remove(id).is_some())
+        self.with_world_no_expiry(|w| w.subscriptions.remove(id).is_some())
     }
 
     /// Requests that came sooner than a `Retry-After` (rate limit or injected fault) allowed,
     /// with what they were.
     pub fn early_requests(&self) -> (u64, Vec<String>) {
-        self.with_world(|w| (w.early_requests, w.early_log.clone()))
+        self.with_world_no_expiry(|w| (w.early_requests, w.early_log.clone()))
     }
 
     /// Invalidates every `/users/delta` token of the tenant: the next delta round gets `410 Gone`.
@@ -320,6 +321,16 @@ impl Emulator {
 
     /// Runs `f` on the world.
     pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        let mut w = self.inner.world.lock().unwrap();
+        let r = f(&mut w);
+        // `f` may have set something that runs out: the session timer looks at every user.
+        w.next_expiry_ms = 0;
+        r
+    }
+
+    /// [`Emulator::with_world`] for the emulator's own code, which sets nothing that runs
+    /// out through it (the session timer keeps skipping its scan).
+    pub(crate) fn with_world_no_expiry<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
         f(&mut self.inner.world.lock().unwrap())
     }
 
@@ -370,6 +381,9 @@ impl Emulator {
         let Some(key) = w.tenant_key(tenant) else { return false };
         let Some(user) = w.tenants.get_mut(&key).and_then(|t| t.user_mut(user_id)) else { return false };
         f(user, now);
+        if let Some(e) = user.next_expiry_ms() {
+            w.next_expiry_ms = w.next_expiry_ms.min(e);
+        }
         let deliveries = touch(&mut w, &key, user_id, now);
         drop(w);
         self.send(deliveries);
@@ -484,7 +498,7 @@ impl Emulator {
     /// with the validation token of the subscription's app and tenant.
     pub fn batch_body(&self, sub_id: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
         let (tenant, client) = self
-            .with_world(|w| w.subscriptions.get(sub_id).map(|s| (s.tenant.clone(), s.client_id.clone())))
+            .with_world_no_expiry(|w| w.subscriptions.get(sub_id).map(|s| (s.tenant.clone(), s.client_id.clone())))
             .unwrap_or_default();
         let token = self.inner.signer.lock().unwrap().token(&tenant, &client, self.inner.clock.now_ms());
         serde_json::json!({ "value": items, "validationTokens": [token] })
@@ -500,7 +514,7 @@ impl Emulator {
     /// before an access token behind it expires, or when the admin changes permissions).
     /// Graph delivers no change notifications for it until the app renews it.
     pub fn require_reauthorization(&self, sub_id: &str) -> bool {
-        let Some((url, item, tenant, client)) = self.with_world(|w| {
+        let Some((url, item, tenant, client)) = self.with_world_no_expiry(|w| {
             let s = w.subscriptions.get_mut(sub_id)?;
             s.reauthorization_required = true;
             let url = s.lifecycle_notification_url.clone().unwrap_or_else(|| s.notification_url.clone());
@@ -533,18 +547,18 @@ impl Emulator {
 
     /// Sets the presence rate limit (requests per window) for every app.
     pub fn set_presence_limit(&self, limit: usize, window: std::time::Duration) {
-        self.with_world(|w| w.presence_limit = (limit, window.as_millis() as u64));
+        self.with_world_no_expiry(|w| w.presence_limit = (limit, window.as_millis() as u64));
     }
 
     /// (presence requests answered 429, requests that came sooner than Retry-After allowed).
     pub fn throttling(&self) -> (u64, u64) {
-        self.with_world(|w| (w.throttled, w.early_requests))
+        self.with_world_no_expiry(|w| (w.throttled, w.early_requests))
     }
 
     /// The presence sessions of a user: session id → (availability, activity).
     pub fn sessions(&self, tenant: &str, user_id: &str) -> std::collections::BTreeMap<String, (String, String)> {
         let now = self.inner.clock.now_ms();
-        self.with_world(|w| {
+        self.with_world_no_expiry(|w| {
             let k = w.tenant_key(tenant)?;
             let t = w.tenants.get_mut(&k)?;
             let u = t.user_mut(user_id)?;
@@ -562,7 +576,7 @@ impl Emulator {
     /// How many requests matched a route name such as `POST /v1.0/users/{id}/presence/setPresence`
     /// (requests inside a `$batch` count one each).
     pub fn count(&self, route: &str) -> u64 {
-        self.with_world(|w| w.requests.get(route).copied().unwrap_or(0))
+        self.with_world_no_expiry(|w| w.requests.get(route).copied().unwrap_or(0))
     }
 
     /// When an app last wrote the presence of `user_id` (setPresence or clearPresence).
@@ -592,7 +606,11 @@ async fn expire_sessions(inner: std::sync::Weak<Inner>) {
         }
         let now = inner.clock.now_ms();
         let mut w = inner.world.lock().unwrap();
+        if now < w.next_expiry_ms {
+            continue;
+        }
         let mut expired = Vec::new();
+        let mut next = u64::MAX;
         for (tk, t) in w.tenants.iter_mut() {
             for u in t.users.iter_mut() {
                 let before = u.sessions.len();
@@ -608,8 +626,10 @@ async fn expire_sessions(inner: std::sync::Weak<Inner>) {
                 if before != u.sessions.len() || pref_gone || message_gone {
                     expired.push((tk.clone(), u.id.clone()));
                 }
+                next = next.min(u.next_expiry_ms().unwrap_or(u64::MAX));
             }
         }
+        w.next_expiry_ms = next;
         let mut deliveries = Vec::new();
         for (t, u) in expired {
             deliveries.extend(touch(&mut w, &t, &u, now));

@@ -112,6 +112,14 @@ impl User {
         (message, ooo)
     }
 
+    /// When the first of the user's sessions, preferred presence or status message runs out.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        let sessions = self.sessions.values().filter_map(|s| s.expires_at_ms);
+        let preferred = self.preferred.as_ref().and_then(|p| p.expires_at_ms);
+        let message = self.status_message.as_ref().and_then(|m| m.expires_at_ms);
+        sessions.chain(preferred).chain(message).min()
+    }
+
     /// The aggregated presence at `now`.
     pub fn aggregate(&self, now: u64) -> (String, String) {
         let live: Vec<&Session> = self.sessions.values().filter(|s| s.expires_at_ms.is_none_or(|e| e > now)).collect();
@@ -147,6 +155,10 @@ pub struct Tenant {
     pub users: Vec<User>,
     /// Index by id.
     pub by_id: HashMap<String, usize>,
+    /// Index by UPN in lower case (the first user with it), for sign-ins: kept by
+    /// [`Tenant::user_by_upn`], which checks each hit and rebuilds it on a miss, so code that
+    /// adds users or changes a UPN need not know of it.
+    pub by_upn: HashMap<String, usize>,
     /// Lifetime range of issued tokens, seconds.
     pub token_lifetime_s: (u64, u64),
     /// Directory version: bumped by every user change (delta queries).
@@ -262,7 +274,19 @@ impl Tenant {
 
     /// A user by UPN (case-insensitive).
     pub fn user_by_upn(&mut self, upn: &str) -> Option<&mut User> {
-        self.users.iter_mut().find(|u| u.upn.eq_ignore_ascii_case(upn))
+        let key = upn.to_ascii_lowercase();
+        let holds = |t: &Tenant, i: usize| t.users.get(i).is_some_and(|u| u.upn.eq_ignore_ascii_case(upn));
+        let i = match self.by_upn.get(&key) {
+            Some(&i) if holds(self, i) => i,
+            _ => {
+                self.by_upn.clear();
+                for (i, u) in self.users.iter().enumerate() {
+                    self.by_upn.entry(u.upn.to_ascii_lowercase()).or_insert(i);
+                }
+                *self.by_upn.get(&key)?
+            }
+        };
+        self.users.get_mut(i)
     }
 }
 
@@ -378,6 +402,10 @@ pub struct World {
     pub requests: BTreeMap<String, u64>,
     /// Global sequence for presence changes.
     pub sequence: u64,
+    /// Nothing of any user runs out before this (ms): the session timer skips its scan of
+    /// every user until then. Lowered wherever something with an expiry is set;
+    /// [`crate::Emulator::with_world`] sets it to 0 (scan), as it may set anything.
+    pub next_expiry_ms: u64,
     /// Presence rate limit per app per tenant: (requests, window in ms). Graph documents
     /// 1,500 per 30 s (<https://learn.microsoft.com/en-us/graph/api/presence-get>); tests lower it to provoke throttling.
     pub presence_limit: (usize, u64),
@@ -457,6 +485,7 @@ impl Default for World {
             faults: Vec::new(),
             requests: BTreeMap::new(),
             sequence: 0,
+            next_expiry_ms: 0,
             presence_limit: (1500, 30_000),
             presence_calls: HashMap::new(),
             retry_until: HashMap::new(),
@@ -629,6 +658,7 @@ impl TenantSeed {
             apps: BTreeMap::from([(app.client_id.clone(), app)]),
             users,
             by_id: HashMap::new(),
+            by_upn: HashMap::new(),
             token_lifetime_s: (3599, 5399),
             dir_version: 0,
             removed: Vec::new(),

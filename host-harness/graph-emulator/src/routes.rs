@@ -99,7 +99,7 @@ async fn count_and_inject(State(emu): State<Emulator>, req: Request, next: Next)
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
         let now = now(&emu);
-        let fault = emu.with_world(|w| {
+        let fault = emu.with_world_no_expiry(|w| {
             *w.requests.entry(route.clone()).or_default() += 1;
             // Which service, tenant and app: Retry-After binds all their requests.
             let key = service_of(&path)
@@ -1157,6 +1157,9 @@ fn write_session(
     if let Err(r) = change(user, now) {
         return r;
     }
+    if let Some(e) = user.next_expiry_ms() {
+        w.next_expiry_ms = w.next_expiry_ms.min(e);
+    }
     let d = touch(&mut w, &t.tenant, id, now);
     drop(w);
     emu.inner.writes.lock().unwrap().insert(id.to_string(), std::time::Instant::now());
@@ -1753,7 +1756,7 @@ async fn control_mfa(
     let Ok(m) = serde_json::from_slice::<Mfa>(&body) else {
         return (StatusCode::BAD_REQUEST, "body must be {\"required\": bool}").into_response();
     };
-    let found = emu.with_world(|w| {
+    let found = emu.with_world_no_expiry(|w| {
         let k = w.tenant_key(&tenant)?;
         let u = w.tenants.get_mut(&k)?.user_by_upn(&upn)?;
         u.mfa_required = m.required;
@@ -1771,7 +1774,7 @@ async fn control_subscriptions(State(emu): State<Emulator>) -> Response {
 }
 
 async fn control_delete_subscription(State(emu): State<Emulator>, Path(id): Path<String>) -> Response {
-    match emu.with_world(|w| w.subscriptions.remove(&id)) {
+    match emu.with_world_no_expiry(|w| w.subscriptions.remove(&id)) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -1780,7 +1783,7 @@ async fn control_delete_subscription(State(emu): State<Emulator>, Path(id): Path
 async fn control_fault(State(emu): State<Emulator>, body: Bytes) -> Response {
     match serde_json::from_slice::<super::Fault>(&body) {
         Ok(f) => {
-            emu.with_world(|w| w.faults.push(f));
+            emu.with_world_no_expiry(|w| w.faults.push(f));
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("bad fault: {e}")).into_response(),
