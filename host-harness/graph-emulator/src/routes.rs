@@ -813,16 +813,6 @@ async fn control_group(
 /// A user as `/users` and `/users/delta` return it: `$select`ed properties (and `id`), or the
 /// documented default set.
 fn user_json(u: &super::model::User, select: Option<&BTreeSet<String>>) -> Value {
-    let all = json!({
-        "id": u.id,
-        "displayName": u.display_name,
-        "userPrincipalName": u.upn,
-        "mail": u.mail,
-        "proxyAddresses": u.proxy_addresses,
-        "businessPhones": [],
-        "givenName": null, "surname": null, "jobTitle": null, "mobilePhone": null,
-        "officeLocation": null, "preferredLanguage": null,
-    });
     const DEFAULT: [&str; 11] = [
         "businessPhones",
         "displayName",
@@ -836,15 +826,28 @@ fn user_json(u: &super::model::User, select: Option<&BTreeSet<String>>) -> Value
         "userPrincipalName",
         "id",
     ];
+    let keep = |k: &str| {
+        k == "id"
+            || match select {
+                Some(s) => s.contains(k),
+                None => DEFAULT.contains(&k),
+            }
+    };
+    // Only the properties kept are built (a directory page holds up to 999 users).
     let mut o = serde_json::Map::new();
-    for (k, v) in all.as_object().unwrap() {
-        let keep = match select {
-            Some(s) => s.contains(k),
-            None => DEFAULT.contains(&k.as_str()),
-        };
-        if keep || k == "id" {
-            o.insert(k.clone(), v.clone());
+    let mut put = |k: &str, v: &dyn Fn() -> Value| {
+        if keep(k) {
+            o.insert(k.to_string(), v());
         }
+    };
+    put("id", &|| json!(u.id));
+    put("displayName", &|| json!(u.display_name));
+    put("userPrincipalName", &|| json!(u.upn));
+    put("mail", &|| json!(u.mail));
+    put("proxyAddresses", &|| json!(u.proxy_addresses));
+    put("businessPhones", &|| json!([]));
+    for k in ["givenName", "surname", "jobTitle", "mobilePhone", "officeLocation", "preferredLanguage"] {
+        put(k, &|| Value::Null);
     }
     Value::Object(o)
 }
