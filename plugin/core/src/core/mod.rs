@@ -366,7 +366,8 @@ fn sub_key(slot: usize) -> String {
 /// One integration's sync state. See the module docs.
 #[derive(Default)]
 pub struct Core {
-    settings: Option<Settings>,
+    /// Shared, not copied: every event's `drive` holds it while it acts.
+    settings: Option<std::sync::Arc<Settings>>,
     missing: Vec<String>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
@@ -507,7 +508,7 @@ impl Core {
         self.subs = vec![Sub::default(); slots];
         self.shards = Shards::new(slots, MAX_USERS_PER_SUBSCRIPTION);
         self.log(Level::Info, "configured", vec![("integration".into(), settings.name.clone())]);
-        self.settings = Some(settings);
+        self.settings = Some(std::sync::Arc::new(settings));
         if stored_schema < STATE_SCHEMA_VERSION {
             upgrade_state(stored_schema, env, &mut self.effects);
             self.effects.push(Effect::Store {
