@@ -18,6 +18,10 @@ impl From<rusqlite::Error> for StoreError {
 /// The state database.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection, for the actors' inbox reads only: in WAL mode a reader never
+    /// waits for a writer, so an actor's read does not wait (holding a runtime worker) for
+    /// the inbox writer's commit and its fsync on `conn`.
+    inbox_reader: Mutex<Connection>,
     /// The inbox writer's queue (see [`write_inbox`]).
     inbox: std::sync::mpsc::Sender<(InboxRow, InboxDone)>,
     /// Dropping it stops the checkpoint thread.
@@ -124,11 +128,13 @@ impl SqliteStore {
                 }
             }
         })?;
+        let inbox_reader = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        inbox_reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let conn = Arc::new(Mutex::new(conn));
         let (inbox, queue) = std::sync::mpsc::channel();
         let writer = conn.clone();
         std::thread::Builder::new().name("state-inbox".into()).spawn(move || write_inbox(writer, queue))?;
-        Ok(SqliteStore { conn, inbox, _checkpoints: tx })
+        Ok(SqliteStore { conn, inbox_reader: Mutex::new(inbox_reader), inbox, _checkpoints: tx })
     }
 
     /// Holds the connection, as a long commit would, until the guard is dropped.
@@ -297,7 +303,7 @@ impl StateStore for SqliteStore {
     }
 
     fn inbox_after(&self, integration: &str, after_id: i64, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
-        let c = self.conn.lock().unwrap();
+        let c = self.inbox_reader.lock().unwrap();
         let mut st = c.prepare_cached(
             "SELECT id, kind, body, received_ms FROM inbox WHERE integration = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
@@ -445,5 +451,32 @@ mod tests {
             stored.iter().map(|e| (e.id, e.body.clone())).collect::<Vec<_>>(),
             [(ids[0], vec![0]), (ids[1], vec![1]), (ids[2], vec![2])]
         );
+    }
+
+    /// An actor reads its inbox while a write transaction holds the main connection (the
+    /// writer's commit, or any state write): it sees every committed row and none of the
+    /// open transaction's, without waiting for it.
+    #[test]
+    fn the_inbox_is_read_while_a_write_transaction_is_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(&tmp.path().join("state")).unwrap());
+        let first = s.inbox_push("contoso", "notifications", b"committed", 1).unwrap();
+        let busy = s.conn.lock().unwrap();
+        busy.execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO inbox (integration, kind, body, received_ms) VALUES ('contoso', 'notifications', x'00', 2);",
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = s.clone();
+        std::thread::spawn(move || {
+            tx.send(reader.inbox_after("contoso", 0, 10).map(|r| r.into_iter().map(|e| e.id).collect::<Vec<_>>()))
+        });
+        // A bound for a failure only: the read returns at once, or waits for `busy` forever.
+        let read =
+            rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the read waited for the open transaction");
+        assert_eq!(read.unwrap(), [first], "committed rows only");
+        busy.execute_batch("COMMIT").unwrap();
+        drop(busy);
+        assert_eq!(s.inbox_after("contoso", 0, 10).unwrap().len(), 2, "the commit is seen by the next read");
     }
 }
