@@ -6,9 +6,11 @@
 //! users that loop was 40 % of the guest's CPU while a mapping was built. The component
 //! exports [`compare`] as its `memcmp`.
 
-/// Compares `a` and `b` (of one length) as `memcmp` does: negative, 0 or positive as `a`'s
-/// first differing byte is below, absent or above `b`'s. Calls no `memcmp` itself.
+/// Compares `a` and `b`, of one length, as `memcmp` does: negative, 0 or positive as `a`'s
+/// first differing byte is below, absent or above `b`'s. Calls no `memcmp` itself. (Of
+/// slices of two lengths it compares the shorter one's length only: not slice order.)
 pub fn compare(a: &[u8], b: &[u8]) -> i32 {
+    debug_assert_eq!(a.len(), b.len(), "memcmp compares two runs of one length");
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut i = 0;
