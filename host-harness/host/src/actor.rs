@@ -58,11 +58,13 @@ pub(crate) struct Actor {
     pub(crate) last_swap: Option<SwapReport>,
     /// Counters of the releases that ran before a swap, so that the status counts since start.
     pub(crate) carried: BTreeMap<String, u64>,
-    /// The id of the last inbox row the plugin took in this step (rows not removed yet): the
-    /// next one is after it. Back to 0 once they are removed.
+    /// The id of the last inbox row the plugin took (rows not removed yet): the next one is
+    /// after it. Back to 0 once they are removed (see [`inbox::Deletes::rewind`]).
     inbox_cursor: i64,
     /// Rows the plugin took in this step (id, stored bytes), removed together at its end.
     taken: Vec<(i64, u64)>,
+    /// Their removal, which the actor does not wait for.
+    deletes: Arc<inbox::Deletes>,
     /// The plugin answered `retry-later` (it is restoring its state): the inbox waits until
     /// after its next tick.
     inbox_blocked: bool,
@@ -229,6 +231,7 @@ impl Actor {
             carried: Default::default(),
             inbox_cursor: 0,
             taken: Vec::new(),
+            deletes: Default::default(),
             inbox_blocked: false,
             instantiate_ms,
         };
@@ -316,6 +319,9 @@ impl Actor {
         if self.inbox_blocked || self.ctx.is_stopping() || !self.ctx.inbox_waiting.swap(false, Ordering::SeqCst) {
             return;
         }
+        if self.deletes.rewind() {
+            self.inbox_cursor = 0;
+        }
         let rows = match self.ctx.store.inbox_after(&self.ctx.name, self.inbox_cursor, inbox::STEP) {
             Ok(rows) => rows,
             Err(e) => {
@@ -326,11 +332,10 @@ impl Actor {
         };
         let full = rows.len() == inbox::STEP;
         self.take_rows(rows).await;
-        if inbox::taken(&self.ctx, &std::mem::take(&mut self.taken)) {
-            // What the plugin took is gone: the next step reads from the inbox's start. An id
-            // is given when a row is written, not when it commits: on a store with several
-            // writers (PostgreSQL) a row can show up after one with a greater id was read,
-            // and a cursor past it would never see it.
+        // What the plugin took is removed while the actor goes on (the inbox writer's fsync
+        // does not hold it); once it is gone, the next step reads from the inbox's start.
+        self.deletes.start(&self.ctx, &self.tx, &std::mem::take(&mut self.taken));
+        if self.deletes.rewind() {
             self.inbox_cursor = 0;
         }
         if full && !self.inbox_blocked {

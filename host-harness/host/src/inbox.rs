@@ -204,19 +204,85 @@ pub(crate) fn taken(ctx: &IntegrationCtx, rows: &[(i64, u64)]) -> bool {
         return true;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let gone = match ctx.store.inbox_delete_many(&ids) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(integration = %ctx.name, "inbox delete failed: {e:#}");
-            false
+    let gone = deleted(&ctx.name, ctx.store.inbox_delete_many(&ids));
+    processed(ctx, rows);
+    gone
+}
+
+/// [`taken`] without waiting for the store where it has a path of its own
+/// ([`crate::store::StateStore::inbox_delete_then`]; else here and now): `then` is told
+/// whether the rows are gone, on the store's thread.
+pub(crate) fn taken_then(ctx: &IntegrationCtx, rows: &[(i64, u64)], then: impl FnOnce(bool) + Send + 'static) {
+    if rows.is_empty() {
+        return then(true);
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let name = ctx.name.clone();
+    let done: crate::store::InboxDeleted = Box::new(move |r| then(deleted(&name, r)));
+    if let Err((ids, done)) = ctx.store.inbox_delete_then(ids, done) {
+        done(ctx.store.inbox_delete_many(&ids));
+    }
+    processed(ctx, rows);
+}
+
+/// The deletes of an actor's taken rows that the store has not done yet ([`taken_then`]).
+/// Rows read while one is in flight may be among them: until none is, the actor's cursor
+/// stays past the rows it took.
+#[derive(Default)]
+pub(crate) struct Deletes {
+    /// Handed to the store and not done.
+    pending: std::sync::atomic::AtomicUsize,
+    /// One was done since the cursor last went back to the inbox's start.
+    done: std::sync::atomic::AtomicBool,
+    /// The actor is in [`Deletes::start`]: a delete done meanwhile (at once, or on the
+    /// store's thread before `start` returned) wakes nobody, as the actor looks at
+    /// [`Deletes::rewind`] right after.
+    starting: std::sync::atomic::AtomicBool,
+}
+
+impl Deletes {
+    /// Removes `rows` (see [`taken_then`]). When the last delete in flight is done on the
+    /// store's thread, the actor is woken: the cursor may go back to the start.
+    pub(crate) fn start(self: &Arc<Self>, ctx: &Arc<IntegrationCtx>, tx: &mpsc::Sender<Command>, rows: &[(i64, u64)]) {
+        if rows.is_empty() {
+            return;
         }
-    };
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.starting.store(true, Ordering::SeqCst);
+        let (me, c, t) = (self.clone(), ctx.clone(), tx.clone());
+        taken_then(ctx, rows, move |gone| {
+            if gone {
+                me.done.store(true, Ordering::SeqCst);
+            }
+            if me.pending.fetch_sub(1, Ordering::SeqCst) == 1 && !me.starting.load(Ordering::SeqCst) {
+                wake(&c, &t);
+            }
+        });
+        self.starting.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the cursor goes back to the inbox's start: rows were removed, and none is
+    /// still being removed. An id is given when a row is written, not when it commits: on a
+    /// store with several writers (PostgreSQL) a row can show up after one with a greater
+    /// id was read, and a cursor past it would never see it.
+    pub(crate) fn rewind(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0 && self.done.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Whether a delete of taken rows worked (a failure is logged: the rows are offered again
+/// later, and the plugin drops them by their sequence numbers).
+fn deleted(integration: &str, r: Result<(), StoreError>) -> bool {
+    r.inspect_err(|e| tracing::error!(%integration, "inbox delete failed: {e:#}")).is_ok()
+}
+
+/// Counts taken rows out of the inbox's bounds.
+fn processed(ctx: &IntegrationCtx, rows: &[(i64, u64)]) {
     let n = rows.len() as u64;
     let bytes: u64 = rows.iter().map(|r| r.1).sum();
     let _ = ctx.inbox_rows.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(n)));
     let _ = ctx.inbox_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(x.saturating_sub(bytes)));
     ctx.count_by("inbox.processed", n);
-    gone
 }
 
 #[cfg(test)]
@@ -292,5 +358,38 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(open(&ctx, &rows[0]).as_deref(), Some(&body[..]));
         assert_eq!(ctx.inbox_rows.load(Ordering::SeqCst), 1);
+    }
+
+    /// The actor hands the rows its plugin took to the store's writer and goes on: a commit
+    /// in progress (the inbox writer's fsync) does not hold it. Until they are gone its cursor
+    /// stays past them; once they are, it is woken and goes back to the inbox's start.
+    #[tokio::test]
+    async fn taken_rows_are_removed_without_holding_the_actor_and_the_cursor_goes_back_once_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteStore::open(&tmp.path().join("state")).unwrap());
+        let ctx = ctx(store.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+        let ids: Vec<i64> =
+            (0..3).map(|i| ctx.store.inbox_push("contoso", "notifications", &[i], 0).unwrap()).collect();
+        let deletes = Arc::new(Deletes::default());
+        let held = store.hold_for_tests();
+        // On a thread of its own, bounded: a start that waited for the held connection would
+        // fail the test instead of hanging it.
+        let (started, returned) = std::sync::mpsc::channel();
+        let (d, c, t, taken) = (deletes.clone(), ctx.clone(), tx.clone(), vec![(ids[0], 1), (ids[1], 1)]);
+        std::thread::spawn(move || {
+            d.start(&c, &t, &taken);
+            started.send(d.rewind()).unwrap();
+        });
+        let rewound = returned.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(rewound, Ok(false), "start returned at once, and the rows are not gone yet");
+        assert_eq!(ctx.counters().get("inbox.processed").copied(), Some(2));
+        drop(held);
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await;
+        assert!(matches!(woken, Ok(Some(Command::InboxWake))), "the actor is woken once they are gone");
+        assert!(deletes.rewind(), "the cursor goes back to the start");
+        assert!(!deletes.rewind(), "once");
+        let left: Vec<i64> = ctx.store.inbox_after("contoso", 0, 10).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(left, vec![ids[2]]);
     }
 }

@@ -99,5 +99,5 @@ pub use http::{HttpClient, ReqwestClient};
 pub use integration::IntegrationHandle;
 pub use registry::Registry;
 pub use status::{StatusView, SwapOutcome, SwapReport};
-pub use store::{InboxDone, InboxRow, PgStore, SqliteStore, StateStore};
+pub use store::{InboxDeleted, InboxDone, InboxRow, PgStore, SqliteStore, StateStore};
 pub use switchboard::{Fence, Switchboard, Switchboards};

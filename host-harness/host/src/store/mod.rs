@@ -65,6 +65,10 @@ pub struct InboxRow {
 /// store's error.
 pub type InboxDone = Box<dyn FnOnce(Result<i64, StoreError>) + Send>;
 
+/// What [`StateStore::inbox_delete_then`] calls once the rows are gone, or with the store's
+/// error.
+pub type InboxDeleted = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Durable state of every integration on a host.
 pub trait StateStore: Send + Sync + 'static {
     /// The plugin's value under `key`.
@@ -95,6 +99,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes processed inbox entries (one commit, where the store can).
     fn inbox_delete_many(&self, ids: &[i64]) -> Result<(), StoreError> {
         ids.iter().try_for_each(|id| self.inbox_delete(*id))
+    }
+    /// [`StateStore::inbox_delete_many`] without blocking the caller (an integration's actor,
+    /// which would otherwise wait for a commit in progress, e.g. the inbox writer's fsync):
+    /// the store removes the rows on a thread of its own and calls `done` there. Rows read
+    /// before `done` is called may still be among them. A store without such a path gives
+    /// `done` back (the default), and the host calls `inbox_delete_many` itself.
+    fn inbox_delete_then(&self, ids: Vec<i64>, done: InboxDeleted) -> Result<(), (Vec<i64>, InboxDeleted)> {
+        Err((ids, done))
     }
     /// How many inbox entries of the integration wait, and their bytes.
     fn inbox_size(&self, integration: &str) -> Result<(u64, u64), StoreError>;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{InboxDone, InboxEntry, InboxRow, KV_QUOTA_BYTES, StateStore, StoredKey};
+use super::{InboxDeleted, InboxDone, InboxEntry, InboxRow, KV_QUOTA_BYTES, StateStore, StoredKey};
 use crate::error::StoreError;
 
 impl From<rusqlite::Error> for StoreError {
@@ -23,19 +23,27 @@ pub struct SqliteStore {
     /// the inbox writer's commit and its fsync on `conn`.
     inbox_reader: Mutex<Connection>,
     /// The inbox writer's queue (see [`write_inbox`]).
-    inbox: std::sync::mpsc::Sender<(InboxRow, InboxDone)>,
+    inbox: std::sync::mpsc::Sender<InboxJob>,
     /// Dropping it stops the checkpoint thread.
     _checkpoints: std::sync::mpsc::Sender<()>,
 }
 
-/// Rows the inbox writer commits together at most.
+/// What the inbox writer does: a webhook's new row, or the rows an actor's plugin took.
+enum InboxJob {
+    Push(InboxRow, InboxDone),
+    Delete(Vec<i64>, InboxDeleted),
+}
+
+/// Jobs the inbox writer commits together at most.
 const GROUP_MAX: usize = 256;
 
-/// The inbox writer: a thread that commits every inbox row queued meanwhile in one durable
-/// transaction (one fsync: group commit), and tells each row's caller. Under concurrent
-/// webhooks the rows that arrive during one commit share the next; no caller's thread waits
-/// for the disk (the webhooks' runtime workers go on serving). Ends when the store is dropped.
-fn write_inbox(conn: Arc<Mutex<Connection>>, queue: std::sync::mpsc::Receiver<(InboxRow, InboxDone)>) {
+/// The inbox writer: a thread that commits every inbox job queued meanwhile in one
+/// transaction (group commit), and tells each job's caller. Under concurrent webhooks the
+/// rows that arrive during one commit share the next; no caller's thread waits for the disk
+/// (the webhooks' runtime workers and the actors go on). A group with a new row is durable
+/// (one fsync); one of deletes only is not (a lost delete only replays a batch the plugin
+/// has seen). Ends when the store is dropped.
+fn write_inbox(conn: Arc<Mutex<Connection>>, queue: std::sync::mpsc::Receiver<InboxJob>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
@@ -44,31 +52,48 @@ fn write_inbox(conn: Arc<Mutex<Connection>>, queue: std::sync::mpsc::Receiver<(I
                 Err(_) => break,
             }
         }
-        let (rows, dones): (Vec<InboxRow>, Vec<InboxDone>) = group.into_iter().unzip();
-        let ids = commit_rows(&conn.lock().unwrap(), &rows);
-        match ids {
-            Ok(ids) => dones.into_iter().zip(ids).for_each(|(done, id)| done(Ok(id))),
-            Err(e) => dones.into_iter().for_each(|done| done(Err(StoreError::Unavailable(e.to_string())))),
+        let ids = commit_group(&conn.lock().unwrap(), &group);
+        let failed = |e: &rusqlite::Error| StoreError::Unavailable(e.to_string());
+        let mut ids = ids.map(Vec::into_iter);
+        for job in group {
+            match (job, &mut ids) {
+                (InboxJob::Push(_, done), Ok(ids)) => {
+                    done(ids.next().ok_or_else(|| StoreError::Unavailable("no id".into())))
+                }
+                (InboxJob::Delete(_, done), Ok(_)) => done(Ok(())),
+                (InboxJob::Push(_, done), Err(e)) => done(Err(failed(e))),
+                (InboxJob::Delete(_, done), Err(e)) => done(Err(failed(e))),
+            }
         }
     }
 }
 
-/// Inserts `rows` in one durable transaction; their ids, in order.
-fn commit_rows(c: &Connection, rows: &[InboxRow]) -> Result<Vec<i64>, rusqlite::Error> {
-    durable(c, |c| {
+/// Runs `group` in one transaction, durable if it inserts a row; the new rows' ids, in order.
+fn commit_group(c: &Connection, group: &[InboxJob]) -> Result<Vec<i64>, rusqlite::Error> {
+    let run = |c: &Connection| {
         let t = c.unchecked_transaction()?;
-        let mut ids = Vec::with_capacity(rows.len());
-        {
-            let mut st =
-                t.prepare_cached("INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)")?;
-            for r in rows {
-                st.execute(params![r.integration, r.kind, r.body, r.received_ms as i64])?;
-                ids.push(t.last_insert_rowid());
+        let mut ids = Vec::with_capacity(group.len());
+        for job in group {
+            match job {
+                InboxJob::Push(r, _) => {
+                    t.prepare_cached(
+                        "INSERT INTO inbox (integration, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![r.integration, r.kind, r.body, r.received_ms as i64])?;
+                    ids.push(t.last_insert_rowid());
+                }
+                InboxJob::Delete(rows, _) => {
+                    let mut st = t.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
+                    for id in rows {
+                        st.execute(params![id])?;
+                    }
+                }
             }
         }
         t.commit()?;
         Ok(ids)
-    })
+    };
+    if group.iter().any(|j| matches!(j, InboxJob::Push(..))) { durable(c, run) } else { run(c) }
 }
 
 /// How often the background thread checkpoints the WAL into the database file.
@@ -265,7 +290,16 @@ impl StateStore for SqliteStore {
 
     /// Queued for the inbox writer ([`write_inbox`]).
     fn inbox_push_then(&self, row: InboxRow, done: InboxDone) -> Result<(), (InboxRow, InboxDone)> {
-        if let Err(std::sync::mpsc::SendError((_, done))) = self.inbox.send((row, done)) {
+        if let Err(std::sync::mpsc::SendError(InboxJob::Push(_, done))) = self.inbox.send(InboxJob::Push(row, done)) {
+            done(Err(StoreError::Unavailable("the inbox writer stopped".into())));
+        }
+        Ok(())
+    }
+
+    /// Queued for the inbox writer ([`write_inbox`]), after the rows queued before.
+    fn inbox_delete_then(&self, ids: Vec<i64>, done: InboxDeleted) -> Result<(), (Vec<i64>, InboxDeleted)> {
+        if let Err(std::sync::mpsc::SendError(InboxJob::Delete(_, done))) = self.inbox.send(InboxJob::Delete(ids, done))
+        {
             done(Err(StoreError::Unavailable("the inbox writer stopped".into())));
         }
         Ok(())
